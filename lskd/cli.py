@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'usage', 'resolve', 'main']
 
-# %% ../nbs/10_cli.ipynb #76e88a26
+# %% ../nbs/10_cli.ipynb #d64c45fc
 import sys, importlib
 
-# %% ../nbs/10_cli.ipynb #cba57d8e
+# %% ../nbs/10_cli.ipynb #08d42395
 COMMANDS = {
     'fetch-models':  ('lskd.server', 'fetch_models_main', 'download, join and checksum the offline teacher LLMs (GGUF)'),
     'serve-teacher': ('lskd.server', 'serve_teacher_main', 'run the local OpenAI-compatible teacher server'),
@@ -20,14 +20,14 @@ COMMANDS = {
     'run':           ('lskd.pipeline', 'main', 'run the whole pipeline with papermill into runs/<run-id>/'),
 }
 
-# %% ../nbs/10_cli.ipynb #a816d503
+# %% ../nbs/10_cli.ipynb #bb691e84
 def usage():
     "The help text listing every command"
     w = max(map(len, COMMANDS))
     return 'usage: lskd <command> [args]\n\ncommands:\n' + '\n'.join(
         f'  {k:<{w}}  {v[2]}' for k,v in COMMANDS.items())
 
-# %% ../nbs/10_cli.ipynb #21a58cc4
+# %% ../nbs/10_cli.ipynb #9d5acdcd
 def resolve(cmd):
     "The function implementing `cmd`, imported on demand"
     if cmd not in COMMANDS: raise SystemExit(f"lskd: unknown command {cmd!r}\n\n{usage()}")
@@ -38,7 +38,7 @@ def resolve(cmd):
         raise SystemExit(f"lskd: command {cmd!r} is not available in this version ({mod} is missing)")
     return getattr(m, fn)
 
-# %% ../nbs/10_cli.ipynb #78647ac4
+# %% ../nbs/10_cli.ipynb #a3b245bb
 def main(argv=None):
     "Entry point of the `lskd` console script"
     argv = sys.argv[1:] if argv is None else list(argv)
