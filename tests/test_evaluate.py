@@ -1,0 +1,238 @@
+"""lskd.evaluate on small fixtures in the official schemas (tests/fixtures/eval, see make_fixtures.py).
+
+The scorer is `KeywordScorer`: ITM = sigmoid(sum of the weights of the words present), ITC = how many
+weighted words are present. Every expected number below is worked out by hand from the fixture texts.
+"""
+import hashlib, json, math, subprocess, sys, types, warnings
+from pathlib import Path
+import pytest
+from lskd.core import read_jsonl, write_jsonl, Region, QAR, lskd_row_to_qar
+from lskd.evaluate import *
+from lskd.evaluate import _SCORERS
+
+FIX = Path(__file__).parent/'fixtures'/'eval'
+IMAGES = FIX/'images'
+VCR_ROOT = IMAGES/'vcr1images'
+
+class Recorder(KeywordScorer):
+    "KeywordScorer that also records every encode and score call"
+    def __init__(self, weights):
+        super().__init__(weights, name='recorder'); self.encoded, self.scored = [], []
+    def encode_images(self, images, boxes):
+        self.encoded.append((len(images), [[list(x) for x in b] for b in boxes])); return super().encode_images(images, boxes)
+    def score(self, encoded, index, texts):
+        self.scored.append((list(index), list(texts))); return super().score(encoded, index, texts)
+
+VCR_W = {'sleeping': 1, 'cooking': 2, 'reading': 0, 'dancing': -1, 'pan': 3, 'stove': 1,
+         'joke': 2, 'sad': -2, 'angry': -1, 'crying': 1, 'laughing': 0.5}
+
+# ---- VCR ----
+def test_vcr_metrics_by_hand():
+    # Q1 q2a itm: sleeping 1, cooking 2, reading 0, dancing -1 -> 1 (right); itc counts 1,1,0,1 -> tie, first -> 0 (wrong)
+    # Q1 qa2r (every text holds the right answer, 'cooking'): itm pan 5, 2, 2, stove 3 -> 0 (right); itc 2,1,1,2 -> 0 (right)
+    # Q2 q2a itm: sad -2, angry -1, joke 2, 0 -> 2 (right); itc 1,1,1,0 -> 0 (wrong)
+    # Q2 qa2r (all hold 'joke'): itm crying 3, 2, 2, laughing 2.5 -> 0 (wrong, label 3); itc 2,1,1,2 -> 0 (wrong)
+    res = evaluate('vcr', FIX/'vcr/val.jsonl', [KeywordScorer(VCR_W)], root=VCR_ROOT, progress=False)
+    m = res['models'][0]['metrics']
+    assert m['itm'] == {'q2a': 100.0, 'qa2r': 50.0, 'q2ar': 50.0}
+    assert m['itc'] == {'q2a': 0.0, 'qa2r': 50.0, 'q2ar': 0.0}
+    assert res['n_questions'] == 2 and res['n_tasks'] == 4
+
+def test_vcr_image_encoded_once_per_question_and_texts():
+    for batch in (1, 8):
+        s = Recorder(VCR_W)
+        recs = list(score_items(s, load_vcr(FIX/'vcr/val.jsonl', VCR_ROOT), VCR_ROOT, image_batch=batch, progress=False))
+        assert s.n_images == 2                                  # 2 questions, 16 candidate texts
+        assert s.n_encode_calls == (2 if batch == 1 else 1)
+        assert sum(len(t) for _, t in s.scored) == 16
+    # Q2 mentions [1] first: drawn order [1, 0], text ids rewritten to drawing positions, boxes in drawing order
+    assert recs[2]['drawn'] == [1, 0]
+    index, texts = s.scored[0]
+    assert index == [0]*8 + [1]*8
+    assert texts[8] == 'question: why is [0] smiling at [1]? answer: [0] is sad.'
+    assert texts[12] == 'question: why is [0] smiling at [1]? answer: [0] heard a joke. rationale: [1] is crying.'
+    assert texts[4] == 'question: what is [0] doing? answer: [0] is cooking dinner. rationale: [0] holds a pan.'
+    assert s.encoded[0][1][1] == [[34.0, 6.0, 60.0, 46.0], [2.0, 4.0, 30.0, 44.0]]
+
+def test_vcr_without_labels_is_a_clear_error(tmp_path):
+    rows = [dict(r, answer_label=None) for r in read_jsonl(FIX/'vcr/val.jsonl')]
+    write_jsonl(tmp_path/'test.jsonl', rows)
+    with pytest.raises(ValueError, match='test labels are hidden'): list(load_vcr(tmp_path/'test.jsonl', VCR_ROOT))
+
+def test_no_draw_passes_no_boxes_and_keeps_pixels():
+    s = Recorder(VCR_W)
+    list(score_items(s, load_vcr(FIX/'vcr/val.jsonl', VCR_ROOT), VCR_ROOT, draw=False, progress=False))
+    assert s.encoded[0][1] == [[], []]
+
+# ---- Sherlock ----
+SH_W = {'raining': 2, 'wedding': -1, 'sunny': 0, 'cooking': 2, 'nobody': -2}
+
+def test_sherlock_metric_by_hand():
+    # instance i0: ratings annot1 [3,2,1], annot2 [3,3,1]
+    #   itm scores s(2) > s(0) > s(-1) for candidates 0, 2, 1: annot1 -> 2 of 3 pairs -> 1/3; annot2 -> (0,1) tie skipped, 1 of 2 -> 0
+    #   itc counts 1,1,1: all tied; the official tiebreak (numpy seed 1: .417, .720, .0001 x1e-9) orders 1 > 0 > 2:
+    #   annot1 -> (0,1) wrong, (0,2), (1,2) right -> 1/3; annot2 -> (0,2), (1,2) right -> 1
+    # instance i3: annot1 [3,1], annot2 [2,2] (no pair: 0)
+    #   itm s(2) > s(-2): annot1 right -> 1, annot2 0 -> 1/2;  itc tie broken 1 > 0: annot1 wrong -> -1, annot2 0 -> -1/2
+    # itm: (1/6 + 1/2)/2 = 1/3 -> 33.33; itc: ((1/3 + 1)/2 - 1/2)/2 = 1/12 -> 8.33
+    res = evaluate('sherlock', FIX/'sherlock/comparison.json', [KeywordScorer(SH_W)], root=IMAGES,
+                   instances=FIX/'sherlock/instances.json', progress=False)
+    m = res['models'][0]['metrics']
+    assert m['itm']['comparison'] == pytest.approx(100/3)
+    assert m['itc']['comparison'] == pytest.approx(100/12)
+    # human agreement: i0 (annot1 vs annot2: 1; annot2 vs annot1 with tiebreak: 1/3) -> 2/3; i3 (0; -1) -> -1/2
+    assert res['human_agreement'] == pytest.approx(100*(2/3 - 1/2)/2)
+    assert len(res['data']) == 2 and res['data'][1]['sha256'] == hashlib.sha256((FIX/'sherlock/instances.json').read_bytes()).hexdigest()
+
+def test_sherlock_loader_boxes_images_and_errors():
+    items = list(load_sherlock(FIX/'sherlock/comparison.json', IMAGES, FIX/'sherlock/instances.json'))
+    assert [i.image for i in items] == ['VG_100K/10.jpg', 'vcr1images/movie_x/img2.jpg']
+    assert items[0].regions[0].box == (5, 5, 25, 35) and items[0].draw == [0] and items[1].draw == [0, 1]
+    assert [c['answer'] for c in items[1].tasks[0].candidates] == ['someone is cooking', 'nobody is home']
+    assert items[0].tasks[0].meta['ratings'] == {'annot1': [3.0, 2.0, 1.0], 'annot2': [3.0, 3.0, 1.0]}
+    with pytest.raises(KeyError, match='--instances'): list(load_sherlock(FIX/'sherlock/comparison.json', IMAGES))
+
+# ---- VisualCOMET ----
+VC_W = {'feed': 2, 'fit': 1, 'rest': 3, 'groceries': 1, 'shoes': -1, 'walk': 0.5, 'dinner': 1, 'shower': 2, 'asleep': -2}
+
+def test_visualcomet_acc_by_hand():
+    # candidates = the right inference + those of the same relation from events of other images:
+    # intent: E0 (img1; negatives from img2: 'get fit', 'rest') feed 2 vs fit 1, rest 3 -> wrong;
+    #   E1 (img2; negative from img1: 'feed 2') fit 1 vs feed 2 -> wrong; E2 rest 3 vs feed 2 -> right
+    # before: E0 groceries 1 vs shoes -1, walk .5 -> right; E1 shoes -1 vs groceries 1 -> wrong; E2 walk .5 vs groceries 1 -> wrong
+    # after: E0 dinner 1 vs shower 2, asleep -2 -> wrong; E1 shower 2 vs dinner 1 -> right; E2 asleep -2 vs dinner 1 -> wrong
+    with pytest.warns(UserWarning, match='fewer than 50 candidates'):
+        res = evaluate('visualcomet', FIX/'visualcomet/val_annots.json', [KeywordScorer(VC_W)], root=VCR_ROOT, progress=False)
+    m = res['models'][0]['metrics']['itm']
+    assert m['acc@50'] == pytest.approx(100*3/9)
+    assert (m['intent'], m['before'], m['after']) == pytest.approx((100/3, 100/3, 100/3))
+    assert res['candidates'] == {'min': 2, 'max': 3}
+
+def test_visualcomet_candidates_and_person_numbers():
+    items = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT))
+    t = items[0].tasks[0]
+    assert t.name == 'intent' and t.candidates[t.label]['answer'] == 'feed [1]'
+    assert sorted(c['answer'] for c in t.candidates) == ['feed [1]', 'get fit', 'rest']
+    assert t.candidates[0]['question'] == '[0] is cooking for [1] in a kitchen. What does [0] intend to do?'
+    assert items[2].tasks[0].candidates[0]['question'].startswith('[1] is sitting on a bench. What does [1]')
+    assert draw_order(items[0]) == [0, 1]
+    # seeded: the same seed gives the same items, another seed may reorder but not change the question set
+    again = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT))
+    assert [(x.tasks[0].candidates, x.tasks[0].label) for x in again] == [(x.tasks[0].candidates, x.tasks[0].label) for x in items]
+    other = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT, seed=7))
+    assert [sorted(c['answer'] for c in x.tasks[0].candidates) for x in other] == [sorted(c['answer'] for c in x.tasks[0].candidates) for x in items]
+    # --limit keeps the negatives drawn from the whole file
+    lim = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT, limit=1))
+    assert len(lim) == 1 and lim[0].tasks[0].candidates == t.candidates
+
+# ---- generic MC, and MC built from a corpus ----
+MC_W = {'drink': 1, 'throw': -1, 'sing': 0.5, 'waiting': 1, 'lost': 2, 'door': 1, 'full': 0, 'rain': -1}
+
+def test_mc_by_hand():
+    # mc-0: drink 1, throw -1, sing .5 -> 0 right; mc-1: lost 2, waiting 1, 0 -> 0 wrong (label 1);
+    # mc-2 (QA->R, 'waiting' in every text): door 2, full 1, rain 0 -> 0 right
+    res = evaluate('mc', FIX/'mc/mc.jsonl', [KeywordScorer(MC_W)], root=VCR_ROOT, progress=False)
+    m = res['models'][0]['metrics']['itm']
+    assert m == pytest.approx({'accuracy': 200/3, 'mc': 50.0, 'qa2r': 100.0})
+
+def test_mc_from_release_corpus():
+    src = Path(__file__).parent/'fixtures/lskd/corpus_release.jsonl'
+    items = list(load_mc(src, seed=3))
+    assert len(items) == 3
+    qars = [lskd_row_to_qar(r) for r in read_jsonl(src)]
+    for it, q in zip(items, qars):
+        t = it.tasks[0]
+        assert len(t.candidates) == 3                        # 2 other triples, so 3 candidates (warned by evaluate)
+        assert t.candidates[t.label]['answer'] == q.answer
+        draw_order(it)                                       # every transplanted reference names a region of this image
+    # distractor of row 0 is row 1's answer, and row 2's answer with [1] -> [4] (row 0's referenced region)
+    assert sorted(c['answer'] for c in items[0].tasks[0].candidates) == sorted(
+        [q.answer for q in qars[:2]] + ['[4] will walk [0].'])
+    assert [[c['answer'] for c in i.tasks[0].candidates] for i in load_mc(src, seed=3)] == \
+           [[c['answer'] for c in i.tasks[0].candidates] for i in items]
+
+def test_heldout_split_is_by_image_and_seeded():
+    qars = [QAR(f'img{i % 7}.jpg', 'Q [0]?', 'A.', 'R.', regions=[Region(0, (0, 0, 5, 5))]) for i in range(70)]
+    tr, ho = heldout_split(qars, 0.3, seed=1)
+    assert len(tr) + len(ho) == 70 and not {q.image for q in tr} & {q.image for q in ho}
+    assert heldout_split(qars, 0.3, seed=1) == (tr, ho)
+
+# ---- models ----
+def test_load_scorer_registry_hook_and_paths(tmp_path, monkeypatch):
+    mod = types.ModuleType('lskd.fakebackend')
+    mod.lskd_scorer = lambda arg=None, device='cpu', **kw: KeywordScorer({arg: 1.0}, name=f'fake-{device}')
+    monkeypatch.setitem(sys.modules, 'lskd.fakebackend', mod)
+    try:
+        s = load_scorer('fakebackend:happy', device='cuda')
+        assert s.name == 'fake-cuda' and s.weights == {'happy': 1.0}
+        ck = tmp_path/'student.ckpt'; ck.write_text('x')
+        register_scorer('pathy', lambda arg, **kw: KeywordScorer({}, name=f'pathy:{Path(arg).name}'), detect=lambda p: str(p).endswith('.ckpt'))
+        assert load_scorer(str(ck)).name == 'pathy:student.ckpt'
+    finally:
+        _SCORERS.pop('fakebackend', None); _SCORERS.pop('pathy', None)
+    with pytest.raises(ValueError, match='unknown model'): load_scorer('definitely-not-a-model')
+    with pytest.raises(ValueError, match='no registered backend recognises'): load_scorer(str(tmp_path))
+    assert split_model('base=chance') == ('base', 'chance') and split_model('chance') == ('chance', 'chance')
+
+def test_bad_scorer_output_is_named():
+    class Short(KeywordScorer):
+        def score(self, e, i, t): return {'itm': super().score(e, i, t)['itm'][:-1]}
+    with pytest.raises(ValueError, match='returned 7 scores for 8 texts'):
+        evaluate('vcr', FIX/'vcr/val.jsonl', [Short({})], root=VCR_ROOT, progress=False, image_batch=1)
+
+# ---- determinism, report, CLI ----
+def test_deterministic_outputs(tmp_path):
+    for d in ('a', 'b'):
+        evaluate('visualcomet', FIX/'visualcomet/val_annots.json', ['chance', KeywordScorer(VC_W)], root=VCR_ROOT,
+                 out=tmp_path/d, progress=False, n_candidates=3)
+    for f in ('predictions_chance.jsonl', 'predictions_keyword.jsonl'):
+        assert (tmp_path/'a'/f).read_bytes() == (tmp_path/'b'/f).read_bytes()
+    ra, rb = load_results(tmp_path/'a', tmp_path/'b')
+    assert [m['metrics'] for m in ra['models']] == [m['metrics'] for m in rb['models']]
+    assert 'acc@3' in ra['models'][0]['metrics']['itm']
+
+def test_report_table_and_chart(tmp_path):
+    res = evaluate('vcr', FIX/'vcr/val.jsonl', ['base=chance', KeywordScorer(VCR_W)], root=VCR_ROOT, out=tmp_path, progress=False)
+    t = results_table(res)
+    md = t.to_markdown()
+    assert md.splitlines()[0] == '| model | q2a (itm) | qa2r (itm) | q2ar (itm) | q2a (itc) | qa2r (itc) | q2ar (itc) |'
+    assert '| keyword | 100.0 | 50.0 | 50.0 | 0.0 | 50.0 | 0.0 |' in md and 'paper: + LSKD | 59.0' in md
+    assert '| chance | 25.0 | 25.0 | 6.2 | 25.0 | 25.0 | 6.2 |' in md
+    assert '<table>' in t._repr_html_()
+    png = (tmp_path/'results.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and results_chart(res)._repr_png_()[:4] == b'\x89PNG'
+
+def test_cli_end_to_end(tmp_path):
+    ann = FIX/'vcr/val.jsonl'
+    r = subprocess.run([sys.executable, '-c', 'import sys; from lskd.cli import main; sys.exit(main(sys.argv[1:]))', 'evaluate',
+                        '--benchmark', 'vcr', '--annotations', str(ann), '--images', str(VCR_ROOT), '--model', 'chance',
+                        '--model', 'text=overlap', '--out', str(tmp_path/'run'), '--limit', '1', '--quiet'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path/'run/results.json').read_text())
+    assert res['data'][0] == {'path': str(ann), 'sha256': hashlib.sha256(ann.read_bytes()).hexdigest()}
+    assert res['n_questions'] == 1 and [m['name'] for m in res['models']] == ['chance', 'text']
+    assert {'q2a', 'qa2r', 'q2ar'} == set(res['models'][0]['metrics']['itm'])
+    for f in ('results.png', 'results.md', 'predictions_chance.jsonl', 'predictions_text.jsonl'): assert (tmp_path/'run'/f).exists()
+    assert '| chance |' in r.stdout
+    # in process, with a registered scorer: the hand-computed numbers come out of the CLI too
+    register_scorer('kw-test', lambda arg=None, **kw: KeywordScorer(VCR_W))
+    try: assert main(['--benchmark', 'vcr', '--annotations', str(ann), '--images', str(VCR_ROOT), '--model', 'kw-test',
+                      '--out', str(tmp_path/'kw'), '--quiet']) == 0
+    finally: _SCORERS.pop('kw-test')
+    assert load_results(tmp_path/'kw')[0]['models'][0]['metrics']['itm']['q2ar'] == 50.0
+    # merge two runs into one table
+    assert main(['--compare', str(tmp_path/'run'), str(tmp_path/'kw'), '--out', str(tmp_path/'cmp')]) == 0
+    assert '| kw-test |' in (tmp_path/'cmp/results.md').read_text() and (tmp_path/'cmp/results.png').exists()
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(['--benchmark', 'vcr', '--annotations', str(tmp_path/'nope.jsonl'), '--model', 'chance', '--out', str(tmp_path)]) == 2
+    assert 'annotation file not found' in capsys.readouterr().err
+    with pytest.raises(SystemExit): main(['--benchmark', 'vcr', '--out', str(tmp_path)])
+    assert 'at least one --model' in capsys.readouterr().err
+    assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--images', str(VCR_ROOT),
+                 '--model', 'chance', '--model', 'chance', '--out', str(tmp_path), '--quiet']) == 2
+    assert 'two models are named' in capsys.readouterr().err
+    assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--images', str(tmp_path),
+                 '--model', 'chance', '--out', str(tmp_path), '--quiet']) == 2
+    assert 'question mc-0: image not found' in capsys.readouterr().err
