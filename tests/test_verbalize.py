@@ -1,0 +1,414 @@
+"Tests of lskd.verbalize: inputs, cache/resume, error files, proposals, geometry, transformers backends, CLI"
+import json, os, shutil, warnings
+from pathlib import Path
+import pytest, yaml
+from PIL import Image
+from lskd.core import Region, ImageRecord, Verbalization, read_jsonl, write_jsonl, open_image
+from lskd import verbalize as V
+from lskd.verbalize import (verbalize, Verbalizer, main, load_annotations, resolve_ref, geometry_phrase, HogPeople,
+                            OFFLINE_CONFIG, load_config, select_regions, summary, save_grid)
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT/'data/sample/regions.jsonl'
+VCR = ROOT/'tests/fixtures/vcr'
+COCO_PEOPLE = ROOT.parent/'shared/data/coco_people'
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def photos(d, names=('coffee.png', 'chelsea.png')):
+    "A folder with small real photos from scikit-image"
+    d = Path(d); d.mkdir(parents=True, exist_ok=True)
+    for n in names: shutil.copy(resolve_ref(f'pkg:skimage/data/{n}'), d/n)
+    return d
+
+
+# a cheap config: geometry only, no model (the ImageNet tagger is exercised by the sample-data tests)
+CHEAP = {'proposals': [{'name': 'given'}], 'global': [], 'region': [{'name': 'geometry'}], 'qa': None}
+
+
+class Counting(Verbalizer):
+    "A Verbalizer that counts the images it describes"
+    def __init__(self, *a, **kw): super().__init__(*a, **kw); self.seen = []
+    def __call__(self, images, recs):
+        self.seen += [r.path for r in recs]
+        return super().__call__(images, recs)
+
+
+# ---------- inputs ----------
+
+def test_sample_regions_are_well_formed():
+    recs = [ImageRecord.from_dict(d) for d in read_jsonl(SAMPLE)]
+    assert len(recs) == 8
+    for r in recs:
+        assert r.path.startswith('pkg:')
+        with Image.open(resolve_ref(r.path)) as im: assert im.size == (r.width, r.height), r.path
+        assert r.regions and all(x.label and x.description for x in r.regions)
+        assert r.meta['license'] and r.meta['source']
+    assert sum(x.label == 'person' for r in recs for x in r.regions) >= 3
+
+
+def test_shipped_yaml_is_the_offline_default():
+    assert load_config(ROOT/'data/configs/verbalize_offline.yaml') == OFFLINE_CONFIG
+
+
+def test_sample_end_to_end_offline_default(tmp_path):
+    r = verbalize(SAMPLE, tmp_path, progress=False)
+    assert (r.written, r.errors) == (8, 0)
+    vs = list(read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization))
+    run = json.loads((tmp_path/'verbalize_run.json').read_text())
+    assert Path(run['root']) == (tmp_path/'images').resolve()
+    for v in vs:
+        assert (Path(run['root'])/v.image.path).exists()                 # pkg: images were copied into the run
+        assert v.absent == ['global_caption', 'region_caption', 'qa']     # said plainly, not invented
+        assert v.globals and all(d.model == 'efficientnet-lite0 imagenet-1k' and d.kind == 'tags' for d in v.globals)
+        assert set(v.regions) == {x.id for x in v.image.regions}
+        kinds = {d.kind for ds in v.regions.values() for d in ds}
+        assert kinds == {'geometry', 'tags'}
+        assert v.meta['regions_from'] == 'annotation' and v.meta['key'] and 'proposals' in v.meta['seconds']
+    coffee = next(v for v in vs if v.image.path == 'coffee.png')
+    assert 'espresso' in coffee.globals[0].text                          # a real pretrained tagger on a real photo
+    s = summary(vs)
+    assert s['images'] == 8 and s['regions per image'] > 3 and 'region:tags' in s['seconds per image']
+    png = save_grid(vs, run['root'], tmp_path/'grid.png', n=4)
+    with Image.open(png) as im: assert im.size[0] > 500
+
+
+def test_coco_regions(tmp_path):
+    d = photos(tmp_path/'imgs')
+    coco = {'images': [{'id': 1, 'file_name': 'coffee.png', 'width': 600, 'height': 400},
+                       {'id': 2, 'file_name': 'chelsea.png', 'width': 451, 'height': 300}],
+            'annotations': [{'id': 10, 'image_id': 1, 'bbox': [172, 18, 240, 287], 'category_id': 47, 'iscrowd': 0},
+                            {'id': 11, 'image_id': 1, 'bbox': [320, 60, 105, 265], 'category_id': 50, 'iscrowd': 0},
+                            {'id': 12, 'image_id': 2, 'bbox': [0, 0, 451, 300], 'category_id': 17, 'iscrowd': 0}],
+            'categories': [{'id': 47, 'name': 'cup'}, {'id': 50, 'name': 'spoon'}, {'id': 17, 'name': 'cat'}]}
+    (tmp_path/'instances.json').write_text(json.dumps(coco))
+    r = verbalize(d, tmp_path/'out', CHEAP, regions=tmp_path/'instances.json', progress=False)
+    assert (r.written, r.errors) == (2, 0)
+    vs = {v.image.path: v for v in read_jsonl(tmp_path/'out/verbalizations.jsonl', Verbalization)}
+    c = vs['coffee.png'].image
+    assert [(x.label, x.box) for x in c.regions] == [('cup', (172, 18, 412, 305)), ('spoon', (320, 60, 425, 325))]
+    assert c.regions[0].extra['coco_id'] == 10
+    assert vs['coffee.png'].regions[1][0].text == 'spoon in the centre, overlapping region [0]'
+    assert [x.label for x in vs['chelsea.png'].image.regions] == ['cat']
+
+
+def test_vcr_annotations_as_images(tmp_path):
+    r = verbalize(VCR/'val.jsonl', tmp_path, CHEAP, progress=False)
+    assert (r.written, r.errors) == (1, 0)
+    v, = read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization)
+    assert v.image.path == 'movie_a/scene_001.jpg'
+    assert [x.label for x in v.image.regions] == ['person', 'person', 'cup']
+    assert v.image.regions[0].score == 0.998
+    assert v.regions[2][0].text == 'cup at the bottom left, small, inside region [0]'
+
+
+def test_vcr_metadata_json(tmp_path):
+    recs = load_annotations(VCR/'movie_a/scene_001.json')
+    assert list(recs) == ['scene_001.jpg']
+    r = verbalize(VCR/'movie_a', tmp_path, CHEAP, regions=VCR/'movie_a/scene_001.json', progress=False)
+    v, = read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization)
+    assert r.written == 1 and len(v.image.regions) == 3 and v.meta['regions_from'] == 'annotation'
+
+
+def test_regions_size_mismatch_is_an_error(tmp_path):
+    d = photos(tmp_path/'imgs', ('coffee.png',))
+    write_jsonl(tmp_path/'regions.jsonl', [ImageRecord('coffee.png', 100, 100, [Region(0, (0, 0, 10, 10), 'x')])])
+    r = verbalize(d, tmp_path/'out', CHEAP, regions=tmp_path/'regions.jsonl', progress=False)
+    e, = read_jsonl(tmp_path/'out/verbalize_errors.jsonl')
+    assert r.errors == 1 and 'annotations say 100x100 but the image is 600x400' in e['reason']
+
+
+# ---------- cache, resume, errors ----------
+
+def test_second_run_does_no_work(tmp_path):
+    d = photos(tmp_path/'imgs')
+    vz = Counting(CHEAP)
+    r1 = verbalize(d, tmp_path/'out', verbalizer=vz, progress=False)
+    assert r1.written == 2 and sorted(vz.seen) == ['chelsea.png', 'coffee.png']
+    vz.seen.clear()
+    r2 = verbalize(d, tmp_path/'out', verbalizer=vz, progress=False)
+    assert (r2.written, r2.skipped, vz.seen) == (0, 2, [])
+    assert len(list(read_jsonl(tmp_path/'out/verbalizations.jsonl'))) == 2
+
+
+def test_changes_invalidate_the_cache(tmp_path):
+    d = photos(tmp_path/'imgs')
+    verbalize(d, tmp_path/'out', CHEAP, progress=False)
+    Image.open(d/'coffee.png').rotate(90, expand=True).save(d/'coffee.png')    # edited content
+    vz = Counting(CHEAP)
+    assert verbalize(d, tmp_path/'out', verbalizer=vz, progress=False).written == 1 and vz.seen == ['coffee.png']
+    vz = Counting({**CHEAP, 'select': {'max_regions': 3}})                      # another config
+    assert verbalize(d, tmp_path/'out', verbalizer=vz, progress=False).written == 2
+
+
+def test_resume_after_a_kill(tmp_path):
+    d = photos(tmp_path/'imgs', ('coffee.png', 'chelsea.png', 'rocket.jpg', 'astronaut.png'))
+    verbalize(d, tmp_path/'out', CHEAP, limit=2, progress=False)        # 2 finished ...
+    with open(tmp_path/'out/verbalizations.jsonl', 'ab') as f: f.write(b'{"image": {"path": "coff')   # ... and one torn
+    vz = Counting(CHEAP)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        r = verbalize(d, tmp_path/'out', verbalizer=vz, progress=False)
+    assert (r.written, r.skipped) == (2, 2) and sorted(vz.seen) == ['coffee.png', 'rocket.jpg']
+    vs = list(read_jsonl(tmp_path/'out/verbalizations.jsonl', Verbalization, strict=True))
+    assert sorted(v.image.path for v in vs) == ['astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg']
+
+
+def test_no_resume_starts_over(tmp_path):
+    d = photos(tmp_path/'imgs')
+    verbalize(d, tmp_path/'out', CHEAP, progress=False)
+    r = verbalize(d, tmp_path/'out', CHEAP, resume=False, progress=False)
+    assert r.written == 2 and len(list(read_jsonl(tmp_path/'out/verbalizations.jsonl'))) == 2
+
+
+def test_bad_files_go_to_the_errors_file(tmp_path):
+    d = photos(tmp_path/'imgs', ('coffee.png',))
+    (d/'notes.png').write_text('this is not an image')
+    (d/'cut.jpg').write_bytes(resolve_ref('pkg:skimage/data/rocket.jpg').read_bytes()[:4000])
+    (d/'empty.jpg').write_bytes(b'')
+    r = verbalize(d, tmp_path/'out', CHEAP, progress=False)
+    assert (r.written, r.errors) == (1, 3)
+    errs = {e['path']: e for e in read_jsonl(tmp_path/'out/verbalize_errors.jsonl')}
+    assert set(errs) == {'notes.png', 'cut.jpg', 'empty.jpg'}
+    assert all(e['stage'] == 'read' and str(d/e['path']) in e['reason'] for e in errs.values())
+    assert 'truncated' in errs['cut.jpg']['reason'] or 'broken' in errs['cut.jpg']['reason']
+    # a missing file named in a list
+    (tmp_path/'list.txt').write_text('coffee.png\nmissing.jpg\n')
+    r = verbalize(tmp_path/'list.txt', tmp_path/'out2', CHEAP, root=d, progress=False)
+    e, = read_jsonl(tmp_path/'out2/verbalize_errors.jsonl')
+    assert r.written == 1 and e['path'] == 'missing.jpg' and e['error'] == 'FileNotFoundError'
+
+
+def test_a_failing_descriptor_is_isolated(tmp_path):
+    d = photos(tmp_path/'imgs', ('coffee.png', 'chelsea.png', 'rocket.jpg'))
+    vz = Verbalizer(CHEAP)
+    class Boom:
+        name, model, kind = 'boom', 'boom', 'tags'
+        def describe(self, images):
+            if any(im.size == (451, 300) for im in images): raise RuntimeError('model crashed on the cat')
+            return [[] for _ in images]
+    vz.globals.append(Boom())
+    r = verbalize(d, tmp_path/'out', verbalizer=vz, progress=False)
+    assert (r.written, r.errors) == (2, 1)
+    e, = read_jsonl(tmp_path/'out/verbalize_errors.jsonl')
+    assert e == {'path': 'chelsea.png', 'stage': 'describe', 'error': 'RuntimeError', 'reason': 'model crashed on the cat'}
+
+
+# ---------- regions ----------
+
+def test_geometry_phrases_on_hand_made_boxes():
+    W = (400, 300)
+    rs = [Region(0, (10, 10, 190, 290), 'person'), Region(1, (150, 100, 250, 200), 'table'),
+          Region(2, (50, 30, 110, 90), 'face'), Region(3, (380, 280, 395, 295), 'ball'), Region(4, (210, 0, 400, 150), 'window')]
+    assert [geometry_phrase(r, rs, W) for r in rs] == [
+        'person on the left, large, containing region [2], overlapping region [1]',
+        'table in the centre, overlapping regions [0] , [4]',
+        'face at the top left, small, inside region [0]',
+        'ball at the bottom right, very small',
+        'window at the top right, large, overlapping region [1]']
+
+
+def test_select_regions_limits_orders_and_dedups():
+    rs = [Region(i, (i*10, 0, i*10+50, 50), 'person', score=s) for i, s in enumerate([.5, .9, .8, .1])]
+    out = select_regions(rs, (200, 100), max_regions=2, iou_max=0.5)
+    assert [r.id for r in out] == [1, 3]                       # 2 overlaps 1 too much (IoU 0.67); 3 is next
+    out = select_regions(rs, (200, 100), max_regions=3, iou_max=0.9, order='score', renumber=True)
+    assert [(r.id, r.score) for r in out] == [(0, .9), (1, .8), (2, .5)]
+
+
+def test_hog_proposals_on_real_photos(tmp_path):
+    hog = HogPeople()
+    im = open_image(resolve_ref('pkg:skimage/data/astronaut.png'))
+    rs = hog.detect(im)
+    assert [r.id for r in rs] == list(range(len(rs)))
+    for r in rs:
+        assert r.label == 'person' and r.score >= 0.3
+        assert 0 <= r.box[0] < r.box[2] <= im.width and 0 <= r.box[1] < r.box[3] <= im.height
+    assert hog.detect(Image.new('RGB', (320, 240), 'white')) == []
+    # through the verbalizer: no given boxes, so HOG answers
+    d = photos(tmp_path/'imgs', ('astronaut.png',))
+    verbalize(d, tmp_path/'out', {**CHEAP, 'proposals': [{'name': 'given'}, {'name': 'hog'}]}, progress=False)
+    v, = read_jsonl(tmp_path/'out/verbalizations.jsonl', Verbalization)
+    assert v.meta['regions_from'] == 'opencv-hog-people' and len(v.image.regions) == len(rs)
+
+
+@pytest.mark.skipif(not COCO_PEOPLE.exists(), reason='shared/data/coco_people not available')
+def test_hog_finds_a_standing_person_in_a_coco_photo():
+    im = open_image(COCO_PEOPLE/'COCO_val2014_000000000569.jpg')      # one person walking on a plaza
+    rs = HogPeople().detect(im)
+    assert len(rs) >= 1 and rs[0].score > 1
+    x1, y1, x2, y2 = rs[0].box
+    assert (y2-y1) > 1.5*(x2-x1)                                       # an upright, person-shaped box
+
+
+# ---------- transformers backends: tiny random models through from_pretrained ----------
+
+def tiny_tokenizer(bert=False):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    words = 'a the person man woman cup dog on in of with is what who where question answer : ? . , red blue'.split()
+    vocab = {w: i for i, w in enumerate(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '<s>', '</s>', '<image>'] + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token='[UNK]')); tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bert: tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]', special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]', cls_token='[CLS]',
+                                   sep_token='[SEP]', mask_token='[MASK]', bos_token='[CLS]' if bert else '<s>',
+                                   eos_token='[SEP]' if bert else '</s>')
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "Tiny randomly initialised DETR, OWLv2, BLIP and BLIP-2, saved with save_pretrained"
+    import torch, transformers as T
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp('tiny'); out = {}
+    vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16)
+    # DETR (closed-set detector), with a tiny ResNet backbone (no timm)
+    cfg = T.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                       backbone_config=T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=['stage4']),
+                       d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                       encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, id2label={0: 'person', 1: 'cup'}, label2id={'person': 0, 'cup': 1})
+    T.DetrForObjectDetection(cfg).save_pretrained(d/'detr')
+    T.DetrImageProcessorPil(size={'shortest_edge': 64, 'longest_edge': 96}).save_pretrained(d/'detr'); out['detr'] = d/'detr'
+    # OWLv2 (open-vocabulary detector)
+    tok = tiny_tokenizer()
+    cfg = T.Owlv2Config(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         max_position_embeddings=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16),
+                        projection_dim=16)
+    T.Owlv2ForObjectDetection(cfg).save_pretrained(d/'owlv2')
+    T.Owlv2Processor(image_processor=T.Owlv2ImageProcessorPil(size={'height': 64, 'width': 64}), tokenizer=tok).save_pretrained(d/'owlv2'); out['owlv2'] = d/'owlv2'
+    # BLIP captioner
+    btok = tiny_tokenizer(bert=True)
+    cfg = T.BlipConfig(vision_config=vis, projection_dim=16,
+                       text_config=dict(vocab_size=len(btok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        max_position_embeddings=64, bos_token_id=btok.cls_token_id, eos_token_id=btok.sep_token_id,
+                                        pad_token_id=btok.pad_token_id, sep_token_id=btok.sep_token_id))
+    T.BlipForConditionalGeneration(cfg).save_pretrained(d/'blip')
+    T.BlipProcessor(image_processor=T.BlipImageProcessorPil(size={'height': 32, 'width': 32}), tokenizer=btok).save_pretrained(d/'blip'); out['blip'] = d/'blip'
+    # BLIP-2 with a tiny OPT language model (VQA)
+    tok = tiny_tokenizer(); tok.image_token = '<image>'
+    cfg = T.Blip2Config(vision_config=vis, num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids('<image>'),
+                        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, encoder_hidden_size=32, vocab_size=len(tok)),
+                        text_config=dict(model_type='opt', vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                         max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    T.Blip2ForConditionalGeneration(cfg).save_pretrained(d/'blip2')
+    T.Blip2Processor(image_processor=T.BlipImageProcessorPil(size={'height': 32, 'width': 32}), tokenizer=tok, num_query_tokens=4).save_pretrained(d/'blip2'); out['blip2'] = d/'blip2'
+    return out
+
+
+def _inside(v):
+    return all(0 <= r.box[0] < r.box[2] <= v.image.width and 0 <= r.box[1] < r.box[3] <= v.image.height for r in v.image.regions)
+
+
+def test_tiny_detr_detector(tiny, tmp_path):
+    d = photos(tmp_path/'imgs', ('coffee.png', 'chelsea.png', 'rocket.jpg'))
+    cfg = {**CHEAP, 'proposals': [{'name': 'detector', 'model': str(tiny['detr']), 'threshold': 0.0, 'batch_size': 2}],
+           'select': {'max_regions': 4, 'iou_max': 0.95}}
+    verbalize(d, tmp_path/'out', cfg, progress=False)
+    vs = list(read_jsonl(tmp_path/'out/verbalizations.jsonl', Verbalization))
+    assert len(vs) == 3
+    for v in vs:
+        assert v.meta['regions_from'] == str(tiny['detr'])
+        assert 1 <= len(v.image.regions) <= 4 and _inside(v)
+        assert [r.id for r in v.image.regions] == list(range(len(v.image.regions)))
+        assert {r.label for r in v.image.regions} <= {'person', 'cup'} and all(r.score is not None for r in v.image.regions)
+        assert set(v.regions) == {r.id for r in v.image.regions}
+
+
+def test_tiny_owlv2_open_vocabulary_detector(tiny, tmp_path):
+    d = photos(tmp_path/'imgs', ('coffee.png', 'chelsea.png'))
+    cfg = {**CHEAP, 'proposals': [{'name': 'detector', 'model': str(tiny['owlv2']), 'labels': ['a person', 'a cup'], 'threshold': 0.0}],
+           'select': {'max_regions': 5, 'iou_max': 0.99}}
+    verbalize(d, tmp_path/'out', cfg, progress=False)
+    for v in read_jsonl(tmp_path/'out/verbalizations.jsonl', Verbalization):
+        assert 1 <= len(v.image.regions) <= 5 and _inside(v)
+        assert {r.label for r in v.image.regions} <= {'person', 'cup'}          # the queries, article removed
+
+
+def test_tiny_blip_captioner_global_and_regions(tiny, tmp_path):
+    cfg = {'proposals': [{'name': 'given'}], 'global': [{'name': 'caption', 'model': str(tiny['blip']), 'max_new_tokens': 5}],
+           'region': [{'name': 'caption', 'model': str(tiny['blip']), 'max_new_tokens': 4, 'prompt': 'a'}], 'qa': None, 'batch_size': 3}
+    vz = Verbalizer(cfg)
+    assert len(vz.pool.models) == 1                                  # one model shared by both descriptors
+    r = verbalize(SAMPLE, tmp_path, verbalizer=vz, limit=3, progress=False)
+    assert (r.written, r.errors) == (3, 0)
+    for v in read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization):
+        assert v.absent == ['qa']
+        assert [(d.model, d.kind) for d in v.globals] == [(str(tiny['blip']), 'caption')]
+        assert set(v.regions) == {x.id for x in v.image.regions}
+        assert all(len(ds) == 1 and ds[0].kind == 'caption' and isinstance(ds[0].text, str) for ds in v.regions.values())
+
+
+class FakeOpenAI:
+    "Stands in for openai.OpenAI: records the prompts, returns numbered questions"
+    def __init__(self):
+        self.prompts = []
+        class C:
+            @staticmethod
+            def create(model, messages, **kw):
+                self.prompts.append((model, messages))
+                msg = type('M', (), {'content': f'Question: what is thing {len(self.prompts)}\nextra line'})
+                return type('R', (), {'choices': [type('Ch', (), {'message': msg})]})
+        self.chat = type('Chat', (), {'completions': C})
+
+
+def test_tiny_blip2_vqa_with_an_llm_asker(tiny, tmp_path):
+    client = FakeOpenAI()
+    cfg = {**CHEAP, 'qa': {'asker': {'name': 'openai', 'model': 'teacher'}, 'answerer': str(tiny['blip2']), 'rounds': 2, 'max_new_tokens': 4}}
+    vz = Verbalizer(cfg, client=client)
+    verbalize(SAMPLE, tmp_path, verbalizer=vz, limit=2, progress=False)
+    vs = list(read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization))
+    assert len(vs) == 2 and len(client.prompts) == 4
+    for v in vs:
+        assert 'qa' not in v.absent and len(v.qa) == 2
+        assert all(q.model == str(tiny['blip2']) and q.asker == 'openai:teacher' and q.question.startswith('what is thing')
+                   and q.question.endswith('?') and isinstance(q.answer, str) for q in v.qa)
+    model, msgs = client.prompts[0]
+    assert model == 'teacher' and 'smiling woman' in msgs[1]['content']      # the asker sees the region descriptions
+    assert 'Q: what is thing' in client.prompts[2][1][1]['content']            # and the previous round
+
+
+def test_tiny_blip2_vqa_with_fixed_questions(tiny, tmp_path):
+    cfg = {**CHEAP, 'qa': {'asker': {'name': 'fixed', 'questions': ['Who is there?']}, 'answerer': str(tiny['blip2']), 'rounds': 1}}
+    verbalize(photos(tmp_path/'imgs'), tmp_path/'out', cfg, progress=False)
+    for v in read_jsonl(tmp_path/'out/verbalizations.jsonl', Verbalization):
+        assert [(q.question, q.asker) for q in v.qa] == [('Who is there?', 'fixed-questions')]
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(OSError, match='cannot load the model'):
+        Verbalizer({'global': [{'name': 'caption', 'model': str(tmp_path/'nope')}]})
+    with pytest.raises(ValueError, match='needs `model`'):
+        Verbalizer({'global': [{'name': 'caption'}]})
+
+
+# ---------- CLI ----------
+
+def test_cli(tmp_path, capsys):
+    cfg = tmp_path/'cheap.yaml'; cfg.write_text(yaml.safe_dump(CHEAP))
+    assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(cfg), '--limit', '3', '-q', '--grid']) == 0
+    out = capsys.readouterr().out
+    assert '3 written' in out and (tmp_path/'out/verbalizations.png').exists()
+    assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(cfg), '--limit', '3', '-q']) == 0
+    assert '3 already done' in capsys.readouterr().out
+    assert main(['no/such/dir', str(tmp_path/'x'), '-q']) == 2
+    assert 'images not found' in capsys.readouterr().err
+    bad = tmp_path/'bad.yaml'; bad.write_text('global: [{name: clip}]')
+    assert main([str(SAMPLE), str(tmp_path/'y'), '--config', str(bad)]) == 2
+    assert "unknown descriptor 'clip'" in capsys.readouterr().err
+
+
+def test_cli_dispatch(tmp_path):
+    from lskd.cli import main as lskd
+    d = photos(tmp_path/'imgs', ('coffee.png',))
+    cfg = tmp_path/'cheap.yaml'; cfg.write_text(yaml.safe_dump(CHEAP))
+    assert lskd(['verbalize', str(d), str(tmp_path/'out'), '--config', str(cfg), '-q']) == 0
+    assert len(list(read_jsonl(tmp_path/'out/verbalizations.jsonl'))) == 1
