@@ -1,0 +1,289 @@
+"""Tests of lskd.generate against a fake OpenAI-compatible server (retries, timeouts, cache, resume after a kill,
+budget, rejects) and one end-to-end run through a real local llama.cpp server (marked `server`)."""
+import json, os, signal, subprocess, sys, time, sqlite3
+from pathlib import Path
+import pytest
+from lskd.core import Verbalization, ImageRecord, Region, Description, QAPair, QAR, read_jsonl, write_jsonl
+from lskd.generate import (generate, main, FakeTeacher, fake_reply, GenerationError, load_config, request_key, ReplyCache)
+
+QUICK = dict(teacher='remote', model='fake', progress=False, backoff=0.01, timeout=10)
+
+
+def verbs(n, people=2):
+    out = []
+    for i in range(n):
+        rs = [Region(j, (10 + 100*j, 20, 90 + 100*j, 300), 'person', f'person {j} of image {i}') for j in range(people)]
+        out.append(Verbalization(ImageRecord(f'img{i:03d}.jpg', 640, 480, rs, id=f'im{i}'),
+                                 globals=[Description(f'scene number {i}', 'cap')]))
+    return out
+
+
+@pytest.fixture
+def vfile(tmp_path): return write_jsonl(tmp_path/'verbalizations.jsonl', verbs(6))
+
+
+@pytest.fixture
+def fake():
+    with FakeTeacher() as ft: yield ft
+
+
+def run(vfile, out, ft, **kw): return generate(vfile, out, dict(QUICK, base_url=ft.base_url, **kw))
+
+
+# ---------- outputs and cache ----------
+
+def test_outputs_and_rerun_sends_nothing(vfile, tmp_path, fake):
+    res = run(vfile, tmp_path/'o', fake, samples=2)
+    assert res.status == 'complete' and res['requests_sent'] == 12 == len(fake.requests)
+    corpus = list(read_jsonl(tmp_path/'o'/'corpus.jsonl', QAR))
+    assert len(corpus) == res['accepted'] > 0 and [q.index for q in corpus] == list(range(len(corpus)))
+    assert [q.image for q in corpus] == sorted(q.image for q in corpus)              # input order
+    for q in corpus: q.check()
+    rows = list(read_jsonl(tmp_path/'o'/'corpus_lskd.jsonl'))
+    assert len(rows) == len(corpus) and isinstance(rows[0]['question'], list) and rows[0]['region_all'] == [0, 1]
+    s = json.loads((tmp_path/'o'/'summary.json').read_text())
+    assert s['parse_success_rate'] == 1.0 and s['prompt_tokens'] > 0 and s['completion_tokens'] > 0
+    files = {p.name: p.read_bytes() for p in (tmp_path/'o').glob('*.jsonl')}
+    res2 = run(vfile, tmp_path/'o', fake, samples=2)
+    assert len(fake.requests) == 12 and res2['requests_sent'] == 0 and res2['requests_cached'] == 12
+    assert res2['completion_tokens'] == 0                                              # nothing spent on a rerun
+    assert {p.name: p.read_bytes() for p in (tmp_path/'o').glob('*.jsonl')} == files
+    # a changed sampling parameter is a different request
+    run(vfile, tmp_path/'o', fake, samples=2, temperature=0.3)
+    assert len(fake.requests) == 24
+
+
+def test_seeds_differ_per_image_and_sample(vfile, tmp_path, fake):
+    run(vfile, tmp_path/'o', fake, samples=3)
+    seeds = [b['seed'] for b in fake.requests]
+    assert len(set(seeds)) == 18
+    assert all(b['temperature'] == 0.8 and b['response_format']['type'] == 'json_schema' for b in fake.requests)
+
+
+def test_no_cache_option(vfile, tmp_path, fake):
+    run(vfile, tmp_path/'o', fake, cache=None); run(vfile, tmp_path/'o', fake, cache=None)
+    assert len(fake.requests) == 12 and not (tmp_path/'o'/'cache.sqlite').exists()
+
+
+def test_failures_are_never_cached(vfile, tmp_path, fake):
+    fake.fail(3, 500)                      # first image: all 3 attempts fail
+    with pytest.raises(GenerationError, match=r'1 teacher request\(s\) failed[\s\S]*img000.jpg sample 0: InternalServerError'):
+        run(vfile, tmp_path/'o', fake, max_retries=2, concurrency=1)
+    assert not (tmp_path/'o'/'corpus.jsonl').exists() and (tmp_path/'o'/'corpus.jsonl.partial').exists()
+    assert (tmp_path/'o'/'corpus.jsonl.partial').read_bytes() == b''          # nothing after the failed first image
+    assert json.loads((tmp_path/'o'/'summary.json').read_text())['status'] == 'failed'
+    assert [f['image'] for f in read_jsonl(tmp_path/'o'/'failures.jsonl')] == ['img000.jpg']
+    keys = {r[0] for r in sqlite3.connect(tmp_path/'o'/'cache.sqlite').execute('SELECT key FROM replies')}
+    assert len(keys) == 5
+    n = len(fake.requests)
+    res = run(vfile, tmp_path/'o', fake)
+    assert res.status == 'complete' and res['requests_sent'] == 1 and len(fake.requests) == n + 1
+    assert not (tmp_path/'o'/'failures.jsonl').exists()
+
+
+# ---------- retries, Retry-After, timeouts ----------
+
+def test_retry_after_is_honoured(vfile, tmp_path, fake):
+    fake.fail(2, 429, retry_after=0.4)
+    res = run(vfile, tmp_path/'o', fake, concurrency=1, max_images=1, backoff=0.01)
+    assert res.status == 'complete' and res['retries'] == 2 and len(fake.requests) == 3
+    gaps = [b - a for a, b in zip(fake.times, fake.times[1:])]
+    assert all(g >= 0.4 for g in gaps), gaps
+
+
+def test_5xx_backoff_then_success(vfile, tmp_path, fake):
+    fake.fail(3, 503)
+    res = run(vfile, tmp_path/'o', fake, concurrency=1, max_images=1, backoff=0.05)
+    assert res['retries'] == 3 and res['requests_sent'] == 1 and len(fake.requests) == 4
+    gaps = [b - a for a, b in zip(fake.times, fake.times[1:])]
+    assert gaps[2] > gaps[0] and gaps[0] >= 0.025          # exponential: 0.05 * 2**k * [0.5, 1)
+
+
+def test_timeout_is_retried(vfile, tmp_path, fake):
+    fake.fail(1, status=None, delay=1.5)   # the first request hangs past the timeout
+    t0 = time.perf_counter()
+    res = run(vfile, tmp_path/'o', fake, concurrency=1, max_images=1, timeout=0.5)
+    assert res.status == 'complete' and res['retries'] == 1 and len(fake.requests) == 2
+    assert time.perf_counter() - t0 < 5
+
+
+def test_non_retryable_aborts_with_clear_error(vfile, tmp_path, fake):
+    fake.fail(100, 401)
+    with pytest.raises(GenerationError, match='AuthenticationError'):
+        run(vfile, tmp_path/'o', fake, concurrency=1)
+    assert len(fake.requests) == 1                         # no retries, and the run stopped sending
+
+
+@pytest.mark.parametrize('status', [400, 500])         # vLLM-like 400, llama-cpp-python's 500
+def test_response_format_auto_fallback(vfile, tmp_path, status):
+    with FakeTeacher(formats={'json_object'}, format_status=status) as ft:       # like llama.cpp: no 'json_schema'
+        res = run(vfile, tmp_path/'o', ft, concurrency=1, backoff=1.0)
+        assert res['retries'] == 0
+        assert res.status == 'complete' and res['response_format'] == 'llama_cpp'
+        assert res['requests_sent'] == 6 and len(ft.requests) == 7   # one refused probe
+        assert ft.requests[1]['response_format']['schema']['properties']['triples']['maxItems'] == 3
+        res = run(vfile, tmp_path/'o', ft, concurrency=1)
+        assert res['requests_sent'] == 0 and len(ft.requests) == 7     # the rerun finds the cached spelling
+
+
+# ---------- API key ----------
+
+def test_api_key_from_env_never_written(vfile, tmp_path, fake, monkeypatch):
+    secret = 'sk-test-SECRET-0123456789'
+    monkeypatch.setenv('LSKD_TEST_KEY', secret)
+    run(vfile, tmp_path/'o', fake, api_key_env='LSKD_TEST_KEY')
+    assert {k.lower(): v for k, v in fake.headers[0].items()}['authorization'] == f'Bearer {secret}'
+    for p in (tmp_path/'o').iterdir(): assert secret.encode() not in p.read_bytes(), p
+
+
+def test_missing_key_for_openai(vfile, tmp_path, monkeypatch):
+    monkeypatch.delenv('LSKD_NO_SUCH_KEY', raising=False)
+    with pytest.raises(ValueError, match="set the environment variable 'LSKD_NO_SUCH_KEY'"):
+        generate(vfile, tmp_path/'o', dict(teacher='remote', model='gpt-4o-mini', api_key_env='LSKD_NO_SUCH_KEY'))
+    with pytest.raises(ValueError, match="'model' is required"):
+        generate(vfile, tmp_path/'o', dict(teacher='remote', base_url='http://127.0.0.1:9/v1'))
+
+
+# ---------- budget ----------
+
+def test_budget_cap_stops_cleanly_and_resumes(vfile, tmp_path, fake):
+    prices = {'fake': {'prompt': 1000.0, 'completion': 1000.0}}          # USD per 1M tokens
+    one = run(vfile, tmp_path/'probe', fake, max_images=1, prices=prices)['cost_usd']
+    n0 = len(fake.requests)
+    res = run(vfile, tmp_path/'o', fake, concurrency=1, prices=prices, budget_usd=2.5*one)
+    assert res.status == 'budget' and res['requests_sent'] == 3 and len(fake.requests) - n0 == 3
+    assert res['cost_usd'] >= 2.5*one and res['images_done'] == 3
+    assert len(list(read_jsonl(tmp_path/'o'/'corpus.jsonl.partial'))) == res['accepted'] > 0
+    assert not (tmp_path/'o'/'corpus.jsonl').exists()
+    # CLI: exit code 3 when stopped by the budget; then finishing without a cap sends only the rest
+    cfg = tmp_path/'c.yaml'; cfg.write_text(json.dumps(dict(prices=prices)))
+    args = [str(vfile), str(tmp_path/'o'), '--config', str(cfg), '--base-url', fake.base_url, '--model', 'fake', '--quiet']
+    assert main(args + ['--budget-usd', str(1.5*one), '--concurrency', '1']) == 3
+    assert main(args) == 0
+    assert len(fake.requests) - n0 == 6
+    ref = run(vfile, tmp_path/'ref', fake)
+    assert (tmp_path/'o'/'corpus.jsonl').read_bytes() == (tmp_path/'ref'/'corpus.jsonl').read_bytes()
+
+
+def test_budget_tokens(vfile, tmp_path, fake):
+    res = run(vfile, tmp_path/'o', fake, concurrency=1, budget_tokens=1)
+    assert res.status == 'budget' and res['requests_sent'] == 1
+
+
+# ---------- validation and rejects ----------
+
+def mixed_reply(body):
+    "Replies of every kind, chosen by the image"
+    text = body['messages'][-1]['content']
+    if 'scene number 0' in text: return 'Sorry, I cannot help with that.'
+    g = dict(question='Why is [0] next to [1]?', answer='[0] and [1] are friends.', rationale='[0] smiles at [1] warmly.')
+    if 'scene number 1' in text:
+        return '```json\n{"triples": [' + json.dumps(g) + ', ' + json.dumps(dict(g, question='What is [5] doing?')) + ',]}\n```'
+    return json.dumps([g, g, dict(g, question='Why is he here?', answer='He is waiting.', rationale='He looks at the door.'),
+                       dict(g, answer='')])
+
+
+def test_rejects_and_shares(vfile, tmp_path):
+    with FakeTeacher(reply=mixed_reply) as ft: res = run(vfile, tmp_path/'o', ft)
+    rej = list(read_jsonl(tmp_path/'o'/'rejects.jsonl'))
+    from collections import Counter
+    c = Counter(r['reason'] for r in rej)
+    assert c == Counter(parse_error=1, bad_region=1, duplicate=4, no_region=4, missing_field=4)
+    assert res['accepted'] == 1 + 4 and res['replies'] == 6 and res['parse_success_rate'] == round(5/6, 4)
+    assert res['triples_parsed'] == 2 + 4*4 and res['valid_ref_rate'] == round(1 - 1/18, 4)
+    total = res['accepted'] + sum(c.values())
+    assert res['reject_shares'] == {k: round(v/total, 4) for k, v in sorted(c.items())}
+    assert all(r['image'].startswith('img') and r['prompt'] == 'v1' for r in rej)
+    assert next(r for r in rej if r['reason'] == 'parse_error')['raw'] == 'Sorry, I cannot help with that.'
+
+
+def test_images_without_regions(tmp_path, fake):
+    vs = verbs(3); vs[1] = Verbalization(ImageRecord('empty.jpg', 64, 64, []))
+    p = write_jsonl(tmp_path/'v.jsonl', vs)
+    res = run(p, tmp_path/'o', fake, prompt_options={'regions': 'people'})
+    assert res.status == 'complete' and res['images_no_regions'] == 1 and res['requests_sent'] == 2
+    assert [r['reason'] for r in read_jsonl(tmp_path/'o'/'rejects.jsonl')] == ['no_regions']
+
+
+# ---------- concurrency and kill-and-resume ----------
+
+def test_concurrency_is_bounded(vfile, tmp_path):
+    with FakeTeacher(latency=0.2) as ft:
+        t0 = time.perf_counter(); run(vfile, tmp_path/'o', ft, concurrency=3, samples=2); dt = time.perf_counter() - t0
+        ts = sorted(ft.times)
+    in_flight = max(sum(1 for t in ts if s <= t < s + 0.15) for s in ts)
+    assert 2 <= in_flight <= 3             # requests overlap, never more than `concurrency` at once
+
+
+CHILD = '''
+import sys
+from lskd.generate import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_kill_and_resume_gives_identical_corpus(tmp_path):
+    vfile = write_jsonl(tmp_path/'v.jsonl', verbs(14, people=3))
+    with FakeTeacher(latency=0.15) as ft:
+        args = [str(vfile), str(tmp_path/'k'), '--base-url', ft.base_url, '--model', 'fake', '--quiet',
+                '--samples', '2', '--concurrency', '3']
+        for kill_after in (2, 9, 17):                          # kill three times at different points
+            proc = subprocess.Popen([sys.executable, '-c', CHILD] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while ft.ok < kill_after and proc.poll() is None: time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL); proc.wait()
+            assert proc.returncode == -signal.SIGKILL
+            assert not (tmp_path/'k'/'corpus.jsonl').exists()
+        cached = len(ReplyCache(tmp_path/'k'/'cache.sqlite'))
+        assert ft.ok - 3*3 <= cached <= ft.ok    # at most the replies in flight at each kill are lost
+        n_before = len(ft.requests)
+        assert subprocess.run([sys.executable, '-c', CHILD] + args, capture_output=True).returncode == 0
+        summary = json.loads((tmp_path/'k'/'summary.json').read_text())
+        assert summary['requests_cached'] == cached and summary['requests_sent'] == 28 - cached
+        assert len(ft.requests) - n_before == 28 - cached
+        ref = generate(vfile, tmp_path/'ref', dict(QUICK, base_url=ft.base_url, samples=2, concurrency=1))
+        assert ref.status == 'complete'
+    for name in ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl'):
+        assert (tmp_path/'k'/name).read_bytes() == (tmp_path/'ref'/name).read_bytes(), name
+    assert ref['accepted'] > 20
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--teacher', 'fake', '--quiet']) == 1
+    assert 'verbalizations not found' in capsys.readouterr().err
+    bad = tmp_path/'c.yaml'; bad.write_text('temprature: 1\n')
+    assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--config', str(bad)]) == 1
+    assert "unknown config key(s) ['temprature']" in capsys.readouterr().err
+
+
+def test_cli_dispatch(vfile, tmp_path):
+    "`lskd generate ...` reaches lskd.generate.main through the CLI table"
+    r = subprocess.run([sys.executable, '-c', 'import sys; from lskd.cli import main; sys.exit(main(sys.argv[1:]))',
+                        'generate', str(vfile), str(tmp_path/'o'), '--teacher', 'fake', '--quiet', '--max-images', '2'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'GenResult(complete: 2/2 images' in r.stdout
+    assert len(list(read_jsonl(tmp_path/'o'/'corpus.jsonl'))) > 0
+
+
+# ---------- a real local llama.cpp server ----------
+
+@pytest.mark.server
+def test_real_llama_cpp_server_end_to_end(tmp_path):
+    pytest.importorskip('llama_cpp')
+    from lskd.server import fetch_models, TeacherServer
+    name = 'smollm2-135m-instruct'
+    path = fetch_models(name, progress=False)[name]
+    vfile = write_jsonl(tmp_path/'v.jsonl', verbs(2))
+    with TeacherServer(path, alias=name, log_path=tmp_path/'server.log') as srv:
+        res = generate(vfile, tmp_path/'o', dict(teacher='remote', base_url=srv.base_url, model=name, max_tokens=48,
+                                                 concurrency=2, timeout=120, progress=False, prompt_options={'n': 2}))
+        # the same through the CLI, into the same folder: all cached
+        assert main([str(vfile), str(tmp_path/'o'), '--base-url', srv.base_url, '--model', name, '--max-tokens', '48',
+                     '--concurrency', '2', '--n', '2', '--quiet']) == 0
+    assert res.status == 'complete' and res['requests_sent'] == 2 and res['replies'] == 2
+    assert res['prompt_tokens'] > 100 and res['completion_tokens'] > 0
+    assert res['response_format'] in ('llama_cpp', 'openai', 'none')
+    for f in ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl', 'summary.json'): assert (tmp_path/'o'/f).exists()
+    n = len(list(read_jsonl(tmp_path/'o'/'corpus.jsonl'))) + len(list(read_jsonl(tmp_path/'o'/'rejects.jsonl')))
+    assert n >= 1                          # something came back and was either accepted or rejected with a reason
+    assert json.loads((tmp_path/'o'/'summary.json').read_text())['requests_sent'] == 0
