@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'usage', 'CLIError', 'resolve', 'main']
 
-# %% ../nbs/10_cli.ipynb #5f4eae7e
+# %% ../nbs/10_cli.ipynb #03d45da2
 import sys, importlib
 
-# %% ../nbs/10_cli.ipynb #5093d465
+# %% ../nbs/10_cli.ipynb #0dfea2fc
 COMMANDS = {
     'fetch-models':  ('lskd.server', 'fetch_models_main', 'download, join and checksum the offline teacher LLMs (GGUF)'),
     'serve-teacher': ('lskd.server', 'serve_teacher_main', 'run the local OpenAI-compatible teacher server'),
@@ -20,14 +20,14 @@ COMMANDS = {
     'run':           ('lskd.pipeline', 'main', 'run the whole pipeline with papermill into runs/<run-id>/'),
 }
 
-# %% ../nbs/10_cli.ipynb #e7d66ea3
+# %% ../nbs/10_cli.ipynb #6613016c
 def usage():
     "The help text listing every command"
     w = max(map(len, COMMANDS))
     return 'usage: lskd <command> [args]\n\ncommands:\n' + '\n'.join(
         f'  {k:<{w}}  {v[2]}' for k,v in COMMANDS.items())
 
-# %% ../nbs/10_cli.ipynb #203d195e
+# %% ../nbs/10_cli.ipynb #07eda1a6
 class CLIError(Exception):
     "A usage error: printed as one line, exit status 2"
 
@@ -41,7 +41,7 @@ def resolve(cmd):
         raise CLIError(f"command {cmd!r} is not available in this version ({mod} is missing)") from None
     return getattr(m, fn)
 
-# %% ../nbs/10_cli.ipynb #9e9dd48a
+# %% ../nbs/10_cli.ipynb #a0be25ae
 def main(argv=None):
     "Entry point of the `lskd` console script"
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -50,6 +50,6 @@ def main(argv=None):
     except CLIError as e: print(f'lskd: {e}', file=sys.stderr); return 2
     return f(argv[1:]) or 0
 
-# %% ../nbs/10_cli.ipynb #e7873644
+# %% ../nbs/10_cli.ipynb #56e8edda
 #| eval: false
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())   # not when run as a notebook

@@ -1,9 +1,10 @@
 "The lskd console script"
 import subprocess, sys, shutil
+from pathlib import Path
 import pytest
 
 def lskd(*args):
-    exe = shutil.which('lskd') or pytest.fail('the lskd console script is not installed (pip install -e .)')
+    exe = shutil.which('lskd', path=str(Path(sys.executable).parent)) or shutil.which('lskd') or pytest.fail('the lskd console script is not installed (pip install -e .)')
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
 
 def test_help_lists_commands():

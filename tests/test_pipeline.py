@@ -1,0 +1,77 @@
+"`lskd run` end to end (papermill runs of the stage notebooks), resume, failures and secrets"
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from lskd.generate import FakeTeacher
+
+SECRET = 'sk-lskd-test-SECRET-3f9a0c7e1b2d4c6a8e0f'
+FAST = ['-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']
+
+def lskd(*args, env=None, timeout=900):
+    exe = shutil.which('lskd', path=str(Path(sys.executable).parent)) or shutil.which('lskd') or pytest.fail('the lskd console script is not installed (pip install -e .)')
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "One fast run through an OpenAI-compatible endpoint that needs a key (the fake teacher), key in the environment"
+    runs = tmp_path_factory.mktemp('runs')
+    with FakeTeacher() as ft:
+        r = lskd('run', '--runs-dir', runs, '--run-id', 'r1', '-p', 'generate.teacher=remote', '-p', f'generate.base_url={ft.base_url}',
+                 '-p', 'generate.model=fake', '-p', 'generate.api_key_env=LSKD_TEST_API_KEY', *FAST,
+                 env={'LSKD_TEST_API_KEY': SECRET})
+        n_requests = ft.requests if hasattr(ft, 'requests') else None
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return runs, runs/'r1', r
+
+def test_run_writes_every_stage_and_a_manifest(run):
+    runs, d, r = run
+    man = json.loads((d/'manifest.json').read_text())
+    stages = ['verbalize', 'generate', 'critic', 'distill', 'evaluate', 'inspect']
+    assert list(man['stages']) == stages and all(man['stages'][s]['status'] == 'done' for s in stages)
+    for s in stages:
+        assert (d/man['stages'][s]['notebook']).exists()                     # the executed notebook
+        assert man['stages'][s]['seconds'] > 0 and man['stages'][s]['peak_rss_mib'] > 50
+    assert man['config']['generate']['api_key_env'] == 'LSKD_TEST_API_KEY' and man['git_commit'] is not None
+    assert man['stages']['generate']['counts']['accepted'] > 0 and man['stages']['generate']['models'] == ['fake']
+    for f in ['verbalize/verbalizations.jsonl', 'generate/corpus.jsonl', 'generate/corpus_lskd.jsonl', 'critic/scored.jsonl',
+              'critic/filtered.jsonl', 'distill/distilled/student.json', 'distill/base/student.json', 'evaluate/results.json',
+              'evaluate/results.png', 'inspect/overview.png', 'config.yaml']:
+        assert (d/f).exists(), f
+    res = json.loads((d/'evaluate/results.json').read_text())
+    assert {m['name'] for m in res['models']} == {'base', 'distilled', 'no-critic'} and res['n_questions'] >= 2
+    assert 'distilled' in r.stdout and 'report:' in r.stdout                 # the table and where the report is
+
+def test_api_key_never_lands_in_the_run_folder(run):
+    runs, d, r = run
+    assert SECRET not in r.stdout + r.stderr
+    for p in d.rglob('*'):
+        if p.is_file(): assert SECRET.encode() not in p.read_bytes(), p
+
+def test_resume_skips_complete_stages(run):
+    runs, d, _ = run
+    before = (d/'generate/corpus.jsonl').read_bytes()
+    r = lskd('run', '--runs-dir', runs, '--resume', 'r1')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count('done already, skipped') == 6
+    assert (d/'generate/corpus.jsonl').read_bytes() == before
+
+def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path):
+    r = lskd('run', '--runs-dir', tmp_path, '--run-id', 'bad', '--stages', 'verbalize,generate',
+             '-p', 'generate.teacher=remote', '-p', 'generate.base_url=http://127.0.0.1:9/v1', '-p', 'generate.model=x',
+             '-p', 'generate.max_retries=0', '-p', 'generate.timeout=5')
+    assert r.returncode == 1
+    assert 'stage generate failed in notebook 03_generate.ipynb, cell' in r.stderr and 'Traceback' not in r.stderr
+    d = tmp_path/'bad'
+    assert (d/'verbalize/verbalizations.jsonl').exists() and (d/'verbalize/stage.json').exists()
+    man = json.loads((d/'manifest.json').read_text())
+    assert man['stages']['verbalize']['status'] == 'done' and man['stages']['generate']['status'] == 'failed'
+    assert (d/'notebooks/03_generate.ipynb').exists()
+
+def test_usage_errors(tmp_path):
+    r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.n_triples')
+    assert r.returncode == 2 and 'expected key=value' in r.stderr
+    r = lskd('run', '--runs-dir', tmp_path, '--resume', 'nope')
+    assert r.returncode == 2 and 'no run to resume' in r.stderr
+    r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.api_key=sk-abcdefghijklmnopqrstuvwxyz012345')
+    assert r.returncode == 2 and 'looks like a secret' in r.stderr
