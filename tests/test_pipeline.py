@@ -34,6 +34,8 @@ def test_run_writes_every_stage_and_a_manifest(run):
         assert man['stages'][s]['seconds'] > 0 and man['stages'][s]['peak_rss_mib'] > 50
     assert man['config']['generate']['api_key_env'] == 'LSKD_TEST_API_KEY' and man['git_commit'] is not None
     assert man['stages']['generate']['counts']['accepted'] > 0 and man['stages']['generate']['models'] == ['fake']
+    sums = man['stages']['distill']['model_sha256']
+    assert set(sums) == {'base', 'distilled', 'no-critic'} and all(len(h) == 64 for v in sums.values() for h in v.values())
     for f in ['verbalize/verbalizations.jsonl', 'generate/corpus.jsonl', 'generate/corpus_lskd.jsonl', 'critic/scored.jsonl',
               'critic/filtered.jsonl', 'distill/distilled/student.json', 'distill/base/student.json', 'evaluate/results.json',
               'evaluate/results.png', 'inspect/overview.png', 'config.yaml']:
@@ -51,10 +53,12 @@ def test_api_key_never_lands_in_the_run_folder(run):
 def test_resume_skips_complete_stages(run):
     runs, d, _ = run
     before = (d/'generate/corpus.jsonl').read_bytes()
-    r = lskd('run', '--runs-dir', runs, '--resume', 'r1')
+    r = lskd('run', '--runs-dir', runs, '--resume', 'r1', '-p', 'evaluate.kept_only=true')
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count('done already, skipped') == 6
     assert (d/'generate/corpus.jsonl').read_bytes() == before
+    cfg = json.loads((d/'manifest.json').read_text())['config']     # overrides apply on top of the run's own config
+    assert cfg['evaluate']['kept_only'] is True and cfg['generate']['api_key_env'] == 'LSKD_TEST_API_KEY'
 
 def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path):
     r = lskd('run', '--runs-dir', tmp_path, '--run-id', 'bad', '--stages', 'verbalize,generate',
