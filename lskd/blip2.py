@@ -39,12 +39,12 @@ def bert_tokenizer(path=None):
     return tok
 
 # %% ../nbs/12_blip2.ipynb #ccc68c1f
-def build_tiny_blip2(path, seed=0, tokenizer=None):
+def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
     "Build a tiny random `Blip2ForImageTextRetrieval`, save it with tokenizer and preprocessing to `path`"
     from transformers import Blip2ForImageTextRetrieval
     tok = tokenizer or bert_tokenizer()
     torch.manual_seed(seed)
-    model = Blip2ForImageTextRetrieval(tiny_blip2_config(vocab_size=len(tok)))
+    model = Blip2ForImageTextRetrieval(config or tiny_blip2_config(vocab_size=len(tok)))
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path)); tok.save_pretrained(str(path))
     size = model.config.vision_config.image_size

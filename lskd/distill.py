@@ -149,11 +149,14 @@ def _iter(self):
     wi = torch.utils.data.get_worker_info()
     w, W = (wi.id, wi.num_workers) if wi else (0, 1)
     epoch, skip = self.start
+    k = 0                                          # batches since `start`: the k-th goes to worker k % W
     while self.epochs is None or epoch < self.epochs:
         n = 0
         for b, batch in _epoch_batches(self, epoch):
             n += 1
-            if b < skip or b % W != w: continue
+            if b < skip: continue
+            k += 1
+            if (k - 1) % W != w: continue
             yield epoch, b, (self.prepare(batch) if self.prepare else batch)
         if n == 0: raise ValueError(f"{self.path}: not one full batch of {self.batch_size} x {self.world_size} process(es) "
                                     "in an epoch: the corpus is too small (or min_score/val_frac leave too little); "
@@ -161,6 +164,8 @@ def _iter(self):
         epoch, skip = epoch + 1, 0
 
 CorpusStream.epoch_batches = _epoch_batches
+
+def _as_is(item): return item                  # the default would turn the (examples, pixels) tuple into a list
 
 # %% ../nbs/05_distill.ipynb #41c35951
 def toy_corpus(folder, n_per_image=4, size=(96, 64)):
@@ -554,7 +559,9 @@ def _make_stream(corpus, config, accel, start, prepare=None):
 
 def _loader(stream, config):
     if not config.num_workers: return stream
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.num_workers, persistent_workers=False)
+    # its own generator: the loader draws a seed for its workers, which must not move the training's random stream
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.num_workers, persistent_workers=False,
+                                       collate_fn=_as_is, generator=torch.Generator().manual_seed(config.seed))
 
 def _optimizer(student, config):
     ps = student.trainable()

@@ -123,6 +123,20 @@ def test_exact_resume_equals_straight_run(toy, tmp_path):
     distill(corpus, tmp_path/'other', replace(cfg, seed=1), progress=False)
     assert any(not torch.equal(a[k], v) for k, v in _weights(tmp_path/'other').items())
 
+def test_data_loader_workers_change_nothing(toy, tmp_path):
+    "num_workers only moves example drawing to other processes: same batches, same weights, also when resumed"
+    corpus, root = toy
+    cfg = DistillConfig(steps=6, batch_size=4, grad_accum=2, images=str(root), save_every=3, keep_checkpoints=5, **TOY)
+    distill(corpus, tmp_path/'w0', cfg, progress=False)
+    distill(corpus, tmp_path/'w2', replace(cfg, num_workers=2), progress=False)
+    (tmp_path/'r2'/'checkpoints').mkdir(parents=True)
+    shutil.copytree(tmp_path/'w0'/'checkpoints'/'step-000003', tmp_path/'r2'/'checkpoints'/'step-000003')
+    distill(corpus, tmp_path/'r2', replace(cfg, num_workers=1), resume=True, progress=False)
+    a = _weights(tmp_path/'w0')
+    for run in ('w2', 'r2'):
+        b = _weights(tmp_path/run)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run
+
 def test_resume_from_other_settings_is_refused(toy, tmp_path):
     corpus, root = toy
     distill(corpus, tmp_path/'r', DistillConfig(steps=2, batch_size=4, images=str(root), save_every=2, **TOY), progress=False)
@@ -171,10 +185,23 @@ def test_blip2_distill_saves_a_loadable_student(toy, tiny_blip2, tmp_path):
                         device=DEVICE, lr=1e-4)
     s = distill(corpus, tmp_path/'b', cfg, progress=False)
     assert s['backend'] == 'blip2' and (tmp_path/'b'/'model'/'config.json').exists()
+    if DEVICE.startswith('cuda'): assert s['mixed_precision'] in ('bf16', 'fp16')   # 'auto' picks one on a GPU
     sc = load_student(tmp_path/'b', DEVICE)
     e = make_example(next(read_jsonl(corpus, QAR)), train=False)
     im, boxes = e.draw(root)
     assert sc.score(sc.encode_images([im], [boxes]), [0], [e.text])['itm'].shape == (1,)
+
+def test_blip2_with_data_loader_workers(toy, tiny_blip2, tmp_path):
+    "workers draw and normalise the images (Blip2Pixels); the batches reach the model as (examples, pixels)"
+    corpus, root = toy
+    cfg = DistillConfig(backend='blip2', blip2=str(tiny_blip2), steps=2, batch_size=4, images=str(root), save_every=2,
+                        device=DEVICE, lr=1e-4, seed=0)
+    s0 = distill(corpus, tmp_path/'w0', cfg, progress=False)
+    s2 = distill(corpus, tmp_path/'w2', replace(cfg, num_workers=2), progress=False)
+    assert s2['steps'] == 2
+    l0 = [r['loss'] for r in read_jsonl(tmp_path/'w0'/'history.jsonl')]
+    l2 = [r['loss'] for r in read_jsonl(tmp_path/'w2'/'history.jsonl')]
+    assert l0 == pytest.approx(l2, rel=1e-4)
 
 # ---------------------------------------------------------------- CLI
 def lskd(*args):
