@@ -40,7 +40,7 @@ def bert_tokenizer(path=None):
 
 # %% ../nbs/12_blip2.ipynb #ccc68c1f
 def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
-    "Build a tiny random `Blip2ForImageTextRetrieval`, save it with tokenizer and preprocessing to `path`"
+    "Build a random `Blip2ForImageTextRetrieval` (tiny, unless `config` says otherwise), save it with tokenizer and preprocessing to `path`"
     from transformers import Blip2ForImageTextRetrieval
     tok = tokenizer or bert_tokenizer()
     torch.manual_seed(seed)

@@ -132,6 +132,14 @@ def test_data_loader_workers_change_nothing(toy, tmp_path):
     (tmp_path/'r2'/'checkpoints').mkdir(parents=True)
     shutil.copytree(tmp_path/'w0'/'checkpoints'/'step-000003', tmp_path/'r2'/'checkpoints'/'step-000003')
     distill(corpus, tmp_path/'r2', replace(cfg, num_workers=1), resume=True, progress=False)
+    # one batch a step, resumed after 3 of the epoch's 4 batches: the workers' turns start mid-epoch and cross its end
+    one = replace(cfg, grad_accum=1)
+    distill(corpus, tmp_path/'o0', one, progress=False)
+    (tmp_path/'o2'/'checkpoints').mkdir(parents=True)
+    shutil.copytree(tmp_path/'o0'/'checkpoints'/'step-000003', tmp_path/'o2'/'checkpoints'/'step-000003')
+    distill(corpus, tmp_path/'o2', replace(one, num_workers=2), resume=True, progress=False)
+    b = _weights(tmp_path/'o0')
+    assert all(torch.equal(b[k], v) for k, v in _weights(tmp_path/'o2').items()), 'o2'
     a = _weights(tmp_path/'w0')
     for run in ('w2', 'r2'):
         b = _weights(tmp_path/run)
@@ -196,7 +204,7 @@ def test_blip2_with_data_loader_workers(toy, tiny_blip2, tmp_path):
     corpus, root = toy
     cfg = DistillConfig(backend='blip2', blip2=str(tiny_blip2), steps=2, batch_size=4, images=str(root), save_every=2,
                         device=DEVICE, lr=1e-4, seed=0)
-    s0 = distill(corpus, tmp_path/'w0', cfg, progress=False)
+    distill(corpus, tmp_path/'w0', cfg, progress=False)
     s2 = distill(corpus, tmp_path/'w2', replace(cfg, num_workers=2), progress=False)
     assert s2['steps'] == 2
     l0 = [r['loss'] for r in read_jsonl(tmp_path/'w0'/'history.jsonl')]
