@@ -4,15 +4,19 @@
 
 # %% ../nbs/12_blip2.ipynb #629cedb9
 from __future__ import annotations
-import json, os
+import json, os, shutil
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
+from fastcore.basics import patch
+from .models import ImageTextModel, Batch, register_family, build_model, load_model
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'tiny_blip2_config', 'bert_tokenizer', 'build_tiny_blip2', 'Blip2Bundle', 'load_blip2',
            'pixel_values', 'tokenize', 'image_embeds', 'itm_states', 'itm_logits', 'image_itc', 'text_itc',
-           'itc_similarity', 'Blip2Scorer', 'Blip2WithHeads']
+           'itc_similarity', 'Blip2ModelConfig', 'Tokens', 'Pixels', 'Blip2Family']
 
 # %% ../nbs/12_blip2.ipynb #d8efabf1
 def tiny_blip2_config(vocab_size=30523, **kw):
@@ -141,54 +145,95 @@ def itc_similarity(bundle, embeds, input_ids, attention_mask, index=None):
     img = image_itc(bundle, embeds)[_idx(index, len(input_ids), embeds.device)]
     return (img @ text_itc(bundle, input_ids, attention_mask)[..., None]).squeeze(-1).max(1).values
 
-# %% ../nbs/12_blip2.ipynb #05e51c30
-class Blip2Scorer:
-    "Image-text scorer (ITM probability, ITC similarity) from a `Blip2Bundle`"
-    def __init__(self, bundle, name=None, batch_size=32):
-        self.bundle, self.batch_size = bundle, batch_size
-        self.name = name or f'blip2:{Path(str(bundle.source)).name}'
-    def __repr__(self): return f"Blip2Scorer({self.name})"
-    @torch.no_grad()
-    def encode_images(self, images, boxes=None):
-        "Vision embeddings of the drawn `images`"
-        return torch.cat([image_embeds(self.bundle, pixel_values(self.bundle, images[s:s+self.batch_size]))
-                          for s in range(0, len(images), self.batch_size)])
-    @torch.no_grad()
-    def score(self, encoded, index, texts):
-        "`{'itm': (N,), 'itc': (N,)}` for text j against image `index[j]`"
-        index = list(index)
-        if len(index) != len(texts): raise ValueError(f"index has {len(index)} entries for {len(texts)} texts")
-        itm, itc = [], []
-        for s in range(0, len(texts), self.batch_size):
-            ids, mask = tokenize(self.bundle, texts[s:s+self.batch_size]); idx = index[s:s+self.batch_size]
-            itm.append(itm_logits(self.bundle, itm_states(self.bundle, encoded, ids, mask, idx)).softmax(-1)[:, 1])
-            itc.append(itc_similarity(self.bundle, encoded, ids, mask, idx))
-        cat = lambda v: torch.cat(v).float().cpu() if v else torch.zeros(0)
-        return {'itm': cat(itm), 'itc': cat(itc)}
+# %% ../nbs/12_blip2.ipynb #efb6b815
+@dataclass
+class Blip2ModelConfig:
+    "Settings of the `blip2` family"
+    path: str|None = None             # a Blip2ForImageTextRetrieval folder (or a hub name, with local_only=False)
+    local_only: bool = True           # never reach the hub
+    max_length: int = 128             # text tokens (the release's)
+    freeze_vision: bool = True        # the ViT stays frozen (the release trains the Q-Former only)
 
-# %% ../nbs/12_blip2.ipynb #41763070
-class Blip2WithHeads(nn.Module):
-    "BLIP-2 retrieval model + QA and rationale MLP heads on the ITM query outputs; frozen vision tower"
-    def __init__(self, bundle, freeze_vision=True):
-        super().__init__()
-        self.bundle = bundle
-        self.model = bundle.model
-        h = self.model.config.qformer_config.hidden_size
-        self.qa_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
-        self.rationale_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
-        if freeze_vision: self.model.vision_model.requires_grad_(False)
-        self.to(bundle.device)
-    def embed(self, pixels):
-        "Vision embeddings (no gradient when the tower is frozen)"
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.model.vision_model.parameters())):
-            return image_embeds(self.bundle, pixels)
-    def forward(self, embeds, input_ids, attention_mask, index=None):
-        "`{'itm': logits (N,2), 'scores': (N,2) in 0..1 (QA, rationale)}`"
-        st = itm_states(self.bundle, embeds, input_ids, attention_mask, index)
-        f = st.mean(1)
-        return {'itm': itm_logits(self.bundle, st),
-                'scores': torch.sigmoid(torch.cat([self.qa_head(f), self.rationale_head(f)], -1))}
-    def head_state(self):
-        "State dict of the two heads only"
-        return {f'qa_head.{k}': v for k,v in self.qa_head.state_dict().items()} | \
-               {f'rationale_head.{k}': v for k,v in self.rationale_head.state_dict().items()}
+# %% ../nbs/12_blip2.ipynb #20387caa
+@dataclass
+class Tokens(Batch):
+    "A batch of tokenized texts, indexable like the other families' text batches"
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+# %% ../nbs/12_blip2.ipynb #83ed6028
+class Pixels:
+    "Picklable image preparation (for data-loader workers): drawn images -> normalised (3,S,S) tensors on the CPU"
+    def __init__(self, size, mean, std): self.size, self.mean, self.std = size, mean, std
+    def __call__(self, images, boxes=None): return list(pixel_values(SimpleNamespace(size=self.size, mean=self.mean, std=self.std, device='cpu'), images))
+
+# %% ../nbs/12_blip2.ipynb #01190f37
+@register_family
+class Blip2Family(ImageTextModel):
+    "The release's family: `Blip2ForImageTextRetrieval`, the Q-Former trained, the ViT frozen"
+    family, config_class = 'blip2', Blip2ModelConfig
+    default_lr = {'student': 1e-5, 'critic': 1e-5}    # the release's
+    def __init__(self, config=None, device='cpu', dtype=None):
+        super().__init__(config); c = self.config
+        if not c.path: raise ValueError("the blip2 family needs `path`: a Blip2ForImageTextRetrieval folder (or a hub name with "
+                                        "local_only=False, e.g. Salesforce/blip2-itm-vit-g); build a tiny one with lskd.blip2.build_tiny_blip2")
+        self.bundle = load_blip2(c.path, device, c.local_only, dtype); self.bundle.max_length = c.max_length
+        self.model = self.bundle.model
+        if c.freeze_vision: self.model.vision_model.requires_grad_(False)
+        self.temp = nn.Parameter(torch.tensor(0.07, device=device))
+    @property
+    def joint_dim(self): return self.model.config.qformer_config.hidden_size
+    def train(self, mode=True):
+        "Training mode for everything but a frozen vision tower (kept in eval mode, as LAVIS does)"
+        super().train(mode)
+        if self.config.freeze_vision: self.model.vision_model.eval()
+        return self
+
+# %% ../nbs/12_blip2.ipynb #1eb1009b
+@patch
+def item_maker(self:Blip2Family): "A picklable `image_items`"; return Pixels(self.bundle.size, self.bundle.mean, self.bundle.std)
+@patch
+def image_items(self:Blip2Family, images, boxes): return self.item_maker()(images)
+
+@patch
+def collate_images(self:Blip2Family, items):
+    "The ViT's output (B, patches+1, hidden) for stacked pixel items (no gradient through a frozen tower)"
+    pix = torch.stack(items).to(self.device, self.model.dtype)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision): return image_embeds(self.bundle, pix)
+
+@patch
+def text_items(self:Blip2Family, texts): return list(texts)
+@patch
+def collate_texts(self:Blip2Family, items): return Tokens(*tokenize(self.bundle, items))
+
+# %% ../nbs/12_blip2.ipynb #8f6df67e
+@patch
+def joint(self:Blip2Family, img, txt, index=None): return itm_states(self.bundle, img, txt.ids, txt.mask, index).mean(1)
+@patch
+def itm_head(self:Blip2Family, joint): return self.model.itm_head(joint.to(self.model.itm_head.weight.dtype))
+@patch
+def embed_images(self:Blip2Family, img): return image_itc(self.bundle, img)
+@patch
+def embed_texts(self:Blip2Family, txt): return text_itc(self.bundle, txt.ids, txt.mask)
+@patch
+def itc_scale(self:Blip2Family): return 1 / self.temp.clamp(0.001, 0.5)
+
+# %% ../nbs/12_blip2.ipynb #98f5bc20
+@patch
+def weights(self:Blip2Family): return {'temp': self.temp}
+
+@patch
+def save(self:Blip2Family, folder, **extra):
+    folder = Path(folder); hf = folder/'hf'
+    self.model.save_pretrained(str(hf)); self.bundle.tokenizer.save_pretrained(str(hf))
+    pp = Path(str(self.config.path))/'preprocessor_config.json'
+    if pp.exists() and pp.resolve() != (hf/'preprocessor_config.json').resolve(): shutil.copy(pp, hf/'preprocessor_config.json')
+    config, self.config = self.config, replace(self.config, path=str(hf.resolve()))
+    try: return ImageTextModel.save(self, folder, **extra)
+    finally: self.config = config
+
+@patch(cls_method=True)
+def from_folder(cls:Blip2Family, folder, config, device='cpu'):
+    from safetensors.torch import load_file
+    m = cls(replace(config, path=str(Path(folder)/'hf')), device=device)
+    return m.load_weights(load_file(str(Path(folder)/'model.safetensors'), device=str(device))).eval()

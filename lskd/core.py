@@ -11,13 +11,15 @@ from typing import Iterable, Iterator, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 # %% auto #0
-__all__ = ['REF_RE', 'RELEASE_COLORS', 'BadBoxError', 'BoxClippedWarning', 'check_box', 'xywh2xyxy', 'Region', 'RegionRefError',
-           'ImageRecord', 'region_by_id', 'image_path', 'open_image', 'image_record', 'parse_refs', 'render_refs',
-           'check_refs', 'remap_text', 'RegionMap', 'tokens_to_text', 'text_to_tokens', 'Description', 'QAPair',
-           'Verbalization', 'QAR', 'TornLineError', 'TornLineWarning', 'read_jsonl', 'repair_jsonl', 'JsonlWriter',
-           'write_jsonl', 'sha256_file', 'lskd_row_to_qar', 'qar_to_lskd_row', 'read_vcr', 'vcr_image', 'vcr_metadata',
-           'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions', 'visual_prompt', 'refs_html',
-           'record_html', 'show']
+__all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS', 'BadBoxError', 'BoxClippedWarning',
+           'check_box', 'xywh2xyxy', 'Region', 'RegionRefError', 'ImageRecord', 'region_by_id', 'image_path',
+           'open_image', 'image_record', 'parse_refs', 'render_refs', 'check_refs', 'remap_text', 'RegionMap',
+           'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens', 'Description', 'QAPair', 'Verbalization',
+           'QAR', 'atomic_path', 'atomic_write', 'atomic_json', 'TornLineError', 'TornLineWarning', 'read_jsonl',
+           'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'heldout_image', 'split_heldout', 'secret_keys',
+           'read_config', 'check_config', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'read_vcr', 'vcr_meta_record',
+           'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions',
+           'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #11f769e6
 class BadBoxError(ValueError):
@@ -162,6 +164,33 @@ class RegionMap:
     def from_draw(self, text): "Drawing positions in `text` -> raw ids"; return remap_text(text, self.back)
     def __repr__(self): return f'RegionMap({self.order})'
 
+# %% ../nbs/00_core.ipynb #83d95bf3
+def draw_order(text, regions, extra=(), fill=(), max_regions=None, name=None):
+    "Region ids to draw for `text` about `regions`: referenced (first mention first), `extra`, then `fill` up to `max_regions`"
+    have = [r.id for r in regions]
+    try: ids = check_refs(text, have)
+    except RegionRefError as e: raise RegionRefError(f"{name}: {e}" if name else str(e)) from None
+    if bad := [i for i in extra if i not in have]: raise RegionRefError(f"{name or 'triple'}: regions {bad} have no box; regions are {have}")
+    ids = list(dict.fromkeys(ids + list(extra)))
+    rest = [i for i in dict.fromkeys(fill) if i in have and i not in ids]
+    return ids + rest[:max(0, max_regions - len(ids))] if max_regions is not None else ids + rest
+
+# %% ../nbs/00_core.ipynb #f8152220
+TEXT_FIELDS = ('question', 'answer', 'rationale')
+
+TEXT_STYLES = {
+    'student': lambda f: ' '.join(f'{k}: {f[k]}' for k in TEXT_FIELDS if f.get(k)).lower(),
+    'critic': lambda f: ' '.join(x for x in (f.get('question'), f.get('answer') and f"Answer: {f['answer']}",
+                                           f.get('rationale') and f"Rationale: {f['rationale']}") if x),
+    'plain': lambda f: ' '.join(f[k] for k in TEXT_FIELDS if f.get(k))}
+
+# %% ../nbs/00_core.ipynb #6e3a1995
+def model_text(fields, style='student', rm=None):
+    "The text a model reads for `fields` (a `QAR`, or a dict of question/answer/rationale), ids rewritten to drawing positions by `rm`"
+    if style not in TEXT_STYLES: raise ValueError(f"unknown text style {style!r}; choose one of {list(TEXT_STYLES)}")
+    if not isinstance(fields, dict): fields = {k: getattr(fields, k) for k in TEXT_FIELDS}
+    return TEXT_STYLES[style]({k: rm.to_draw(v) if rm is not None else v for k,v in fields.items() if k in TEXT_FIELDS and v})
+
 # %% ../nbs/00_core.ipynb #7302a334
 _NO_SPACE_BEFORE = set(".,!?;:%)]}'") | {"n't", "'s", "'re", "'ll", "'ve", "'m", "'d", "...", "''"}
 _NO_SPACE_AFTER = set("([{$#") | {"``"}
@@ -275,6 +304,27 @@ class QAR:
     @classmethod
     def from_dict(cls, d): return cls(**d)
 
+# %% ../nbs/00_core.ipynb #77c15ba5
+from contextlib import contextmanager
+
+@contextmanager
+def atomic_path(path):
+    "Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try: yield tmp; os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+# %% ../nbs/00_core.ipynb #e256c403
+def atomic_write(path, data):
+    "Write `data` (str or bytes) to `path` atomically; returns `path`"
+    with atomic_path(path) as tmp: (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+    return Path(path)
+
+def atomic_json(path, obj, indent=1):
+    "Write `obj` as JSON to `path` atomically"
+    return atomic_write(path, json.dumps(obj, indent=indent, default=str, ensure_ascii=False))
+
 # %% ../nbs/00_core.ipynb #6293a45e
 class TornLineError(ValueError):
     "The last line of a JSONL file is incomplete (a write was interrupted)"
@@ -349,10 +399,8 @@ def write_jsonl(path, records, append=False):
         with JsonlWriter(path, 'a') as w:
             for r in records: w.write(r)
         return path
-    tmp = path.with_name(path.name + '.tmp')
-    with JsonlWriter(tmp, 'w') as w:
+    with atomic_path(path) as tmp, JsonlWriter(tmp, 'w') as w:
         for r in records: w.write(r)
-    os.replace(tmp, path)
     return path
 
 # %% ../nbs/00_core.ipynb #368e34c1
@@ -362,6 +410,60 @@ def sha256_file(path, chunk=1<<20):
     with open(path, 'rb') as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #7248db91
+def heldout_image(image, frac, seed=0):
+    "Is `image` (a path as the corpus writes it) in the held-out fraction `frac` of images"
+    return bool(frac) and int(hashlib.sha256(f'{seed}|{image}'.encode()).hexdigest()[:8], 16) / 16**8 < frac
+
+# %% ../nbs/00_core.ipynb #8291e3bd
+def split_heldout(items, frac, seed=0, image=lambda x: x.image):
+    "`(train, heldout)` lists of `items`, by `heldout_image` of each item's `image`"
+    train, held = [], []
+    for x in items: (held if heldout_image(image(x), frac, seed) else train).append(x)
+    return train, held
+
+# %% ../nbs/00_core.ipynb #b5f3aa7f
+SECRET_KEY = re.compile(r'(^|_)(api_?key|secret(_?key)?|token|password|passwd)$', re.I)
+
+def secret_keys(d, path=''):
+    "Dotted paths of the keys of the nested mapping `d` that are named like secrets"
+    out = []
+    for k,v in (d.items() if isinstance(d, dict) else ()):
+        p = f'{path}.{k}' if path else str(k)
+        if SECRET_KEY.search(str(k)): out.append(p)
+        out += secret_keys(v, p)
+    return out
+
+# %% ../nbs/00_core.ipynb #5f8c025f
+def read_config(config=None):
+    "A config as a fresh dict, from None ({}), a mapping, a YAML file path or a config dataclass"
+    import copy
+    if config is None: return {}
+    if hasattr(config, '__dataclass_fields__'): return asdict(config)
+    if isinstance(config, (str, Path)):
+        import yaml
+        p = Path(config)
+        if not p.exists(): raise FileNotFoundError(f"config file not found: {p}")
+        config = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(config, dict): raise ValueError(f"{p}: a config is a mapping of keys to values, got {type(config).__name__}")
+    return copy.deepcopy(dict(config))
+
+# %% ../nbs/00_core.ipynb #4d3818ba
+def check_config(cls, d, section):
+    "An instance of the dataclass `cls` from `d` (None, mapping, YAML path or instance: the config's `section`), with errors that say how to fix it"
+    import keyword
+    from dataclasses import fields
+    if isinstance(d, cls): return d
+    d = read_config(d)
+    if bad := secret_keys(d, section):
+        raise ValueError(f"{section}: {bad[0]} is named like a secret; secrets never go in a config (it is copied into the "
+                         f"run folder): put the value in an environment variable and give its name as "
+                         f"{bad[0].rsplit('.', 1)[-1]}_env (e.g. api_key_env: OPENAI_API_KEY)")
+    key = {(f.name[:-1] if f.name.endswith('_') and keyword.iskeyword(f.name[:-1]) else f.name): f.name for f in fields(cls)}
+    if unknown := [k for k in d if k not in key and k not in key.values()]:
+        raise ValueError(f"{section}: unknown key {unknown[0]!r}; the valid keys of {section} are: {', '.join(key)}")
+    return cls(**{key.get(k, k): v for k,v in d.items()})
 
 # %% ../nbs/00_core.ipynb #dcd3085d
 _ROW_KEYS = ('image', 'source', 'split', 'index', 'region', 'region_all', 'references',
@@ -396,6 +498,12 @@ def lskd_row_to_qar(row):
                split=row.get('split'), index=row.get('index'),
                scores={'prediction': row['prediction']} if 'prediction' in row else {}, meta={'lskd_row': meta})
 
+# %% ../nbs/00_core.ipynb #f26a9b63
+def as_qar(d):
+    "A `QAR` from a corpus line: lskd's own format or a released LSKD row"
+    if isinstance(d, QAR): return d
+    return lskd_row_to_qar(d) if 'references' in d else QAR.from_dict(d)
+
 # %% ../nbs/00_core.ipynb #2a772f89
 def qar_to_lskd_row(q):
     "A row in the released LSKD corpus format for the `QAR` `q`"
@@ -417,18 +525,27 @@ def read_vcr(path, strict=False):
         if missing: raise ValueError(f"{path}: item {d.get('annot_id', '?')} is not a VCR item: missing {missing}")
         yield d
 
-# %% ../nbs/00_core.ipynb #4ad44789
+# %% ../nbs/00_core.ipynb #9e98e64d
+def vcr_meta_record(path, image=None, labels=None, default_label='object', what='VCR'):
+    "The `ImageRecord` of a VCR-style metadata json (`boxes` x1,y1,x2,y2[,score], `width`, `height`, optional `names`)"
+    path = Path(path)
+    try: m = json.loads(path.read_text())
+    except FileNotFoundError: raise FileNotFoundError(f"{what} metadata not found: {path} (is the image root right?)") from None
+    if not {'boxes', 'width', 'height'} <= set(m): raise ValueError(f"{path}: not a {what} metadata file (needs boxes, width, height)")
+    names = list(labels or m.get('names') or [default_label]*len(m['boxes']))
+    if len(names) != len(m['boxes']):
+        raise ValueError(f"{path}: {len(m['boxes'])} boxes but " + (f"the item names {len(names)} objects" if labels else f"{len(names)} names"))
+    if image is None:    # the image beside it
+        image = next((path.with_suffix(e).name for e in ('.jpg', '.png', '.jpeg') if path.with_suffix(e).exists()), path.with_suffix('.jpg').name)
+    regs = [Region(i, b[:4], names[i], score=b[4] if len(b) > 4 else None) for i,b in enumerate(m['boxes'])]
+    return ImageRecord(image, int(m['width']), int(m['height']), regs)
+
+# %% ../nbs/00_core.ipynb #0a790771
 def vcr_image(item, root=None):
     "The `ImageRecord` of a VCR item: its metadata's boxes, labelled with the item's `objects`"
-    mp = image_path(item['metadata_fn'], root)
-    try: meta = json.loads(Path(mp).read_text())
-    except FileNotFoundError: raise FileNotFoundError(f"VCR metadata not found: {mp} (is the image root right?)") from None
-    objs = item['objects']
-    if len(meta['boxes']) != len(objs):
-        raise ValueError(f"{mp}: {len(meta['boxes'])} boxes but the item names {len(objs)} objects")
-    regions = [Region(i, b[:4], objs[i], score=b[4] if len(b) > 4 else None) for i,b in enumerate(meta['boxes'])]
-    return ImageRecord(item['img_fn'], int(meta['width']), int(meta['height']), regions,
-                       meta={'metadata_fn': item['metadata_fn']})
+    rec = vcr_meta_record(image_path(item['metadata_fn'], root), item['img_fn'], item['objects'])
+    rec.meta = {'metadata_fn': item['metadata_fn']}
+    return rec
 
 # %% ../nbs/00_core.ipynb #ac557465
 def vcr_metadata(rec):

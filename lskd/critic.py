@@ -11,16 +11,20 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, write_jsonl, open_image, image_path,
-                       draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl)
-from .fusion import (FusionConfig, FusedModel, FeatureCache, ImageFeats, TextFeats, ToyImageEncoder, ToyTextEncoder)
+                       draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl,
+                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text)
+from fastcore.basics import patch
+import shutil, torch.nn as nn
+from .models import load_model, model_settings
+from .train import TrainConfig, fit
 
 # %% auto #0
 __all__ = ['SYNTHETIC_KINDS', 'SYNTHETIC_LABELS', 'qar_key', 'Label', 'read_labels', 'current_labels', 'Consensus', 'consensus',
            'LabelSession', 'label_widget', 'repoint', 'swap_part', 'negate', 'contradict', 'synthetic_negatives',
-           'critic_view', 'critic_text', 'FusedBackend', 'Blip2Backend', 'Example', 'labelled_examples',
-           'split_by_image', 'roc_auc', 'binary_metrics', 'threshold_curve', 'threshold_for_precision',
-           'plot_thresholds', 'critic_loss', 'train_critic', 'save_critic', 'Critic', 'FilterReport', 'score_corpus',
-           'write_synthetic', 'label_terminal', 'main']
+           'critic_view', 'CriticNet', 'critic_items', 'collate', 'Example', 'labelled_examples', 'roc_auc',
+           'binary_metrics', 'threshold_curve', 'threshold_for_precision', 'plot_thresholds', 'critic_loss',
+           'train_critic', 'save_critic', 'Critic', 'FilterReport', 'score_corpus', 'write_synthetic', 'label_terminal',
+           'main', 'CriticConfig', 'run_stage']
 
 # %% ../nbs/04_critic.ipynb #9164708b
 def qar_key(q):
@@ -280,108 +284,47 @@ def synthetic_negatives(corpus, kinds=SYNTHETIC_KINDS, seed=0, annotator='synthe
 # %% ../nbs/04_critic.ipynb #915134df
 def critic_view(q, max_regions=5, rng=None):
     "`(regions in drawing order, RegionMap, text)` of `q` for the critic"
-    ids = [r.id for r in q.regions]
-    refs = parse_refs(q.text)
-    missing = [i for i in refs if i not in ids]
-    if missing: raise RegionRefError(f"triple {qar_key(q)}: text refers to regions {missing} that are not in its regions {ids}")
-    rest = [i for i in q.region_all if i in ids and i not in refs] + [i for i in ids if i not in refs and i not in q.region_all]
-    order = refs + rest[:max(0, max_regions - len(refs))]
+    order = draw_order(q.text, q.regions, fill=list(q.region_all) + [r.id for r in q.regions], max_regions=max_regions, name=f'triple {qar_key(q)}')
     if rng is not None: rng.shuffle(order)
     rm = RegionMap(order)
     by = {r.id: r for r in q.regions}
-    return [by[i] for i in order], rm, critic_text(q, rm)
+    return [by[i] for i in order], rm, model_text(q, 'critic', rm)
 
 def _view(q, max_regions=5, rng=None):
     regs, _, text = critic_view(q, max_regions, rng); return q, regs, text
 
-def critic_text(q, rm):
-    "The critic's text: `Q Answer: A Rationale: R`, ids rewritten to drawing positions"
-    return f"{rm.to_draw(q.question)} Answer: {rm.to_draw(q.answer)} Rationale: {rm.to_draw(q.rationale)}"
+# %% ../nbs/04_critic.ipynb #dd1ce3a9
+def _mlp(d): return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
-# %% ../nbs/04_critic.ipynb #a3fae757
-def _load_encoders(names, image_size=224):
-    "Encoders by name: the real offline ones (`lskd.backbones`) or the toy ones"
-    img, txt = names
-    if img == 'toy-image': ie = ToyImageEncoder()
-    else:
-        from lskd.backbones import ImageEncoder
-        ie = ImageEncoder(size=image_size)
-    if txt == 'toy-text': te = ToyTextEncoder()
-    else:
-        from lskd.backbones import TextEncoder
-        te = TextEncoder()
-    return ie, te
+class CriticNet(nn.Module):
+    "An `ImageTextModel` with the critic's heads; with targets, `forward` returns the critic's loss"
+    def __init__(self, model):
+        super().__init__()
+        self.model, d = model, model.joint_dim
+        self.qa_head, self.rationale_head = _mlp(d).to(model.device), _mlp(d).to(model.device)
+    def __repr__(self): return f"CriticNet({self.model!r})"
 
-class FusedBackend:
-    "The offline critic: `FusedModel` over cached frozen EfficientNet-Lite0 / MiniLM features"
-    kind = 'fused'
-    def __init__(self, config=None, image_encoder=None, text_encoder=None, cache_dir=None, image_size=224, encoders=None):
-        if image_encoder is None or text_encoder is None:
-            image_encoder, text_encoder = _load_encoders(encoders or ('efficientnet-lite0', 'all-MiniLM-L6-v2'), image_size)
-        self.ie, self.te, self.image_size = image_encoder, text_encoder, image_size
-        c = config or FusionConfig()
-        self.config = replace(c, img_dim=image_encoder.dim, txt_dim=text_encoder.dim)
-        self.model = FusedModel(self.config)
-        self.cache = FeatureCache(image_encoder, text_encoder, cache_dir)
-    def __repr__(self): return f"FusedBackend({self.model!r}, {self.ie.name} + {self.te.name})"
-    def meta(self): return {'kind': self.kind, 'config': self.config.to_dict(), 'image_size': self.image_size,
-                            'encoders': [self.ie.name, self.te.name]}
+# %% ../nbs/04_critic.ipynb #5225a098
+@patch
+def forward(self:CriticNet, img, txt, accept=None, qa=None, rationale=None, class_weight=None, generator=None):
+    "`{'itm': logits (N,2), 'scores': (N,2) in 0..1 (QA, rationale)}`, or `{'loss'}` when given the targets"
+    j = self.model.joint(img, txt)
+    out = {'itm': self.model.itm_head(j), 'scores': torch.sigmoid(torch.cat([self.qa_head(j), self.rationale_head(j)], -1)).float()}
+    return out if accept is None else {'loss': critic_loss(out, accept, qa, rationale, class_weight)}
 
-# %% ../nbs/04_critic.ipynb #b66f005c
-def _fused_featurize(self, views, root=None, progress=False):
-    "Cached per-item features of views `(qar, regions, text)`"
-    texts = self.cache.texts([t for _,_,t in views], progress=progress)
-    if self.config.inputs == 'text': return [(None, t) for t in texts]
+@patch
+def heads(self:CriticNet): "The heads' weights (the model saves its own)"; return {k: v for k,v in self.state_dict().items() if not k.startswith('model.')}
+
+# %% ../nbs/04_critic.ipynb #0296d702
+def critic_items(model, views, root=None):
+    "Per-view `(image item, text item)` for `model`"
     keys = [(str(image_path(q.image, root)), [list(r.box) for r in regs]) for q,regs,_ in views]
     def make(i):
         q, regs, _ = views[i]
         return visual_prompt(open_image(q.image, root), regs)[0], [r.box for r in regs]
-    return list(zip(self.cache.images(keys, make, progress=progress), texts))
+    return list(zip(model.cached_image_items(keys, make), model.text_items([t for _,_,t in views])))
 
-def _fused_collate(self, items):
-    img = None if items[0][0] is None else ImageFeats.collate([i for i,_ in items])
-    return img, TextFeats.collate([t for _,t in items])
-
-def _fused_forward(self, batch): img, txt = batch; return self.model(img, txt)
-
-FusedBackend.featurize, FusedBackend.collate, FusedBackend.forward = _fused_featurize, _fused_collate, _fused_forward
-FusedBackend.forget = lambda self: self.cache.mem.clear()
-
-# %% ../nbs/04_critic.ipynb #52be9688
-class Blip2Backend:
-    "The release's critic: BLIP-2 Q-Former + ITM head + QA / rationale MLP heads"
-    kind = 'blip2'
-    def __init__(self, path, device='cpu', max_length=128):
-        from lskd.blip2 import load_blip2, Blip2WithHeads
-        self.path, self.bundle = str(path), load_blip2(path, device)
-        self.bundle.max_length = max_length
-        self.model = Blip2WithHeads(self.bundle)
-        self.pix = {}
-    def __repr__(self): return f"Blip2Backend({self.bundle!r})"
-    def meta(self): return {'kind': self.kind, 'path': self.path, 'max_length': self.bundle.max_length}
-    def featurize(self, views, root=None, progress=False):
-        from lskd.blip2 import pixel_values
-        out = []
-        for q,regs,t in tqdm(views, disable=not progress, desc='images', leave=False):
-            k = (str(image_path(q.image, root)), tuple(tuple(r.box) for r in regs))
-            if k not in self.pix: self.pix[k] = pixel_values(self.bundle, [visual_prompt(open_image(q.image, root), regs)[0]])[0]
-            out.append((self.pix[k], t))
-        return out
-    def collate(self, items):
-        from lskd.blip2 import tokenize
-        return (torch.stack([p for p,_ in items]),) + tokenize(self.bundle, [t for _,t in items])
-    def forward(self, batch):
-        pix, ids, mask = batch
-        return self.model(self.model.embed(pix), ids, mask)
-    def forget(self): self.pix.clear()
-    def state_dict(self): return {k:v for k,v in self.model.state_dict().items() if not k.startswith('model.vision_model.')}
-    def load_state_dict(self, sd):
-        missing, unexpected = self.model.load_state_dict(sd, strict=False)
-        bad = [k for k in missing if not k.startswith('model.vision_model.')] + list(unexpected)
-        if bad: raise ValueError(f"critic weights do not fit the BLIP-2 model at {self.path}: {bad[:5]}")
-
-FusedBackend.state_dict = lambda self: self.model.state_dict()
-FusedBackend.load_state_dict = lambda self, sd: self.model.load_state_dict(sd)
+def collate(model, items): "`(image batch, text batch)`"; return model.collate_images([i for i,_ in items]), model.collate_texts([t for _,t in items])
 
 # %% ../nbs/04_critic.ipynb #b87c0a46
 @dataclass
@@ -406,13 +349,6 @@ def labelled_examples(corpus, labels):
                          "keyed by the triple's id (or a hash of image and text); label this corpus, or pass the corpus the labels were made on")
     return out
 
-def split_by_image(examples, val_frac=0.2, seed=0):
-    "`(train, val)` with whole images held out (about `val_frac` of the images)"
-    imgs = sorted({e.qar.image for e in examples})
-    random.Random(seed).shuffle(imgs)
-    n = max(1, round(val_frac*len(imgs))) if val_frac > 0 and len(imgs) > 1 else 0
-    val = set(imgs[:n])
-    return [e for e in examples if e.qar.image not in val], [e for e in examples if e.qar.image in val]
 
 # %% ../nbs/04_critic.ipynb #07a3e87b
 def roc_auc(p, y):
@@ -473,190 +409,182 @@ def plot_thresholds(p, y, threshold=None, path=None, title='critic on held-out l
     plt.close(fig)
     return fig
 
-# %% ../nbs/04_critic.ipynb #3f34aeb0
+# %% ../nbs/04_critic.ipynb #b72c2cdd
 def critic_loss(out, accept, qa, rationale, class_weight=None):
     "CE(accept) + 0.5 MSE(QA head, QA rating) + 0.5 MSE(rationale head, rationale rating); NaN ratings skipped"
-    loss = F.cross_entropy(out['itm'], accept.long(), weight=class_weight)
+    loss = F.cross_entropy(out['itm'].float(), accept.long(), weight=class_weight)
     for k,t in ((0, qa), (1, rationale)):
         m = ~torch.isnan(t)
         if m.any(): loss = loss + 0.5*F.mse_loss(out['scores'][m, k], t[m])
     return loss
 
-# %% ../nbs/04_critic.ipynb #a9e6d589
-def _save_checkpoint(path, backend, opt, epoch, history, setup):
-    from safetensors.torch import save_file
-    t = {f'model.{k}': v.detach().contiguous().cpu() for k,v in backend.state_dict().items()}
-    osd = opt.state_dict()
-    for i,st in osd['state'].items():
-        for k,v in st.items(): t[f'opt.{i}.{k}'] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
-    t['rng'] = torch.get_rng_state()
-    meta = {'epoch': str(epoch), 'history': json.dumps(history), 'setup': json.dumps(setup, sort_keys=True),
-            'param_groups': json.dumps(osd['param_groups'])}
-    tmp = Path(str(path) + '.tmp'); save_file(t, str(tmp), metadata=meta); os.replace(tmp, path)
-
-def _load_checkpoint(path, backend, opt):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    with safe_open(str(path), 'pt') as f: meta = f.metadata()
-    t = load_file(str(path))
-    backend.load_state_dict({k[6:]: v for k,v in t.items() if k.startswith('model.')})
-    state = defaultdict(dict)
-    for k,v in t.items():
-        if k.startswith('opt.'): _, i, name = k.split('.', 2); state[int(i)][name] = v
-    opt.load_state_dict({'state': dict(state), 'param_groups': json.loads(meta['param_groups'])})
-    torch.set_rng_state(t['rng'])
-    return int(meta['epoch']), json.loads(meta['history']), json.loads(meta['setup'])
-
-# %% ../nbs/04_critic.ipynb #f5e1e40b
-def _batches(n, bs, gen=None):
-    idx = torch.randperm(n, generator=gen).tolist() if gen is not None else list(range(n))
-    return [idx[i:i+bs] for i in range(0, n, bs)]
-
+# %% ../nbs/04_critic.ipynb #4ac56bb7
 def _targets(exs):
     return (torch.tensor([e.accept for e in exs]), torch.tensor([e.qa for e in exs], dtype=torch.float32),
             torch.tensor([e.rationale for e in exs], dtype=torch.float32))
 
-@torch.no_grad()
-def _predict_items(backend, items, batch_size=64):
-    backend.model.eval()
-    outs = [backend.forward(backend.collate([items[i] for i in b])) for b in _batches(len(items), batch_size)]
-    if not outs: return np.zeros(0), np.zeros((0, 2))
-    return (torch.cat([o['itm'].softmax(-1)[:, 1] for o in outs]).float().cpu().numpy(),
-            torch.cat([o['scores'] for o in outs]).float().cpu().numpy())
+def _epochs(n, bs, seed):
+    "`data(position)` for `fit`: the index batches of a seeded permutation per epoch, from `position` on"
+    def data(pos):
+        ep, b = pos
+        while True:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed*1000 + ep)).tolist()
+            chunks = [perm[i:i+bs] for i in range(0, n, bs)]
+            for k in range(b, len(chunks)): yield [ep, k + 1], chunks[k]
+            ep, b = ep + 1, 0
+    return data
 
-# %% ../nbs/04_critic.ipynb #806bb543
+# %% ../nbs/04_critic.ipynb #713f8124
+@torch.no_grad()
+def _predict_items(net, items, batch_size=64):
+    "`(P(accept), scores (N,2))` arrays of `items`"
+    net.eval(); p, s = [], []
+    for i in range(0, len(items), batch_size):
+        o = net(*collate(net.model, items[i:i+batch_size])); p.append(o['itm'].float().softmax(-1)[:, 1].cpu()); s.append(o['scores'].float().cpu())
+    return (torch.cat(p).numpy(), torch.cat(s).numpy()) if p else (np.zeros(0), np.zeros((0, 2)))
+
+# %% ../nbs/04_critic.ipynb #990f34ed
 def _load_corpus(corpus):
     if isinstance(corpus, (str, Path)): corpus = [corpus]
     out = []
     for c in corpus: out += list(read_jsonl(c, QAR)) if isinstance(c, (str, Path)) else [c]
     return out
 
-def _make_backend(backend, inputs='regions', fusion=None, encoders=None, cache_dir=None, blip2=None, image_size=224):
-    if not isinstance(backend, str): return backend
-    if backend == 'fused':
-        ie, te = encoders or (None, None)
-        return FusedBackend(FusionConfig(**{**(fusion or {}), 'inputs': inputs}), ie, te, cache_dir, image_size)
-    if backend == 'blip2':
-        if blip2 is None: raise ValueError("the blip2 backend needs a model folder (blip2=PATH, --blip2 PATH); "
-                                           "lskd.blip2.build_tiny_blip2(PATH) makes a tiny one for trying it out")
-        return Blip2Backend(blip2)
-    raise ValueError(f"unknown critic backend {backend!r}: expected 'fused' or 'blip2'")
-
-# %% ../nbs/04_critic.ipynb #2e5a0a04
-def train_critic(corpus, labels, out, backend='fused', inputs='regions', epochs=20, lr=None, batch_size=32, val_frac=0.2,
-                 seed=0, root=None, resume=True, threshold=0.8, target_precision=None, max_regions=5, augment=0,
-                 fusion=None, encoders=None, cache_dir=None, blip2=None, image_size=224, weight_decay=0.01, balance=True, progress=True):
-    "Train a critic on `labels` of `corpus`, evaluate it on held-out images, save it to `out`; returns its report dict"
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+# %% ../nbs/04_critic.ipynb #00fdc66e
+def _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed):
+    "Labelled examples split by image, and the views `(QAR, regions, text)` of training (augmented) and held-out triples"
     qars = _load_corpus(corpus)
     labs = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
     exs = labelled_examples(qars, labs)
     if not exs: raise ValueError(f"no labelled triples to train on ({len(labs)} labels, {len(qars)} triples)")
-    train, val = split_by_image(exs, val_frac, seed)
-    torch.manual_seed(seed)
-    be = _make_backend(backend, inputs, fusion, encoders, cache_dir, blip2, image_size)
-    lr = lr or (1e-3 if be.kind == 'fused' else 1e-5)
-    rng = random.Random(seed)
+    train, val = split_heldout(exs, heldout, heldout_seed, image=lambda e: e.qar.image)   # lskd.core's one split by image
+    if not train: raise ValueError(f"all {len(exs)} labelled triples are on held-out images: label more images, or lower heldout")
+    rng, tr_ex = random.Random(seed), list(train)
     tr_views = [_view(e.qar, max_regions) for e in train]
-    tr_ex = list(train)
-    for _ in range(augment):
-        tr_views += [_view(e.qar, max_regions, rng) for e in train]; tr_ex += train
-    tr_items = be.featurize(tr_views, root, progress)
-    va_items = be.featurize([_view(e.qar, max_regions) for e in val], root, progress)
-    params = [p for p in be.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    setup = {'backend': be.meta(), 'n_train': len(tr_ex), 'n_val': len(val), 'lr': lr, 'batch_size': batch_size, 'seed': seed,
-             'max_regions': max_regions, 'augment': augment, 'balance': balance}
-    ck, start, history = out/'checkpoint.safetensors', 0, []
-    if resume and ck.exists():
-        try:
-            start, history, old = _load_checkpoint(ck, be, opt)
-            if old != json.loads(json.dumps(setup, sort_keys=True)): raise ValueError('the setup changed')
-        except Exception as e:
-            warnings.warn(f"{ck}: not resuming ({e}); training from scratch")
-            start, history = 0, []; be = _make_backend(backend, inputs, fusion, encoders, cache_dir, blip2, image_size) if isinstance(backend, str) else be
-            params = [p for p in be.model.parameters() if p.requires_grad]; opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-            torch.manual_seed(seed)
-    acc, qa, ra = _targets(tr_ex)
-    npos = int(acc.sum()); cw = torch.tensor([len(acc)/(2*max(1, len(acc)-npos)), len(acc)/(2*max(1, npos))]) if balance else None
+    for _ in range(augment): tr_views += [_view(e.qar, max_regions, rng) for e in train]; tr_ex += train
+    return tr_ex, tr_views, val, [_view(e.qar, max_regions) for e in val]
+
+# %% ../nbs/04_critic.ipynb #04b510ee
+def _critic_train_config(n, epochs, batch_size, lr, weight_decay, seed, device):
+    "The `TrainConfig` of the critic: constant `lr`, one log record, checkpoint and held-out check per epoch"
+    per_epoch = math.ceil(n / batch_size)
+    return TrainConfig(steps=epochs*per_epoch, batch_size=batch_size, lr=lr, min_lr=lr, warmup_steps=0, weight_decay=weight_decay,
+                       grad_clip=None, seed=seed, save_every=per_epoch, log_every=per_epoch, device=device), per_epoch
+
+# %% ../nbs/04_critic.ipynb #20ed2810
+def train_critic(corpus, labels, out,
+                 model='fused',        # a family name, FAMILY:FOLDER or a model folder, or an `ImageTextModel`
+                 model_config=None,    # the family's settings (e.g. {'inputs': 'regions'}, {'path': BLIP2_FOLDER})
+                 epochs=20, lr=None, batch_size=32,
+                 heldout=0.2,          # fraction of the images held out for validation (`lskd.core.heldout_image`)
+                 seed=0, root=None, resume=True,
+                 threshold=0.8,        # keep triples with P(accept) >= threshold
+                 target_precision=None,  # or: the lowest threshold reaching this precision on the held-out labels
+                 max_regions=5, augment=0, weight_decay=0.01, balance=True, heldout_seed=0, cache_dir=None, device=None, progress=True):
+    "Train a critic on `labels` of `corpus`, evaluate it on held-out images, save it to `out`; returns its report dict"
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    tr_ex, tr_views, val, va_views = _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed)
+    torch.manual_seed(seed)
+    m = model if isinstance(model, nn.Module) else load_model(model, device or 'cpu', **(model_config or {}))
+    if cache_dir: m.use_cache_dir(cache_dir)
+    net = CriticNet(m)
+    lr = lr or m.default_lr['critic']
+    setup = {'model': {'family': m.family, 'config': asdict(m.config)}, 'n_train': len(tr_ex), 'n_val': len(val), 'lr': lr,
+             'batch_size': batch_size, 'seed': seed, 'max_regions': max_regions, 'augment': augment, 'balance': balance}
+    resume = _check_setup(out, setup, resume)
+    tr_items, va_items = critic_items(m, tr_views, root), critic_items(m, va_views, root)
+    acc, qa, ra = _targets(tr_ex); npos = int(acc.sum())
+    cw = torch.tensor([len(acc)/(2*max(1, len(acc)-npos)), len(acc)/(2*max(1, npos))]) if balance else None
     yv = np.array([e.accept for e in val])
-    bar = tqdm(range(start, epochs), disable=not progress, desc=f'critic ({be.kind})', initial=start, total=epochs)
-    for ep in bar:
-        be.model.train(); tot = 0.
-        for b in _batches(len(tr_items), batch_size, torch.Generator().manual_seed(seed*1000 + ep)):
-            o = be.forward(be.collate([tr_items[i] for i in b]))
-            loss = critic_loss(o, acc[b], qa[b], ra[b], cw)
-            opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item()*len(b)
-        h = {'epoch': ep + 1, 'loss': tot/max(1, len(tr_items))}
-        if len(val): pv, _ = _predict_items(be, va_items); h['val_auc'] = roc_auc(pv, yv); h['val_acc'] = float(((pv >= 0.5) == yv).mean())
-        history.append(h); bar.set_postfix({k: round(v, 3) for k,v in h.items() if k != 'epoch'})
-        _save_checkpoint(ck, be, opt, ep + 1, history, setup)
-    pv, sv = _predict_items(be, va_items)
+    def data(pos):
+        for p, b in _epochs(len(tr_items), batch_size, seed)(pos):
+            img, txt = collate(m, [tr_items[i] for i in b]); dev = m.device
+            yield p, dict(img=img, txt=txt, accept=acc[b].to(dev), qa=qa[b].to(dev), rationale=ra[b].to(dev), class_weight=None if cw is None else cw.to(dev))
+    def held():
+        if not len(val): return {}
+        pv, _ = _predict_items(net, va_items); return {'val_auc': roc_auc(pv, yv), 'val_acc': float(((pv >= 0.5) == yv).mean())}
+    cfg, per_epoch = _critic_train_config(len(tr_items), epochs, batch_size, lr, weight_decay, seed, device)
+    history = fit(net, data, cfg, out, resume=resume, progress=progress, desc=f'critic ({m.family})', evaluate=held, eval_every=per_epoch,
+                  size=lambda inp: len(inp['accept']))
+    for h in history: h['epoch'] = h['step'] // per_epoch
+    return _critic_report(net, out, va_items, val, yv, threshold, target_precision, max_regions, history, len(tr_ex))
+
+# %% ../nbs/04_critic.ipynb #0065aea4
+def _check_setup(out, setup, resume):
+    "Resume only a run with the same setup (it is kept in `out/setup.json`); else start again"
+    p, s = Path(out)/'setup.json', json.loads(json.dumps(setup, sort_keys=True, default=str))
+    if resume and p.exists() and json.loads(p.read_text()) != s:
+        warnings.warn(f"{out}: not resuming (the setup changed); training from scratch"); resume = False
+    if not resume: shutil.rmtree(Path(out)/'checkpoints', ignore_errors=True)
+    atomic_write(p, json.dumps(s, indent=1))
+    return resume
+
+# %% ../nbs/04_critic.ipynb #8ad32876
+def _critic_report(net, out, va_items, val, yv, threshold, target_precision, max_regions, history, n_train):
+    "Held-out metrics and threshold, the plot, and the saved critic; the report"
+    pv, _ = _predict_items(net, va_items)
     if target_precision is not None and len(val):
         t = threshold_for_precision(pv, yv, target_precision)
         if t is None: warnings.warn(f"no threshold reaches precision {target_precision} on the held-out labels; keeping {threshold}")
         else: threshold = t
-    report = {'backend': be.meta(), 'threshold': threshold, 'max_regions': max_regions, 'history': history,
-              'n_train': len(tr_ex), 'n_val': len(val), 'val_keys': [qar_key(e.qar) for e in val],
-              'val': binary_metrics(pv, yv, threshold) if len(val) else None,
-              'val_at_0.5': binary_metrics(pv, yv, 0.5) if len(val) else None}
+    m = net.model
+    report = {'model': {'family': m.family, 'config': asdict(m.config)}, 'threshold': threshold, 'max_regions': max_regions,
+              'history': list(history), 'n_train': n_train, 'n_val': len(val), 'val_keys': [qar_key(e.qar) for e in val],
+              'val': binary_metrics(pv, yv, threshold) if len(val) else None, 'val_at_0.5': binary_metrics(pv, yv, 0.5) if len(val) else None}
     if len(val):
         report['val_by_kind'] = {k: float((pv[[i for i,e in enumerate(val) if (e.kind or 'human') == k]] >= threshold).mean())
                                  for k in sorted({e.kind or 'human' for e in val})}
-        plot_thresholds(pv, yv, threshold, out/'thresholds.png', f'critic ({be.kind}, {getattr(be, "config", None) and be.config.inputs or ""}) on {len(val)} held-out labels')
-        np.save(out/'val_predictions.npy', np.stack([pv, yv]))
-    save_critic(be, out, report)
+        plot_thresholds(pv, yv, threshold, Path(out)/'thresholds.png', f'critic ({m.family}) on {len(val)} held-out labels')
+        np.save(Path(out)/'val_predictions.npy', np.stack([pv, yv]))
+    save_critic(net, out, report)
     return report
 
-# %% ../nbs/04_critic.ipynb #3354021e
-def save_critic(backend, out, report):
-    "Write `critic.safetensors` and `critic.json` to `out`"
+# %% ../nbs/04_critic.ipynb #a6ae0b4c
+def save_critic(net, out, report):
+    "Write the model, `heads.safetensors` and `critic.json` to `out`"
     from safetensors.torch import save_file
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k,v in backend.state_dict().items()}, str(out/'critic.safetensors.tmp'))
-    os.replace(out/'critic.safetensors.tmp', out/'critic.safetensors')
-    (out/'critic.json').write_text(json.dumps(report, indent=1, default=float))
+    out = Path(out); net.model.save(out/'model')
+    with atomic_path(out/'heads.safetensors') as tmp: save_file({k: v.detach().contiguous().cpu() for k,v in net.heads().items()}, str(tmp))
+    atomic_write(out/'critic.json', json.dumps(report, indent=1, default=float))
     return out
 
+# %% ../nbs/04_critic.ipynb #11d53a88
 class Critic:
     "A trained critic: `predict` P(accept) and the two ratings of triples; `threshold` decides what is kept"
-    def __init__(self, backend, threshold=0.8, max_regions=5, report=None):
-        self.backend, self.threshold, self.max_regions, self.report = backend, threshold, max_regions, report or {}
-    def __repr__(self): return f"Critic({self.backend!r}, threshold={self.threshold})"
+    def __init__(self, net, threshold=0.8, max_regions=5, report=None):
+        self.net, self.threshold, self.max_regions, self.report = net, threshold, max_regions, report or {}
+    def __repr__(self): return f"Critic({self.net.model!r}, threshold={self.threshold})"
     @classmethod
-    def load(cls, folder, encoders=None, threshold=None, cache_dir=None):
+    def load(cls, folder, threshold=None, device='cpu', cache_dir=None):
         "The critic saved in `folder` by `train_critic`"
         from safetensors.torch import load_file
         folder = Path(folder)
         if not (folder/'critic.json').exists(): raise FileNotFoundError(f"no critic in {folder} (critic.json missing): train one with `lskd critic train`")
-        rep = json.loads((folder/'critic.json').read_text()); m = rep['backend']
-        if m['kind'] == 'fused':
-            ie, te = encoders or _load_encoders(m['encoders'], m.get('image_size', 224))
-            be = FusedBackend(FusionConfig.from_dict(m['config']), ie, te, cache_dir, m.get('image_size', 224))
-        else: be = Blip2Backend(m['path'], max_length=m.get('max_length', 128))
-        be.load_state_dict(load_file(str(folder/'critic.safetensors'))); be.model.eval()
-        return cls(be, rep['threshold'] if threshold is None else threshold, rep.get('max_regions', 5), rep)
+        rep = json.loads((folder/'critic.json').read_text())
+        m = load_model(folder/'model', device)
+        if cache_dir: m.use_cache_dir(cache_dir)
+        net = CriticNet(m); net.load_state_dict(load_file(str(folder/'heads.safetensors'), device=str(device)), strict=False); net.eval()
+        return cls(net, rep['threshold'] if threshold is None else threshold, rep.get('max_regions', 5), rep)
 
-# %% ../nbs/04_critic.ipynb #1aed82c3
-def _predict(self, qars, root=None, batch_size=64, progress=False):
+# %% ../nbs/04_critic.ipynb #42e28512
+@patch
+def predict(self:Critic, qars, root=None, batch_size=64, progress=False):
     "`{'prediction': P(accept), 'qa_score': 1..5, 'rationale_score': 1..5}` arrays for `qars` (batched)"
     qars = list(qars); p, s = [], []
     for i in tqdm(range(0, len(qars), batch_size), disable=not progress, desc='scoring', leave=False):
-        items = self.backend.featurize([_view(q, self.max_regions) for q in qars[i:i+batch_size]], root)
-        a, b = _predict_items(self.backend, items, batch_size); p.append(a); s.append(b)
-        self.backend.forget()
+        items = critic_items(self.net.model, [_view(q, self.max_regions) for q in qars[i:i+batch_size]], root)
+        a, b = _predict_items(self.net, items, batch_size); p.append(a); s.append(b)
+        self.net.model.forget()
     s = np.concatenate(s) if s else np.zeros((0, 2))
     return {'prediction': np.concatenate(p) if p else np.zeros(0), 'qa_score': 1 + 4*s[:, 0], 'rationale_score': 1 + 4*s[:, 1]}
 
-Critic.predict = _predict
-
-def _critic_html(self):
+# %% ../nbs/04_critic.ipynb #426f21d7
+@patch
+def _repr_html_(self:Critic):
     v = self.report.get('val') or {}
     rows = ''.join(f'<tr><td>{k}</td><td>{v[k]:.3f}</td></tr>' for k in ('accuracy', 'precision', 'recall', 'auc', 'kept') if k in v)
-    return (f'<b>Critic</b> ({html.escape(self.backend.kind)}), threshold {self.threshold:.3f}, trained on {self.report.get("n_train", "?")} '
+    return (f'<b>Critic</b> ({html.escape(self.net.model.family)}), threshold {self.threshold:.3f}, trained on {self.report.get("n_train", "?")} '
             f'examples; held-out ({v.get("n", 0)} labels):<table>{rows}</table>')
-
-Critic._repr_html_ = _critic_html
 
 # %% ../nbs/04_critic.ipynb #2acb0132
 class FilterReport(dict):
@@ -757,14 +685,16 @@ def _parser():
     a.add_argument('--kinds', nargs='+', default=list(SYNTHETIC_KINDS)); a.add_argument('--seed', type=int, default=0)
     a = sub.add_parser('train', help='train and evaluate a critic')
     a.add_argument('--corpus', nargs='+', required=True); a.add_argument('--labels', required=True); a.add_argument('--out', required=True)
-    a.add_argument('--backend', default='fused', choices=['fused', 'blip2']); a.add_argument('--blip2', help='BLIP-2 model folder')
-    a.add_argument('--inputs', default='regions', choices=['regions', 'boxes', 'text'])
+    a.add_argument('--model', default='fused', help='a model family (fused, blip2, bow) or a model folder to start from')
+    a.add_argument('--model-config', action='append', default=[], metavar='KEY=VALUE',
+                   help="the family's settings (repeatable), e.g. inputs=text, path=BLIP2_FOLDER, encoders=[toy-image,toy-text]")
     a.add_argument('--epochs', type=int, default=20); a.add_argument('--lr', type=float); a.add_argument('--batch-size', type=int, default=32)
-    a.add_argument('--val-frac', type=float, default=0.2); a.add_argument('--seed', type=int, default=0)
+    a.add_argument('--heldout', '--val-frac', type=float, default=0.2, help='fraction of the images held out for validation')
+    a.add_argument('--heldout-seed', type=int, default=0, help='seed of the held-out split (lskd.core.heldout_image)'); a.add_argument('--seed', type=int, default=0)
     a.add_argument('--threshold', type=float, default=0.8); a.add_argument('--target-precision', type=float)
     a.add_argument('--augment', type=int, default=0); a.add_argument('--root'); a.add_argument('--cache-dir')
     a.add_argument('--no-balance', action='store_true', help='do not weigh accept/reject equally')
-    a.add_argument('--no-resume', action='store_true'); a.add_argument('--toy-encoders', action='store_true', help=argparse.SUPPRESS)
+    a.add_argument('--no-resume', action='store_true'); a.add_argument('--device', help='cpu, cuda (default: cuda when available)')
     a = sub.add_parser('score', help='score a corpus and write scored.jsonl / filtered.jsonl')
     a.add_argument('--critic', required=True); a.add_argument('--corpus', required=True); a.add_argument('--out', required=True)
     a.add_argument('--threshold', type=float); a.add_argument('--root'); a.add_argument('--batch-size', type=int, default=64)
@@ -781,9 +711,9 @@ def main(argv=None):
             print(f'{n} labels written to {a.labels}')
         elif a.cmd == 'synth': print(json.dumps(write_synthetic(a.corpus, a.out, a.labels, a.kinds, a.seed), indent=1))
         elif a.cmd == 'train':
-            rep = train_critic(a.corpus, a.labels, a.out, a.backend, a.inputs, a.epochs, a.lr, a.batch_size, a.val_frac, a.seed, a.root,
-                               not a.no_resume, a.threshold, a.target_precision, augment=a.augment, cache_dir=a.cache_dir, blip2=a.blip2, balance=not a.no_balance,
-                               encoders=(ToyImageEncoder(), ToyTextEncoder()) if a.toy_encoders else None)
+            rep = train_critic(a.corpus, a.labels, a.out, a.model, model_settings(a.model_config), a.epochs, a.lr, a.batch_size, a.heldout,
+                               a.seed, a.root, not a.no_resume, a.threshold, a.target_precision, augment=a.augment, cache_dir=a.cache_dir,
+                               balance=not a.no_balance, heldout_seed=a.heldout_seed, device=a.device)
             print(json.dumps({k: rep[k] for k in ('threshold', 'n_train', 'n_val', 'val')}, indent=1, default=float))
             print(f'critic saved to {a.out}/critic.safetensors, plot {a.out}/thresholds.png')
         elif a.cmd == 'score':
@@ -792,3 +722,42 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, RegionRefError) as e:
         print(f'lskd critic {a.cmd}: error: {e}', file=sys.stderr); return 2
     return 0
+
+# %% ../nbs/04_critic.ipynb #8c6f4807
+@dataclass
+class CriticConfig:
+    "The `critic` section of a run's configuration"
+    labels: str|None = None           # human labels (labels.jsonl); None: synthetic labels only
+    synthetic: bool = True            # add synthetic negatives of the corpus (human labels win)
+    model: str = 'fused'              # a model family (fused, blip2, bow) or a model folder
+    model_config: dict = field(default_factory=dict)   # the family's settings, e.g. {inputs: text}, {path: BLIP2_FOLDER}
+    epochs: int = 10
+    lr: float|None = None             # None: the family's default (fused 1e-3, blip2 1e-5)
+    batch_size: int = 32
+    threshold: float = 0.8            # keep triples with P(accept) >= threshold (the release's 0.8)
+    target_precision: float|None = None   # or: the lowest threshold reaching this precision on held-out labels
+    max_regions: int = 5              # regions drawn per triple
+    augment: int = 0                  # extra shuffled-order copies of each training triple
+    seed: int|None = None             # None: the run's seed
+
+# %% ../nbs/04_critic.ipynb #58044994
+def run_stage(run_dir, cfg):
+    "The critic stage of `lskd run`: labels, training on the run's non-held-out images, scoring and filtering"
+    from lskd.pipeline import stage_dir, write_stage_report, read_stage_report
+    import shutil
+    c = check_config(CriticConfig, cfg.get('critic'), 'critic')
+    seed = cfg.get('seed', 0) if c.seed is None else c.seed
+    out = stage_dir(run_dir, 'critic'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
+    corpus, labels = Path(run_dir)/'generate'/'corpus.jsonl', out/'labels.jsonl'
+    if c.labels and not labels.exists(): shutil.copy(c.labels, labels)
+    syn = write_synthetic(corpus, out, labels, seed=seed) if c.synthetic else None
+    if not labels.exists(): raise ValueError("the critic has no labels: give critic.labels (a labels.jsonl) or keep critic.synthetic on")
+    rep = train_critic([corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', model=c.model, model_config=c.model_config,
+                       epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, heldout=cfg.get('heldout', 0.25), heldout_seed=cfg.get('seed', 0),
+                       seed=seed, root=root, threshold=c.threshold, target_precision=c.target_precision, max_regions=c.max_regions,
+                       augment=c.augment, progress=False)
+    frep = score_corpus(Critic.load(out/'model'), corpus, out, root=root, progress=False)
+    return write_stage_report(run_dir, 'critic', ['scored.jsonl', 'filtered.jsonl', 'labels.jsonl'], threshold=frep['threshold'],
+                              counts={'triples': frep['n'], 'kept': frep['kept'], 'synthetic_negatives': syn['negatives'] if syn else 0},
+                              heldout=rep['val'], labels='synthetic' if syn and not c.labels else 'human' if not syn else 'human+synthetic',
+                              triples_per_s=frep['per_second'])

@@ -4,37 +4,31 @@
 
 # %% ../nbs/05_distill.ipynb #9a1b7e78
 from __future__ import annotations
-import json, math, os, random, re, sys, time, hashlib, argparse, warnings, shutil
+import json, math, os, random, re, sys, time, argparse, warnings
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
-from types import SimpleNamespace
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from contextlib import nullcontext
 from PIL import Image
 from tqdm.auto import tqdm
 from .core import (QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, JsonlWriter, lskd_row_to_qar,
-                       parse_refs, region_by_id, open_image, image_path, visual_prompt)
+                       parse_refs, region_by_id, open_image, image_path, visual_prompt, heldout_image, check_config,
+                       atomic_path, atomic_write, as_qar, model_text, draw_order)
+from .models import load_model, build_model, model_settings
+from .train import TrainConfig, History, accelerator, fit, latest_checkpoint
 
 # %% auto #0
-__all__ = ['BACKENDS', 'as_qar', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
-           'heldout_image', 'CorpusStream', 'toy_corpus', 'DistillConfig', 'as_config', 'same_image', 'itc_loss',
-           'hard_negatives', 'itm_pairs', 'load_encoders', 'FusedNet', 'FusionStudent', 'Blip2Pixels', 'Blip2Net',
-           'Blip2Student', 'make_student', 'lr_factor', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'latest_checkpoint', 'load_checkpoint', 'History', 'distill', 'heldout_examples', 'retrieval_groups',
-           'retrieval_accuracy', 'load_student', 'lskd_scorer', 'lskd_scorer_detect', 'main']
+__all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
+           'CorpusStream', 'DistillConfig', 'as_config', 'same_image', 'itc_loss', 'hard_negatives', 'itm_pairs',
+           'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill', 'heldout_examples', 'retrieval_groups',
+           'retrieval_accuracy', 'main', 'DistillStageConfig', 'run_stage']
 
 # %% ../nbs/05_distill.ipynb #9235a080
-def as_qar(d):
-    "A `QAR` from a corpus line: lskd's own format or a released LSKD row"
-    if isinstance(d, QAR): return d
-    return lskd_row_to_qar(d) if 'references' in d else QAR.from_dict(d)
+# `as_qar` (lskd.core) reads a corpus line: lskd's own format or a released LSKD row
 
 # %% ../nbs/05_distill.ipynb #d6a889d0
 def student_text(q, rm=None, rationale=True):
-    "The student's text for `q`, ids rewritten to drawing positions by `rm`"
-    f = (lambda t: rm.to_draw(t)) if rm is not None else (lambda t: t)
-    parts = [('question', q.question), ('answer', q.answer)] + ([('rationale', q.rationale)] if rationale else [])
-    return ' '.join(f'{k}: {f(v)}' for k,v in parts if v).lower()
+    "The student's text for `q` (`lskd.core.model_text`), ids rewritten to drawing positions by `rm`; without the rationale unless `rationale`"
+    return model_text({'question': q.question, 'answer': q.answer, 'rationale': q.rationale if rationale else None}, 'student', rm)
 
 # %% ../nbs/05_distill.ipynb #581bc36f
 @dataclass
@@ -60,12 +54,7 @@ class Example:
 # %% ../nbs/05_distill.ipynb #28b6ee23
 def referenced_ids(q):
     "Ids the text of `q` refers to (first mention first), then any other ids in `q.region`; all must have boxes"
-    ids = list(dict.fromkeys(parse_refs(q.text) + list(q.region)))
-    have = {r.id for r in q.regions}
-    bad = [i for i in ids if i not in have]
-    if bad: raise RegionRefError(f"triple {q.id or q.index or q.question!r} ({q.image}): refers to regions {bad} "
-                                 f"that have no box; its regions are {sorted(have)}")
-    return ids
+    return draw_order(q.text, q.regions, extra=q.region, name=f"triple {q.id or q.index or q.question!r} ({q.image})")
 
 def example_rng(seed, epoch, index):
     "The random generator of one example: a function of (seed, epoch, corpus index) only"
@@ -95,12 +84,6 @@ def shuffle_buffer(items, size, rng):
     rng.shuffle(buf); yield from buf
 
 # %% ../nbs/05_distill.ipynb #efe63c3d
-def heldout_image(image, frac, seed=0):
-    "Is `image` in the held-out fraction `frac` (a stable hash of the path)"
-    if not frac: return False
-    h = int.from_bytes(hashlib.sha1(f'{seed}|{image}'.encode()).digest()[:8], 'big')
-    return h / 2**64 < frac
-
 def _keep(q, min_score):
     if min_score is None: return True
     s = q.scores.get('prediction')
@@ -110,13 +93,13 @@ def _keep(q, min_score):
 class CorpusStream(torch.utils.data.IterableDataset):
     "Seeded, sharded, resumable stream of batches of `Example`s from a corpus JSONL"
     def __init__(self, path, batch_size=32, seed=0, buffer_size=1000, p_distract=0.5, p_rationale=0.5, max_draw=None,
-                 min_score=None, val_frac=0.0, rank=0, world_size=1, start=(0, 0), epochs=None, prepare=None):
+                 min_score=None, heldout=0.0, heldout_seed=0, rank=0, world_size=1, start=(0, 0), epochs=None, prepare=None):
         super().__init__()
         self.path = Path(path)
         if not self.path.exists(): raise FileNotFoundError(f"corpus not found: {self.path}")
         self.batch_size, self.seed, self.buffer_size = batch_size, seed, buffer_size
         self.p_distract, self.p_rationale, self.max_draw = p_distract, p_rationale, max_draw
-        self.min_score, self.val_frac, self.rank, self.world_size = min_score, val_frac, rank, world_size
+        self.min_score, self.heldout, self.heldout_seed, self.rank, self.world_size = min_score, heldout, heldout_seed, rank, world_size
         self.start, self.epochs, self.prepare = tuple(start), epochs, prepare
     def __repr__(self): return f"CorpusStream({self.path}, batch_size={self.batch_size}, seed={self.seed}, start={self.start})"
     def __iter__(self): return _iter(self)
@@ -126,7 +109,7 @@ class CorpusStream(torch.utils.data.IterableDataset):
         def gen():
             for i,d in enumerate(read_jsonl(self.path)):
                 q = as_qar(d)
-                if _keep(q, self.min_score) and not heldout_image(q.image, self.val_frac, self.seed): yield i, q
+                if _keep(q, self.min_score) and not heldout_image(q.image, self.heldout, self.heldout_seed): yield i, q
         return shuffle_buffer(gen(), self.buffer_size, random.Random(f'lskd.distill|{self.seed}|shuffle|{epoch}'))
 
     def examples(self, epoch):
@@ -159,7 +142,7 @@ def _iter(self):
             if (k - 1) % W != w: continue
             yield epoch, b, (self.prepare(batch) if self.prepare else batch)
         if n == 0: raise ValueError(f"{self.path}: not one full batch of {self.batch_size} x {self.world_size} process(es) "
-                                    "in an epoch: the corpus is too small (or min_score/val_frac leave too little); "
+                                    "in an epoch: the corpus is too small (or min_score/heldout leave too little); "
                                     "lower batch_size")
         epoch, skip = epoch + 1, 0
 
@@ -167,86 +150,28 @@ CorpusStream.epoch_batches = _epoch_batches
 
 def _as_is(item): return item                  # the default would turn the (examples, pixels) tuple into a list
 
-# %% ../nbs/05_distill.ipynb #41c35951
-def toy_corpus(folder, n_per_image=4, size=(96, 64)):
-    "Write a tiny corpus (coloured images with two boxes, templated triples) to `folder`; its corpus path"
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k,(name, colour) in enumerate([('red', (220, 30, 30)), ('blue', (30, 30, 220)), ('green', (30, 200, 30)), ('grey', (128, 128, 128))]):
-        im = Image.new('RGB', size, colour)
-        im.paste((255, 255, 255), (4, 4, size[0]//2 - 4, size[1] - 4))
-        im.save(folder/f'{name}.png')
-        regs = [Region(0, (4, 4, size[0]//2 - 4, size[1] - 4), 'panel'), Region(1, (size[0]//2, 8, size[0] - 4, size[1] - 8), 'patch')]
-        for j in range(n_per_image):
-            rows.append(QAR(f'{name}.png', f'What colour is [1]{"?" if j % 2 else " here?"}', f'[1] is {name}.',
-                            f'[0] is white and [1] is {name}.' if j % 2 else f'[1] looks {name} next to [0].',
-                            region=[1], regions=regs, source='toy', id=f'{name}-{j}', index=len(rows)))
-    return write_jsonl(folder/'corpus.jsonl', rows)
-
-# %% ../nbs/05_distill.ipynb #3a6e814d
+# %% ../nbs/05_distill.ipynb #9874615c
 @dataclass
-class DistillConfig:
-    "Settings of a distillation run"
-    backend: str = 'fusion'          # 'fusion' | 'blip2'
-    steps: int = 1000                # optimizer steps
-    batch_size: int = 32             # examples per process per micro-batch
-    grad_accum: int = 1
-    lr: float|None = None            # None: 1e-5 (blip2), 3e-4 (fusion)
-    min_lr: float|None = None        # None: 1e-6 (blip2), lr/10 (fusion)
-    warmup_steps: int|None = None    # None: 5% of steps (at most 1000)
-    weight_decay: float = 0.05
-    grad_clip: float|None = 1.0
+class DistillConfig(TrainConfig):
+    "Settings of a distillation run: the optimisation (`TrainConfig`), the model, the data"
+    model: str = 'fused'             # a model family (fused, blip2, bow) or a model folder to start from
+    model_config: dict = field(default_factory=dict)   # the family's settings, e.g. {encoders: [toy-image, toy-text]}, {path: BLIP2_FOLDER}
     itc_weight: float = 1.0
     itm_weight: float = 1.0
-    mixed_precision: str = 'auto'    # 'auto' (bf16/fp16 on GPUs, none on CPU) | 'no' | 'fp16' | 'bf16'
-    seed: int = 42
     buffer_size: int = 1000          # shuffle buffer (examples)
-    p_distract: float = 0.5
-    p_rationale: float = 0.5
-    max_draw: int|None = None
+    p_distract: float = 0.5          # draw the other regions of the image too (distractors)
+    p_rationale: float = 0.5         # keep the rationale in the text
+    max_draw: int|None = None        # at most this many regions drawn
     min_score: float|None = None     # keep triples with critic prediction >= min_score
-    val_frac: float = 0.0            # images held out for validation (by hash)
+    heldout: float = 0.0             # fraction of the images held out for validation (lskd.core.heldout_image)
+    heldout_seed: int = 0            # seed of that split (the same split as `lskd evaluate --heldout`)
     val_corpus: str|None = None      # or: a separate held-out corpus file
-    val_max: int = 256
+    val_max: int = 256               # held-out triples scored before and after
     images: str|None = None          # image root
-    num_workers: int = 0
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    device: str|None = None          # None: cuda when available
-    # fusion backend
-    fusion: dict = field(default_factory=dict)   # FusionConfig overrides
-    encoders: tuple = ('efficientnet-lite0', 'all-MiniLM-L6-v2')   # or ('toy-image', 'toy-text') for tests
-    image_size: int = 224
-    cache_dir: str|None = None
-    cache_items: int = 4096          # features kept in memory before the in-memory cache is emptied
-    init: str|None = None            # start from these weights (a student folder or a fused .safetensors)
-    # blip2 backend
-    blip2: str|None = None           # folder or hub name of a Blip2ForImageTextRetrieval checkpoint
-    local_only: bool = True
-    max_length: int = 128
-    def __post_init__(self):
-        if self.backend not in BACKENDS: raise ValueError(f"backend {self.backend!r}: expected one of {list(BACKENDS)}")
-        if self.backend == 'blip2' and not self.blip2:
-            raise ValueError("the blip2 backend needs `blip2`: a Blip2ForImageTextRetrieval folder or hub name "
-                             "(e.g. Salesforce/blip2-itm-vit-g with local_only=False); build a tiny one with lskd.blip2.build_tiny_blip2")
-        if self.mixed_precision not in ('auto', 'no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision {self.mixed_precision!r}: expected auto, no, fp16 or bf16")
-        for k in ('steps', 'batch_size', 'grad_accum'):
-            if getattr(self, k) < 1: raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
-        self.encoders = tuple(self.encoders)
-    @property
-    def lr_(self): return self.lr if self.lr is not None else 1e-5 if self.backend == 'blip2' else 3e-4
-    @property
-    def min_lr_(self): return self.min_lr if self.min_lr is not None else 1e-6 if self.backend == 'blip2' else self.lr_/10
-    @property
-    def warmup_(self): return self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps//20)
-    def to_dict(self): return asdict(self)
+    num_workers: int = 0             # data-loader workers (families with an `item_maker`: BLIP-2)
+    cache_dir: str|None = None       # keep cached features on disk (families that cache: fused)
     @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad: raise ValueError(f"unknown distill setting(s) {bad}; known: {sorted(names)}")
-        return cls(**d)
+    def from_dict(cls, d): return check_config(cls, d, 'distill')
     @classmethod
     def from_yaml(cls, path, **over):
         import yaml
@@ -255,9 +180,9 @@ class DistillConfig:
         d = yaml.safe_load(p.read_text()) or {}
         if not isinstance(d, dict): raise ValueError(f"{p}: expected a mapping of settings, got {type(d).__name__}")
         return cls.from_dict({**d, **over})
+    def to_dict(self): return asdict(self)
 
-BACKENDS = ('fusion', 'blip2')
-
+# %% ../nbs/05_distill.ipynb #70c25b22
 def as_config(config=None, **over):
     "A `DistillConfig` from a `DistillConfig`, a dict, a YAML file path or None (defaults), with `over` applied"
     if config is None: return DistillConfig.from_dict(over)
@@ -306,255 +231,46 @@ def itm_pairs(sim, same, generator=None):
     ti, ii = hard_negatives(sim, same, generator)
     return list(range(B)) + ti, list(range(B)) + ii, torch.tensor([1]*B + [0]*len(ti))
 
-# %% ../nbs/05_distill.ipynb #0f85767e
-def load_encoders(names, image_size=224, device='cpu'):
-    "Frozen encoders by name: the offline pretrained ones (`lskd.backbones`) or the toy ones (`lskd.fusion`)"
-    from lskd.fusion import ToyImageEncoder, ToyTextEncoder
-    img, txt = names
-    if img == 'toy-image': ie = ToyImageEncoder()
-    else:
-        from lskd.backbones import ImageEncoder
-        ie = ImageEncoder(size=image_size, device=device)
-    if txt == 'toy-text': te = ToyTextEncoder()
-    else:
-        from lskd.backbones import TextEncoder
-        te = TextEncoder(device=device)
-    return ie, te
-
-# %% ../nbs/05_distill.ipynb #921f3a84
-class FusedNet(nn.Module):
-    "Loss module of the fused student: ITC + ITM with in-batch hard negatives"
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.model.score_head.requires_grad_(False)        # the critic's heads: unused by the student
+# %% ../nbs/05_distill.ipynb #95f7d1b7
+class StudentNet(nn.Module):
+    "An `ImageTextModel` with the student's loss: ITC + ITM with in-batch hard negatives"
+    def __init__(self, model): super().__init__(); self.model = model
+    def __repr__(self): return f"StudentNet({self.model!r})"
     def forward(self, img, txt, same, generator=None, itc_weight=1.0, itm_weight=1.0):
-        from lskd.fusion import ImageFeats
         logits = self.model.itc_logits(img, txt)
         l_itc = itc_loss(logits.float(), same.to(logits.device))
         ti, ii, y = itm_pairs(logits, same, generator)
-        out = self.model(img, txt[ti], index=ii)['itm']
+        out = self.model.itm_logits(img, txt[ti], ii)
         l_itm = F.cross_entropy(out.float(), y.to(out.device))
         return {'loss': itc_weight*l_itc + itm_weight*l_itm, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
 
-# %% ../nbs/05_distill.ipynb #27d90c56
-class FusionStudent:
-    "The offline student: a `FusedModel` on cached frozen EfficientNet-Lite0 / MiniLM features"
-    kind = 'fusion'
-    def __init__(self, config: DistillConfig, device='cpu', image_encoder=None, text_encoder=None):
-        from lskd.fusion import FusedModel, FusionConfig, FeatureCache, load_fused
-        self.config, self.device = config, torch.device(device)
-        if image_encoder is None or text_encoder is None:
-            image_encoder, text_encoder = load_encoders(config.encoders, config.image_size, device)
-        self.ie, self.te = image_encoder, text_encoder
-        fc = FusionConfig.from_dict({**config.fusion, 'img_dim': image_encoder.dim, 'txt_dim': text_encoder.dim})
-        if config.init: model = load_fused(_fused_file(config.init))[0]
-        else: model = FusedModel(fc)
-        self.net = FusedNet(model.to(self.device))
-        self.cache = FeatureCache(image_encoder, text_encoder, config.cache_dir)
-    @property
-    def model(self): return self.net.model
-    def __repr__(self): return f"FusionStudent({self.model!r}, {self.ie.name} + {self.te.name})"
-    def meta(self): return {'backend': self.kind, 'fusion': self.model.config.to_dict(), 'encoders': [self.ie.name, self.te.name],
-                            'image_size': self.config.image_size}
-    def trainable(self): return {k: p for k,p in self.net.model.named_parameters() if p.requires_grad}
-
-# %% ../nbs/05_distill.ipynb #7663550a
-def _fused_file(p):
-    p = Path(p)
-    return p/'student.safetensors' if p.is_dir() else p
-
-def _fused_batch(self, examples, root=None):
-    "Model inputs of a batch: image and text features (cached), the same-image mask"
-    from lskd.fusion import ImageFeats, TextFeats
-    if len(self.cache.mem) > self.config.cache_items: self.cache.mem.clear()
-    keys = [e.key(root) for e in examples]
-    imgs = [{k: v.cpu() for k,v in d.items()} for d in self.cache.images(keys, lambda i: examples[i].draw(root))]   # one device per field
-    txts = self.cache.texts([e.text for e in examples])
-    return dict(img=ImageFeats.collate(imgs).to(self.device), txt=TextFeats.collate(txts).to(self.device), same=same_image(keys))
-
-def _fused_save(self, out, **extra):
-    "Save the student for evaluation: `student.safetensors` + `student.json`"
-    from lskd.fusion import save_fused
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    save_fused(self.model, out/'student.safetensors', **extra)
-    (out/'student.json').write_text(json.dumps({**self.meta(), **extra}, indent=1))
-    return out
-
-def _fused_scorer(self):
-    "The trained model behind the scorer protocol (for the evaluation)"
-    from lskd.fusion import FusedScorer
-    return FusedScorer(self.model, cache=self.cache, name='distill-fusion')
-
-FusionStudent.batch, FusionStudent.save, FusionStudent.scorer = _fused_batch, _fused_save, _fused_scorer
-
-# %% ../nbs/05_distill.ipynb #8a20ceab
-class Blip2Pixels:
-    "Picklable batch preparation for BLIP-2 (runs in data-loader workers): draws and normalises the images"
-    def __init__(self, size, mean, std, root=None): self.size, self.mean, self.std, self.root = size, mean, std, root
+# %% ../nbs/05_distill.ipynb #4866736b
+class Prepare:
+    "Picklable batch preparation in data-loader workers: `examples -> (examples, image items)`"
+    def __init__(self, maker, root=None): self.maker, self.root = maker, root
     def __call__(self, examples):
-        from lskd.blip2 import pixel_values
-        ns = SimpleNamespace(size=self.size, mean=self.mean, std=self.std, device='cpu')
-        return examples, pixel_values(ns, [e.draw(self.root)[0] for e in examples])
+        drawn = [e.draw(self.root) for e in examples]
+        return examples, self.maker([d[0] for d in drawn], [d[1] for d in drawn])
 
-class Blip2Net(nn.Module):
-    "Loss module of the BLIP-2 student: ITC + ITM with in-batch hard negatives; frozen vision tower"
-    def __init__(self, bundle):
-        super().__init__()
-        self.bundle, self.model = bundle, bundle.model
-        self.model.vision_model.requires_grad_(False)
-        self.temp = nn.Parameter(torch.tensor(0.07))
-    def train(self, mode=True):
-        "Training mode for everything but the frozen vision tower (kept in eval mode, as LAVIS does)"
-        super().train(mode); self.model.vision_model.eval(); return self
-    def forward(self, pixels, ids, mask, same, generator=None, itc_weight=1.0, itm_weight=1.0):
-        from lskd.blip2 import image_embeds, image_itc, text_itc, itm_states, itm_logits
-        with torch.no_grad(): e = image_embeds(self.bundle, pixels)
-        img, txt = image_itc(self.bundle, e), text_itc(self.bundle, ids, mask)
-        sim = torch.einsum('bqd,nd->nbq', img, txt).max(-1).values          # (texts, images)
-        logits = sim / self.temp.clamp(0.001, 0.5)
-        l_itc = itc_loss(logits.float(), same.to(logits.device))
-        ti, ii, y = itm_pairs(logits, same, generator)
-        out = itm_logits(self.bundle, itm_states(self.bundle, e, ids[ti], mask[ti], ii))
-        l_itm = F.cross_entropy(out.float(), y.to(out.device))
-        return {'loss': itc_weight*l_itc + itm_weight*l_itm, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
+# %% ../nbs/05_distill.ipynb #b4499d21
+def student_inputs(model, batch, root=None):
+    "Model inputs of a batch (`Example`s, or `(examples, image items)` from `Prepare`): image and text batches, the same-image mask"
+    examples, items = batch if isinstance(batch, tuple) else (batch, None)
+    keys = [e.key(root) for e in examples]
+    if items is None: items = model.cached_image_items(keys, lambda i: examples[i].draw(root))
+    return dict(img=model.collate_images(items), txt=model.encode_texts([e.text for e in examples]), same=same_image(keys))
 
-# %% ../nbs/05_distill.ipynb #c8a62b79
-class Blip2Student:
-    "The release's student: `Blip2ForImageTextRetrieval`, Q-Former trained, ViT frozen"
-    kind = 'blip2'
-    def __init__(self, config: DistillConfig, device='cpu'):
-        from lskd.blip2 import load_blip2
-        self.config, self.device = config, torch.device(device)
-        self.bundle = load_blip2(config.blip2, device, local_only=config.local_only)
-        self.bundle.max_length = config.max_length
-        self.net = Blip2Net(self.bundle).to(self.device)
-    def __repr__(self): return f"Blip2Student({self.bundle!r})"
-    def meta(self): return {'backend': self.kind, 'source': str(self.config.blip2), 'max_length': self.config.max_length}
-    def trainable(self): return {k: p for k,p in self.net.named_parameters() if p.requires_grad}
-    def prepare(self, root=None): return Blip2Pixels(self.bundle.size, self.bundle.mean, self.bundle.std, root)
-    def batch(self, prepared, root=None):
-        from lskd.blip2 import tokenize
-        examples, pix = prepared if isinstance(prepared, tuple) else self.prepare(root)(prepared)
-        ids, mask = tokenize(self.bundle, [e.text for e in examples])
-        return dict(pixels=pix.to(self.device, self.bundle.model.dtype), ids=ids, mask=mask,
-                    same=same_image([e.key(root) for e in examples]))
-    def save(self, out, **extra):
-        "Save for evaluation: `model/` (a normal `save_pretrained` folder) + `student.json`"
-        out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        self.bundle.model.save_pretrained(str(out/'model')); self.bundle.tokenizer.save_pretrained(str(out/'model'))
-        src = Path(str(self.config.blip2))/'preprocessor_config.json'
-        if src.exists(): shutil.copy(src, out/'model'/'preprocessor_config.json')
-        (out/'student.json').write_text(json.dumps({**self.meta(), 'temp': float(self.net.temp.detach()), **extra}, indent=1))
-        return out
-    def scorer(self):
-        from lskd.blip2 import Blip2Scorer
-        return Blip2Scorer(self.bundle, name='distill-blip2')
-
+# %% ../nbs/05_distill.ipynb #0b1ff968
 def make_student(config, device='cpu'):
-    "The student backend named by `config.backend`"
-    return {'fusion': FusionStudent, 'blip2': Blip2Student}[config.backend](config, device)
+    "The model `config.model` names (a family, new, or a folder to continue from)"
+    m = load_model(config.model, device, **config.model_config)
+    if config.cache_dir: m.use_cache_dir(config.cache_dir)
+    return m
 
-# %% ../nbs/05_distill.ipynb #7d69d6b7
-def lr_factor(step, steps, warmup, lr, min_lr):
-    "Multiplier of `lr` at optimizer step `step`"
-    if warmup and step < warmup: return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))) / lr
-
-# %% ../nbs/05_distill.ipynb #0832e754
-def rng_state(generator):
-    "Every random state a training step touches"
-    s = {'python': random.getstate(), 'numpy': [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-         'torch': torch.get_rng_state(), 'generator': generator.get_state()}
-    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
-    return s
-
-def set_rng_state(s, generator):
-    "Restore what `rng_state` saved"
-    v, st, g = s['python']; random.setstate((v, tuple(st), g))
-    n = s['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    torch.set_rng_state(s['torch']); generator.set_state(s['generator'])
-    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-
-# %% ../nbs/05_distill.ipynb #e7fefba5
-def save_checkpoint(folder, student, opt, sched, generator, step, position, history, rank=0, is_main=True, keep=2):
-    "Write `folder/checkpoints/step-NNNNNN` (the main process writes weights and state, every process its RNG)"
-    from safetensors.torch import save_file
-    ck = Path(folder)/'checkpoints'; final = ck/f'step-{step:06d}'; tmp = ck/f'.step-{step:06d}.tmp'
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(generator), tmp/f'rng-{rank}.pt')
-    if is_main:
-        save_file({k: p.detach().contiguous().cpu() for k,p in student.trainable().items()}, str(tmp/'weights.safetensors'))
-        torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'step': step, 'position': list(position),
-                    'history': history, 'meta': student.meta()}, tmp/'state.pt')
-    return tmp, final
-
-def _finish_checkpoint(tmp, final, keep):
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
-    olds = sorted(p for p in final.parent.glob('step-*') if p.is_dir())
-    for p in olds[:-keep] if keep else []: shutil.rmtree(p, ignore_errors=True)
-    return final
-
-def latest_checkpoint(folder):
-    "The newest complete checkpoint folder under `folder/checkpoints`, or None"
-    c = sorted(p for p in (Path(folder)/'checkpoints').glob('step-*') if (p/'state.pt').exists())
-    return c[-1] if c else None
-
-def load_checkpoint(ck, student, opt, sched, generator, rank=0):
-    "Restore a checkpoint; returns `(step, position, history)`"
-    from safetensors.torch import load_file
-    ck = Path(ck)
-    w = load_file(str(ck/'weights.safetensors'))
-    params = student.trainable()
-    bad = sorted(set(w) ^ set(params)) + sorted(k for k in set(w) & set(params) if w[k].shape != params[k].shape)
-    if bad: raise ValueError(f"checkpoint {ck} does not fit this student (differs in {bad[:5]}); was it made with other settings?")
-    with torch.no_grad():
-        for k,p in params.items(): p.copy_(w[k].to(p.device, p.dtype))
-    st = torch.load(ck/'state.pt', map_location='cpu', weights_only=False)
-    opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-    r = ck/f'rng-{rank}.pt'
-    if r.exists(): set_rng_state(torch.load(r, weights_only=False), generator)
-    else: warnings.warn(f"{ck} has no random state for process {rank}: the run continues, but not bit-exactly")
-    return st['step'], tuple(st['position']), st['history']
-
-# %% ../nbs/05_distill.ipynb #330bf32c
-def _mixed_precision(mp, device):
-    if mp != 'auto': return mp
-    if device.type != 'cuda': return 'no'
-    return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-
-def _accelerator(config):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    dev = config.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    mp = _mixed_precision(config.mixed_precision, torch.device(dev))
-    return Accelerator(mixed_precision=mp, cpu=dev == 'cpu', kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-# %% ../nbs/05_distill.ipynb #f7768363
-class History(list):
-    "Logged training records (`step`, `loss`, `itc`, `itm`, `lr`, ...); shows itself as a loss plot"
-    def plot(self, path=None, title='distillation'):
-        "Loss curves and learning rate (a matplotlib `Figure`, no pyplot state); saved as PNG when `path` is given"
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(9, 3.2)); a, b = fig.subplots(1, 2)
-        s = [r['step'] for r in self]
-        for k in ('loss', 'itc', 'itm'): a.plot(s, [r[k] for r in self], label=k)
-        a.set_xlabel('step'); a.set_ylabel('loss'); a.legend(); a.set_title(title)
-        b.plot(s, [r['lr'] for r in self]); b.set_xlabel('step'); b.set_ylabel('learning rate')
-        b.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
-        fig.tight_layout()
-        if path: fig.savefig(path, dpi=100)
-        return fig
-    def _repr_png_(self):
-        import io
-        if not self: return None
-        b = io.BytesIO(); self.plot().savefig(b, format='png', dpi=80); return b.getvalue()
-
-# %% ../nbs/05_distill.ipynb #0b52aaec
+# %% ../nbs/05_distill.ipynb #a9ce0e27
 def _make_stream(corpus, config, accel, start, prepare=None):
     return CorpusStream(corpus, config.batch_size, config.seed, config.buffer_size, config.p_distract, config.p_rationale,
-                        config.max_draw, config.min_score, config.val_frac, accel.process_index, accel.num_processes,
+                        config.max_draw, config.min_score, config.heldout, config.heldout_seed, accel.process_index, accel.num_processes,
                         start=start, prepare=prepare)
 
 def _loader(stream, config):
@@ -563,87 +279,51 @@ def _loader(stream, config):
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.num_workers, persistent_workers=False,
                                        collate_fn=_as_is, generator=torch.Generator().manual_seed(config.seed))
 
-def _optimizer(student, config):
-    ps = student.trainable()
-    decay = [p for k,p in ps.items() if p.ndim >= 2]
-    rest = [p for k,p in ps.items() if p.ndim < 2]
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': config.weight_decay}, {'params': rest, 'weight_decay': 0.0}], lr=config.lr_)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config.steps, config.warmup_, config.lr_, config.min_lr_))
-    return opt, sched
+# %% ../nbs/05_distill.ipynb #1541f1f0
+@torch.no_grad()
+def _heldout_acc(model, val, root):
+    "Held-out retrieval accuracy of the model as it is now"
+    return retrieval_accuracy(model, val, root, progress=False)
 
-# %% ../nbs/05_distill.ipynb #f48adf9e
-def _heldout_acc(student, val, root):
-    "Held-out retrieval accuracy of the student as it is now (in eval mode, then back to training)"
-    student.net.eval()
-    try: return retrieval_accuracy(student.scorer(), val, root, progress=False)
-    finally: student.net.train()
+def _data(corpus, config, accel, model, root):
+    "`data(position)` for `fit`: the corpus stream's batches as model inputs, from `position` on"
+    maker = model.item_maker() if config.num_workers else None
+    def data(pos):
+        for epoch, b, batch in _loader(_make_stream(corpus, config, accel, tuple(pos), Prepare(maker, root) if maker else None), config):
+            inputs = student_inputs(model, batch, root)
+            yield [epoch, b + 1], dict(**inputs, itc_weight=config.itc_weight, itm_weight=config.itm_weight)
+    return data
 
+# %% ../nbs/05_distill.ipynb #0ff8ad8d
 def distill(corpus, out, config=None, resume=False, student=None, progress=True, **kw):
     "Train a student on `corpus` (JSONL) into `out`; `config`: a `DistillConfig`, a dict or a YAML path; returns a summary"
-    config = as_config(config, **kw)
-    out, root = Path(out), config.images
-    accel = _accelerator(config)
+    config = as_config(config, **kw); out, root = Path(out), config.images
+    accel = accelerator(config)
     torch.manual_seed(config.seed); random.seed(config.seed); np.random.seed(config.seed % 2**32)
-    student = student or make_student(config, accel.device)
-    opt, sched = _optimizer(student, config)
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    step, position, history = 0, (0, 0), History()
-    ck = latest_checkpoint(out) if resume else None
-    if resume and ck is None: warnings.warn(f"--resume: no checkpoint under {out}/checkpoints; starting from scratch")
-    if ck is not None: step, position, h = load_checkpoint(ck, student, opt, sched, gen, accel.process_index); history = History(h)
-    net, opt = accel.prepare(student.net, opt)
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out/'config.json').write_text(json.dumps(config.to_dict(), indent=1))
-    val = heldout_examples(corpus, config) if (config.val_frac or config.val_corpus) and ck is None else None
-    before = _heldout_acc(student, val, root) if val else None
-    prep = student.prepare(root) if hasattr(student, 'prepare') else None
-    data = iter(_loader(_make_stream(corpus, config, accel, position, prep), config))
-    bar = tqdm(total=config.steps, initial=step, desc=f'distill ({student.kind})', disable=not progress or not accel.is_main_process)
-    t0, n_ex, acc, n_acc = time.time(), 0, {}, 0
-    net.train()
-    while step < config.steps:
-        for micro in range(config.grad_accum):
-            epoch, b, item = next(data)
-            inputs = student.batch(item, root)
-            with accel.no_sync(net) if micro < config.grad_accum - 1 else nullcontext():
-                with accel.autocast(): o = net(**inputs, generator=gen, itc_weight=config.itc_weight, itm_weight=config.itm_weight)
-                accel.backward(o['loss'] / config.grad_accum)
-            for k in ('loss', 'itc', 'itm'): acc[k] = acc.get(k, 0.0) + float(o[k].detach()) / config.grad_accum
-            n_ex += len(inputs['same'])
-        if config.grad_clip: accel.clip_grad_norm_(list(student.trainable().values()), config.grad_clip)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True); n_acc += 1
-        step += 1; position = (epoch, b + 1)
-        if step % config.log_every == 0 or step == config.steps:
-            rec = {'step': step, **{k: round(v/n_acc, 5) for k,v in acc.items()}, 'lr': sched.get_last_lr()[0], 'epoch': epoch,
-                   'examples_per_s': round(n_ex * accel.num_processes / max(1e-9, time.time() - t0), 2)}
-            history.append(rec); bar.set_postfix(loss=f"{rec['loss']:.3f}"); acc, n_acc = {}, 0
-        bar.update(1)
-        if step % config.save_every == 0 or step == config.steps:
-            tmp, final = save_checkpoint(out, student, opt, sched, gen, step, position, list(history), accel.process_index, accel.is_main_process)
-            accel.wait_for_everyone()
-            if accel.is_main_process: _finish_checkpoint(tmp, final, config.keep_checkpoints)
-            accel.wait_for_everyone()
-    bar.close()
-    elapsed = time.time() - t0
-    summary = {'backend': student.kind, 'steps': step, 'examples_per_s': round(n_ex * accel.num_processes / max(1e-9, elapsed), 2),
+    model = student or make_student(config, accel.device)
+    if config.lr is None: config = replace(config, lr=model.default_lr['student'])
+    if accel.is_main_process: out.mkdir(parents=True, exist_ok=True); atomic_write(out/'config.json', json.dumps(config.to_dict(), indent=1))
+    val = heldout_examples(corpus, config) if config.heldout or config.val_corpus else None
+    before = _heldout_acc(model, val, root) if val and not (resume and latest_checkpoint(out)) else None
+    history = fit(StudentNet(model), _data(corpus, config, accel, model, root), config, out, accel, resume, progress,
+                  desc=f'distill ({model.family})', size=lambda inp: len(inp['same']))
+    summary = {'model': model.family, 'steps': config.steps, 'examples_per_s': round(history.examples / max(1e-9, history.seconds), 2),
                'final_loss': history[-1]['loss'] if history else None, 'device': str(accel.device),
                'mixed_precision': accel.mixed_precision, 'processes': accel.num_processes}
-    if val: summary['heldout'] = {'before': before, 'after': _heldout_acc(student, val, root), 'n': len(val)}
+    if val: summary['heldout'] = {'before': before, 'after': _heldout_acc(model, val, root), 'n': len(val), 'images': sorted({e.qar.image for e in val})}
     if accel.is_main_process:
-        write_jsonl(out/'history.jsonl', history)
-        if history: history.plot(out/'loss.png')
-        student.save(out, summary=summary)
+        if history: history.plot(out/'loss.png', title=f'distillation ({model.family})')
+        model.save(out, summary=summary)
     accel.wait_for_everyone()
     return summary
 
 # %% ../nbs/05_distill.ipynb #ec005e43
 def heldout_examples(corpus, config):
-    "Deterministic views of the held-out triples (`config.val_corpus`, or `corpus`'s `val_frac` images), at most `val_max`"
+    "Deterministic views of the held-out triples (`config.val_corpus`, or `corpus`'s `heldout` images), at most `val_max`"
     out, sep = [], bool(config.val_corpus)
     for i,d in enumerate(read_jsonl(config.val_corpus or corpus)):
         q = as_qar(d)
-        if _keep(q, config.min_score) and (sep or heldout_image(q.image, config.val_frac, config.seed)):
+        if _keep(q, config.min_score) and (sep or heldout_image(q.image, config.heldout, config.heldout_seed)):
             out.append(make_example(q, train=False, index=i))
             if len(out) >= config.val_max: break
     return out
@@ -673,64 +353,37 @@ def retrieval_accuracy(scorer, examples, root=None, n=8, progress=True):
     if not total: return {}
     return {**{kind: round(h/total, 4) for kind,h in hits.items()}, 'chance': round(sum(chance)/len(chance), 4), 'n': total}
 
-# %% ../nbs/05_distill.ipynb #3d4297f2
-def load_student(path, device='cpu'):
-    "The scorer (evaluation protocol) of a student folder written by `distill`"
-    p = Path(path)
-    if p.is_file(): p = p.parent
-    meta_p = p/'student.json'
-    if not meta_p.exists(): raise FileNotFoundError(f"{p} is not a student folder (no student.json); train one with `lskd distill`")
-    meta = json.loads(meta_p.read_text())
-    if meta['backend'] == 'fusion':
-        from lskd.fusion import load_fused, FusedScorer
-        model, _ = load_fused(p/'student.safetensors', device)
-        ie, te = load_encoders(meta['encoders'], meta.get('image_size', 224), device)
-        return FusedScorer(model, ie, te, name=f'distill:{p.name}')
-    if meta['backend'] == 'blip2':
-        from lskd.blip2 import load_blip2, Blip2Scorer
-        return Blip2Scorer(load_blip2(p/'model', device), name=f'distill:{p.name}')
-    raise ValueError(f"{meta_p}: unknown backend {meta['backend']!r}")
+# %% ../nbs/05_distill.ipynb #c40cabd6
+_FLAGS = [('--steps', dict(type=int)), ('--batch-size', dict(type=int)), ('--grad-accum', dict(type=int)), ('--lr', dict(type=float)),
+          ('--min-lr', dict(type=float)), ('--warmup-steps', dict(type=int)), ('--weight-decay', dict(type=float)), ('--seed', dict(type=int)),
+          ('--mixed-precision', dict(choices=('auto', 'no', 'fp16', 'bf16'))), ('--device', {}), ('--min-score', dict(type=float)),
+          ('--heldout', dict(type=float)), ('--heldout-seed', dict(type=int)), ('--val-corpus', {}), ('--num-workers', dict(type=int)),
+          ('--save-every', dict(type=int)), ('--log-every', dict(type=int)), ('--cache-dir', {})]
 
-def lskd_scorer(arg=None, device='cpu', **kw):
-    "Scorer for `--model distill:PATH` in `lskd evaluate`"
-    if not arg: raise ValueError("distill:PATH needs the folder of a trained student (the OUT of `lskd distill`)")
-    return load_student(arg, device)
-
-def lskd_scorer_detect(path):
-    "Is `path` a student folder written by `distill`"
-    p = Path(path)
-    return (p/'student.json').exists() or (p.is_file() and p.name == 'student.json')
-
-# %% ../nbs/05_distill.ipynb #38fcf36c
-_FLAGS = [('--backend', dict(choices=BACKENDS)), ('--steps', dict(type=int)), ('--batch-size', dict(type=int)),
-          ('--grad-accum', dict(type=int)), ('--lr', dict(type=float)), ('--min-lr', dict(type=float)),
-          ('--warmup-steps', dict(type=int)), ('--weight-decay', dict(type=float)), ('--seed', dict(type=int)),
-          ('--mixed-precision', dict(choices=('auto', 'no', 'fp16', 'bf16'))), ('--device', {}), ('--blip2', {}),
-          ('--min-score', dict(type=float)), ('--val-frac', dict(type=float)), ('--val-corpus', {}), ('--num-workers', dict(type=int)),
-          ('--save-every', dict(type=int)), ('--log-every', dict(type=int)), ('--cache-dir', {}), ('--init', {}),
-          ('--image-size', dict(type=int))]
-
+# %% ../nbs/05_distill.ipynb #233296d0
 def _parser():
     p = argparse.ArgumentParser(prog='lskd distill', description='Train a localized student on a (filtered) corpus.')
     p.add_argument('corpus', help='corpus JSONL (lskd QARs or released LSKD rows)')
-    p.add_argument('out', help='output folder: checkpoints, history.jsonl, loss.png, the student')
+    p.add_argument('out', help='output folder: checkpoints, history.jsonl, loss.png, the student (a model folder)')
     p.add_argument('--config', help='YAML file of DistillConfig settings')
+    p.add_argument('--model', help='a model family (fused, blip2, bow) or a model folder to start from (default: fused)')
+    p.add_argument('--model-config', action='append', default=[], metavar='KEY=VALUE',
+                   help="the family's settings (repeatable), e.g. path=BLIP2_FOLDER, encoders=[toy-image,toy-text], inputs=boxes")
     p.add_argument('--images', help='image root (paths in the corpus are relative to it)')
     p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in OUT')
-    p.add_argument('--toy-encoders', action='store_true', help='toy encoders instead of the pretrained ones (tests)')
     p.add_argument('--quiet', action='store_true')
-    for f,kw in _FLAGS: p.add_argument(f, **kw)
+    for f,kw in _FLAGS: p.add_argument(f, *(['--val-frac'] if f == '--heldout' else []), **kw)   # --val-frac: its old name
     return p
 
-# %% ../nbs/05_distill.ipynb #6ec39a6b
+# %% ../nbs/05_distill.ipynb #f3b46980
 def main(argv=None):
     "`lskd distill` entry point; returns the exit code"
     a = _parser().parse_args(argv)
-    over = {f[2:].replace('-', '_'): getattr(a, f[2:].replace('-', '_')) for f,_ in _FLAGS}
-    over = {k: v for k,v in over.items() if v is not None}
+    over = {k: v for f,_ in _FLAGS if (v := getattr(a, (k := f[2:].replace('-', '_')))) is not None}
     if a.images: over['images'] = a.images
-    if a.toy_encoders: over['encoders'] = ('toy-image', 'toy-text')
+    if a.model: over['model'] = a.model
     try:
+        if a.model_config: over['model_config'] = model_settings(a.model_config)
         config = DistillConfig.from_yaml(a.config, **over) if a.config else DistillConfig.from_dict(over)
         if config.images and not Path(config.images).is_dir(): raise FileNotFoundError(f"image root not found: {config.images}")
         s = distill(a.corpus, a.out, config, resume=a.resume, progress=not a.quiet)
@@ -742,3 +395,39 @@ def main(argv=None):
 # %% ../nbs/05_distill.ipynb #1aaf3487
 #| eval: false
 if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())   # not when run as a notebook
+
+# %% ../nbs/05_distill.ipynb #bcab54ca
+@dataclass
+class DistillStageConfig(DistillConfig):
+    "The `distill` section of a run's configuration: `DistillConfig` plus the students to train"
+    steps: int = 300                  # the embedded default's size (a 2-core laptop)
+    batch_size: int = 16
+    save_every: int = 100
+    seed: int|None = None             # None: the run's seed
+    variants: list = field(default_factory=lambda: ['distilled', 'no-critic'])   # students besides `base`
+
+# %% ../nbs/05_distill.ipynb #f55cab26
+STUDENT_SOURCES = {'distilled': 'critic/filtered.jsonl', 'no-critic': 'generate/corpus.jsonl'}   # relative to the run folder
+
+def run_stage(run_dir, cfg):
+    "The distill stage of `lskd run`: `base` and one student per variant, trained on the non-held-out images"
+    from lskd.pipeline import stage_dir, write_stage_report, read_stage_report
+    from lskd.core import sha256_file, split_heldout
+    c = check_config(DistillStageConfig, cfg.get('distill'), 'distill')
+    if bad := [v for v in c.variants if v not in STUDENT_SOURCES]: raise ValueError(f"distill: unknown variant {bad[0]!r}; known: {list(STUDENT_SOURCES)}")
+    heldout, seed = cfg.get('heldout', 0.25), cfg.get('seed', 0)
+    out = stage_dir(run_dir, 'distill'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
+    d = {k: v for k,v in asdict(c).items() if k != 'variants'}
+    config = as_config(d, images=root, seed=seed if c.seed is None else c.seed)
+    make_student(config).save(out/'base', summary={'steps': 0})
+    summaries, counts = {}, {}
+    for v in c.variants:
+        train, _ = split_heldout(read_jsonl(Path(run_dir)/STUDENT_SOURCES[v], QAR), heldout, seed)
+        if not train: raise ValueError(f"no training triples for the {v!r} student in {STUDENT_SOURCES[v]} (after holding out "
+                                       f"{heldout:.0%} of the images): generate more, or lower critic.threshold")
+        write_jsonl(out/f'{v}_train.jsonl', train); counts[f'{v}_train'] = len(train)
+        bs = min(config.batch_size, len(train))            # a small corpus: batches no larger than the corpus
+        summaries[v] = distill(out/f'{v}_train.jsonl', out/v, replace(config, batch_size=bs), resume=True, progress=False)
+    sums = {v: {f.name: sha256_file(f) for f in sorted((out/v).glob('*.safetensors'))} for v in ['base'] + c.variants}
+    return write_stage_report(run_dir, 'distill', ['base/model.json'] + [f'{v}/model.json' for v in c.variants],
+                              students=['base'] + c.variants, counts=counts, summaries=summaries, model_sha256=sums)

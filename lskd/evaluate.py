@@ -11,16 +11,17 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image,
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
-                       lskd_row_to_qar, REF_RE)
+                       lskd_row_to_qar, REF_RE, split_heldout, check_config, atomic_write,
+                       draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record)
 
 # %% auto #0
-__all__ = ['TEXT_STYLES', 'VC_QUESTIONS', 'BENCHMARKS', 'BACKEND_MODULES', 'PAPER', 'Task', 'EvalItem', 'draw_order',
-           'candidate_text', 'ChanceScorer', 'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds',
-           'accuracy', 'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement',
-           'visualcomet_metrics', 'mc_metrics', 'chance_levels', 'load_vcr', 'url_image_path', 'load_sherlock',
-           'person_refs', 'load_visualcomet', 'mc_item', 'heldout_split', 'transplant_refs', 'build_mc', 'load_mc',
-           'demo_corpus', 'Benchmark', 'register_scorer', 'is_scorer', 'load_scorer', 'split_model', 'evaluate',
-           'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main']
+__all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'Task', 'EvalItem', 'item_order', 'ChanceScorer', 'OverlapScorer',
+           'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy', 'vcr_metrics', 'pairwise_agreement',
+           'sherlock_metrics', 'human_agreement', 'visualcomet_metrics', 'mc_metrics', 'chance_levels', 'load_vcr',
+           'url_image_path', 'load_sherlock', 'person_refs', 'load_visualcomet', 'mc_item', 'transplant_refs',
+           'build_mc', 'load_mc', 'demo_corpus', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate',
+           'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig',
+           'run_students', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #c15f6013
 @dataclass
@@ -46,32 +47,10 @@ class EvalItem:
     def n_candidates(self): return sum(len(t.candidates) for t in self.tasks)
 
 # %% ../nbs/06_evaluate.ipynb #5969bcd7
-_FIELDS = ('question', 'answer', 'rationale')
-
-def draw_order(item):
-    "Raw region ids to draw for `item`, in order: `item.draw`, else every id mentioned, by first mention"
+def item_order(item):
+    "Raw region ids to draw for `item`: `item.draw`, else every id its candidates mention, by first mention (`lskd.core.draw_order`)"
     if item.draw is not None: return list(item.draw)
-    text = ' '.join(c.get(k, '') for t in item.tasks for c in t.candidates for k in _FIELDS)
-    known = {r.id for r in item.regions}
-    ids = [i for i in parse_refs(text) if i in known]
-    missing = [i for i in parse_refs(text) if i not in known]
-    if missing: raise RegionRefError(f"item {item.id}: text refers to regions {missing} that the image does not have; "
-                                     f"regions are {sorted(known)}")
-    return ids
-
-# %% ../nbs/06_evaluate.ipynb #c8e1d38b
-def _student(f): return ' '.join(f'{k}: {f[k]}' for k in _FIELDS if f.get(k)).lower()
-def _critic(f): return ' '.join(x for x in (f.get('question'), f.get('answer') and f"Answer: {f['answer']}",
-                                           f.get('rationale') and f"Rationale: {f['rationale']}") if x)
-def _plain(f): return ' '.join(f[k] for k in _FIELDS if f.get(k))
-
-TEXT_STYLES = {'student': _student, 'critic': _critic, 'plain': _plain}
-
-def candidate_text(fields, rmap=None, style='student'):
-    "Model text for a candidate's `fields`, ids rewritten to drawing positions by `rmap`"
-    if style not in TEXT_STYLES: raise ValueError(f"unknown text style {style!r}; choose one of {list(TEXT_STYLES)}")
-    f = {k: rmap.to_draw(v) if rmap is not None else v for k,v in fields.items() if k in _FIELDS and v}
-    return TEXT_STYLES[style](f)
+    return draw_order(' '.join(c.get(k) or '' for t in item.tasks for c in t.candidates for k in TEXT_FIELDS), item.regions, name=f'item {item.id}')
 
 # %% ../nbs/06_evaluate.ipynb #4cd4db32
 def _words(t): return re.findall(r"[a-z0-9']+", t.lower())
@@ -125,13 +104,13 @@ def _floats(x, n, what):
 def _chunks(xs, n): return [xs[i:i+n] for i in range(0, len(xs), n)]
 
 def _prepare(item, root, draw, style):
-    order = draw_order(item)
+    order = item_order(item)
     try: img = open_image(item.image, root)
     except FileNotFoundError as e: raise FileNotFoundError(f"question {item.id}: {e} (is the image root, --images, right?)") from None
     if draw: img, rm = visual_prompt(img, item.regions, order)
     else: rm = RegionMap(order)
     boxes = [next(r for r in item.regions if r.id == i).box for i in order] if draw else []
-    texts = [[candidate_text(c, rm, style) for c in t.candidates] for t in item.tasks]
+    texts = [[model_text(c, style, rm) for c in t.candidates] for t in item.tasks]
     return img, boxes, texts, order
 
 # %% ../nbs/06_evaluate.ipynb #78c637e8
@@ -155,7 +134,7 @@ def score_items(scorer, items, root=None, draw=True, text_style=None, image_batc
         for b,(it, p) in enumerate(zip(batch, prep)):
             for k,t in enumerate(it.tasks):
                 n = len(t.candidates)
-                yield dict(id=it.id, task=t.name, label=t.label, scores={kd: v[pos:pos+n] for kd,v in scores.items()},
+                yield dict(id=it.id, image=it.image, task=t.name, label=t.label, scores={kd: v[pos:pos+n] for kd,v in scores.items()},
                            drawn=p[3], meta=t.meta)
                 pos += n
         bar.update(len(batch))
@@ -321,10 +300,9 @@ def person_refs(text, n):
 # %% ../nbs/06_evaluate.ipynb #b0c558df
 def _seeded(*key): return random.Random(hashlib.sha256('|'.join(map(str, key)).encode()).hexdigest())
 
-def _vc_meta(rec, root):
-    mp = image_path(rec['metadata_fn'], root)
-    try: return json.loads(Path(mp).read_text())
-    except FileNotFoundError: raise FileNotFoundError(f"VisualCOMET metadata not found: {mp} (is the image root right?)") from None
+def _vc_regions(rec, root):
+    "The person boxes of a VisualCOMET record (its VCR-style metadata)"
+    return vcr_meta_record(image_path(rec['metadata_fn'], root), rec['img_fn'], default_label='person', what='VisualCOMET').regions
 
 def _negatives(pool, rng, k, img, exclude):
     "Up to `k` distinct texts from `pool` [(img, text)] not of image `img` and not in `exclude`"
@@ -347,9 +325,7 @@ def load_visualcomet(path, root=None, n_candidates=50, seed=0, limit=None, relat
     pool = {rel: [(r['img_fn'], t) for r in recs for t in r.get(rel, [])] for rel in relations}
     for n, r in enumerate(recs):
         if limit is not None and n >= limit: break
-        meta = _vc_meta(r, root)
-        nb = len(meta['boxes']); names = meta.get('names') or ['person']*nb
-        regions = [Region(i, b[:4], names[i]) for i,b in enumerate(meta['boxes'])]
+        regions = _vc_regions(r, root); nb = len(regions)
         event = person_refs(r['event'], nb); place = r.get('place', '').strip()
         refs = parse_refs(event); p = f'[{refs[0]}]' if refs else 'the person'
         tasks = []
@@ -375,13 +351,6 @@ def mc_item(d, n=0):
     return EvalItem(str(d.get('id', n)), d['image'], d.get('regions', []), [Task(d.get('task', 'mc'), cands, int(d['label']))])
 
 # %% ../nbs/06_evaluate.ipynb #84aa3988
-def heldout_split(qars, frac=0.1, seed=0):
-    "`(train, heldout)`: triples of a seeded `frac` of the images held out"
-    key = lambda q: int(hashlib.sha256(f'{seed}|{q.image}'.encode()).hexdigest()[:8], 16) / 16**8
-    train, held = [], []
-    for q in qars: (held if key(q) < frac else train).append(q)
-    return train, held
-
 def transplant_refs(text, targets):
     "`text` with its region ids replaced, in order of first mention, by `targets` (cycled)"
     refs = parse_refs(text)
@@ -413,16 +382,14 @@ def build_mc(qars, n_candidates=4, seed=0, field='answer'):
     return rows
 
 # %% ../nbs/06_evaluate.ipynb #f7382e1c
-def _as_qar(d): return lskd_row_to_qar(d) if 'references' in d else QAR.from_dict(d)
-
-def load_mc(path, root=None, limit=None, n_candidates=4, seed=0, heldout=None):
+def load_mc(path, root=None, limit=None, n_candidates=4, seed=0, heldout=None, heldout_seed=0):
     "`EvalItem`s from a generic MC jsonl, or built from a corpus jsonl (`build_mc`)"
     rows, want = list(read_jsonl(path)), None
     if rows and 'candidates' not in rows[0]:
         if not {'question', 'answer', 'rationale'} <= set(rows[0]):
             raise ValueError(f"{path}: rows are neither MC rows (image, regions, question, candidates, label) nor corpus triples")
-        qars = [_as_qar(d) for d in rows]
-        if heldout is not None: qars = heldout_split(qars, heldout, seed)[1]
+        qars = [as_qar(d) for d in rows]
+        if heldout is not None: qars = split_heldout(qars, heldout, heldout_seed)[1]
         rows, want = build_mc(qars, n_candidates, seed), n_candidates
     for n, d in enumerate(rows[:limit]):
         it = mc_item(d, n)
@@ -458,65 +425,26 @@ BENCHMARKS = {b.name: b for b in [
     Benchmark('visualcomet', load_visualcomet, visualcomet_metrics, 'VisualCOMET: Acc@50 over inferences'),
     Benchmark('mc', load_mc, mc_metrics, 'localized multiple choice (generic jsonl or a held-out corpus)')]}
 
-# %% ../nbs/06_evaluate.ipynb #d15e94a8
-_SCORERS = {}
-BACKEND_MODULES = ('lskd.fusion', 'lskd.blip2', 'lskd.distill')
-
-def register_scorer(name, loader, detect=None, description=''):
-    "Register `loader(arg, **kw) -> scorer` under `name`; `detect(path) -> bool` claims checkpoint paths"
-    _SCORERS[name] = dict(loader=loader, detect=detect, description=description)
-    return loader
+# %% ../nbs/06_evaluate.ipynb #120f775e
+BASELINES = {'chance': ChanceScorer, 'overlap': OverlapScorer}     # the models that need no weights
 
 def is_scorer(o): return callable(getattr(o, 'encode_images', None)) and callable(getattr(o, 'score', None))
 
-register_scorer('chance', lambda arg=None, **kw: ChanceScorer(), description='hash of the text: chance level')
-register_scorer('overlap', lambda arg=None, **kw: OverlapScorer(), description='text-only word-overlap baseline')
-
-# %% ../nbs/06_evaluate.ipynb #d85aa971
-def _import_backends():
-    "Import the known backend modules, registering those that define `lskd_scorer`"
-    for m in BACKEND_MODULES:
-        try: mod = importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m: raise
-            continue
-        name = m.rpartition('.')[2]
-        if name not in _SCORERS and callable(getattr(mod, 'lskd_scorer', None)):
-            register_scorer(name, mod.lskd_scorer, getattr(mod, 'lskd_scorer_detect', None))
-
-def _call(f, arg, kw):
-    "`f(arg, **kw)`, leaving out keywords that `f` does not take"
-    ps = inspect.signature(f).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in ps.values()): kw = {k:v for k,v in kw.items() if k in ps}
-    return f(arg, **kw)
-
-def load_scorer(spec, **kw):
-    "A scorer from `spec`: a protocol object, `NAME[:ARG]`, `module.path:function`, or a checkpoint path"
+# %% ../nbs/06_evaluate.ipynb #ed83aa1c
+def load_scorer(spec, device='cpu', **kw):
+    "A scorer from `spec`: a protocol object, a model folder / `FAMILY:FOLDER` / family name, a baseline, or `module.path:function`"
+    from lskd.models import FAMILIES, FAMILY_MODULES, load_model
     if is_scorer(spec): return spec
     if not isinstance(spec, (str, Path)): raise TypeError(f"a model spec is a scorer object or a string, not {type(spec).__name__}")
-    spec = str(spec); name, _, arg = spec.partition(':'); mod = None
-    if name and name not in _SCORERS and re.fullmatch(r'\w+', name):
-        try: mod = importlib.import_module(f'lskd.{name}')
-        except ModuleNotFoundError as e:
-            if e.name != f'lskd.{name}': raise
-        else:
-            if name not in _SCORERS and callable(getattr(mod, 'lskd_scorer', None)):
-                register_scorer(name, mod.lskd_scorer, getattr(mod, 'lskd_scorer_detect', None))
-    if name in _SCORERS: s = _call(_SCORERS[name]['loader'], arg or None, kw)
-    elif '.' in name and arg and re.fullmatch(r'[\w.]+', name) and not Path(spec).exists():
-        s = getattr(importlib.import_module(name), arg)(**kw)
-    elif Path(spec).exists():
-        _import_backends()
-        hits = [n for n,v in _SCORERS.items() if v['detect'] and v['detect'](spec)]
-        if not hits: raise ValueError(f"no registered backend recognises the checkpoint {spec}; name it as BACKEND:{spec} "
-                                      f"(backends: {sorted(_SCORERS)})")
-        s = _call(_SCORERS[hits[0]]['loader'], spec, kw)
-    else:
-        _import_backends()
-        if mod is not None: raise ValueError(f"unknown model {spec!r}: lskd.{name} exists but provides no scorer "
-                                             "(it should call register_scorer or define lskd_scorer(arg, **kw))")
-        raise ValueError(f"unknown model {spec!r}: not a registered backend ({', '.join(sorted(_SCORERS))}), "
-                         "a module.path:function, or an existing checkpoint path")
+    spec = str(spec); name, _, arg = spec.partition(':')
+    if spec in BASELINES: s = BASELINES[spec]()
+    elif (Path(spec)/'model.json').exists() or name in set(FAMILIES) | set(FAMILY_MODULES): s = load_model(spec, device, **kw)
+    elif re.fullmatch(r'[\w.]+', name) and arg:
+        f = getattr(importlib.import_module(name), arg)
+        s = f(device=device, **kw) if 'device' in inspect.signature(f).parameters else f(**kw)
+    else: raise ValueError(f"unknown model {spec!r}: not a model folder (no model.json), a model family "
+                           f"({', '.join(sorted(set(FAMILIES) | set(FAMILY_MODULES)))}), a baseline ({', '.join(BASELINES)}) "
+                           "or a module.path:function")
     if not is_scorer(s): raise TypeError(f"model {spec!r} gave {type(s).__name__}, which lacks encode_images/score")
     return s
 
@@ -533,7 +461,7 @@ def _safe(name): return re.sub(r'[^\w.+-]+', '_', name)
 
 # %% ../nbs/06_evaluate.ipynb #825dc830
 def evaluate(benchmark, annotations, models, root=None, out=None, limit=None, draw=True, text_style=None,
-             instances=None, seed=0, n_candidates=None, heldout=None, image_batch=8, progress=True, **model_kw):
+             instances=None, seed=0, n_candidates=None, heldout=None, heldout_seed=0, image_batch=8, progress=True, **model_kw):
     "Evaluate `models` zero-shot on `benchmark`; returns the results dict (also written to `out`)"
     if benchmark not in BENCHMARKS: raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {list(BENCHMARKS)}")
     b = BENCHMARKS[benchmark]
@@ -541,7 +469,7 @@ def evaluate(benchmark, annotations, models, root=None, out=None, limit=None, dr
     kw = dict(root=root, limit=limit)
     if benchmark == 'sherlock': kw['instances'] = instances
     if benchmark == 'visualcomet': kw.update(seed=seed, n_candidates=n_candidates or 50)
-    if benchmark == 'mc': kw.update(seed=seed, n_candidates=n_candidates or 4, heldout=heldout)
+    if benchmark == 'mc': kw.update(seed=seed, n_candidates=n_candidates or 4, heldout=heldout, heldout_seed=heldout_seed)
     items = list(b.load(annotations, **kw))
     if not items: raise ValueError(f"{annotations}: no questions to evaluate")
     counts = [len(t.candidates) for i in items for t in i.tasks]
@@ -553,7 +481,7 @@ def evaluate(benchmark, annotations, models, root=None, out=None, limit=None, dr
     if instances: files.append(dict(path=str(instances), sha256=sha256_file(instances)))
     res = dict(benchmark=benchmark, description=b.description, data=files, images=str(root) if root else None,
                n_questions=len(items), n_tasks=len(counts), candidates=dict(min=min(counts), max=max(counts)),
-               settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout),
+               settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed),
                chance=chance_levels(benchmark, items), models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if out: Path(out).mkdir(parents=True, exist_ok=True)
     names = set()
@@ -570,7 +498,7 @@ def evaluate(benchmark, annotations, models, root=None, out=None, limit=None, dr
         res['models'].append(entry)
         if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', recs)
     if out:
-        (Path(out)/'results.json').write_text(json.dumps(res, indent=1))
+        atomic_write(Path(out)/'results.json', json.dumps(res, indent=1))
         results_chart(res).save(Path(out)/'results.png')
     return res
 
@@ -657,14 +585,15 @@ def parser():
     p.add_argument('--images', help='image root (VCR: vcr1images/)')
     p.add_argument('--instances', help='Sherlock: the instances file the comparison annotations refer to')
     p.add_argument('--model', action='append', default=[], metavar='[NAME=]SPEC',
-                   help='a model: registered backend NAME[:CHECKPOINT], module.path:function, or a checkpoint path; repeat to compare')
+                   help='a model: a model folder, FAMILY:FOLDER, a family name (untrained), chance, overlap, or module.path:function; repeat to compare')
     p.add_argument('--out', required=True, help='output folder for results.json, results.png, predictions')
     p.add_argument('--limit', type=int, help='evaluate only the first N questions')
     p.add_argument('--no-draw', action='store_true', help='do not draw the regions (ablation)')
     p.add_argument('--text-style', choices=list(TEXT_STYLES), help="text format (default: the scorer's own, else student)")
     p.add_argument('--seed', type=int, default=0, help='seed for sampled candidates (VisualCOMET, MC from a corpus)')
     p.add_argument('--candidates', type=int, help='candidates per question (VisualCOMET: 50, MC from a corpus: 4)')
-    p.add_argument('--heldout', type=float, help='MC from a corpus: use only this held-out fraction of its images')
+    p.add_argument('--heldout', type=float, help='MC from a corpus: only its held-out images (lskd.core.heldout_image), this fraction')
+    p.add_argument('--heldout-seed', type=int, default=0, help='seed of the held-out split (the same as `lskd distill --heldout-seed`)')
     p.add_argument('--device', help='device passed to model loaders (cpu, cuda)')
     p.add_argument('--compare', nargs='+', metavar='RUN', help='instead of evaluating: merge earlier runs into one table and chart')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -685,9 +614,43 @@ def main(argv=None):
     kw = dict(device=a.device) if a.device else {}
     try: res = evaluate(a.benchmark, a.annotations, a.model, root=a.images, out=out, limit=a.limit, draw=not a.no_draw,
                         text_style=a.text_style, instances=a.instances, seed=a.seed, n_candidates=a.candidates,
-                        heldout=a.heldout, progress=not a.quiet, **kw)
+                        heldout=a.heldout, heldout_seed=a.heldout_seed, progress=not a.quiet, **kw)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f'lskd evaluate: error: {e}', file=sys.stderr); return 2
     t = results_table(res); (out/'results.md').write_text(t.to_markdown() + '\n')
     print(t); print(f'\nwrote {out/"results.json"}, {out/"results.png"}')
     return 0
+
+# %% ../nbs/06_evaluate.ipynb #7bcf0366
+@dataclass
+class EvaluateConfig:
+    "The `evaluate` section of a run's configuration"
+    n_candidates: int = 4             # candidates per held-out question (the right one + distractors)
+    no_boxes: bool = True             # also score the distilled student without drawn boxes (the boxes' ablation)
+    kept_only: bool = False           # questions from the critic-kept triples only (default: all triples of held-out images)
+
+# %% ../nbs/06_evaluate.ipynb #c827b18d
+def run_students(run_dir):
+    "The students the distill stage left in `run_dir` (model folders), `base` first"
+    names = sorted(p.parent.name for p in (Path(run_dir)/'distill').glob('*/model.json'))
+    return sorted(names, key=lambda n: n != 'base')
+
+# %% ../nbs/06_evaluate.ipynb #f0e8814c
+def run_stage(run_dir, cfg):
+    "The evaluate stage of `lskd run`: every student on MC questions about the run's held-out images"
+    from lskd.pipeline import stage_dir, write_stage_report, read_stage_report
+    c = check_config(EvaluateConfig, cfg.get('evaluate'), 'evaluate')
+    seed = cfg.get('seed', 0)
+    out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
+    src = Path(run_dir)/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl')
+    held = split_heldout(read_jsonl(src, QAR), cfg.get('heldout', 0.25), seed)[1]
+    if len(held) < 2: raise ValueError(f"only {len(held)} triples on held-out images: generate more (more images or generate.samples)")
+    mc = write_jsonl(out/'heldout_mc.jsonl', build_mc(held, c.n_candidates, seed))
+    studs = {s: f"{s}={Path(run_dir)/'distill'/s}" for s in run_students(run_dir)}
+    allres = [evaluate('mc', mc, list(studs.values()), root=root, out=out, progress=False)]
+    if c.no_boxes and 'distilled' in studs:
+        allres.append(evaluate('mc', mc, [f"distilled-no-boxes={Path(run_dir)/'distill'/'distilled'}"], root=root,
+                               out=out/'no-boxes', draw=False, progress=False))
+    atomic_write(out/'results.md', results_table(allres).to_markdown() + '\n'); results_chart(allres).save(out/'results.png')
+    return write_stage_report(run_dir, 'evaluate', ['results.json', 'results.md', 'results.png', 'heldout_mc.jsonl'],
+                              counts={'questions': allres[0]['n_questions']}, metrics={m['name']: m['metrics'] for r in allres for m in r['models']})

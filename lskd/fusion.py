@@ -9,12 +9,14 @@ from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import REF_RE, check_box
+from dataclasses import replace
+from fastcore.basics import patch
+from .core import REF_RE, check_box, atomic_path
+from .models import ImageTextModel, Batch, register_family, build_model
 
 # %% auto #0
-__all__ = ['INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'random_image_item', 'random_text_item', 'ref_token_ids',
-           'sincos_2d', 'FusionBlock', 'FusedModel', 'save_fused', 'load_fused', 'FeatureCache', 'image_item',
-           'ToyTokenizer', 'ToyTextEncoder', 'ToyImageEncoder', 'FusedScorer']
+__all__ = ['INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'ref_token_ids', 'sincos_2d', 'FusionBlock', 'FusedModel',
+           'FeatureCache', 'image_item', 'load_encoders', 'FusedFamily']
 
 # %% ../nbs/11_fusion.ipynb #20c42c75
 INPUTS = ('text', 'boxes', 'regions')
@@ -31,9 +33,12 @@ class FusionConfig:
     max_regions: int = 16      # drawing positions 0..max_regions-1 get an id embedding
     itc_dim: int = 128
     dropout: float = 0.1
+    encoders: tuple = ('efficientnet-lite0', 'all-MiniLM-L6-v2')   # frozen image and text encoders ('toy-image', 'toy-text': tests)
+    image_size: int = 224      # the image encoder's input size
     def __post_init__(self):
         if self.inputs not in INPUTS: raise ValueError(f"FusionConfig.inputs={self.inputs!r}: expected one of {INPUTS}")
         if self.dim % self.heads: raise ValueError(f"FusionConfig.dim={self.dim} is not divisible by heads={self.heads}")
+        self.encoders = tuple(self.encoders)
     def to_dict(self): return asdict(self)
     @classmethod
     def from_dict(cls, d):
@@ -49,20 +54,13 @@ def _pad(ts, fill=0):
     return out
 
 @dataclass
-class ImageFeats:
+class ImageFeats(Batch):
     "A batch of encoded images: `grid` (B,h*w,C), `hw`, `regions` (B,R,C), `boxes` (B,R,4) in 0..1, `region_mask` (B,R)"
     grid: torch.Tensor
     hw: tuple
     regions: torch.Tensor
     boxes: torch.Tensor
     region_mask: torch.Tensor
-    def __len__(self): return len(self.grid)
-    def __getitem__(self, idx):
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return ImageFeats(self.grid[idx], self.hw, self.regions[idx], self.boxes[idx], self.region_mask[idx])
-    def to(self, device, dtype=torch.float32):
-        return ImageFeats(self.grid.to(device, dtype), self.hw, self.regions.to(device, dtype), self.boxes.to(device, dtype),
-                          self.region_mask.to(device))
     @classmethod
     def collate(cls, items):
         "Batch per-image dicts `{'fmap': (C,h,w), 'regions': (R,C), 'boxes': (R,4)}`"
@@ -80,39 +78,18 @@ class ImageFeats:
 
 # %% ../nbs/11_fusion.ipynb #93134e7a
 @dataclass
-class TextFeats:
+class TextFeats(Batch):
     "A batch of encoded texts: `hidden` (N,T,D), `mask` (N,T), `refs` (N,T) drawing position or -1, `pooled` (N,D)"
     hidden: torch.Tensor
     mask: torch.Tensor
     refs: torch.Tensor
     pooled: torch.Tensor
-    def __len__(self): return len(self.hidden)
-    def __getitem__(self, idx):
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return TextFeats(self.hidden[idx], self.mask[idx], self.refs[idx], self.pooled[idx])
-    def to(self, device, dtype=torch.float32):
-        return TextFeats(self.hidden.to(device, dtype), self.mask.to(device), self.refs.to(device), self.pooled.to(device, dtype))
     @classmethod
     def collate(cls, items):
         "Batch per-text dicts `{'hidden': (T,D), 'refs': (T,), 'pooled': (D,)}`"
         hidden = _pad([it['hidden'].float() for it in items])
         mask = _pad([torch.ones(len(it['hidden']), dtype=torch.bool) for it in items], False)
         return cls(hidden, mask, _pad([it['refs'].long() for it in items], -1), torch.stack([it['pooled'].float() for it in items]))
-
-# %% ../nbs/11_fusion.ipynb #b3ee9ba3
-def random_image_item(n_regions=2, img_dim=1280, hw=(7, 7), generator=None):
-    "A per-image feature dict of random values (for tests and examples)"
-    g = generator
-    x1y1 = torch.rand(n_regions, 2, generator=g)*0.5
-    return {'fmap': torch.randn(img_dim, *hw, generator=g), 'regions': torch.randn(n_regions, img_dim, generator=g),
-            'boxes': torch.cat([x1y1, x1y1 + 0.1 + torch.rand(n_regions, 2, generator=g)*0.4], 1)}
-
-def random_text_item(n_tokens=12, txt_dim=384, refs=(), generator=None):
-    "A per-text feature dict of random values; `refs` = [(token position, drawing position)]"
-    r = torch.full((n_tokens,), -1, dtype=torch.long)
-    for t,i in refs: r[t] = i
-    return {'hidden': torch.randn(n_tokens, txt_dim, generator=generator), 'refs': r,
-            'pooled': F.normalize(torch.randn(txt_dim, generator=generator), dim=0)}
 
 # %% ../nbs/11_fusion.ipynb #b68afa5b
 def ref_token_ids(tokenizer, texts, max_length=256):
@@ -155,7 +132,7 @@ class FusionBlock(nn.Module):
 
 # %% ../nbs/11_fusion.ipynb #b52bd536
 class FusedModel(nn.Module):
-    "Cross-attention from text tokens to image grid and region tokens; ITM, score and ITC heads"
+    "Cross-attention from text tokens to image grid and region tokens; ITM and ITC heads"
     def __init__(self, config: FusionConfig|None = None, **kw):
         super().__init__()
         c = self.config = config or FusionConfig(**kw)
@@ -172,7 +149,6 @@ class FusedModel(nn.Module):
         self.blocks = nn.ModuleList(FusionBlock(d, c.heads, c.dropout, cross) for _ in range(c.layers))
         self.norm = nn.LayerNorm(d)
         self.itm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
-        self.score_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
         self.txt_itc = nn.Linear(c.txt_dim, c.itc_dim)
         if cross: self.img_itc = nn.Linear(d, c.itc_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1/0.07)))
@@ -212,9 +188,9 @@ def _fuse(self, img: ImageFeats|None, txt: TextFeats, index=None):
     return self.norm((x*m).sum(1) / m.sum(1).clamp_min(1))
 
 def _forward(self, img, txt, index=None):
-    "`{'itm': logits (N,2), 'scores': (N,2) in 0..1 (QA, rationale), 'fused': (N,dim)}`"
+    "`{'itm': logits (N,2), 'fused': (N,dim)}`"
     f = self._fuse(img, txt, index)
-    return {'itm': self.itm_head(f), 'scores': torch.sigmoid(self.score_head(f)), 'fused': f}
+    return {'itm': self.itm_head(f), 'fused': f}
 
 FusedModel._fuse, FusedModel.forward = _fuse, _forward
 
@@ -240,36 +216,13 @@ def _itc_logits(self, img, txt):
 
 FusedModel.embed_image, FusedModel.embed_text, FusedModel.itc, FusedModel.itc_logits = _embed_image, _embed_text, _itc, _itc_logits
 
-# %% ../nbs/11_fusion.ipynb #708c2c34
-def save_fused(model, path, **extra):
-    "Save `model`'s weights and config (plus JSON-able `extra`) to one safetensors file"
-    from safetensors.torch import save_file
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {'config': json.dumps(model.config.to_dict()), 'kind': 'lskd.fusion.FusedModel', 'extra': json.dumps(extra)}
-    tmp = path.with_name(path.name + '.tmp')
-    save_file({k: v.detach().contiguous().cpu() for k,v in model.state_dict().items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
-
-def load_fused(path, device='cpu'):
-    "`(model, extra)` from a file written by `save_fused`"
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"fused model file not found: {path}")
-    with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
-    if meta.get('kind') != 'lskd.fusion.FusedModel': raise ValueError(f"{path} is not a FusedModel file (written by save_fused)")
-    model = FusedModel(FusionConfig.from_dict(json.loads(meta['config'])))
-    model.load_state_dict(load_file(str(path)))
-    return model.to(device).eval(), json.loads(meta.get('extra', '{}'))
-
 # %% ../nbs/11_fusion.ipynb #6ca3e9c6
 def _hash(*parts): return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 class FeatureCache:
     "Frozen image/text features, computed once per (image, drawn regions) and per text; optional disk folder"
-    def __init__(self, image_encoder=None, text_encoder=None, folder=None, dtype=torch.float16):
-        self.ie, self.te, self.dtype = image_encoder, text_encoder, dtype
+    def __init__(self, image_encoder=None, text_encoder=None, folder=None, dtype=torch.float16, max_items=4096):
+        self.ie, self.te, self.dtype, self.max_items = image_encoder, text_encoder, dtype, max_items   # memory is emptied past max_items
         self.folder = Path(folder) if folder else None
         if self.folder: self.folder.mkdir(parents=True, exist_ok=True)
         self.mem, self.hits, self.misses = {}, 0, 0
@@ -281,10 +234,12 @@ class FeatureCache:
             from safetensors.torch import load_file
             self.hits += 1; self.mem[k] = load_file(str(self.folder/f'{k}.safetensors')); return self.mem[k]
     def _put(self, k, d):
-        self.misses += 1; self.mem[k] = d
+        self.misses += 1
+        if len(self.mem) >= self.max_items: self.mem.clear()
+        self.mem[k] = d
         if self.folder:
             from safetensors.torch import save_file
-            tmp = self.folder/f'{k}.tmp'; save_file(d, str(tmp)); os.replace(tmp, self.folder/f'{k}.safetensors')
+            with atomic_path(self.folder/f'{k}.safetensors') as tmp: save_file(d, str(tmp))
         return d
 
 # %% ../nbs/11_fusion.ipynb #17985362
@@ -340,70 +295,75 @@ def _texts(self, texts, batch_size=64, progress=False):
 
 FeatureCache.images, FeatureCache.texts = _images, _texts
 
-# %% ../nbs/11_fusion.ipynb #caa5a26a
-class ToyTokenizer:
-    "Splits words and punctuation (`[`, `1`, `]` like WordPiece); hashed ids; offsets; padding like a HF tokenizer"
-    def __init__(self, vocab=1000): self.vocab = vocab
-    def _split(self, t): return [(m.start(), m.end()) for m in __import__('re').finditer(r"\w+|[^\w\s]", t)]
-    def __call__(self, texts, padding=True, truncation=True, max_length=64, return_offsets_mapping=False, return_tensors=None):
-        offs = [[(0, 0)] + self._split(t)[:max_length-2] + [(0, 0)] for t in texts]
-        T = max(map(len, offs))
-        ids = [[1] + [2 + int(hashlib.md5(t[a:b].lower().encode()).hexdigest()[:8], 16) % (self.vocab-2) for a,b in o[1:-1]] + [1]
-               for t,o in zip(texts, offs)]
-        out = {'input_ids': [i + [0]*(T-len(i)) for i in ids], 'attention_mask': [[1]*len(i) + [0]*(T-len(i)) for i in ids]}
-        if return_offsets_mapping: out['offset_mapping'] = [o + [(0, 0)]*(T-len(o)) for o in offs]
-        return {k: torch.tensor(v) for k,v in out.items()} if return_tensors == 'pt' else out
+# %% ../nbs/11_fusion.ipynb #70dc1a6a
+def load_encoders(names, image_size=224, device='cpu'):
+    "Frozen encoders by name: the offline pretrained ones (`lskd.backbones`) or the toy ones ('toy-image', 'toy-text')"
+    img, txt = names
+    if 'toy-image' in names or 'toy-text' in names: from lskd.testing import ToyImageEncoder, ToyTextEncoder
+    if img == 'toy-image': ie = ToyImageEncoder()
+    else:
+        from lskd.backbones import ImageEncoder
+        ie = ImageEncoder(size=image_size, device=device)
+    if txt == 'toy-text': te = ToyTextEncoder()
+    else:
+        from lskd.backbones import TextEncoder
+        te = TextEncoder(device=device)
+    return ie, te
 
-class ToyTextEncoder:
-    "Hashed token embeddings with the interface of `lskd.backbones.TextEncoder` (`token_features`, `tokenizer`)"
-    name, max_length = 'toy-text', 64
-    def __init__(self, dim=32, seed=0):
-        self.dim, self.tokenizer = dim, ToyTokenizer()
-        self.table = torch.randn(self.tokenizer.vocab, dim, generator=torch.Generator().manual_seed(seed))
-    def token_features(self, texts):
-        t = self.tokenizer(list(texts), max_length=self.max_length, return_tensors='pt')
-        return self.table[t['input_ids']] * t['attention_mask'][..., None], t['attention_mask']
+# %% ../nbs/11_fusion.ipynb #2901fc3b
+@register_family
+class FusedFamily(ImageTextModel):
+    "The offline family: a `FusedModel` over cached frozen EfficientNet-Lite0 / MiniLM features"
+    family, config_class = 'fused', FusionConfig
+    def __init__(self, config=None, device='cpu', frozen=None, cache_dir=None):
+        c = config or FusionConfig()
+        ie, te = frozen or load_encoders(c.encoders, c.image_size, device)   # frozen: (image, text) encoder objects
+        super().__init__(replace(c, img_dim=ie.dim, txt_dim=te.dim, encoders=(ie.name, te.name)))
+        self.net = FusedModel(self.config)
+        self.frozen = (ie, te)                       # a tuple, not submodules: neither trained nor saved
+        self.cache = FeatureCache(ie, te, cache_dir)
+        self.to(device)
+    @property
+    def joint_dim(self): return self.config.dim
 
-class ToyImageEncoder:
-    "Mean colours on an 8x8 grid through a fixed random 1x1 map, with the interface of `lskd.backbones.ImageEncoder`"
-    name, size = 'toy-image', (64, 64)
-    def __init__(self, dim=32, seed=0):
-        self.dim = dim
-        self.w = torch.randn(3, dim, generator=torch.Generator().manual_seed(seed))
-    def encode(self, images, batch_size=16, progress=False):
-        import numpy as np
-        from PIL import Image
-        ims = [im.convert('RGB') for im in images]
-        a = torch.from_numpy(np.stack([np.asarray(im.resize(self.size, Image.BILINEAR), dtype=np.float32)/255 for im in ims]))
-        g = F.avg_pool2d(a.permute(0, 3, 1, 2), 8)
-        return torch.tanh(torch.einsum('bchw,cd->bdhw', g - 0.5, self.w)), [im.size for im in ims]
-    def region_features(self, fmap, boxes, image_sizes):
-        from lskd.backbones import box_pool
-        return box_pool(fmap, boxes, image_sizes)
+# %% ../nbs/11_fusion.ipynb #6d14bfac
+@patch
+def image_items(self:FusedFamily, images, boxes):
+    ie = self.frozen[0]
+    with torch.no_grad(): fmap, sizes = ie.encode(list(images))
+    return [image_item(ie, fmap[j], sizes[j], b) for j,b in enumerate(boxes)]
 
-# %% ../nbs/11_fusion.ipynb #967c70d5
-class FusedScorer:
-    "Image-text scorer (ITM, ITC) from a `FusedModel` on frozen EfficientNet-Lite0 / MiniLM features"
-    def __init__(self, model, image_encoder=None, text_encoder=None, cache=None, name=None, batch_size=64):
-        self.model = model.eval()
-        self.cache = cache or FeatureCache(image_encoder, text_encoder)
-        self.name = name or f'fused-{model.config.inputs}'
-        self.batch_size = batch_size
-    def __repr__(self): return f"FusedScorer({self.name}, {self.model!r})"
-    def encode_images(self, images, boxes):
-        "Encode drawn `images` with their drawn `boxes` (original pixel coords): an `ImageFeats`"
-        if len(images) != len(boxes): raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
-        with torch.no_grad(): fmap, sizes = self.cache.ie.encode(list(images))
-        items = [image_item(self.cache.ie, fmap[j], sizes[j], b) for j,b in enumerate(boxes)]
-        return ImageFeats.collate(items)
-    def score(self, encoded, index, texts):
-        "`{'itm': P(match) (N,), 'itc': cosine (N,)}` for text j against image `index[j]`"
-        index, out = list(index), {'itm': [], 'itc': []}
-        if len(index) != len(texts): raise ValueError(f"index has {len(index)} entries for {len(texts)} texts")
-        with torch.no_grad():
-            for s in range(0, len(texts), self.batch_size):
-                t = TextFeats.collate(self.cache.texts(list(texts[s:s+self.batch_size])))
-                idx = index[s:s+self.batch_size]
-                out['itm'].append(self.model(encoded, t, idx)['itm'].softmax(-1)[:, 1])
-                out['itc'].append(self.model.itc(encoded, t, idx) if self.model.config.inputs != 'text' else torch.zeros(len(idx)))
-        return {k: torch.cat(v) if v else torch.zeros(0) for k,v in out.items()}
+@patch
+def cached_image_items(self:FusedFamily, keys, make):
+    "Items of the images `keys` (e.g. file and boxes), computed by `make(i) -> (drawn image, boxes)` only when not cached"
+    return [{k: v.cpu() for k,v in d.items()} for d in self.cache.images(keys, make)]
+
+@patch
+def use_cache_dir(self:FusedFamily, folder): self.cache = FeatureCache(*self.frozen, folder); return self
+@patch
+def forget(self:FusedFamily): self.cache.mem.clear(); return self
+
+@patch
+def collate_images(self:FusedFamily, items): return ImageFeats.collate(items).to(self.device)
+@patch
+def text_items(self:FusedFamily, texts): return self.cache.texts(texts)
+@patch
+def collate_texts(self:FusedFamily, items): return TextFeats.collate(items).to(self.device)
+
+# %% ../nbs/11_fusion.ipynb #c2a8df2b
+@patch
+def joint(self:FusedFamily, img, txt, index=None): return self.net._fuse(img, txt, index)
+@patch
+def itm_head(self:FusedFamily, joint): return self.net.itm_head(joint)
+@patch
+def embed_images(self:FusedFamily, img): return self.net.embed_image(img)
+@patch
+def embed_texts(self:FusedFamily, txt): return self.net.embed_text(txt)
+@patch
+def itc_scale(self:FusedFamily): return self.net.logit_scale.exp().clamp(max=100)
+
+@patch
+def itc(self:FusedFamily, img, txt, index=None):
+    "Cosine similarity (N,) of text j with image `index[j]` (zeros for a text-only model, which has no image embedding)"
+    if self.config.inputs == 'text': return torch.zeros(len(txt), device=self.device)
+    return self.net.itc(img, txt, index)

@@ -4,64 +4,72 @@
 
 # %% ../nbs/03_generate.ipynb #10cd715e
 from __future__ import annotations
-import os, sys, json, time, math, random, sqlite3, hashlib, threading, argparse, copy, re
+import os, sys, json, time, random, sqlite3, hashlib, threading, argparse
 import email.utils
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from contextlib import contextmanager
+from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import yaml
-from .core import Verbalization, read_jsonl, write_jsonl, JsonlWriter, qar_to_lskd_row
+from fastcore.basics import patch
+from .core import Verbalization, read_jsonl, write_jsonl, JsonlWriter, qar_to_lskd_row, check_config, atomic_write, atomic_json, read_config
 from .prompts import load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'OUTPUTS', 'load_config', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache',
-           'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'fake_reply',
-           'FakeTeacher', 'teacher_endpoint', 'Teacher', 'GenerationError', 'GenResult', 'generate', 'main']
+__all__ = ['TEACHERS', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache',
+           'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'teacher_endpoint',
+           'Teacher', 'GenerationError', 'GenResult', 'generate', 'main', 'run_stage']
 
-# %% ../nbs/03_generate.ipynb #d4637b41
-DEFAULT_CONFIG = dict(
-    teacher='remote',        # remote (base_url + model) | local (lskd.server.TeacherServer) | fake (FakeTeacher, dry runs)
-    base_url=None,           # e.g. http://127.0.0.1:8000/v1 (vLLM); None = OpenAI
-    model=None,              # model name at the endpoint (local: the registry name)
-    api_key_env='OPENAI_API_KEY',   # NAME of the env var holding the key (never the key itself)
-    local_model='qwen2.5-coder-1.5b-instruct',   # teacher: local
-    local_n_ctx=4096, local_n_threads=2, models_cache=None,
-    prompt='v1',             # a folder in data/prompts (or a path)
-    prompt_options={},       # overrides of the prompt's options, e.g. {n: 5, regions: people}
-    samples=1,               # requests per image (different seeds)
-    temperature=0.8, top_p=0.95, max_tokens=600, seed=0,
-    extra_body={},           # more request fields, sent as-is (part of the cache key)
-    response_format='auto',  # auto | openai | llama_cpp | json_object | none  (see lskd.prompts.response_format)
-    concurrency=None,        # requests in flight at most; None = 4 (remote, fake), 1 (local: llama.cpp answers one at a time)
-    timeout=None,            # seconds per request; None = 120 (remote, fake), 900 (local: a CPU server is slow)
-    max_retries=6, backoff=1.0, backoff_max=60.0,   # on 429 / 5xx / timeouts; Retry-After is honoured
-    budget_usd=None, budget_tokens=None,            # stop cleanly once this run has spent this much
-    prices={},               # {model: {prompt: USD per 1M tokens, completion: USD per 1M tokens}}
-    cache='cache.sqlite',    # relative to out_dir; null disables
-    max_images=None, progress=True,
-)
+# %% ../nbs/03_generate.ipynb #71c42b41
+TEACHERS = ('remote', 'local', 'fake')
 
-def load_config(config=None, **overrides):
-    "A full config from defaults, `config` (dict or YAML path) and `overrides` (None values ignored)"
-    if isinstance(config, (str, Path)):
-        p = Path(config)
-        try: config = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError: raise FileNotFoundError(f"config file not found: {p}") from None
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
-    given = {**(config or {}), **{k:v for k,v in overrides.items() if v is not None}}
-    bad = [k for k in given if k not in cfg]
-    if bad: raise ValueError(f"unknown config key(s) {bad}; known: {list(cfg)}")
-    cfg.update(given)
-    if cfg['teacher'] not in ('remote', 'local', 'fake'): raise ValueError(f"teacher must be remote, local or fake, not {cfg['teacher']!r}")
-    local = cfg['teacher'] == 'local'
-    if cfg['concurrency'] is None: cfg['concurrency'] = 1 if local else 4
-    if cfg['timeout'] is None: cfg['timeout'] = 900.0 if local else 120.0
-    if cfg['response_format'] not in RESPONSE_FORMATS + ('auto',):
-        raise ValueError(f"response_format must be one of {RESPONSE_FORMATS + ('auto',)}, not {cfg['response_format']!r}")
-    return cfg
+@dataclass
+class GenerateConfig:
+    "The generate stage's configuration (the `generate` section of a run's config)"
+    teacher: str = 'remote'          # remote (base_url + model) | local (lskd.server.TeacherServer) | fake (lskd.testing.FakeTeacher, dry runs)
+    base_url: str|None = None        # e.g. http://127.0.0.1:8000/v1 (vLLM); None = OpenAI
+    model: str|None = None           # model name at the endpoint (local: the registry name)
+    api_key_env: str = 'OPENAI_API_KEY'   # NAME of the env var holding the key (never the key itself)
+    local_model: str = 'qwen2.5-coder-1.5b-instruct'   # teacher: local, a model of lskd.server.MODELS
+    local_n_ctx: int = 4096          # teacher: local, context size of the server
+    local_n_threads: int = 2         # teacher: local, CPU threads of the server
+    models_cache: str|None = None    # teacher: local, where models are fetched to (None: the default cache)
+    prompt: str = 'v1'               # a folder in data/prompts (or a path)
+    prompt_options: dict = field(default_factory=dict)   # overrides of the prompt's options, e.g. {n: 5, regions: people}
+    samples: int = 1                 # requests per image (different seeds)
+    temperature: float = 0.8         # sampling temperature
+    top_p: float = 0.95              # nucleus sampling
+    max_tokens: int = 600            # completion tokens per request at most
+    seed: int = 0                    # base of the per-request seeds
+    extra_body: dict = field(default_factory=dict)       # more request fields, sent as-is (part of the cache key)
+    response_format: str = 'auto'    # auto | openai | llama_cpp | json_object | none  (see lskd.prompts.response_format)
+    concurrency: int|None = None     # requests in flight at most; None = 4 (remote, fake), 1 (local: llama.cpp answers one at a time)
+    timeout: float|None = None       # seconds per request; None = 120 (remote, fake), 900 (local: a CPU server is slow)
+    max_retries: int = 6             # retries on 429 / 5xx / timeouts; Retry-After is honoured
+    backoff: float = 1.0             # first wait between retries (s), doubled each time
+    backoff_max: float = 60.0        # longest wait between retries (s)
+    budget_usd: float|None = None    # stop cleanly once this run has spent this much ...
+    budget_tokens: int|None = None   # ... or this many tokens
+    prices: dict = field(default_factory=dict)           # {model: {prompt: USD per 1M tokens, completion: USD per 1M tokens}}
+    cache: str|None = 'cache.sqlite' # relative to out_dir; None disables
+    max_images: int|None = None      # only the first N verbalizations
+    progress: bool = True            # show a progress bar
+    def __post_init__(self):
+        if self.teacher not in TEACHERS: raise ValueError(f"teacher must be remote, local or fake, not {self.teacher!r}")
+        if self.response_format not in RESPONSE_FORMATS + ('auto',):
+            raise ValueError(f"response_format must be one of {RESPONSE_FORMATS + ('auto',)}, not {self.response_format!r}")
+        local = self.teacher == 'local'
+        if self.concurrency is None: self.concurrency = 1 if local else 4
+        if self.timeout is None: self.timeout = 900.0 if local else 120.0
+
+# %% ../nbs/03_generate.ipynb #087ed7b8
+@patch(cls_method=True)
+def load(cls:GenerateConfig, config=None, **overrides):
+    "A `GenerateConfig` from None (defaults), a dict, a YAML path or a `GenerateConfig`, then `overrides` (None values ignored)"
+    d = read_config(config)
+    d.update({k:v for k,v in overrides.items() if v is not None})
+    return check_config(cls, d, 'generate')
 
 # %% ../nbs/03_generate.ipynb #df267c10
 def request_seed(seed, image_key, sample):
@@ -70,8 +78,8 @@ def request_seed(seed, image_key, sample):
 
 def request_body(cfg, prompt, model, seed, fmt):
     "The chat-completions body for `prompt` with response-format flavour `fmt`"
-    body = dict(model=model, messages=prompt.messages, temperature=cfg['temperature'], top_p=cfg['top_p'],
-                max_tokens=cfg['max_tokens'], seed=seed, **cfg['extra_body'])
+    body = dict(model=model, messages=prompt.messages, temperature=cfg.temperature, top_p=cfg.top_p,
+                max_tokens=cfg.max_tokens, seed=seed, **cfg.extra_body)
     rf = response_format(fmt, prompt.n)
     if rf is not None: body['response_format'] = rf
     return body
@@ -165,102 +173,21 @@ def is_retryable(exc):
 def send(client, body, cfg, on_retry=None, sleep=time.sleep):
     "The reply (a dict) to request `body`, retrying transient errors as `cfg` says"
     rest = {k:v for k,v in body.items() if k not in ('model', 'messages')}
-    for attempt in range(cfg['max_retries'] + 1):
+    for attempt in range(cfg.max_retries + 1):
         try:
             r = client.chat.completions.create(model=body['model'], messages=body['messages'], extra_body=rest,
-                                               timeout=cfg['timeout'])
+                                               timeout=cfg.timeout)
             return r.model_dump(mode='json', exclude_unset=True) if hasattr(r, 'model_dump') else dict(r)
         except Exception as e:
-            if not is_retryable(e) or attempt == cfg['max_retries']: raise
+            if not is_retryable(e) or attempt == cfg.max_retries: raise
             ra = retry_after(e)
-            wait = min(ra, 300.0) if ra is not None else min(cfg['backoff_max'], cfg['backoff'] * 2**attempt) * (0.5 + random.random()/2)
+            wait = min(ra, 300.0) if ra is not None else min(cfg.backoff_max, cfg.backoff * 2**attempt) * (0.5 + random.random()/2)
             if on_retry: on_retry(e, wait)
             sleep(wait)
 
-# %% ../nbs/03_generate.ipynb #96a47233
-def fake_reply(body):
-    "A deterministic reply to a chat request: JSON triples about the regions of its last user message"
-    text = body['messages'][-1]['content']
-    k = len(re.findall(r'^\[\d+\]', text, re.M)) or 1
-    n = int(m.group(1)) if (m := re.search(r'Write (\d+)', text)) else 3
-    rng = random.Random(f"{body.get('seed')}:{hashlib.sha256(text.encode()).hexdigest()}")
-    verbs = ['waiting for', 'helping', 'talking to', 'watching', 'about to leave with', 'working with']
-    ts = []
-    for t in range(n):
-        i, j = rng.randrange(k), rng.randrange(k)
-        ts.append(dict(question=f'Why is [{i}] {rng.choice(verbs)} [{j}] (case {rng.randrange(10**6)})?',
-                       answer=f'[{i}] is probably {rng.choice(verbs)} [{j}] on purpose.',
-                       rationale=f'[{i}] faces [{j}] and stands close to them in the scene.'))
-    return json.dumps({'triples': ts})
-
-# %% ../nbs/03_generate.ipynb #abed976e
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *a): pass
-    def _json(self, code, obj, headers=None):
-        b = json.dumps(obj).encode()
-        self.send_response(code); self.send_header('Content-Type', 'application/json')
-        self.send_header('Content-Length', str(len(b)))
-        for k,v in (headers or {}).items(): self.send_header(k, v)
-        self.end_headers(); self.wfile.write(b)
-    def do_GET(self):
-        if self.path.rstrip('/').endswith('/models'): self._json(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model'}]})
-        else: self._json(404, {'error': {'message': 'not found'}})
-    def do_POST(self):
-        srv = self.server.teacher
-        body = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))) or b'{}')
-        fault = srv._arrive(body, dict(self.headers))
-        if fault and fault.get('delay'): time.sleep(fault['delay'])
-        if fault and fault.get('status'):
-            h = {'Retry-After': str(fault['retry_after'])} if fault.get('retry_after') is not None else {}
-            return self._json(fault['status'], {'error': {'message': f"injected {fault['status']}", 'type': 'fake'}}, h)
-        rf = (body.get('response_format') or {}).get('type')
-        if srv.formats is not None and rf is not None and rf not in srv.formats:
-            return self._json(srv.format_status, {'error': {'message': f'response_format type {rf!r} is not supported', 'type': 'invalid_request_error'}})
-        if srv.latency: time.sleep(srv.latency)
-        content = srv.reply(body)
-        pt = sum(len(m['content'].split()) for m in body.get('messages', []))
-        ct = len(content.split())
-        srv._done()
-        self._json(200, {'id': 'fake-' + request_key(body)[:12], 'object': 'chat.completion', 'created': 0,
-                         'model': body.get('model', 'fake'),
-                         'choices': [{'index': 0, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': content}}],
-                         'usage': {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}})
-
-# %% ../nbs/03_generate.ipynb #3f05b658
-class FakeTeacher:
-    "An OpenAI-compatible fake chat endpoint on 127.0.0.1 (a context manager)"
-    def __init__(self, reply=fake_reply, latency=0.0, port=0, formats=None, format_status=400):
-        self.reply, self.latency, self.port, self.formats, self.format_status = reply, latency, port, formats, format_status
-        self.requests, self.headers, self.times, self.faults, self.ok = [], [], [], deque(), 0
-        self.lock, self.httpd = threading.Lock(), None
-    def fail(self, n=1, status=500, retry_after=None, delay=0.0):
-        "Make the next `n` requests fail with `status` (None: only `delay`), sending `Retry-After` if given"
-        with self.lock: self.faults.extend([dict(status=status, retry_after=retry_after, delay=delay)] * n)
-        return self
-    def _arrive(self, body, headers):
-        with self.lock:
-            self.requests.append(body); self.headers.append(headers); self.times.append(time.perf_counter())
-            return self.faults.popleft() if self.faults else None
-    def _done(self):
-        with self.lock: self.ok += 1
-    @property
-    def base_url(self): return f'http://127.0.0.1:{self.httpd.server_address[1]}/v1'
-    def start(self):
-        self.httpd = ThreadingHTTPServer(('127.0.0.1', self.port), _Handler)
-        self.httpd.daemon_threads = True; self.httpd.teacher = self
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-    def stop(self):
-        if self.httpd: self.httpd.shutdown(); self.httpd.server_close()
-    def __enter__(self): return self.start()
-    def __exit__(self, *a): self.stop()
-    def client(self, **kw):
-        import openai
-        return openai.OpenAI(base_url=self.base_url, api_key='sk-fake', max_retries=0, **kw)
-
-# %% ../nbs/03_generate.ipynb #c2289d1b
+# %% ../nbs/03_generate.ipynb #24dc7986
 def _api_key(cfg, base_url):
-    name = cfg['api_key_env']
+    name = cfg.api_key_env
     key = os.environ.get(name) if name else None
     if key: return key
     if base_url is None or 'api.openai.com' in base_url:
@@ -268,20 +195,22 @@ def _api_key(cfg, base_url):
                          "or point base_url at a server that needs none")
     return 'sk-no-key'      # local servers (llama.cpp, vLLM without --api-key) accept any key
 
+# %% ../nbs/03_generate.ipynb #43095a5e
 @contextmanager
 def teacher_endpoint(cfg, log_dir=None):
     "`(base_url, model, api_key, flavour)` of the configured teacher, started for the block if local/fake"
-    if cfg['teacher'] == 'remote':
-        if not cfg['model']: raise ValueError("config 'model' is required for teacher: remote (e.g. --model gpt-4o-mini)")
-        yield cfg['base_url'], cfg['model'], _api_key(cfg, cfg['base_url']), None
-    elif cfg['teacher'] == 'fake':
-        with FakeTeacher() as ft: yield ft.base_url, cfg['model'] or 'fake', 'sk-fake', 'openai'
+    if cfg.teacher == 'remote':
+        if not cfg.model: raise ValueError("config 'model' is required for teacher: remote (e.g. --model gpt-4o-mini)")
+        yield cfg.base_url, cfg.model, _api_key(cfg, cfg.base_url), None
+    elif cfg.teacher == 'fake':
+        from lskd.testing import FakeTeacher      # a test double: imported for dry runs only
+        with FakeTeacher() as ft: yield ft.base_url, cfg.model or 'fake', 'sk-fake', 'openai'
     else:
         from lskd.server import fetch_models, TeacherServer
-        name = cfg['local_model']
-        path = fetch_models(name, cache_dir=cfg['models_cache'], progress=cfg['progress'])[name]
+        name = cfg.local_model
+        path = fetch_models(name, cache_dir=cfg.models_cache, progress=cfg.progress)[name]
         log = Path(log_dir)/'teacher_server.log' if log_dir else None
-        with TeacherServer(path, alias=name, n_ctx=cfg['local_n_ctx'], n_threads=cfg['local_n_threads'], log_path=log) as srv:
+        with TeacherServer(path, alias=name, n_ctx=cfg.local_n_ctx, n_threads=cfg.local_n_threads, log_path=log) as srv:
             yield srv.base_url, name, 'sk-local', 'none'
 
 # %% ../nbs/03_generate.ipynb #03f8ef94
@@ -289,7 +218,7 @@ class Teacher:
     "Sends jobs to one endpoint, through the cache, within the budget"
     def __init__(self, cfg, client, model, cache, meter, flavour=None):
         self.cfg, self.client, self.model, self.cache, self.meter = cfg, client, model, cache, meter
-        f = cfg['response_format']
+        f = cfg.response_format
         self.modes = [f] if f != 'auto' else ([flavour] if flavour else ['openai', 'llama_cpp', 'none'])
         self.mode_i, self.lock, self.abort = 0, threading.Lock(), None
         self.stats = Counter()
@@ -360,7 +289,7 @@ class GenResult:
 # %% ../nbs/03_generate.ipynb #2a2a0c38
 def _summary(cfg, model, base_url, c, meter, teacher, wall, status):
     parsed = c['triples_parsed']
-    return dict(status=status, model=model, base_url=base_url, prompt=cfg['prompt'], images=c['images'],
+    return dict(status=status, model=model, base_url=base_url, prompt=cfg.prompt, images=c['images'],
         images_done=c['images_done'], images_no_regions=c['no_regions'], requests=c['jobs'],
         requests_sent=teacher.stats['sent'], requests_cached=teacher.stats['cached'],
         requests_failed=c['failed'], requests_skipped_budget=c['budget_skipped'], retries=teacher.stats['retries'],
@@ -393,29 +322,32 @@ def _process(verb, prompt, spec, replies, c, model):
         c['accepted'] += len(q); qars += q; rejects += rj
     return qars, rejects
 
-# %% ../nbs/03_generate.ipynb #75cabc24
-def _done(item): return item[1] is None or all(f.done() for *_, f in item[2])
+# %% ../nbs/03_generate.ipynb #bc2a603a
+def _done(item):
+    "Whether the jobs of a pending image `(verb, prompt, futures)` are all finished"
+    return item[1] is None or all(f.done() for *_, f in item[2])
 
+# %% ../nbs/03_generate.ipynb #6472b00f
 def generate(verbalizations, out_dir, config=None, **overrides):
-    "Generate the QAR corpus for `verbalizations` (a JSONL path) into `out_dir`; returns a `GenResult`"
+    "Generate the QAR corpus for `verbalizations` (a JSONL path) into `out_dir` with `config` (a `GenerateConfig`, dict or YAML path) and `overrides`; returns a `GenResult`"
     from tqdm.auto import tqdm
     import openai
-    cfg = load_config(config, **overrides)
+    cfg = GenerateConfig.load(config, **overrides)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    spec = load_prompt(cfg['prompt'], **cfg['prompt_options'])
+    spec = load_prompt(cfg.prompt, **cfg.prompt_options)
     vpath = Path(verbalizations)
     if not vpath.exists(): raise FileNotFoundError(f"verbalizations not found: {vpath} (the output of `lskd verbalize`)")
     n_total = sum(1 for _ in read_jsonl(vpath))
-    if cfg['max_images'] is not None: n_total = min(n_total, cfg['max_images'])
-    (out/'config.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))    # names of env vars only, no secrets
-    cache = ReplyCache(out/cfg['cache']) if cfg['cache'] else NoCache()
+    if cfg.max_images is not None: n_total = min(n_total, cfg.max_images)
+    atomic_write(out/'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False))    # names of env vars only, no secrets
+    cache = ReplyCache(out/cfg.cache) if cfg.cache else NoCache()
     c, failures, t0 = Counter(), [], time.perf_counter()
     with teacher_endpoint(cfg, out) as (base_url, model, key, flavour):
-        client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg['timeout'])
-        meter = Meter(cfg['prices'], model, cfg['budget_usd'], cfg['budget_tokens'])
+        client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
+        meter = Meter(cfg.prices, model, cfg.budget_usd, cfg.budget_tokens)
         teacher = Teacher(cfg, client, model, cache, meter, flavour)
         outs, writing = _Outputs(out), True
-        ex = ThreadPoolExecutor(cfg['concurrency'])
+        ex = ThreadPoolExecutor(cfg.concurrency)
         def finish_image(item):
             nonlocal writing
             verb, prompt, futs = item
@@ -434,19 +366,19 @@ def generate(verbalizations, out_dir, config=None, **overrides):
             else: outs.write(*_process(verb, prompt, spec, replies, c, model))
             c['images_done'] += 1
         try:
-            with tqdm(total=n_total, desc='generate', disable=not cfg['progress']) as bar:
+            with tqdm(total=n_total, desc='generate', disable=not cfg.progress) as bar:
                 pending = deque()
                 for i, verb in enumerate(read_jsonl(vpath, Verbalization)):
                     if i >= n_total or meter.over_budget() or teacher.abort: break
                     c['images'] += 1
                     try:
                         prompt, k = build_prompt(verb, spec), verb.image.id or verb.image.path
-                        futs = [(j, s, ex.submit(teacher.run, prompt, s)) for j in range(cfg['samples'])
-                                for s in [request_seed(cfg['seed'], k, j)]]
+                        futs = [(j, s, ex.submit(teacher.run, prompt, s)) for j in range(cfg.samples)
+                                for s in [request_seed(cfg.seed, k, j)]]
                         c['jobs'] += len(futs)
                     except NoRegionsError as e: prompt, futs = None, str(e); c['no_regions'] += 1
                     pending.append((verb, prompt, futs))
-                    while len(pending) > 2*cfg['concurrency'] or (pending and _done(pending[0])):
+                    while len(pending) > 2*cfg.concurrency or (pending and _done(pending[0])):
                         finish_image(pending.popleft()); bar.update()
                 while pending: finish_image(pending.popleft()); bar.update()
         finally:
@@ -456,7 +388,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
         wall = time.perf_counter() - t0
         summary = _summary(cfg, model, base_url, c, meter, teacher, wall, status)
     if status == 'complete': outs.finish()
-    (out/'summary.json').write_text(json.dumps(summary, indent=1))
+    atomic_json(out/'summary.json', summary)
     if failures:
         write_jsonl(out/'failures.jsonl', failures)
         lines = '\n'.join(f"  {f['image']} sample {f['sample']}: {f['error']}" for f in failures[:10])
@@ -467,13 +399,13 @@ def generate(verbalizations, out_dir, config=None, **overrides):
     elif (out/'failures.jsonl').exists(): (out/'failures.jsonl').unlink()
     return GenResult(status, summary, out)
 
-# %% ../nbs/03_generate.ipynb #5d95cba0
+# %% ../nbs/03_generate.ipynb #a8cfcbe1
 def _parser():
     p = argparse.ArgumentParser(prog='lskd generate', description='verbalizations.jsonl -> corpus.jsonl through a teacher LLM '
         '(any OpenAI-compatible endpoint). Outputs in OUT: corpus.jsonl, corpus_lskd.jsonl, rejects.jsonl, summary.json, cache.sqlite.')
     p.add_argument('verbalizations', help='verbalizations.jsonl (output of lskd verbalize)')
     p.add_argument('out', help='output folder (rerunning into the same folder resumes from its cache)')
-    p.add_argument('--config', help='YAML config (keys: ' + ', '.join(DEFAULT_CONFIG) + ')')
+    p.add_argument('--config', help='YAML config (keys: ' + ', '.join(f.name for f in fields(GenerateConfig)) + ')')
     p.add_argument('--teacher', choices=['remote', 'local', 'fake'])
     p.add_argument('--base-url'); p.add_argument('--model'); p.add_argument('--api-key-env', help='NAME of the env var with the API key')
     p.add_argument('--local-model', help='registry model for --teacher local')
@@ -488,6 +420,7 @@ def _parser():
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
+# %% ../nbs/03_generate.ipynb #dc4fb70b
 def main(argv=None):
     "CLI: `lskd generate`"
     a = _parser().parse_args(argv)
@@ -495,13 +428,13 @@ def main(argv=None):
           'temperature', 'top_p', 'max_tokens', 'seed', 'concurrency', 'timeout', 'max_retries', 'budget_usd',
           'budget_tokens', 'max_images', 'response_format', 'cache')}
     try:
-        cfg = load_config(a.config, **ov)
-        if a.no_cache: cfg['cache'] = None
-        if a.quiet: cfg['progress'] = False
-        po = dict(cfg['prompt_options'])
+        cfg = GenerateConfig.load(a.config, **ov)
+        if a.no_cache: cfg.cache = None
+        if a.quiet: cfg.progress = False
+        po = dict(cfg.prompt_options)
         if a.n: po['n'] = a.n
         if a.regions: po['regions'] = a.regions
-        cfg['prompt_options'] = po
+        cfg.prompt_options = po
         res = generate(a.verbalizations, a.out, cfg)
     except GenerationError as e: print(f'lskd generate: {e}', file=sys.stderr); return 1
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as e: print(f'lskd generate: {e}', file=sys.stderr); return 1
@@ -511,3 +444,21 @@ def main(argv=None):
               file=sys.stderr)
         return 3
     return 0
+
+# %% ../nbs/03_generate.ipynb #a1793bf1
+def run_stage(run_dir, cfg):
+    "Stage 2 of `lskd run`: the corpus of the run's verbalizations, into `run_dir/generate`; returns the stage report"
+    from lskd.pipeline import stage_dir, write_stage_report
+    out = stage_dir(run_dir, 'generate')
+    gcfg = GenerateConfig.load(cfg.get('generate') or None, progress=False)
+    res = generate(Path(run_dir)/'verbalize'/'verbalizations.jsonl', out, config=gcfg)
+    if res.status != 'complete': raise RuntimeError(f"generation stopped: {res.status} ({out/'summary.json'})")
+    s, sums = res.summary, {}
+    if gcfg.teacher == 'local':       # the GGUF file was checked against this sha256 when fetched
+        from lskd.server import MODELS
+        if gcfg.local_model in MODELS: sums = {gcfg.local_model: MODELS[gcfg.local_model]['sha256']}
+    return write_stage_report(run_dir, 'generate', list(OUTPUTS) + ['summary.json'], model_sha256=sums,
+                              counts={k: s[k] for k in ('images_done', 'accepted', 'triples_parsed', 'requests_sent', 'requests_cached', 'requests_failed')},
+                              models=[s['model']], tokens={'prompt': s['prompt_tokens'], 'completion': s['completion_tokens']},
+                              cost_usd=s['cost_usd'], parse_success_rate=s['parse_success_rate'], valid_ref_rate=s['valid_ref_rate'],
+                              rejected=s['rejected'])

@@ -6,14 +6,16 @@
 from __future__ import annotations
 import json, html
 from pathlib import Path
+from dataclasses import dataclass
 from collections import Counter
 from PIL import Image
 from .core import (QAR, Verbalization, Region, ImageRecord, Description, read_jsonl, write_jsonl, open_image,
-                       draw_regions, visual_prompt, refs_html, region_color, region_by_id)
+                       draw_regions, visual_prompt, refs_html, region_color, region_by_id, check_config, model_text)
 from .pipeline import read_stage_report
 
 # %% auto #0
-__all__ = ['RunView', 'demo_run', 'matplotlib_sample', 'rank', 'ask_teacher', 'Inspector', 'PointAndAsk']
+__all__ = ['RunView', 'demo_run', 'matplotlib_sample', 'rank', 'ask_teacher', 'Inspector', 'PointAndAsk', 'InspectConfig',
+           'run_stage']
 
 # %% ../nbs/07_inspect.ipynb #3c31986a
 def _report(run_dir, stage): return read_stage_report(run_dir, stage) or {}
@@ -159,12 +161,11 @@ RunView.summary, RunView.save_overview = _summary, _save_overview
 # %% ../nbs/07_inspect.ipynb #3d7b0917
 def rank(scorer, image, regions, selected, question, candidates):
     "Rank `candidates` for `question` about the `selected` region ids: `[(candidate, itm, itc)]`, best first"
-    from lskd.evaluate import candidate_text
     if not candidates: raise ValueError("no candidate answers to rank")
     ids = [r.id for r in regions]
     for i in selected: region_by_id(regions, i)
     drawn, rm = visual_prompt(image, regions, order=list(selected))
-    texts = [candidate_text({'question': question, 'answer': c}, rm) for c in candidates]
+    texts = [model_text({'question': question, 'answer': c}, getattr(scorer, 'text_style', 'student'), rm) for c in candidates]
     enc = scorer.encode_images([drawn], [[region_by_id(regions, i).box for i in selected]])
     s = scorer.score(enc, [0]*len(texts), texts)
     itm, itc = [float(x) for x in s['itm']], [float(x) for x in s['itc']]
@@ -274,3 +275,20 @@ class PointAndAsk:
         return res
     def _ipython_display_(self):
         from IPython.display import display; display(self.ui)
+
+# %% ../nbs/07_inspect.ipynb #36e8b43d
+@dataclass
+class InspectConfig:
+    "The `inspect` section of a run's configuration"
+    n_images: int = 4                 # images in overview.png
+    n_triples: int = 2                # best-scored triples shown beside each
+
+# %% ../nbs/07_inspect.ipynb #cb179f2a
+def run_stage(run_dir, cfg):
+    "The inspect stage of `lskd run`: `overview.png` and the run's summary"
+    from lskd.pipeline import stage_dir, write_stage_report
+    c = check_config(InspectConfig, cfg.get('inspect'), 'inspect')
+    run = RunView(run_dir)
+    run.save_overview(stage_dir(run_dir, 'inspect')/'overview.png', c.n_images, c.n_triples)
+    return write_stage_report(run_dir, 'inspect', ['overview.png'], counts={'images': len(run.images()), 'triples': len(run.qars)},
+                              summary=run.summary())

@@ -8,36 +8,39 @@ import copy, json, os, re, subprocess, sys, time, threading, secrets, hashlib, a
 from datetime import datetime, timezone
 from pathlib import Path
 import yaml
+from .core import atomic_json, check_config, secret_keys
 
 # %% auto #0
-__all__ = ['STAGES', 'DEFAULT_CONFIG', 'set_key', 'parse_override', 'load_config', 'check_no_secrets', 'data_path', 'new_run_id',
-           'stage_dir', 'write_stage_report', 'read_stage_report', 'stage_done', 'PeakRSS', 'StageFailed',
-           'notebooks_dir', 'run_notebook', 'git_commit', 'new_manifest', 'run_pipeline', 'run_summary', 'parser',
-           'main']
+__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'set_key', 'parse_override', 'run_config', 'stage_config_class',
+           'check_run_config', 'data_path', 'new_run_id', 'stage_dir', 'write_stage_report', 'read_stage_report',
+           'stage_done', 'PeakRSS', 'StageFailed', 'notebooks_dir', 'run_notebook', 'git_commit', 'new_manifest',
+           'run_pipeline', 'run_summary', 'parser', 'main']
 
-# %% ../nbs/13_pipeline.ipynb #060d7d59
-STAGES = {
-    'verbalize': ('01_verbalize.ipynb', ['verbalizations.jsonl']),
-    'generate':  ('03_generate.ipynb', ['corpus.jsonl']),
-    'critic':    ('04_critic.ipynb', ['scored.jsonl', 'filtered.jsonl']),
-    'distill':   ('05_distill.ipynb', []),
-    'evaluate':  ('06_evaluate.ipynb', ['results.json']),
-    'inspect':   ('07_inspect.ipynb', ['overview.png']),
+# %% ../nbs/13_pipeline.ipynb #06c6998b
+STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
+    'verbalize': ('01_verbalize.ipynb', ['verbalizations.jsonl'], 'lskd.verbalize:VerbalizeConfig'),
+    'generate':  ('03_generate.ipynb', ['corpus.jsonl'], 'lskd.generate:GenerateConfig'),
+    'critic':    ('04_critic.ipynb', ['scored.jsonl', 'filtered.jsonl'], 'lskd.critic:CriticConfig'),
+    'distill':   ('05_distill.ipynb', [], 'lskd.distill:DistillStageConfig'),
+    'evaluate':  ('06_evaluate.ipynb', ['results.json'], 'lskd.evaluate:EvaluateConfig'),
+    'inspect':   ('07_inspect.ipynb', ['overview.png'], 'lskd.inspector:InspectConfig'),
 }
 
-# %% ../nbs/13_pipeline.ipynb #63ab286d
+# %% ../nbs/13_pipeline.ipynb #dd3789aa
 DEFAULT_CONFIG = {
     'images': 'sample',            # 'sample' (photos shipped in scikit-image/matplotlib/scikit-learn), a folder, or an annotation file
     'regions': None,               # optional regions file (lskd regions.jsonl, COCO instances json, VCR)
-    'seed': 0,
+    'seed': 0,                     # seeds every stage, and the held-out split
+    'heldout': 0.25,               # fraction of the images held out (by image, `lskd.core.heldout_image`) for validation and evaluation
     'verbalize': {},
     'generate': {'teacher': 'local', 'samples': 6, 'prompt_options': {'n': 5}},   # ~48 requests, ~8 min on 2 cores
     'critic': {'threshold': 0.5},  # labels are synthetic by default: 0.5, not the release's 0.8 (calibrated on human labels)
     'distill': {},
     'evaluate': {},
+    'inspect': {},
 }
 
-# %% ../nbs/13_pipeline.ipynb #1cdf9c26
+# %% ../nbs/13_pipeline.ipynb #fb7a9e77
 def set_key(cfg, key, value):
     "Set dotted `key` of the nested dict `cfg` to `value` (a YAML scalar string is parsed)"
     if isinstance(value, str): value = yaml.safe_load(value) if value.strip() else value
@@ -49,15 +52,16 @@ def set_key(cfg, key, value):
     d[last] = value
     return cfg
 
+# %% ../nbs/13_pipeline.ipynb #b5fb99a4
 def parse_override(s):
     "`'a.b=1'` -> `('a.b', '1')`, with an error that shows the expected form"
     k, eq, v = s.partition('=')
-    if not eq or not k.strip(): raise ValueError(f"bad override {s!r}: expected key=value, e.g. generate.n_triples=5")
+    if not eq or not k.strip(): raise ValueError(f"bad override {s!r}: expected key=value, e.g. generate.samples=3")
     return k.strip(), v
 
-# %% ../nbs/13_pipeline.ipynb #8f6b5840
-def load_config(path=None, overrides=()):
-    "The run configuration: `DEFAULT_CONFIG` updated from the YAML file `path`, then from `overrides`"
+# %% ../nbs/13_pipeline.ipynb #2645d2ef
+def run_config(path=None, overrides=()):
+    "The run configuration: `DEFAULT_CONFIG` updated from the YAML file `path`, then from `overrides` (unchecked)"
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if path:
         p = Path(path)
@@ -70,19 +74,27 @@ def load_config(path=None, overrides=()):
     for o in overrides: set_key(cfg, *(parse_override(o) if isinstance(o, str) else o))
     return cfg
 
-# %% ../nbs/13_pipeline.ipynb #622dcba2
-_KEYLIKE = re.compile(r'^(sk-[A-Za-z0-9_-]{16,}|[A-Za-z0-9_-]{32,})$')
+# %% ../nbs/13_pipeline.ipynb #d944d9e2
+TOP_KEYS = ('images', 'regions', 'seed', 'heldout')
 
-def check_no_secrets(cfg, where='config'):
-    "Raise if any value under a key named like a secret holds something other than an env var name"
-    def walk(d, path):
-        if isinstance(d, dict):
-            for k,v in d.items(): walk(v, f'{path}.{k}')
-        elif isinstance(d, str) and re.search(r'(api_?key|secret|token|password)(?!_env)', path.rsplit('.', 1)[-1], re.I) \
-             and not re.search(r'_env$', path) and _KEYLIKE.match(d):
-            raise ValueError(f"{where}: {path[1:]} looks like a secret; put it in an environment variable and name "
-                             f"the variable instead (e.g. api_key_env: OPENAI_API_KEY)")
-    walk(cfg, '')
+def stage_config_class(stage):
+    "The config dataclass of `stage` (imported on demand: stage modules import torch)"
+    import importlib
+    mod, _, name = STAGES[stage][2].partition(':')
+    return getattr(importlib.import_module(mod), name)
+
+# %% ../nbs/13_pipeline.ipynb #edaf07a0
+def check_run_config(cfg):
+    "Raise a `ValueError` naming the first bad key of the run configuration `cfg`; returns `cfg`"
+    if bad := secret_keys(cfg):
+        k = bad[0].rsplit('.', 1)[-1]
+        raise ValueError(f"{bad[0]} is named like a secret; secrets never go in a run's config (it is copied into the run "
+                         f"folder): put the value in an environment variable and give its name as {k}_env")
+    valid = list(TOP_KEYS) + list(STAGES)
+    if unknown := [k for k in cfg if k not in valid]:
+        raise ValueError(f"unknown key {unknown[0]!r} in the run config; the valid keys are: {', '.join(valid)}")
+    if not 0 <= float(cfg.get('heldout') or 0) < 1: raise ValueError(f"heldout must be a fraction in [0, 1), got {cfg['heldout']}")
+    for s in STAGES: check_config(stage_config_class(s), cfg.get(s), s)
     return cfg
 
 # %% ../nbs/13_pipeline.ipynb #91849dd1
@@ -105,9 +117,6 @@ def stage_dir(run_dir, stage):
     d = Path(run_dir)/stage; d.mkdir(parents=True, exist_ok=True); return d
 
 # %% ../nbs/13_pipeline.ipynb #214f3edf
-def _atomic_json(path, obj):
-    tmp = Path(str(path) + '.tmp'); tmp.write_text(json.dumps(obj, indent=1, default=str)); os.replace(tmp, path)
-
 def write_stage_report(run_dir, stage, outputs=(), **info):
     "Mark `stage` of `run_dir` done: its `outputs` (relative to its folder), counts, models, timings..."
     d = stage_dir(run_dir, stage)
@@ -115,7 +124,7 @@ def write_stage_report(run_dir, stage, outputs=(), **info):
     if missing: raise FileNotFoundError(f"stage {stage}: outputs missing after the run: {missing} in {d}")
     rep = dict(stage=stage, status='done', finished=datetime.now(timezone.utc).isoformat(timespec='seconds'),
                outputs=list(outputs), **info)
-    _atomic_json(d/'stage.json', rep)
+    atomic_json(d/'stage.json', rep)
     return rep
 
 def read_stage_report(run_dir, stage):
@@ -127,7 +136,7 @@ def stage_done(run_dir, stage):
     "Whether `stage` finished in `run_dir` and all its declared outputs are still there"
     r = read_stage_report(run_dir, stage)
     if not r or r.get('status') != 'done': return False
-    outs = list(STAGES.get(stage, (None, []))[1]) + list(r.get('outputs', []))
+    outs = list(STAGES[stage][1] if stage in STAGES else []) + list(r.get('outputs', []))
     return all((Path(run_dir)/stage/o).exists() for o in outs)
 
 # %% ../nbs/13_pipeline.ipynb #03ed6432
@@ -210,26 +219,25 @@ def run_pipeline(config=None, runs_dir='runs', run_id=None, resume=None, stages=
     else:
         run_id = run_id or new_run_id(); run_dir = Path(runs_dir)/run_id
         if run_dir.exists(): raise FileExistsError(f"{run_dir} exists; resume it with --resume {run_id}")
-        cfg = copy.deepcopy(config) if config is not None else load_config()
+        cfg = copy.deepcopy(config) if config is not None else run_config()
     for o in overrides: set_key(cfg, *(parse_override(o) if isinstance(o, str) else o))
-    check_no_secrets(cfg)
+    check_run_config(cfg)                      # every section, before anything runs or is written
+    names = list(stages or STAGES)
+    if bad := [s for s in names if s not in STAGES]: raise ValueError(f"unknown stage {bad[0]!r}; stages are {list(STAGES)}")
     if resume: man['config'] = cfg
     else: run_dir.mkdir(parents=True); man = new_manifest(run_id, cfg)
     run_dir = run_dir.resolve(); nbs = notebooks_dir(nbs)
     (run_dir/'notebooks').mkdir(exist_ok=True)
     (run_dir/'config.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
-    _atomic_json(run_dir/'manifest.json', man)
-    names = list(stages or STAGES)
-    for s in names:
-        if s not in STAGES: raise ValueError(f"unknown stage {s!r}; stages are {list(STAGES)}")
+    atomic_json(run_dir/'manifest.json', man)
     t_all = time.perf_counter()
     for s in names:
         if resume and stage_done(run_dir, s):
             log(f'{s}: done already, skipped'); man['stages'].setdefault(s, {})['skipped_on_resume'] = True; continue
-        nb, _ = STAGES[s]
+        nb = STAGES[s][0]
         log(f'{s}: running {nb}')
         man['stages'][s] = dict(status='running', notebook=f'notebooks/{nb}')
-        _atomic_json(run_dir/'manifest.json', man)
+        atomic_json(run_dir/'manifest.json', man)
         t0 = time.perf_counter()
         try:
             with PeakRSS() as mem:
@@ -237,18 +245,18 @@ def run_pipeline(config=None, runs_dir='runs', run_id=None, resume=None, stages=
                              cwd=nbs, progress=progress, timeout=timeout)
         except BaseException as e:
             man['stages'][s].update(status='failed', seconds=round(time.perf_counter()-t0, 1), error=str(e).splitlines()[0])
-            _atomic_json(run_dir/'manifest.json', man)
+            atomic_json(run_dir/'manifest.json', man)
             raise
         rep = read_stage_report(run_dir, s) or {}
         if rep.get('status') != 'done':
             raise StageFailed(f"stage {s}: notebook {nb} finished without writing its stage report ({s}/stage.json)")
         man['stages'][s] = dict(status='done', notebook=f'notebooks/{nb}', seconds=round(time.perf_counter()-t0, 1),
                                 peak_rss_mib=round(mem.peak), **{k:v for k,v in rep.items() if k not in ('stage', 'status')})
-        _atomic_json(run_dir/'manifest.json', man)
+        atomic_json(run_dir/'manifest.json', man)
         log(f"{s}: done in {man['stages'][s]['seconds']} s, peak {man['stages'][s]['peak_rss_mib']} MiB")
     man['seconds'] = round(sum(v.get('seconds', 0) for v in man['stages'].values()), 1)
     man['finished'] = datetime.now(timezone.utc).isoformat(timespec='seconds')
-    _atomic_json(run_dir/'manifest.json', man)
+    atomic_json(run_dir/'manifest.json', man)
     return run_dir
 
 # %% ../nbs/13_pipeline.ipynb #d1334d97
@@ -268,8 +276,8 @@ def run_summary(run_dir):
 # %% ../nbs/13_pipeline.ipynb #3b0d9cee
 def parser():
     p = argparse.ArgumentParser(prog='lskd run', description='Run the LSKD pipeline (stage notebooks, papermill) into RUNS_DIR/<run-id>/')
-    p.add_argument('--config', help='YAML config (sections: verbalize, generate, critic, distill, evaluate)')
-    p.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override, e.g. generate.n_triples=5 (repeatable)')
+    p.add_argument('--config', help='YAML config (top level: images, regions, seed, heldout; sections: verbalize, generate, critic, distill, evaluate, inspect)')
+    p.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override, e.g. generate.samples=3 (repeatable)')
     p.add_argument('--runs-dir', default='runs')
     p.add_argument('--run-id', help='name of a new run (default: time-stamped)')
     p.add_argument('--resume', metavar='RUN_ID', help='resume this run, skipping the stages that are complete')
@@ -283,9 +291,9 @@ def parser():
 def main(argv=None):
     a = parser().parse_args(argv)
     try:
-        if a.print_config: print(yaml.safe_dump(load_config(a.config, a.param), sort_keys=False)); return 0
+        if a.print_config: print(yaml.safe_dump(check_run_config(run_config(a.config, a.param)), sort_keys=False)); return 0
         for o in a.param: parse_override(o)           # bad overrides fail before anything runs
-        cfg = load_config(a.config) if a.config or not a.resume else None
+        cfg = run_config(a.config) if a.config or not a.resume else None
         run_dir = run_pipeline(cfg, runs_dir=a.runs_dir, run_id=a.run_id, resume=a.resume, overrides=a.param,
                                stages=a.stages.split(',') if a.stages else None, nbs=a.notebooks,
                                progress=a.progress, timeout=a.timeout)

@@ -13,12 +13,13 @@ import yaml
 import lskd
 from .core import (Verbalization, ImageRecord, Region, Description, QAPair, QAR, RegionMap, parse_refs,
                        RegionRefError)
+from .verbalize import select_regions, box_phrase
 
 # %% auto #0
-__all__ = ['PROMPT_OPTIONS', 'RESPONSE_FORMATS', 'prompt_dirs', 'find_prompt', 'PromptSpec', 'load_prompt', 'select_regions',
-           'position_phrase', 'render_verbalization', 'Prompt', 'task_text', 'NoRegionsError', 'build_prompt',
-           'answer_schema', 'response_format', 'ParseError', 'parse_triples', 'normalize_refs', 'check_triple',
-           'read_reply', 'reject_shares']
+__all__ = ['PROMPT_OPTIONS', 'RESPONSE_FORMATS', 'prompt_dirs', 'find_prompt', 'PromptSpec', 'load_prompt', 'prompt_regions',
+           'render_verbalization', 'Prompt', 'task_text', 'NoRegionsError', 'build_prompt', 'answer_schema',
+           'response_format', 'ParseError', 'parse_triples', 'normalize_refs', 'check_triple', 'read_reply',
+           'reject_shares']
 
 # %% ../nbs/02_prompts.ipynb #7f889690
 PROMPT_OPTIONS = dict(
@@ -92,27 +93,16 @@ def load_prompt(name='v1', **overrides):
                       get('task.txt', lambda p: p.read_text().strip(), None),
                       get('examples.jsonl', _read_examples, []), o)
 
-# %% ../nbs/02_prompts.ipynb #53518c1a
-def select_regions(image:ImageRecord, spec):
-    "The regions of `image` shown to the teacher under `spec`'s options"
+# %% ../nbs/02_prompts.ipynb #8f26fd1d
+def prompt_regions(image:ImageRecord, spec):
+    "The regions of `image` shown to the teacher under `spec`'s options (`regions`, `people_labels`, `max_regions`)"
     rs = image.regions
     if spec.regions == 'people':
         labels = {l.lower() for l in spec.people_labels}
-        rs = [r for r in rs if r.label.strip().lower() in labels]
-    if spec.max_regions and len(rs) > spec.max_regions:
-        keep = {id(r) for r in sorted(rs, key=lambda r: -r.area)[:spec.max_regions]}
-        rs = [r for r in rs if id(r) in keep]
-    return rs
-
-# %% ../nbs/02_prompts.ipynb #af79de28
-def position_phrase(box, width, height):
-    "`'left, top, small'`-style phrase for `box` in a `width` x `height` image"
-    x1,y1,x2,y2 = box
-    cx, cy, a = (x1+x2)/2/width, (y1+y2)/2/height, (x2-x1)*(y2-y1)/(width*height)
-    h = 'left' if cx < 1/3 else 'center' if cx < 2/3 else 'right'
-    v = 'top' if cy < 1/3 else 'middle' if cy < 2/3 else 'bottom'
-    s = 'small' if a < 0.05 else 'medium' if a < 0.25 else 'large'
-    return f'{h}, {v}, {s}'
+        rs = [r for r in rs if (r.label or '').strip().lower() in labels]
+    largest = select_regions(rs, (image.width, image.height), max_regions=spec.max_regions or len(rs), order='area', iou_max=1.)
+    keep = {id(r) for r in largest}
+    return [r for r in rs if id(r) in keep]
 
 # %% ../nbs/02_prompts.ipynb #39bdfcd8
 def _renumber(text, rm):
@@ -135,7 +125,7 @@ def render_verbalization(verb:Verbalization, regions, spec):
     for i,r in enumerate(regions):
         descs = [r.description] + [d.text for d in verb.regions.get(r.id, [])]
         descs = list(dict.fromkeys(d for x in descs if x and x.strip() for d in [_renumber(x.strip(), rm)] if d))
-        pos = f' ({position_phrase(r.box, im.width, im.height)})' if spec.position else ''
+        pos = f' ({box_phrase(r.box, (im.width, im.height))})' if spec.position else ''
         lines.append(f'[{i}] {r.label or "region"}{pos}' + (f': {"; ".join(descs)}' if descs else ''))
     if spec.qa and verb.qa:
         qa = []
@@ -168,7 +158,7 @@ def task_text(spec, n=None): return spec.task.replace('{n}', str(n or spec.n))
 def _example_turns(spec):
     msgs = []
     for verb, triples in spec.examples[:spec.max_examples]:
-        regs = select_regions(verb.image, spec)
+        regs = prompt_regions(verb.image, spec)
         text, rm = render_verbalization(verb, regs, spec)
         ts = []
         for t in triples:
@@ -185,7 +175,7 @@ class NoRegionsError(ValueError):
 
 def build_prompt(verb:Verbalization, spec, n=None):
     "The `Prompt` asking `spec`'s teacher for `n` triples about `verb`"
-    regs = select_regions(verb.image, spec)
+    regs = prompt_regions(verb.image, spec)
     if not regs: raise NoRegionsError(f"{verb.image.path}: no region to show (prompt {spec.name!r} shows "
                                       f"{spec.regions!r} regions; labels here: {[r.label for r in verb.image.regions]})")
     text, rm = render_verbalization(verb, regs, spec)

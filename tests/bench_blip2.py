@@ -19,7 +19,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
     from lskd.blip2 import tiny_blip2_config, bert_tokenizer, build_tiny_blip2
-    from lskd.distill import DistillConfig, distill, toy_corpus
+    from lskd.distill import DistillConfig, distill
+    from lskd.testing import toy_corpus
     tmp = Path(tempfile.mkdtemp(prefix='lskd-bench-blip2-'))
     tok = bert_tokenizer()
     cfg = tiny_blip2_config(vocab_size=len(tok), num_query_tokens=32, image_text_hidden_size=256,
@@ -31,7 +32,7 @@ def main(argv=None):
     path = build_tiny_blip2(tmp/'blip2-itm-vit-g-random', tokenizer=tok, config=cfg)
     build_s = time.time() - t
     corpus = toy_corpus(tmp/'toy', n_per_image=64)
-    dc = DistillConfig(backend='blip2', blip2=str(path), steps=a.steps, batch_size=a.batch_size, images=str(tmp/'toy'),
+    dc = DistillConfig(model='blip2', model_config={'path': str(path)}, steps=a.steps, batch_size=a.batch_size, images=str(tmp/'toy'),
                        device=a.device, save_every=a.steps, log_every=max(1, a.steps//10), lr=1e-5,
                        mixed_precision=a.mixed_precision, num_workers=a.num_workers)
     if a.device.startswith('cuda'): torch.cuda.reset_peak_memory_stats()

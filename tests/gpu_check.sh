@@ -3,7 +3,7 @@
 #   bash tests/gpu_check.sh            (from the repository root)
 # 1. the BLIP-2 student's tests on cuda (tiny random Blip2ForImageTextRetrieval: one step moves the
 #    Q-Former and not the frozen ViT; a short distill run saves a loadable student; mixed precision = bf16/fp16)
-# 2. the offline (fusion) student: a few hundred training steps on cuda, then on the CPU, printing
+# 2. the offline (fused) student: a few hundred training steps on cuda, then on the CPU, printing
 #    examples/s (and peak memory) for each. Real encoders when their weight packages are installed,
 #    else the toy encoders (said in the output).
 # 3. the BLIP-2 student at the release's size (random blip2-itm-vit-g-shaped weights), 40 steps of batch 32 with 8

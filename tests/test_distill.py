@@ -4,12 +4,15 @@ from dataclasses import replace
 from pathlib import Path
 import pytest, torch
 from lskd.core import QAR, Region, RegionMap, read_jsonl, write_jsonl, lskd_row_to_qar
-from lskd.distill import (make_example, example_rng, student_text, CorpusStream, DistillConfig, distill, toy_corpus,
-                          make_student, latest_checkpoint, load_student, main)
+from lskd.distill import (make_example, example_rng, student_text, CorpusStream, DistillConfig, distill,
+                          make_student, StudentNet, student_inputs, Prepare, main)
+from lskd.train import latest_checkpoint, trainable
+from lskd.models import load_model
+from lskd.testing import toy_corpus
 
 FIX = Path(__file__).parent/'fixtures'
 DEVICE = os.environ.get('LSKD_TEST_DEVICE', 'cpu')   # tests/gpu_check.sh runs the BLIP-2 tests on cuda
-TOY = dict(encoders=('toy-image', 'toy-text'), fusion={'dim': 32, 'heads': 2}, lr=3e-3, warmup_steps=2, log_every=1, seed=0)
+TOY = dict(model_config={'encoders': ['toy-image', 'toy-text'], 'dim': 32, 'heads': 2}, lr=3e-3, warmup_steps=2, log_every=1, seed=0)
 
 @pytest.fixture(autouse=True)
 def _threads(): torch.set_num_threads(1)
@@ -55,7 +58,7 @@ def test_release_rows_build_examples(tmp_path):
 
 def test_unknown_region_is_a_clear_error():
     q = replace(qar(), answer='[9] runs.', region=[])
-    with pytest.raises(Exception, match=r'refers to regions \[9\] that have no box'): make_example(q, example_rng(0, 0, 0))
+    with pytest.raises(Exception, match=r'refers to region \[9\], which does not exist'): make_example(q, example_rng(0, 0, 0))
 
 # ---------------------------------------------------------------- streaming
 def _big_corpus(path, n):
@@ -93,7 +96,7 @@ def test_stream_is_seeded_resumable_and_sharded(toy):
 # ---------------------------------------------------------------- training
 def _weights(out):
     from safetensors.torch import load_file
-    return load_file(str(Path(out)/'student.safetensors'))
+    return load_file(str(Path(out)/'model.safetensors'))
 
 def test_loss_decreases_with_toy_encoders(toy, tmp_path):
     corpus, root = toy
@@ -148,14 +151,14 @@ def test_data_loader_workers_change_nothing(toy, tmp_path):
 def test_resume_from_other_settings_is_refused(toy, tmp_path):
     corpus, root = toy
     distill(corpus, tmp_path/'r', DistillConfig(steps=2, batch_size=4, images=str(root), save_every=2, **TOY), progress=False)
-    cfg = DistillConfig(steps=4, batch_size=4, images=str(root), **{**TOY, 'fusion': {'dim': 16, 'heads': 2}})
-    with pytest.raises(ValueError, match='does not fit this student'): distill(corpus, tmp_path/'r', cfg, resume=True, progress=False)
+    cfg = DistillConfig(steps=4, batch_size=4, images=str(root), **{**TOY, 'model_config': {**TOY['model_config'], 'dim': 16}})
+    with pytest.raises(ValueError, match='does not fit this model'): distill(corpus, tmp_path/'r', cfg, resume=True, progress=False)
 
 def test_trained_student_loads_for_evaluation(toy, tmp_path):
     from lskd.evaluate import load_scorer
     corpus, root = toy
     distill(corpus, tmp_path/'run', DistillConfig(steps=3, batch_size=4, images=str(root), **TOY), progress=False)
-    for spec in (f'distill:{tmp_path/"run"}', str(tmp_path/'run')):
+    for spec in (f'fused:{tmp_path/"run"}', str(tmp_path/'run')):
         sc = load_scorer(spec)
         e = make_example(next(read_jsonl(corpus, QAR)), train=False)
         im, boxes = e.draw(root)
@@ -170,39 +173,39 @@ def tiny_blip2(tmp_path_factory):
 
 def test_blip2_one_step_changes_qformer_not_vision(toy, tiny_blip2):
     corpus, root = toy
-    st = make_student(DistillConfig(backend='blip2', blip2=str(tiny_blip2), batch_size=4), DEVICE)
+    net = StudentNet(make_student(DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, batch_size=4), DEVICE))
     exs = next(iter(CorpusStream(corpus, batch_size=4, epochs=1)))[2]
-    model = st.bundle.model
+    model = net.model.model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(st.trainable().values(), lr=1e-3)
-    st.net.train()
+    opt = torch.optim.AdamW(trainable(net).values(), lr=1e-3)
+    net.train()
     assert not model.vision_model.training                         # frozen tower stays in eval mode
-    out = st.net(**st.batch(exs, root), generator=torch.Generator().manual_seed(0))
+    out = net(**student_inputs(net.model, exs, root), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out['loss']) and out['itc'] > 0 and out['itm'] > 0
     out['loss'].backward(); opt.step()
     after = model.state_dict()
     vis = [k for k in before if k.startswith('vision_model.')]
     assert vis and all(torch.equal(before[k], after[k]) for k in vis)
-    assert all(not k.startswith('vision_model.') for k in st.trainable())
+    assert all('vision_model.' not in k for k in trainable(net))
     changed = [k for k in before if k.startswith('qformer.') and not torch.equal(before[k], after[k])]
     assert changed and not torch.equal(before['query_tokens'], after['query_tokens'])
 
 def test_blip2_distill_saves_a_loadable_student(toy, tiny_blip2, tmp_path):
     corpus, root = toy
-    cfg = DistillConfig(backend='blip2', blip2=str(tiny_blip2), steps=2, batch_size=4, images=str(root), save_every=1,
+    cfg = DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, steps=2, batch_size=4, images=str(root), save_every=1,
                         device=DEVICE, lr=1e-4)
     s = distill(corpus, tmp_path/'b', cfg, progress=False)
-    assert s['backend'] == 'blip2' and (tmp_path/'b'/'model'/'config.json').exists()
+    assert s['model'] == 'blip2' and (tmp_path/'b'/'hf'/'config.json').exists()      # a plain save_pretrained folder too
     if DEVICE.startswith('cuda'): assert s['mixed_precision'] in ('bf16', 'fp16')   # 'auto' picks one on a GPU
-    sc = load_student(tmp_path/'b', DEVICE)
+    sc = load_model(tmp_path/'b', DEVICE)
     e = make_example(next(read_jsonl(corpus, QAR)), train=False)
     im, boxes = e.draw(root)
     assert sc.score(sc.encode_images([im], [boxes]), [0], [e.text])['itm'].shape == (1,)
 
 def test_blip2_with_data_loader_workers(toy, tiny_blip2, tmp_path):
-    "workers draw and normalise the images (Blip2Pixels); the batches reach the model as (examples, pixels)"
+    "workers draw and normalise the images (the family's item_maker); the batches reach the model as (examples, pixels)"
     corpus, root = toy
-    cfg = DistillConfig(backend='blip2', blip2=str(tiny_blip2), steps=2, batch_size=4, images=str(root), save_every=2,
+    cfg = DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, steps=2, batch_size=4, images=str(root), save_every=2,
                         device=DEVICE, lr=1e-4, seed=0)
     distill(corpus, tmp_path/'w0', cfg, progress=False)
     s2 = distill(corpus, tmp_path/'w2', replace(cfg, num_workers=2), progress=False)
@@ -218,16 +221,16 @@ def lskd(*args):
 
 def test_cli_end_to_end(toy, tmp_path):
     corpus, root = toy
-    (tmp_path/'c.yaml').write_text('batch_size: 4\nlog_every: 1\nfusion: {dim: 32, heads: 2}\n')
-    r = lskd('distill', corpus, tmp_path/'out', '--config', tmp_path/'c.yaml', '--images', root, '--toy-encoders',
+    (tmp_path/'c.yaml').write_text('batch_size: 4\nlog_every: 1\nmodel_config: {dim: 32, heads: 2, encoders: [toy-image, toy-text]}\n')
+    r = lskd('distill', corpus, tmp_path/'out', '--config', tmp_path/'c.yaml', '--images', root,
              '--steps', 3, '--save-every', 2, '--quiet')
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    assert s['steps'] == 3 and s['backend'] == 'fusion'
+    assert s['steps'] == 3 and s['model'] == 'fused'
     out = tmp_path/'out'
-    for f in ('student.json', 'student.safetensors', 'history.jsonl', 'loss.png', 'config.json'): assert (out/f).exists(), f
+    for f in ('model.json', 'model.safetensors', 'history.jsonl', 'loss.png', 'config.json'): assert (out/f).exists(), f
     assert json.loads((out/'config.json').read_text())['batch_size'] == 4
-    r = lskd('distill', corpus, tmp_path/'out', '--images', root, '--toy-encoders', '--batch-size', 4, '--steps', 5,
+    r = lskd('distill', corpus, tmp_path/'out', '--images', root, '--batch-size', 4, '--steps', 5,
              '--config', tmp_path/'c.yaml', '--resume', '--quiet')
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])['steps'] == 5
@@ -235,12 +238,14 @@ def test_cli_end_to_end(toy, tmp_path):
 
 def test_cli_errors(toy, tmp_path):
     corpus, root = toy
-    r = lskd('distill', tmp_path/'none.jsonl', tmp_path/'o', '--toy-encoders')
+    r = lskd('distill', tmp_path/'none.jsonl', tmp_path/'o', '--model', 'bow')
     assert r.returncode == 1 and 'corpus not found' in r.stderr and 'Traceback' not in r.stderr
-    r = lskd('distill', corpus, tmp_path/'o', '--backend', 'blip2')
+    r = lskd('distill', corpus, tmp_path/'o', '--model', 'blip2')
     assert r.returncode == 1 and 'build_tiny_blip2' in r.stderr
-    r = lskd('distill', corpus, tmp_path/'o', '--images', tmp_path/'nowhere', '--toy-encoders')
+    r = lskd('distill', corpus, tmp_path/'o', '--model', 'clip')
+    assert r.returncode == 1 and "unknown model family 'clip'; the families are: blip2, bow, fused" in r.stderr
+    r = lskd('distill', corpus, tmp_path/'o', '--images', tmp_path/'nowhere', '--model', 'bow')
     assert r.returncode == 1 and 'image root not found' in r.stderr
     (tmp_path/'bad.yaml').write_text('stepz: 3\n')
     r = lskd('distill', corpus, tmp_path/'o', '--config', tmp_path/'bad.yaml')
-    assert r.returncode == 1 and "unknown distill setting(s) ['stepz']" in r.stderr
+    assert r.returncode == 1 and "distill: unknown key 'stepz'" in r.stderr

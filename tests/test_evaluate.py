@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from lskd.core import read_jsonl, write_jsonl, Region, QAR, lskd_row_to_qar
 from lskd.evaluate import *
-from lskd.evaluate import _SCORERS
 
 FIX = Path(__file__).parent/'fixtures'/'eval'
 IMAGES = FIX/'images'
@@ -115,7 +114,7 @@ def test_visualcomet_candidates_and_person_numbers():
     assert sorted(c['answer'] for c in t.candidates) == ['feed [1]', 'get fit', 'rest']
     assert t.candidates[0]['question'] == '[0] is cooking for [1] in a kitchen. What does [0] intend to do?'
     assert items[2].tasks[0].candidates[0]['question'].startswith('[1] is sitting on a bench. What does [1]')
-    assert draw_order(items[0]) == [0, 1]
+    assert item_order(items[0]) == [0, 1]
     # seeded: the same seed gives the same items, another seed may reorder but not change the question set
     again = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT))
     assert [(x.tasks[0].candidates, x.tasks[0].label) for x in again] == [(x.tasks[0].candidates, x.tasks[0].label) for x in items]
@@ -144,34 +143,22 @@ def test_mc_from_release_corpus():
         t = it.tasks[0]
         assert len(t.candidates) == 3                        # 2 other triples, so 3 candidates (warned by evaluate)
         assert t.candidates[t.label]['answer'] == q.answer
-        draw_order(it)                                       # every transplanted reference names a region of this image
+        item_order(it)                                       # every transplanted reference names a region of this image
     # distractor of row 0 is row 1's answer, and row 2's answer with [1] -> [4] (row 0's referenced region)
     assert sorted(c['answer'] for c in items[0].tasks[0].candidates) == sorted(
         [q.answer for q in qars[:2]] + ['[4] will walk [0].'])
     assert [[c['answer'] for c in i.tasks[0].candidates] for i in load_mc(src, seed=3)] == \
            [[c['answer'] for c in i.tasks[0].candidates] for i in items]
 
-def test_heldout_split_is_by_image_and_seeded():
-    qars = [QAR(f'img{i % 7}.jpg', 'Q [0]?', 'A.', 'R.', regions=[Region(0, (0, 0, 5, 5))]) for i in range(70)]
-    tr, ho = heldout_split(qars, 0.3, seed=1)
-    assert len(tr) + len(ho) == 70 and not {q.image for q in tr} & {q.image for q in ho}
-    assert heldout_split(qars, 0.3, seed=1) == (tr, ho)
-
 # ---- models ----
-def test_load_scorer_registry_hook_and_paths(tmp_path, monkeypatch):
-    mod = types.ModuleType('lskd.fakebackend')
-    mod.lskd_scorer = lambda arg=None, device='cpu', **kw: KeywordScorer({arg: 1.0}, name=f'fake-{device}')
-    monkeypatch.setitem(sys.modules, 'lskd.fakebackend', mod)
-    try:
-        s = load_scorer('fakebackend:happy', device='cuda')
-        assert s.name == 'fake-cuda' and s.weights == {'happy': 1.0}
-        ck = tmp_path/'student.ckpt'; ck.write_text('x')
-        register_scorer('pathy', lambda arg, **kw: KeywordScorer({}, name=f'pathy:{Path(arg).name}'), detect=lambda p: str(p).endswith('.ckpt'))
-        assert load_scorer(str(ck)).name == 'pathy:student.ckpt'
-    finally:
-        _SCORERS.pop('fakebackend', None); _SCORERS.pop('pathy', None)
+def test_load_scorer_families_folders_baselines_and_functions(tmp_path):
+    from lskd.models import build_model
+    m = build_model('bow'); m.save(tmp_path/'m')
+    for spec in (tmp_path/'m', f"bow:{tmp_path/'m'}", 'bow'): assert load_scorer(str(spec)).family == 'bow'
+    assert type(load_scorer('chance')).__name__ == 'ChanceScorer' and type(load_scorer('overlap')).__name__ == 'OverlapScorer'
+    assert type(load_scorer('lskd.evaluate:ChanceScorer')).__name__ == 'ChanceScorer'
     with pytest.raises(ValueError, match='unknown model'): load_scorer('definitely-not-a-model')
-    with pytest.raises(ValueError, match='no registered backend recognises'): load_scorer(str(tmp_path))
+    with pytest.raises(ValueError, match='not a model folder'): load_scorer(str(tmp_path))
     assert split_model('base=chance') == ('base', 'chance') and split_model('chance') == ('chance', 'chance')
 
 def test_bad_scorer_output_is_named():
@@ -215,15 +202,15 @@ def test_cli_end_to_end(tmp_path):
     assert {'q2a', 'qa2r', 'q2ar'} == set(res['models'][0]['metrics']['itm'])
     for f in ('results.png', 'results.md', 'predictions_chance.jsonl', 'predictions_text.jsonl'): assert (tmp_path/'run'/f).exists()
     assert '| chance |' in r.stdout
-    # in process, with a registered scorer: the hand-computed numbers come out of the CLI too
-    register_scorer('kw-test', lambda arg=None, **kw: KeywordScorer(VCR_W))
-    try: assert main(['--benchmark', 'vcr', '--annotations', str(ann), '--images', str(VCR_ROOT), '--model', 'kw-test',
-                      '--out', str(tmp_path/'kw'), '--quiet']) == 0
-    finally: _SCORERS.pop('kw-test')
+    # in process, with a scorer made by a module.path:function: the hand-computed numbers come out of the CLI too
+    assert main(['--benchmark', 'vcr', '--annotations', str(ann), '--images', str(VCR_ROOT), '--model', 'kw-test=test_evaluate:vcr_keyword_scorer',
+                 '--out', str(tmp_path/'kw'), '--quiet']) == 0
     assert load_results(tmp_path/'kw')[0]['models'][0]['metrics']['itm']['q2ar'] == 50.0
     # merge two runs into one table
     assert main(['--compare', str(tmp_path/'run'), str(tmp_path/'kw'), '--out', str(tmp_path/'cmp')]) == 0
     assert '| kw-test |' in (tmp_path/'cmp/results.md').read_text() and (tmp_path/'cmp/results.png').exists()
+
+def vcr_keyword_scorer(): return KeywordScorer(VCR_W)
 
 def test_cli_errors(tmp_path, capsys):
     assert main(['--benchmark', 'vcr', '--annotations', str(tmp_path/'nope.jsonl'), '--model', 'chance', '--out', str(tmp_path)]) == 2

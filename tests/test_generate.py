@@ -4,7 +4,8 @@ import json, os, signal, subprocess, sys, time, sqlite3
 from pathlib import Path
 import pytest
 from lskd.core import Verbalization, ImageRecord, Region, Description, QAPair, QAR, read_jsonl, write_jsonl
-from lskd.generate import (generate, main, FakeTeacher, fake_reply, GenerationError, load_config, request_key, ReplyCache)
+from lskd.generate import generate, main, GenerationError, request_key, ReplyCache
+from lskd.testing import FakeTeacher, fake_reply
 
 QUICK = dict(teacher='remote', model='fake', progress=False, backoff=0.01, timeout=10)
 
@@ -252,7 +253,7 @@ def test_cli_errors(tmp_path, capsys):
     assert 'verbalizations not found' in capsys.readouterr().err
     bad = tmp_path/'c.yaml'; bad.write_text('temprature: 1\n')
     assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--config', str(bad)]) == 1
-    assert "unknown config key(s) ['temprature']" in capsys.readouterr().err
+    assert "unknown key 'temprature'; the valid keys of generate are:" in capsys.readouterr().err
 
 
 def test_cli_dispatch(vfile, tmp_path):

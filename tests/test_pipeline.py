@@ -2,7 +2,7 @@
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from lskd.generate import FakeTeacher
+from lskd.testing import FakeTeacher
 
 SECRET = 'sk-lskd-test-SECRET-3f9a0c7e1b2d4c6a8e0f'
 FAST = ['-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']
@@ -37,7 +37,7 @@ def test_run_writes_every_stage_and_a_manifest(run):
     sums = man['stages']['distill']['model_sha256']
     assert set(sums) == {'base', 'distilled', 'no-critic'} and all(len(h) == 64 for v in sums.values() for h in v.values())
     for f in ['verbalize/verbalizations.jsonl', 'generate/corpus.jsonl', 'generate/corpus_lskd.jsonl', 'critic/scored.jsonl',
-              'critic/filtered.jsonl', 'distill/distilled/student.json', 'distill/base/student.json', 'evaluate/results.json',
+              'critic/filtered.jsonl', 'distill/distilled/model.json', 'distill/base/model.json', 'evaluate/results.json',
               'evaluate/results.png', 'inspect/overview.png', 'config.yaml']:
         assert (d/f).exists(), f
     res = json.loads((d/'evaluate/results.json').read_text())
@@ -78,4 +78,18 @@ def test_usage_errors(tmp_path):
     r = lskd('run', '--runs-dir', tmp_path, '--resume', 'nope')
     assert r.returncode == 2 and 'no run to resume' in r.stderr
     r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.api_key=sk-abcdefghijklmnopqrstuvwxyz012345')
-    assert r.returncode == 2 and 'looks like a secret' in r.stderr
+    assert r.returncode == 2 and 'generate.api_key is named like a secret' in r.stderr and 'api_key_env' in r.stderr
+    assert 'sk-abc' not in r.stderr
+
+def test_config_checked_before_any_stage(tmp_path):
+    "Unknown keys name themselves and the valid keys; secret-named keys are refused whatever their value; nothing is written"
+    r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.n_triples=5')
+    assert r.returncode == 2, r.stderr
+    assert "generate: unknown key 'n_triples'; the valid keys of generate are: teacher, base_url, model" in r.stderr
+    r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.api_key=abc')           # short: no value check could catch it
+    assert r.returncode == 2 and 'generate.api_key is named like a secret' in r.stderr
+    r = lskd('run', '--runs-dir', tmp_path, '-p', 'distill.stpes=10')
+    assert r.returncode == 2 and "distill: unknown key 'stpes'" in r.stderr and 'steps' in r.stderr
+    assert not any(tmp_path.iterdir())                                              # no run folder was made
+    r = lskd('run', '--help')
+    assert 'generate.samples=3' in r.stdout and 'n_triples' not in r.stdout

@@ -2,7 +2,7 @@
 import json
 import pytest
 from lskd.core import Verbalization, ImageRecord, Region, Description, QAPair, QAR
-from lskd.prompts import (load_prompt, build_prompt, select_regions, render_verbalization, parse_triples, ParseError,
+from lskd.prompts import (load_prompt, build_prompt, prompt_regions, render_verbalization, parse_triples, ParseError,
                           check_triple, read_reply, normalize_refs, response_format, answer_schema, reject_shares,
                           NoRegionsError, prompt_dirs)
 
@@ -60,7 +60,7 @@ def test_render_numbers_regions_and_maps_back(spec):
     v = verb(3)
     p = build_prompt(v, spec)
     user = p.messages[-1]['content']
-    assert '[0] person (left, middle, ' in user and 'person number 0; wearing a red hat' in user
+    assert '[0] person (on the left): person number 0; wearing a red hat' in user
     assert '[2] person' in user and '[3]' not in user.split('Regions:')[1]
     assert 'Q: Is [0] happy? A: yes' in user and 'tags: park, tree' in user
     assert p.rmap.order == [10, 11, 12] and p.rmap.from_draw('[2] and [0]') == '[12] and [10]'
@@ -71,8 +71,8 @@ def test_render_numbers_regions_and_maps_back(spec):
 
 def test_people_only_and_max_regions(spec):
     v = verb(2, [Region(3, (0, 0, 600, 100), 'kite'), Region(4, (5, 5, 10, 10), 'Person')])
-    assert [r.id for r in select_regions(v.image, load_prompt('v1-people'))] == [10, 11, 4]
-    assert [r.id for r in select_regions(v.image, load_prompt('v1', max_regions=2))] == [10, 3]   # largest two, input order
+    assert [r.id for r in prompt_regions(v.image, load_prompt('v1-people'))] == [10, 11, 4]
+    assert [r.id for r in prompt_regions(v.image, load_prompt('v1', max_regions=2))] == [10, 3]   # largest two, input order
     with pytest.raises(NoRegionsError, match='no region to show'):
         build_prompt(Verbalization(ImageRecord('x.jpg', 64, 64, [Region(0, (1, 1, 9, 9), 'kite')])), load_prompt('v1-people'))
 
@@ -80,7 +80,7 @@ def test_people_only_and_max_regions(spec):
 def test_qa_hidden_region_dropped():
     v = verb(1, [Region(3, (0, 0, 600, 100), 'kite')])
     v.qa.append(QAPair('Who flies [3]?', 'a boy', 'vqa'))
-    text, _ = render_verbalization(v, select_regions(v.image, load_prompt('v1-people')), load_prompt('v1-people'))
+    text, _ = render_verbalization(v, prompt_regions(v.image, load_prompt('v1-people')), load_prompt('v1-people'))
     assert 'Who flies' not in text and 'Is [0] happy' in text
 
 

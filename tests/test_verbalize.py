@@ -6,7 +6,7 @@ from PIL import Image
 from lskd.core import Region, ImageRecord, Verbalization, read_jsonl, write_jsonl, open_image
 from lskd import verbalize as V
 from lskd.verbalize import (verbalize, Verbalizer, main, load_annotations, resolve_ref, geometry_phrase, HogPeople,
-                            OFFLINE_CONFIG, load_config, select_regions, summary, save_grid)
+                            VerbalizeConfig, select_regions, summary, save_grid)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT/'data/sample/regions.jsonl'
@@ -55,7 +55,7 @@ def test_sample_regions_are_well_formed():
 
 
 def test_shipped_yaml_is_the_offline_default():
-    assert load_config(ROOT/'data/configs/verbalize_offline.yaml') == OFFLINE_CONFIG
+    assert VerbalizeConfig.load(ROOT/'data/configs/verbalize_offline.yaml') == VerbalizeConfig()
 
 
 def test_sample_end_to_end_offline_default(tmp_path):
