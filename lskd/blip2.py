@@ -32,6 +32,7 @@ def tiny_blip2_config(vocab_size=30523, **kw):
 # %% ../nbs/12_blip2.ipynb #d79c3074
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
+# %% ../nbs/12_blip2.ipynb #a5a2c591
 def bert_tokenizer(path=None):
     "The `bert-base-uncased` WordPiece tokenizer (from the installed MiniLM package unless `path`), with `[DEC]` as BOS"
     from transformers import AutoTokenizer
@@ -61,7 +62,14 @@ def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
 # %% ../nbs/12_blip2.ipynb #9f5643a0
 class Blip2Bundle:
     "A `Blip2ForImageTextRetrieval` with its tokenizer and image preprocessing settings"
-    def __init__(self, model, tokenizer, size, mean=CLIP_MEAN, std=CLIP_STD, source=None, max_length=128):
+    def __init__(self,
+                 model,              # a `Blip2ForImageTextRetrieval`
+                 tokenizer,          # its WordPiece tokenizer
+                 size,               # image side in pixels
+                 mean=CLIP_MEAN,     # normalisation of the pixels
+                 std=CLIP_STD,
+                 source=None,        # where it was loaded from
+                 max_length=128):    # text tokens
         self.model, self.tokenizer, self.size, self.mean, self.std = model, tokenizer, size, tuple(mean), tuple(std)
         self.source, self.max_length = source, max_length
     @property
@@ -99,6 +107,7 @@ def pixel_values(bundle, images):
     a = (a - np.array(bundle.mean, dtype=np.float32)) / np.array(bundle.std, dtype=np.float32)
     return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(bundle.device)
 
+# %% ../nbs/12_blip2.ipynb #c81a782e
 def tokenize(bundle, texts, max_length=None):
     "`(input_ids, attention_mask)` for `texts`"
     t = bundle.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length or bundle.max_length, return_tensors='pt')
@@ -109,9 +118,15 @@ def image_embeds(bundle, pixels):
     "Vision tower output (B, patches+1, hidden) for `pixels` (B,3,S,S)"
     return bundle.model.vision_model(pixel_values=pixels).last_hidden_state
 
+# %% ../nbs/12_blip2.ipynb #93aa3308
 def _idx(index, n, device): return torch.arange(n, device=device) if index is None else torch.as_tensor(index, dtype=torch.long, device=device)
 
-def itm_states(bundle, embeds, input_ids, attention_mask, index=None):
+# %% ../nbs/12_blip2.ipynb #debc8b5a
+def itm_states(bundle,          # a `Blip2Bundle`
+               embeds,          # `image_embeds` (B, patches+1, hidden)
+               input_ids,       # (N,T) from `tokenize`
+               attention_mask,  # (N,T)
+               index=None):     # image of each text (None: text j with image j)
     "Q-Former query outputs (N, queries, hidden) of each text j with image `index[j]` (ITM mode)"
     m = bundle.model
     e = embeds[_idx(index, len(input_ids), embeds.device)]
@@ -122,6 +137,7 @@ def itm_states(bundle, embeds, input_ids, attention_mask, index=None):
                     encoder_attention_mask=torch.ones(e.shape[:2], dtype=torch.long, device=e.device))
     return out.last_hidden_state[:, :q.shape[1]]
 
+# %% ../nbs/12_blip2.ipynb #bc066d2f
 def itm_logits(bundle, states):
     "ITM logits (N,2) from query outputs: the head on each query, averaged (class 1 = match)"
     return bundle.model.itm_head(states.to(bundle.model.itm_head.weight.dtype)).mean(1)
@@ -134,13 +150,19 @@ def image_itc(bundle, embeds):
                   encoder_attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)).last_hidden_state
     return F.normalize(m.vision_projection(q), dim=-1)
 
+# %% ../nbs/12_blip2.ipynb #736e5b55
 def text_itc(bundle, input_ids, attention_mask):
     "Unit ITC embeddings (N, itc_dim) of the texts' `[CLS]` outputs"
     m = bundle.model
     h = m.qformer(query_embeds=m.embeddings(input_ids=input_ids), query_length=0, attention_mask=attention_mask).last_hidden_state
     return F.normalize(m.text_projection(h[:, 0]), dim=-1)
 
-def itc_similarity(bundle, embeds, input_ids, attention_mask, index=None):
+# %% ../nbs/12_blip2.ipynb #de06f36a
+def itc_similarity(bundle,          # a `Blip2Bundle`
+                   embeds,          # `image_embeds` (B, patches+1, hidden)
+                   input_ids,       # (N,T) from `tokenize`
+                   attention_mask,  # (N,T)
+                   index=None):     # image of each text (None: text j with image j)
     "Cosine similarity (N,) of text j with image `index[j]`: the best of the image's queries"
     img = image_itc(bundle, embeds)[_idx(index, len(input_ids), embeds.device)]
     return (img @ text_itc(bundle, input_ids, attention_mask)[..., None]).squeeze(-1).max(1).values
@@ -192,29 +214,43 @@ class Blip2Family(ImageTextModel):
 # %% ../nbs/12_blip2.ipynb #1eb1009b
 @patch
 def item_maker(self:Blip2Family): "A picklable `image_items`"; return Pixels(self.bundle.size, self.bundle.mean, self.bundle.std)
+
+# %% ../nbs/12_blip2.ipynb #951821ae
 @patch
 def image_items(self:Blip2Family, images, boxes): return self.item_maker()(images)
 
+# %% ../nbs/12_blip2.ipynb #a81d5a9d
 @patch
 def collate_images(self:Blip2Family, items):
     "The ViT's output (B, patches+1, hidden) for stacked pixel items (no gradient through a frozen tower)"
     pix = torch.stack(items).to(self.device, self.model.dtype)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision): return image_embeds(self.bundle, pix)
 
+# %% ../nbs/12_blip2.ipynb #7ecfcc96
 @patch
 def text_items(self:Blip2Family, texts): return list(texts)
+
+# %% ../nbs/12_blip2.ipynb #697f72b1
 @patch
 def collate_texts(self:Blip2Family, items): return Tokens(*tokenize(self.bundle, items))
 
 # %% ../nbs/12_blip2.ipynb #8f6df67e
 @patch
 def joint(self:Blip2Family, img, txt, index=None): return itm_states(self.bundle, img, txt.ids, txt.mask, index).mean(1)
+
+# %% ../nbs/12_blip2.ipynb #4f389b96
 @patch
 def itm_head(self:Blip2Family, joint): return self.model.itm_head(joint.to(self.model.itm_head.weight.dtype))
+
+# %% ../nbs/12_blip2.ipynb #62fbc6e6
 @patch
 def embed_images(self:Blip2Family, img): return image_itc(self.bundle, img)
+
+# %% ../nbs/12_blip2.ipynb #147619a6
 @patch
 def embed_texts(self:Blip2Family, txt): return text_itc(self.bundle, txt.ids, txt.mask)
+
+# %% ../nbs/12_blip2.ipynb #9f778364
 @patch
 def itc_scale(self:Blip2Family): return 1 / self.temp.clamp(0.001, 0.5)
 
@@ -222,6 +258,7 @@ def itc_scale(self:Blip2Family): return 1 / self.temp.clamp(0.001, 0.5)
 @patch
 def weights(self:Blip2Family): return {'temp': self.temp}
 
+# %% ../nbs/12_blip2.ipynb #0df2f5c4
 @patch
 def save(self:Blip2Family, folder, **extra):
     folder = Path(folder); hf = folder/'hf'
@@ -232,6 +269,7 @@ def save(self:Blip2Family, folder, **extra):
     try: return ImageTextModel.save(self, folder, **extra)
     finally: self.config = config
 
+# %% ../nbs/12_blip2.ipynb #797e7dd1
 @patch(cls_method=True)
 def from_folder(cls:Blip2Family, folder, config, device='cpu'):
     from safetensors.torch import load_file

@@ -48,10 +48,16 @@ class Label:
         for k in ('qa', 'rationale'):
             v = getattr(self, k)
             if v is not None and (int(v) != v or not 1 <= v <= 5): raise ValueError(f"label of {self.key}: {k} rating {v!r} is not an integer 1-5")
-    def to_dict(self): return {k:v for k,v in asdict(self).items() if v is not None and not (k in ('synthetic', 'undo') and not v)}
-    @classmethod
-    def from_dict(cls, d): return cls(**d)
 
+# %% ../nbs/04_critic.ipynb #95577a7b
+@patch
+def to_dict(self:Label): return {k:v for k,v in asdict(self).items() if v is not None and not (k in ('synthetic', 'undo') and not v)}
+
+# %% ../nbs/04_critic.ipynb #388311b2
+@patch(cls_method=True)
+def from_dict(cls:Label, d): return cls(**d)
+
+# %% ../nbs/04_critic.ipynb #16db8f0d
 def read_labels(path):
     "All `Label` records of a labels file (none if it does not exist)"
     return list(read_jsonl(path, Label)) if Path(path).exists() else []
@@ -80,8 +86,10 @@ class Consensus:
     synthetic: bool
     kind: str|None = None
 
+# %% ../nbs/04_critic.ipynb #07323f5d
 def _mean(xs): xs = [x for x in xs if x is not None]; return sum(xs)/len(xs) if xs else None
 
+# %% ../nbs/04_critic.ipynb #27b997c5
 def consensus(labels):
     "`{key: Consensus}` from a list of `Label`s (majority vote; human labels override synthetic ones)"
     by = defaultdict(list)
@@ -119,14 +127,20 @@ class LabelSession:
     @property
     def progress_text(self): return f"{self.n_done}/{len(self.items)} labelled by {self.annotator}"
 
-    def _write(self, label):
-        if self.writer is None: self.writer = JsonlWriter(self.path)
-        self.writer.write(label)
-    def close(self):
-        if self.writer: self.writer.close(); self.writer = None
+# %% ../nbs/04_critic.ipynb #0de54bda
+@patch
+def _write(self:LabelSession, label):
+    if self.writer is None: self.writer = JsonlWriter(self.path)
+    self.writer.write(label)
+
+# %% ../nbs/04_critic.ipynb #2f352bf4
+@patch
+def close(self:LabelSession):
+    if self.writer: self.writer.close(); self.writer = None
 
 # %% ../nbs/04_critic.ipynb #4fe352d7
-def _label(self, accept):
+@patch
+def _label(self:LabelSession, accept):
     if not self.queue: self.message = 'nothing left to label'; return None
     key = self.queue.pop(0)
     l = Label(key, accept, self.qa, self.rationale, self.annotator, time=round(time.time(), 3))
@@ -135,10 +149,22 @@ def _label(self, accept):
     self.message = f"{'accepted' if accept else 'rejected'} {key}"
     return l
 
-def _skip(self):
+# %% ../nbs/04_critic.ipynb #aaa054d5
+@patch
+def accept(self:LabelSession): return self._label(True)
+
+# %% ../nbs/04_critic.ipynb #887a729e
+@patch
+def reject(self:LabelSession): return self._label(False)
+
+# %% ../nbs/04_critic.ipynb #718e6c15
+@patch
+def skip(self:LabelSession):
     if self.queue: self.queue.append(self.queue.pop(0)); self.message = 'skipped'
 
-def _undo(self):
+# %% ../nbs/04_critic.ipynb #6389614a
+@patch
+def undo(self:LabelSession):
     "Retract this annotator's latest label; its triple comes back to the front of the queue"
     if not self.history: self.message = 'nothing to undo'; return None
     key = self.history.pop()
@@ -148,16 +174,15 @@ def _undo(self):
     self.message = f'undid {key}'
     return key
 
-def _rate(self, part, n):
+# %% ../nbs/04_critic.ipynb #7752ca7a
+@patch
+def rate(self:LabelSession, part, n):
     if n is not None and not (isinstance(n, int) and 1 <= n <= 5): raise ValueError(f"{part} rating must be 1-5 or None, got {n!r}")
     setattr(self, part, n)
 
-LabelSession.accept = lambda self: _label(self, True)
-LabelSession.reject = lambda self: _label(self, False)
-LabelSession.skip, LabelSession.undo, LabelSession.rate = _skip, _undo, _rate
-
 # %% ../nbs/04_critic.ipynb #34211e08
-def _key(self, k):
+@patch
+def key(self:LabelSession, k):
     "Handle one key press; returns the session's message"
     k = k.lower()
     if k in ('a', 'y'): self.accept()
@@ -171,14 +196,12 @@ def _key(self, k):
     else: self.message = f'unknown key {k!r}: a accept, r reject, s skip, u undo, 1-5 ratings'
     return self.message
 
-LabelSession.key = _key
-
-def _session_html(self):
+# %% ../nbs/04_critic.ipynb #d2d33104
+@patch
+def _repr_html_(self:LabelSession):
     q = self.current
     body = q._repr_html_(self.root) if q is not None else '<b>All triples are labelled.</b>'
     return f'<div><small>{html.escape(self.progress_text)}</small>{body}</div>'
-
-LabelSession._repr_html_ = _session_html
 
 # %% ../nbs/04_critic.ipynb #e63fe423
 def label_widget(session):
@@ -220,9 +243,11 @@ SYNTHETIC_KINDS = ('repoint', 'swap_answer', 'swap_rationale', 'contradict')
 SYNTHETIC_LABELS = {'original': (True, 5, 5), 'repoint': (False, 1, 1), 'swap_answer': (False, 1, 1),
                     'swap_rationale': (False, 5, 1), 'contradict': (False, 5, 1)}
 
+# %% ../nbs/04_critic.ipynb #58c38f27
 def _swap_ids(text, i, j):
     return re.sub(r'\[(\d+)\]', lambda m: f'[{j}]' if int(m.group(1)) == i else f'[{i}]' if int(m.group(1)) == j else m.group(), text)
 
+# %% ../nbs/04_critic.ipynb #f5bf188b
 def repoint(q, rng):
     "`q` with one referenced region swapped for another region of the image (None if impossible)"
     ids, refs = [r.id for r in q.regions], [i for i in parse_refs(q.text)]
@@ -239,14 +264,17 @@ def _map_refs(text, targets):
     if not targets: return None
     return remap_text(text, {s: targets[k % len(targets)] for k,s in enumerate(src)})
 
+# %% ../nbs/04_critic.ipynb #5ca1a50f
 def swap_part(q, other, part):
     "`q` with its `part` ('answer' or 'rationale') taken from `other`, mentions mapped onto `q`'s regions"
     refs = [i for i in parse_refs(q.text) if i in [r.id for r in q.regions]] or [r.id for r in q.regions]
     t = _map_refs(getattr(other, part), refs)
     return None if t is None or t == getattr(q, part) else replace(q, **{part: t}, region=[])
 
+# %% ../nbs/04_critic.ipynb #19a6648f
 _AUX = re.compile(r"\b(is|are|was|were|will|can|could|would|should|does|do|did|has|have|had|must|may|might)(\s+not\b|n't\b)?", re.I)
 
+# %% ../nbs/04_critic.ipynb #eec2948e
 def negate(sentence):
     "A sentence that contradicts `sentence`: its first auxiliary negated (or un-negated), else 'It is not true that ...'"
     m = _AUX.search(sentence)
@@ -254,6 +282,7 @@ def negate(sentence):
     s = sentence.strip()
     return 'It is not true that ' + (s[0].lower() + s[1:] if s[:1].isupper() and not s.startswith('[') else s)
 
+# %% ../nbs/04_critic.ipynb #6aaa8847
 def contradict(q):
     "`q` with a rationale that contradicts its answer"
     return replace(q, rationale=negate(q.answer), region=[])
@@ -290,12 +319,14 @@ def critic_view(q, max_regions=5, rng=None):
     by = {r.id: r for r in q.regions}
     return [by[i] for i in order], rm, model_text(q, 'critic', rm)
 
+# %% ../nbs/04_critic.ipynb #f8309308
 def _view(q, max_regions=5, rng=None):
     regs, _, text = critic_view(q, max_regions, rng); return q, regs, text
 
 # %% ../nbs/04_critic.ipynb #dd1ce3a9
 def _mlp(d): return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
+# %% ../nbs/04_critic.ipynb #0fdffa14
 class CriticNet(nn.Module):
     "An `ImageTextModel` with the critic's heads; with targets, `forward` returns the critic's loss"
     def __init__(self, model):
@@ -306,12 +337,20 @@ class CriticNet(nn.Module):
 
 # %% ../nbs/04_critic.ipynb #5225a098
 @patch
-def forward(self:CriticNet, img, txt, accept=None, qa=None, rationale=None, class_weight=None, generator=None):
+def forward(self:CriticNet,
+            img,                       # a batch of image items (`collate`)
+            txt,                       # a batch of text items
+            accept=None,               # (N,) targets, 1 accept / 0 reject: given them, `forward` returns the loss
+            qa=None,                   # (N,) QA ratings mapped to 0..1, NaN when missing
+            rationale=None,            # (N,) rationale ratings mapped to 0..1, NaN when missing
+            class_weight=None,         # weights of (reject, accept) in the cross-entropy
+            generator=None):           # not used by the critic
     "`{'itm': logits (N,2), 'scores': (N,2) in 0..1 (QA, rationale)}`, or `{'loss'}` when given the targets"
     j = self.model.joint(img, txt)
     out = {'itm': self.model.itm_head(j), 'scores': torch.sigmoid(torch.cat([self.qa_head(j), self.rationale_head(j)], -1)).float()}
     return out if accept is None else {'loss': critic_loss(out, accept, qa, rationale, class_weight)}
 
+# %% ../nbs/04_critic.ipynb #ac7c2cf0
 @patch
 def heads(self:CriticNet): "The heads' weights (the model saves its own)"; return {k: v for k,v in self.state_dict().items() if not k.startswith('model.')}
 
@@ -324,6 +363,7 @@ def critic_items(model, views, root=None):
         return visual_prompt(open_image(q.image, root), regs)[0], [r.box for r in regs]
     return list(zip(model.cached_image_items(keys, make), model.text_items([t for _,_,t in views])))
 
+# %% ../nbs/04_critic.ipynb #4b764842
 def collate(model, items): "`(image batch, text batch)`"; return model.collate_images([i for i,_ in items]), model.collate_texts([t for _,t in items])
 
 # %% ../nbs/04_critic.ipynb #b87c0a46
@@ -337,8 +377,10 @@ class Example:
     synthetic: bool
     kind: str|None
 
+# %% ../nbs/04_critic.ipynb #0fce4216
 def _unit(r): return float('nan') if r is None else (r - 1)/4
 
+# %% ../nbs/04_critic.ipynb #02e41953
 def labelled_examples(corpus, labels):
     "`Example`s for the triples of `corpus` that have a decided label"
     cons = consensus(labels)
@@ -348,7 +390,6 @@ def labelled_examples(corpus, labels):
         raise ValueError(f"none of the {len(cons)} labelled triples is in the corpus ({len(corpus)} triples): labels are "
                          "keyed by the triple's id (or a hash of image and text); label this corpus, or pass the corpus the labels were made on")
     return out
-
 
 # %% ../nbs/04_critic.ipynb #07a3e87b
 def roc_auc(p, y):
@@ -364,6 +405,7 @@ def roc_auc(p, y):
         ranks[order[i:j+1]] = (i + j)/2 + 1; i = j + 1
     return float((ranks[y == 1].sum() - npos*(npos + 1)/2) / (npos*nneg))
 
+# %% ../nbs/04_critic.ipynb #6119e71d
 def binary_metrics(p, y, threshold=0.5):
     "Accuracy (also balanced), precision, recall, F1, ROC-AUC and kept fraction of scores `p` against labels `y` at `threshold`"
     p, y = np.asarray(p, float), np.asarray(y, int)
@@ -385,6 +427,7 @@ def threshold_curve(p, y):
     tp = np.cumsum(ys)[last]; n = last + 1
     return {'threshold': ps[last], 'precision': tp/n, 'recall': tp/max(1, ys.sum()), 'kept': n/len(ps)}
 
+# %% ../nbs/04_critic.ipynb #f924c3b4
 def threshold_for_precision(p, y, target):
     "Lowest threshold whose precision on (`p`, `y`) is at least `target` (None if no threshold reaches it)"
     c = threshold_curve(p, y)
@@ -392,7 +435,11 @@ def threshold_for_precision(p, y, target):
     return None if not len(ok) else float(c['threshold'][ok[-1]])
 
 # %% ../nbs/04_critic.ipynb #9851aeca
-def plot_thresholds(p, y, threshold=None, path=None, title='critic on held-out labels'):
+def plot_thresholds(p,                     # scores, P(accept)
+                    y,                     # labels, 1 accept / 0 reject
+                    threshold:float=None,  # marked on both plots when given
+                    path=None,             # the PNG written when given
+                    title:str='critic on held-out labels'):
     "Precision-recall curve and precision / kept fraction vs threshold; saved to `path` (PNG) when given"
     import matplotlib; import matplotlib.pyplot as plt
     c = threshold_curve(p, y)
@@ -410,7 +457,11 @@ def plot_thresholds(p, y, threshold=None, path=None, title='critic on held-out l
     return fig
 
 # %% ../nbs/04_critic.ipynb #b72c2cdd
-def critic_loss(out, accept, qa, rationale, class_weight=None):
+def critic_loss(out:dict,            # `CriticNet` outputs `{'itm', 'scores'}`
+                accept:torch.Tensor,  # (N,) 1 accept / 0 reject
+                qa:torch.Tensor,      # (N,) QA ratings in 0..1, NaN when missing
+                rationale:torch.Tensor,  # (N,) rationale ratings in 0..1, NaN when missing
+                class_weight=None):   # weights of (reject, accept) in the cross-entropy
     "CE(accept) + 0.5 MSE(QA head, QA rating) + 0.5 MSE(rationale head, rationale rating); NaN ratings skipped"
     loss = F.cross_entropy(out['itm'].float(), accept.long(), weight=class_weight)
     for k,t in ((0, qa), (1, rationale)):
@@ -423,6 +474,7 @@ def _targets(exs):
     return (torch.tensor([e.accept for e in exs]), torch.tensor([e.qa for e in exs], dtype=torch.float32),
             torch.tensor([e.rationale for e in exs], dtype=torch.float32))
 
+# %% ../nbs/04_critic.ipynb #0cb1b79e
 def _epochs(n, bs, seed):
     "`data(position)` for `fit`: the index batches of a seeded permutation per epoch, from `position` on"
     def data(pos):
@@ -451,7 +503,13 @@ def _load_corpus(corpus):
     return out
 
 # %% ../nbs/04_critic.ipynb #00fdc66e
-def _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed):
+def _critic_setup(corpus,        # JSONL path(s) of the triples, or the triples
+                  labels,        # a labels file, or `Label`s
+                  heldout,       # fraction of the images held out
+                  heldout_seed,  # seed of the held-out split
+                  max_regions,   # regions drawn per triple
+                  augment,       # extra shuffled drawing orders of each training triple
+                  seed):         # seed of the shuffles
     "Labelled examples split by image, and the views `(QAR, regions, text)` of training (augmented) and held-out triples"
     qars = _load_corpus(corpus)
     labs = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
@@ -465,22 +523,41 @@ def _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, s
     return tr_ex, tr_views, val, [_view(e.qar, max_regions) for e in val]
 
 # %% ../nbs/04_critic.ipynb #04b510ee
-def _critic_train_config(n, epochs, batch_size, lr, weight_decay, seed, device):
+def _critic_train_config(n,             # training items
+                         epochs,
+                         batch_size,
+                         lr,            # the (constant) learning rate
+                         weight_decay,
+                         seed,
+                         device):
     "The `TrainConfig` of the critic: constant `lr`, one log record, checkpoint and held-out check per epoch"
     per_epoch = math.ceil(n / batch_size)
     return TrainConfig(steps=epochs*per_epoch, batch_size=batch_size, lr=lr, min_lr=lr, warmup_steps=0, weight_decay=weight_decay,
                        grad_clip=None, seed=seed, save_every=per_epoch, log_every=per_epoch, device=device), per_epoch
 
 # %% ../nbs/04_critic.ipynb #20ed2810
-def train_critic(corpus, labels, out,
-                 model='fused',        # a family name, FAMILY:FOLDER or a model folder, or an `ImageTextModel`
-                 model_config=None,    # the family's settings (e.g. {'inputs': 'regions'}, {'path': BLIP2_FOLDER})
-                 epochs=20, lr=None, batch_size=32,
-                 heldout=0.2,          # fraction of the images held out for validation (`lskd.core.heldout_image`)
-                 seed=0, root=None, resume=True,
-                 threshold=0.8,        # keep triples with P(accept) >= threshold
-                 target_precision=None,  # or: the lowest threshold reaching this precision on the held-out labels
-                 max_regions=5, augment=0, weight_decay=0.01, balance=True, heldout_seed=0, cache_dir=None, device=None, progress=True):
+def train_critic(corpus,                    # JSONL path(s) of the triples (corpus and negatives), or the triples
+                 labels,                    # a labels file, or `Label`s
+                 out,                       # the critic's folder
+                 model='fused',             # a family name, FAMILY:FOLDER or a model folder, or an `ImageTextModel`
+                 model_config=None,         # the family's settings (e.g. {'inputs': 'regions'}, {'path': BLIP2_FOLDER})
+                 epochs:int=20,
+                 lr:float=None,             # None: the family's default for the critic
+                 batch_size:int=32,
+                 heldout:float=0.2,         # fraction of the images held out for validation (`lskd.core.heldout_image`)
+                 seed:int=0,                # seed of the initialisation, the batch order and the augmentation
+                 root=None,                 # image root folder
+                 resume:bool=True,          # continue from the checkpoint in `out` when the setup is the same
+                 threshold:float=0.8,       # keep triples with P(accept) >= threshold
+                 target_precision:float=None,  # or: the lowest threshold reaching this precision on the held-out labels
+                 max_regions:int=5,         # regions drawn per triple
+                 augment:int=0,             # extra shuffled drawing orders of each training triple
+                 weight_decay:float=0.01,
+                 balance:bool=True,         # weigh accept and reject the same in the cross-entropy
+                 heldout_seed:int=0,        # seed of the held-out split
+                 cache_dir=None,            # a folder for the model's cached image items
+                 device=None,               # where to train (None: cpu for a model built here)
+                 progress:bool=True):
     "Train a critic on `labels` of `corpus`, evaluate it on held-out images, save it to `out`; returns its report dict"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     tr_ex, tr_views, val, va_views = _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed)
@@ -507,6 +584,7 @@ def train_critic(corpus, labels, out,
     history = fit(net, data, cfg, out, resume=resume, progress=progress, desc=f'critic ({m.family})', evaluate=held, eval_every=per_epoch,
                   size=lambda inp: len(inp['accept']))
     for h in history: h['epoch'] = h['step'] // per_epoch
+    if history: history.plot(out/'loss.png', title=f'critic ({m.family})')
     return _critic_report(net, out, va_items, val, yv, threshold, target_precision, max_regions, history, len(tr_ex))
 
 # %% ../nbs/04_critic.ipynb #0065aea4
@@ -520,7 +598,16 @@ def _check_setup(out, setup, resume):
     return resume
 
 # %% ../nbs/04_critic.ipynb #8ad32876
-def _critic_report(net, out, va_items, val, yv, threshold, target_precision, max_regions, history, n_train):
+def _critic_report(net,               # the trained `CriticNet`
+                   out,               # the critic's folder
+                   va_items,          # held-out items
+                   val,               # held-out `Example`s
+                   yv,                # their labels (array of 0/1)
+                   threshold,         # the threshold, unless `target_precision` finds one
+                   target_precision,  # or None
+                   max_regions,       # regions drawn per triple (saved with the critic)
+                   history,           # the loop's log records
+                   n_train):          # training examples
     "Held-out metrics and threshold, the plot, and the saved critic; the report"
     pv, _ = _predict_items(net, va_items)
     if target_precision is not None and len(val):
@@ -554,17 +641,19 @@ class Critic:
     def __init__(self, net, threshold=0.8, max_regions=5, report=None):
         self.net, self.threshold, self.max_regions, self.report = net, threshold, max_regions, report or {}
     def __repr__(self): return f"Critic({self.net.model!r}, threshold={self.threshold})"
-    @classmethod
-    def load(cls, folder, threshold=None, device='cpu', cache_dir=None):
-        "The critic saved in `folder` by `train_critic`"
-        from safetensors.torch import load_file
-        folder = Path(folder)
-        if not (folder/'critic.json').exists(): raise FileNotFoundError(f"no critic in {folder} (critic.json missing): train one with `lskd critic train`")
-        rep = json.loads((folder/'critic.json').read_text())
-        m = load_model(folder/'model', device)
-        if cache_dir: m.use_cache_dir(cache_dir)
-        net = CriticNet(m); net.load_state_dict(load_file(str(folder/'heads.safetensors'), device=str(device)), strict=False); net.eval()
-        return cls(net, rep['threshold'] if threshold is None else threshold, rep.get('max_regions', 5), rep)
+
+# %% ../nbs/04_critic.ipynb #f3b85dcb
+@patch(cls_method=True)
+def load(cls:Critic, folder, threshold=None, device='cpu', cache_dir=None):
+    "The critic saved in `folder` by `train_critic`"
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    if not (folder/'critic.json').exists(): raise FileNotFoundError(f"no critic in {folder} (critic.json missing): train one with `lskd critic train`")
+    rep = json.loads((folder/'critic.json').read_text())
+    m = load_model(folder/'model', device)
+    if cache_dir: m.use_cache_dir(cache_dir)
+    net = CriticNet(m); net.load_state_dict(load_file(str(folder/'heads.safetensors'), device=str(device)), strict=False); net.eval()
+    return cls(net, rep['threshold'] if threshold is None else threshold, rep.get('max_regions', 5), rep)
 
 # %% ../nbs/04_critic.ipynb #42e28512
 @patch
@@ -589,16 +678,22 @@ def _repr_html_(self:Critic):
 # %% ../nbs/04_critic.ipynb #2acb0132
 class FilterReport(dict):
     "Kept counts per source (a dict), shown as a table"
-    def _rows(self):
-        for s,(n,k) in sorted(self['sources'].items()): yield s, n, k, k/n if n else float('nan')
     def __str__(self):
         lines = [f"{'source':<20} {'triples':>8} {'kept':>8} {'kept %':>7}"]
         lines += [f'{s:<20} {n:>8} {k:>8} {100*f:>6.1f}%' for s,n,k,f in self._rows()]
         return '\n'.join(lines + [f"{'all':<20} {self['n']:>8} {self['kept']:>8} {100*self['kept']/max(1, self['n']):>6.1f}%  (threshold {self['threshold']})"])
-    def _repr_html_(self):
-        r = ''.join(f'<tr><td>{html.escape(s)}</td><td>{n}</td><td>{k}</td><td>{100*f:.1f}%</td></tr>' for s,n,k,f in self._rows())
-        return (f'<table><tr><th>source</th><th>triples</th><th>kept</th><th>kept %</th></tr>{r}'
-                f'<tr><td><b>all</b></td><td>{self["n"]}</td><td>{self["kept"]}</td><td>threshold {self["threshold"]}</td></tr></table>')
+
+# %% ../nbs/04_critic.ipynb #dde0ae84
+@patch
+def _rows(self:FilterReport):
+    for s,(n,k) in sorted(self['sources'].items()): yield s, n, k, k/n if n else float('nan')
+
+# %% ../nbs/04_critic.ipynb #2400281d
+@patch
+def _repr_html_(self:FilterReport):
+    r = ''.join(f'<tr><td>{html.escape(s)}</td><td>{n}</td><td>{k}</td><td>{100*f:.1f}%</td></tr>' for s,n,k,f in self._rows())
+    return (f'<table><tr><th>source</th><th>triples</th><th>kept</th><th>kept %</th></tr>{r}'
+            f'<tr><td><b>all</b></td><td>{self["n"]}</td><td>{self["kept"]}</td><td>threshold {self["threshold"]}</td></tr></table>')
 
 # %% ../nbs/04_critic.ipynb #44acb1e0
 def _count_lines(p, repair=False):
@@ -607,7 +702,15 @@ def _count_lines(p, repair=False):
         with warnings.catch_warnings(): warnings.simplefilter('ignore'); repair_jsonl(p)
     with open(p, 'rb') as f: return sum(1 for l in f if l.strip())
 
-def score_corpus(critic, corpus, out, threshold=None, root=None, batch_size=64, resume=True, progress=True):
+# %% ../nbs/04_critic.ipynb #031fc11c
+def score_corpus(critic,                # a `Critic`
+                 corpus,                # JSONL path of the corpus
+                 out,                   # folder of scored.jsonl, filtered.jsonl and filter_report.json
+                 threshold:float=None,  # None: the critic's
+                 root=None,             # image root folder
+                 batch_size:int=64,
+                 resume:bool=True,      # continue after the last scored line
+                 progress:bool=True):
     "Score every triple of the JSONL `corpus` into `out/scored.jsonl`, keep those >= threshold in `out/filtered.jsonl`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     thr = critic.threshold if threshold is None else threshold
@@ -645,7 +748,11 @@ def score_corpus(critic, corpus, out, threshold=None, root=None, batch_size=64, 
     return rep
 
 # %% ../nbs/04_critic.ipynb #b128e9b8
-def write_synthetic(corpus, out, labels=None, kinds=SYNTHETIC_KINDS, seed=0):
+def write_synthetic(corpus,              # JSONL path of the corpus
+                    out,                 # folder of synthetic.jsonl
+                    labels=None,         # the labels file appended to (None: out/labels.jsonl)
+                    kinds=SYNTHETIC_KINDS,  # which negatives
+                    seed:int=0):
     "Write negatives of the JSONL `corpus` to `out/synthetic.jsonl`, append their synthetic labels to `labels`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     labels = Path(labels) if labels else out/'labels.jsonl'

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .core import (QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, JsonlWriter, lskd_row_to_qar,
                        parse_refs, region_by_id, open_image, image_path, visual_prompt, heldout_image, check_config,
                        atomic_path, atomic_write, as_qar, model_text, draw_order)
@@ -44,24 +45,37 @@ class Example:
     def regions(self): "Regions in drawing order"; return [region_by_id(self.qar.regions, i) for i in self.order]
     @property
     def boxes(self): return [r.box for r in self.regions]
-    def key(self, root=None):
-        "What determines the drawn image: the file and the boxes in drawing order"
-        return (str(image_path(self.qar.image, root)), [list(b) for b in self.boxes])
-    def draw(self, root=None):
-        "`(image with the regions drawn in order, boxes)`: decodes the image"
-        return visual_prompt(open_image(self.qar.image, root), self.qar.regions, self.order)[0], self.boxes
+
+# %% ../nbs/05_distill.ipynb #028467c0
+@patch
+def key(self:Example, root=None):
+    "What determines the drawn image: the file and the boxes in drawing order"
+    return (str(image_path(self.qar.image, root)), [list(b) for b in self.boxes])
+
+# %% ../nbs/05_distill.ipynb #dec6a38c
+@patch
+def draw(self:Example, root=None):
+    "`(image with the regions drawn in order, boxes)`: decodes the image"
+    return visual_prompt(open_image(self.qar.image, root), self.qar.regions, self.order)[0], self.boxes
 
 # %% ../nbs/05_distill.ipynb #28b6ee23
 def referenced_ids(q):
     "Ids the text of `q` refers to (first mention first), then any other ids in `q.region`; all must have boxes"
     return draw_order(q.text, q.regions, extra=q.region, name=f"triple {q.id or q.index or q.question!r} ({q.image})")
 
+# %% ../nbs/05_distill.ipynb #be14ddcd
 def example_rng(seed, epoch, index):
     "The random generator of one example: a function of (seed, epoch, corpus index) only"
     return random.Random(f'lskd.distill|{seed}|{epoch}|{index}')
 
 # %% ../nbs/05_distill.ipynb #319aa2e5
-def make_example(q, rng=None, p_distract=0.5, p_rationale=0.5, max_draw=None, train=True, index=0):
+def make_example(q,                       # a `QAR` or a released LSKD row
+                 rng=None,                # the example's generator (`example_rng`)
+                 p_distract:float=0.5,    # probability of drawing the other regions shown to the teacher too
+                 p_rationale:float=0.5,   # probability of keeping the rationale in the text
+                 max_draw:int=None,       # at most this many regions drawn (the referenced ones always are)
+                 train:bool=True,         # False: the deterministic view (referenced regions in order, rationale kept)
+                 index:int=0):            # the triple's line in the corpus
     "The `Example` of `q`: shuffled drawing order, distractors and rationale drawn at random when `train`"
     q = as_qar(q)
     refs = referenced_ids(q)
@@ -92,8 +106,22 @@ def _keep(q, min_score):
 # %% ../nbs/05_distill.ipynb #cb3fba94
 class CorpusStream(torch.utils.data.IterableDataset):
     "Seeded, sharded, resumable stream of batches of `Example`s from a corpus JSONL"
-    def __init__(self, path, batch_size=32, seed=0, buffer_size=1000, p_distract=0.5, p_rationale=0.5, max_draw=None,
-                 min_score=None, heldout=0.0, heldout_seed=0, rank=0, world_size=1, start=(0, 0), epochs=None, prepare=None):
+    def __init__(self,
+                 path,                  # the corpus JSONL
+                 batch_size:int=32,
+                 seed:int=0,            # seed of the shuffles and of every example's draws
+                 buffer_size:int=1000,  # shuffle buffer (examples)
+                 p_distract:float=0.5,  # `make_example`'s
+                 p_rationale:float=0.5,
+                 max_draw:int=None,
+                 min_score:float=None,  # keep triples with critic prediction >= min_score
+                 heldout:float=0.0,     # fraction of the images held out (left out of the stream)
+                 heldout_seed:int=0,    # seed of that split
+                 rank:int=0,            # this process, of
+                 world_size:int=1,      # the processes sharing the stream
+                 start=(0, 0),          # `(epoch, batches)` already consumed
+                 epochs:int=None,       # None: without end
+                 prepare=None):         # batch preparation in data-loader workers (`Prepare`)
         super().__init__()
         self.path = Path(path)
         if not self.path.exists(): raise FileNotFoundError(f"corpus not found: {self.path}")
@@ -102,23 +130,28 @@ class CorpusStream(torch.utils.data.IterableDataset):
         self.min_score, self.heldout, self.heldout_seed, self.rank, self.world_size = min_score, heldout, heldout_seed, rank, world_size
         self.start, self.epochs, self.prepare = tuple(start), epochs, prepare
     def __repr__(self): return f"CorpusStream({self.path}, batch_size={self.batch_size}, seed={self.seed}, start={self.start})"
-    def __iter__(self): return _iter(self)
+    def __iter__(self): return self._iter()
 
-    def rows(self, epoch):
-        "`(index, QAR)` of the training triples in this epoch's shuffled order"
-        def gen():
-            for i,d in enumerate(read_jsonl(self.path)):
-                q = as_qar(d)
-                if _keep(q, self.min_score) and not heldout_image(q.image, self.heldout, self.heldout_seed): yield i, q
-        return shuffle_buffer(gen(), self.buffer_size, random.Random(f'lskd.distill|{self.seed}|shuffle|{epoch}'))
+# %% ../nbs/05_distill.ipynb #999146ac
+@patch
+def rows(self:CorpusStream, epoch):
+    "`(index, QAR)` of the training triples in this epoch's shuffled order"
+    def gen():
+        for i,d in enumerate(read_jsonl(self.path)):
+            q = as_qar(d)
+            if _keep(q, self.min_score) and not heldout_image(q.image, self.heldout, self.heldout_seed): yield i, q
+    return shuffle_buffer(gen(), self.buffer_size, random.Random(f'lskd.distill|{self.seed}|shuffle|{epoch}'))
 
-    def examples(self, epoch):
-        "This epoch's `Example`s, in order"
-        for i,q in self.rows(epoch):
-            yield make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i)
+# %% ../nbs/05_distill.ipynb #e624ecf6
+@patch
+def examples(self:CorpusStream, epoch):
+    "This epoch's `Example`s, in order"
+    for i,q in self.rows(epoch):
+        yield make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i)
 
 # %% ../nbs/05_distill.ipynb #f2a9361f
-def _epoch_batches(self, epoch):
+@patch
+def epoch_batches(self:CorpusStream, epoch):
     "`(b, examples)` of this process's batches of `epoch` (`b` counts this process's batches)"
     bs, R = self.batch_size, self.world_size
     batch, rnd, b = [], [], 0
@@ -128,14 +161,16 @@ def _epoch_batches(self, epoch):
         rnd.append(batch); batch = []
         if len(rnd) == R: yield b, rnd[self.rank]; rnd, b = [], b+1
 
-def _iter(self):
+# %% ../nbs/05_distill.ipynb #46369d9c
+@patch
+def _iter(self:CorpusStream):
     wi = torch.utils.data.get_worker_info()
     w, W = (wi.id, wi.num_workers) if wi else (0, 1)
     epoch, skip = self.start
     k = 0                                          # batches since `start`: the k-th goes to worker k % W
     while self.epochs is None or epoch < self.epochs:
         n = 0
-        for b, batch in _epoch_batches(self, epoch):
+        for b, batch in self.epoch_batches(epoch):
             n += 1
             if b < skip: continue
             k += 1
@@ -146,8 +181,7 @@ def _iter(self):
                                     "lower batch_size")
         epoch, skip = epoch + 1, 0
 
-CorpusStream.epoch_batches = _epoch_batches
-
+# %% ../nbs/05_distill.ipynb #bc3955d1
 def _as_is(item): return item                  # the default would turn the (examples, pixels) tuple into a list
 
 # %% ../nbs/05_distill.ipynb #9874615c
@@ -170,17 +204,24 @@ class DistillConfig(TrainConfig):
     images: str|None = None          # image root
     num_workers: int = 0             # data-loader workers (families with an `item_maker`: BLIP-2)
     cache_dir: str|None = None       # keep cached features on disk (families that cache: fused)
-    @classmethod
-    def from_dict(cls, d): return check_config(cls, d, 'distill')
-    @classmethod
-    def from_yaml(cls, path, **over):
-        import yaml
-        p = Path(path)
-        if not p.exists(): raise FileNotFoundError(f"config file not found: {p}")
-        d = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(d, dict): raise ValueError(f"{p}: expected a mapping of settings, got {type(d).__name__}")
-        return cls.from_dict({**d, **over})
-    def to_dict(self): return asdict(self)
+
+# %% ../nbs/05_distill.ipynb #bcede851
+@patch(cls_method=True)
+def from_dict(cls:DistillConfig, d): return check_config(cls, d, 'distill')
+
+# %% ../nbs/05_distill.ipynb #e6af893e
+@patch(cls_method=True)
+def from_yaml(cls:DistillConfig, path, **over):
+    import yaml
+    p = Path(path)
+    if not p.exists(): raise FileNotFoundError(f"config file not found: {p}")
+    d = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(d, dict): raise ValueError(f"{p}: expected a mapping of settings, got {type(d).__name__}")
+    return cls.from_dict({**d, **over})
+
+# %% ../nbs/05_distill.ipynb #709540d6
+@patch
+def to_dict(self:DistillConfig): return asdict(self)
 
 # %% ../nbs/05_distill.ipynb #70c25b22
 def as_config(config=None, **over):
@@ -197,6 +238,7 @@ def same_image(keys):
     k = torch.tensor([ids[repr(x)] for x in keys])
     return k[:, None] == k[None]
 
+# %% ../nbs/05_distill.ipynb #abc3199c
 def itc_loss(logits, same):
     "Symmetric contrastive loss of (texts x images) `logits`; `same` marks the matching pairs"
     t = same.to(logits.dtype); t = t / t.sum(1, keepdim=True)
@@ -210,6 +252,7 @@ def _neg_weights(sim, same):
     w[under] = (~same[under]).float()
     return w
 
+# %% ../nbs/05_distill.ipynb #a0a66225
 def hard_negatives(sim, same, generator=None):
     "`(text_idx, image_idx)` of negative pairs drawn from (texts x images) `sim`, excluding `same` pairs"
     with torch.no_grad():
@@ -225,6 +268,7 @@ def hard_negatives(sim, same, generator=None):
             ti += neg_txt.tolist(); ii += torch.nonzero(ok)[:, 0].tolist()
     return ti, ii
 
+# %% ../nbs/05_distill.ipynb #2c820b8a
 def itm_pairs(sim, same, generator=None):
     "`(text_idx, image_idx, labels)`: the B positive pairs, then the hard negatives"
     B = sim.shape[0]
@@ -236,13 +280,22 @@ class StudentNet(nn.Module):
     "An `ImageTextModel` with the student's loss: ITC + ITM with in-batch hard negatives"
     def __init__(self, model): super().__init__(); self.model = model
     def __repr__(self): return f"StudentNet({self.model!r})"
-    def forward(self, img, txt, same, generator=None, itc_weight=1.0, itm_weight=1.0):
-        logits = self.model.itc_logits(img, txt)
-        l_itc = itc_loss(logits.float(), same.to(logits.device))
-        ti, ii, y = itm_pairs(logits, same, generator)
-        out = self.model.itm_logits(img, txt[ti], ii)
-        l_itm = F.cross_entropy(out.float(), y.to(out.device))
-        return {'loss': itc_weight*l_itc + itm_weight*l_itm, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
+
+# %% ../nbs/05_distill.ipynb #f7531afd
+@patch
+def forward(self:StudentNet,
+            img,                   # a batch of image items
+            txt,                   # a batch of texts
+            same,                  # (B,B) bool, from `same_image`
+            generator=None,        # the hard negatives' draws
+            itc_weight:float=1.0,
+            itm_weight:float=1.0):
+    logits = self.model.itc_logits(img, txt)
+    l_itc = itc_loss(logits.float(), same.to(logits.device))
+    ti, ii, y = itm_pairs(logits, same, generator)
+    out = self.model.itm_logits(img, txt[ti], ii)
+    l_itm = F.cross_entropy(out.float(), y.to(out.device))
+    return {'loss': itc_weight*l_itc + itm_weight*l_itm, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
 
 # %% ../nbs/05_distill.ipynb #4866736b
 class Prepare:
@@ -268,11 +321,16 @@ def make_student(config, device='cpu'):
     return m
 
 # %% ../nbs/05_distill.ipynb #a9ce0e27
-def _make_stream(corpus, config, accel, start, prepare=None):
+def _make_stream(corpus,        # the corpus JSONL
+                 config,        # a `DistillConfig`
+                 accel,         # the `Accelerator`: this process's share
+                 start,         # `(epoch, batches)` already consumed
+                 prepare=None): # `Prepare` in data-loader workers
     return CorpusStream(corpus, config.batch_size, config.seed, config.buffer_size, config.p_distract, config.p_rationale,
                         config.max_draw, config.min_score, config.heldout, config.heldout_seed, accel.process_index, accel.num_processes,
                         start=start, prepare=prepare)
 
+# %% ../nbs/05_distill.ipynb #c89554c6
 def _loader(stream, config):
     if not config.num_workers: return stream
     # its own generator: the loader draws a seed for its workers, which must not move the training's random stream
@@ -285,6 +343,7 @@ def _heldout_acc(model, val, root):
     "Held-out retrieval accuracy of the model as it is now"
     return retrieval_accuracy(model, val, root, progress=False)
 
+# %% ../nbs/05_distill.ipynb #12637c9c
 def _data(corpus, config, accel, model, root):
     "`data(position)` for `fit`: the corpus stream's batches as model inputs, from `position` on"
     maker = model.item_maker() if config.num_workers else None
@@ -295,7 +354,13 @@ def _data(corpus, config, accel, model, root):
     return data
 
 # %% ../nbs/05_distill.ipynb #0ff8ad8d
-def distill(corpus, out, config=None, resume=False, student=None, progress=True, **kw):
+def distill(corpus,              # JSONL of the (filtered) corpus
+            out,                 # the student's folder: checkpoints, history.jsonl, loss.png, the model
+            config=None,         # a `DistillConfig`, a dict or a YAML path (None: the defaults)
+            resume:bool=False,   # continue from the newest checkpoint in `out`
+            student=None,        # a model to train instead of the one `config` names
+            progress:bool=True,
+            **kw):               # settings over `config`'s
     "Train a student on `corpus` (JSONL) into `out`; `config`: a `DistillConfig`, a dict or a YAML path; returns a summary"
     config = as_config(config, **kw); out, root = Path(out), config.images
     accel = accelerator(config)
@@ -328,6 +393,7 @@ def heldout_examples(corpus, config):
             if len(out) >= config.val_max: break
     return out
 
+# %% ../nbs/05_distill.ipynb #3d95cee2
 def retrieval_groups(examples, n=8):
     "Groups of up to `n` examples, each group with distinct images where possible"
     groups = []
@@ -338,7 +404,11 @@ def retrieval_groups(examples, n=8):
     return [g for g in groups if len(g) > 1]
 
 # %% ../nbs/05_distill.ipynb #94cc5467
-def retrieval_accuracy(scorer, examples, root=None, n=8, progress=True):
+def retrieval_accuracy(scorer,              # any scorer of the protocol (`lskd.models`)
+                       examples,            # held-out `Example`s (`heldout_examples`)
+                       root=None,           # image root
+                       n:int=8,             # group size: chance is 1/n
+                       progress:bool=True):
     "`{'itm': acc, 'itc': acc, 'chance': 1/n, 'groups': k}` of picking each image's own text in its group"
     hits, total, chance = {}, 0, []
     for g in tqdm(retrieval_groups(list(examples), n), desc='retrieval', disable=not progress, leave=False):
@@ -409,6 +479,7 @@ class DistillStageConfig(DistillConfig):
 # %% ../nbs/05_distill.ipynb #f55cab26
 STUDENT_SOURCES = {'distilled': 'critic/filtered.jsonl', 'no-critic': 'generate/corpus.jsonl'}   # relative to the run folder
 
+# %% ../nbs/05_distill.ipynb #f2d5b22a
 def run_stage(run_dir, cfg):
     "The distill stage of `lskd run`: `base` and one student per variant, trained on the non-held-out images"
     from lskd.pipeline import stage_dir, write_stage_report, read_stage_report

@@ -21,6 +21,7 @@ __all__ = ['INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'ref_token_ids',
 # %% ../nbs/11_fusion.ipynb #20c42c75
 INPUTS = ('text', 'boxes', 'regions')
 
+# %% ../nbs/11_fusion.ipynb #079dfdec
 @dataclass
 class FusionConfig:
     "Sizes and switches of a `FusedModel`"
@@ -39,11 +40,16 @@ class FusionConfig:
         if self.inputs not in INPUTS: raise ValueError(f"FusionConfig.inputs={self.inputs!r}: expected one of {INPUTS}")
         if self.dim % self.heads: raise ValueError(f"FusionConfig.dim={self.dim} is not divisible by heads={self.heads}")
         self.encoders = tuple(self.encoders)
-    def to_dict(self): return asdict(self)
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k:v for k,v in d.items() if k in names})
+
+# %% ../nbs/11_fusion.ipynb #8eee0875
+@patch
+def to_dict(self:FusionConfig): return asdict(self)
+
+# %% ../nbs/11_fusion.ipynb #93ca38c7
+@patch(cls_method=True)
+def from_dict(cls:FusionConfig, d):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k:v for k,v in d.items() if k in names})
 
 # %% ../nbs/11_fusion.ipynb #9b3fa7cb
 def _pad(ts, fill=0):
@@ -53,6 +59,7 @@ def _pad(ts, fill=0):
     for i,t in enumerate(ts): out[i, :t.shape[0]] = t
     return out
 
+# %% ../nbs/11_fusion.ipynb #ee30ed50
 @dataclass
 class ImageFeats(Batch):
     "A batch of encoded images: `grid` (B,h*w,C), `hw`, `regions` (B,R,C), `boxes` (B,R,4) in 0..1, `region_mask` (B,R)"
@@ -61,20 +68,22 @@ class ImageFeats(Batch):
     regions: torch.Tensor
     boxes: torch.Tensor
     region_mask: torch.Tensor
-    @classmethod
-    def collate(cls, items):
-        "Batch per-image dicts `{'fmap': (C,h,w), 'regions': (R,C), 'boxes': (R,4)}`"
-        h, w = items[0]['fmap'].shape[1:]
-        if any(it['fmap'].shape[1:] != (h, w) for it in items): raise ValueError("feature maps of different sizes in one batch")
-        grid = torch.stack([it['fmap'].float().flatten(1).T for it in items])
-        C = grid.shape[-1]
-        regs = [it['regions'].float().reshape(-1, C) for it in items]
-        boxes = [it['boxes'].float().reshape(-1, 4) for it in items]
-        R = [len(r) for r in regs]
-        if max(R) == 0: regs, boxes = [torch.zeros(1, C)]*len(items), [torch.zeros(1, 4)]*len(items)
-        mask = torch.zeros(len(items), max(1, max(R)), dtype=torch.bool)
-        for i,r in enumerate(R): mask[i, :r] = True
-        return cls(grid, (h, w), _pad(regs), _pad(boxes), mask)
+
+# %% ../nbs/11_fusion.ipynb #b0d5b419
+@patch(cls_method=True)
+def collate(cls:ImageFeats, items):
+    "Batch per-image dicts `{'fmap': (C,h,w), 'regions': (R,C), 'boxes': (R,4)}`"
+    h, w = items[0]['fmap'].shape[1:]
+    if any(it['fmap'].shape[1:] != (h, w) for it in items): raise ValueError("feature maps of different sizes in one batch")
+    grid = torch.stack([it['fmap'].float().flatten(1).T for it in items])
+    C = grid.shape[-1]
+    regs = [it['regions'].float().reshape(-1, C) for it in items]
+    boxes = [it['boxes'].float().reshape(-1, 4) for it in items]
+    R = [len(r) for r in regs]
+    if max(R) == 0: regs, boxes = [torch.zeros(1, C)]*len(items), [torch.zeros(1, 4)]*len(items)
+    mask = torch.zeros(len(items), max(1, max(R)), dtype=torch.bool)
+    for i,r in enumerate(R): mask[i, :r] = True
+    return cls(grid, (h, w), _pad(regs), _pad(boxes), mask)
 
 # %% ../nbs/11_fusion.ipynb #93134e7a
 @dataclass
@@ -84,12 +93,14 @@ class TextFeats(Batch):
     mask: torch.Tensor
     refs: torch.Tensor
     pooled: torch.Tensor
-    @classmethod
-    def collate(cls, items):
-        "Batch per-text dicts `{'hidden': (T,D), 'refs': (T,), 'pooled': (D,)}`"
-        hidden = _pad([it['hidden'].float() for it in items])
-        mask = _pad([torch.ones(len(it['hidden']), dtype=torch.bool) for it in items], False)
-        return cls(hidden, mask, _pad([it['refs'].long() for it in items], -1), torch.stack([it['pooled'].float() for it in items]))
+
+# %% ../nbs/11_fusion.ipynb #370d9756
+@patch(cls_method=True)
+def collate(cls:TextFeats, items):
+    "Batch per-text dicts `{'hidden': (T,D), 'refs': (T,), 'pooled': (D,)}`"
+    hidden = _pad([it['hidden'].float() for it in items])
+    mask = _pad([torch.ones(len(it['hidden']), dtype=torch.bool) for it in items], False)
+    return cls(hidden, mask, _pad([it['refs'].long() for it in items], -1), torch.stack([it['pooled'].float() for it in items]))
 
 # %% ../nbs/11_fusion.ipynb #b68afa5b
 def ref_token_ids(tokenizer, texts, max_length=256):
@@ -114,6 +125,7 @@ def sincos_2d(h, w, dim):
     pe = torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], 1)
     return F.pad(pe, (0, dim - pe.shape[1]))
 
+# %% ../nbs/11_fusion.ipynb #91bbd93a
 class FusionBlock(nn.Module):
     "Text self-attention, cross-attention to image keys (optional), feed-forward; pre-norm residuals"
     def __init__(self, dim, heads, dropout=0.1, cross=True):
@@ -124,11 +136,14 @@ class FusionBlock(nn.Module):
         self.n3 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, 4*dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4*dim, dim))
         self.drop = nn.Dropout(dropout)
-    def forward(self, x, x_pad, keys=None, k_pad=None):
-        h = self.n1(x); x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
-        if self.cross and keys is not None:
-            h = self.n2(x); x = x + self.drop(self.cross_attn(h, keys, keys, key_padding_mask=k_pad, need_weights=False)[0])
-        return x + self.drop(self.ff(self.n3(x)))
+
+# %% ../nbs/11_fusion.ipynb #02ad2673
+@patch
+def forward(self:FusionBlock, x, x_pad, keys=None, k_pad=None):
+    h = self.n1(x); x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
+    if self.cross and keys is not None:
+        h = self.n2(x); x = x + self.drop(self.cross_attn(h, keys, keys, key_padding_mask=k_pad, need_weights=False)[0])
+    return x + self.drop(self.ff(self.n3(x)))
 
 # %% ../nbs/11_fusion.ipynb #b52bd536
 class FusedModel(nn.Module):
@@ -157,9 +172,12 @@ class FusedModel(nn.Module):
         return f"FusedModel(inputs={self.config.inputs!r}, dim={self.config.dim}, layers={self.config.layers}, {n/1e6:.2f}M params)"
 
 # %% ../nbs/11_fusion.ipynb #af86be88
-def _rid(self, ids): return self.rid(ids.clamp(0, self.config.max_regions-1))
+@patch
+def _rid(self:FusedModel, ids): return self.rid(ids.clamp(0, self.config.max_regions-1))
 
-def _keys(self, img: ImageFeats):
+# %% ../nbs/11_fusion.ipynb #3ae8ac62
+@patch
+def _keys(self:FusedModel, img: ImageFeats):
     "Image keys (B,K,dim) and their padding mask (B,K) (True = padding)"
     c = self.config
     g = self.img_proj(img.grid) + sincos_2d(*img.hw, c.dim).to(img.grid) + self.kind.weight[0]
@@ -167,15 +185,14 @@ def _keys(self, img: ImageFeats):
     if c.inputs != 'regions': return g, pad
     R = img.regions.shape[1]
     r = (self.reg_proj(img.regions) + self.box_proj(img.boxes) + self.kind.weight[1]
-         + _rid(self, torch.arange(R, device=g.device))[None])
+         + self._rid(torch.arange(R, device=g.device))[None])
     return torch.cat([g, r], 1), torch.cat([pad, ~img.region_mask], 1)
 
-FusedModel._keys = _keys
-
 # %% ../nbs/11_fusion.ipynb #a4e09365
-def _fuse(self, img: ImageFeats|None, txt: TextFeats, index=None):
+@patch
+def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
     "Fused vector (N,dim) for text j paired with image `index[j]` (default: j)"
-    x = self.txt_proj(txt.hidden) + _rid(self, txt.refs) * (txt.refs >= 0)[..., None]
+    x = self.txt_proj(txt.hidden) + self._rid(txt.refs) * (txt.refs >= 0)[..., None]
     x_pad = ~txt.mask
     keys = k_pad = None
     if self.config.inputs != 'text':
@@ -187,63 +204,83 @@ def _fuse(self, img: ImageFeats|None, txt: TextFeats, index=None):
     m = txt.mask[..., None].to(x)
     return self.norm((x*m).sum(1) / m.sum(1).clamp_min(1))
 
-def _forward(self, img, txt, index=None):
+# %% ../nbs/11_fusion.ipynb #214522f5
+@patch
+def forward(self:FusedModel, img, txt, index=None):
     "`{'itm': logits (N,2), 'fused': (N,dim)}`"
     f = self._fuse(img, txt, index)
     return {'itm': self.itm_head(f), 'fused': f}
 
-FusedModel._fuse, FusedModel.forward = _fuse, _forward
-
 # %% ../nbs/11_fusion.ipynb #d4bd6deb
-def _embed_image(self, img: ImageFeats):
+@patch
+def embed_image(self:FusedModel, img: ImageFeats):
     "Unit image embeddings (B,itc_dim)"
     if self.config.inputs == 'text': raise ValueError("a text-only FusedModel has no image embedding")
     k, pad = self._keys(img)
     m = (~pad)[..., None].to(k)
     return F.normalize(self.img_itc((k*m).sum(1)/m.sum(1).clamp_min(1)), dim=-1)
 
-def _embed_text(self, txt: TextFeats): "Unit text embeddings (N,itc_dim)"; return F.normalize(self.txt_itc(txt.pooled), dim=-1)
+# %% ../nbs/11_fusion.ipynb #70269200
+@patch
+def embed_text(self:FusedModel, txt: TextFeats): "Unit text embeddings (N,itc_dim)"; return F.normalize(self.txt_itc(txt.pooled), dim=-1)
 
-def _itc(self, img, txt, index=None):
+# %% ../nbs/11_fusion.ipynb #e3a5dc8a
+@patch
+def itc(self:FusedModel, img, txt, index=None):
     "Cosine similarity (N,) of text j with image `index[j]`"
     e = self.embed_image(img)
     e = e if index is None else e[torch.as_tensor(index, dtype=torch.long, device=e.device)]
     return (e * self.embed_text(txt)).sum(-1)
 
-def _itc_logits(self, img, txt):
+# %% ../nbs/11_fusion.ipynb #a0e6e140
+@patch
+def itc_logits(self:FusedModel, img, txt):
     "(N texts, B images) similarities times the learned temperature (for a contrastive loss)"
     return self.logit_scale.exp().clamp(max=100) * self.embed_text(txt) @ self.embed_image(img).T
-
-FusedModel.embed_image, FusedModel.embed_text, FusedModel.itc, FusedModel.itc_logits = _embed_image, _embed_text, _itc, _itc_logits
 
 # %% ../nbs/11_fusion.ipynb #6ca3e9c6
 def _hash(*parts): return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
+# %% ../nbs/11_fusion.ipynb #54412610
 class FeatureCache:
     "Frozen image/text features, computed once per (image, drawn regions) and per text; optional disk folder"
-    def __init__(self, image_encoder=None, text_encoder=None, folder=None, dtype=torch.float16, max_items=4096):
+    def __init__(self,
+                 image_encoder=None,    # frozen `ImageEncoder` (None: no image features)
+                 text_encoder=None,     # frozen `TextEncoder` (None: no text features)
+                 folder=None,           # keep the items on disk too, one safetensors file each
+                 dtype=torch.float16,   # of the stored features
+                 max_items=4096):       # memory is emptied past this many items
         self.ie, self.te, self.dtype, self.max_items = image_encoder, text_encoder, dtype, max_items   # memory is emptied past max_items
         self.folder = Path(folder) if folder else None
         if self.folder: self.folder.mkdir(parents=True, exist_ok=True)
         self.mem, self.hits, self.misses = {}, 0, 0
     def __repr__(self): return f"FeatureCache({len(self.mem)} items, {self.hits} hits, {self.misses} misses, folder={self.folder})"
 
-    def _get(self, k):
-        if k in self.mem: self.hits += 1; return self.mem[k]
-        if self.folder and (self.folder/f'{k}.safetensors').exists():
-            from safetensors.torch import load_file
-            self.hits += 1; self.mem[k] = load_file(str(self.folder/f'{k}.safetensors')); return self.mem[k]
-    def _put(self, k, d):
-        self.misses += 1
-        if len(self.mem) >= self.max_items: self.mem.clear()
-        self.mem[k] = d
-        if self.folder:
-            from safetensors.torch import save_file
-            with atomic_path(self.folder/f'{k}.safetensors') as tmp: save_file(d, str(tmp))
-        return d
+# %% ../nbs/11_fusion.ipynb #98f10397
+@patch
+def _get(self:FeatureCache, k):
+    if k in self.mem: self.hits += 1; return self.mem[k]
+    if self.folder and (self.folder/f'{k}.safetensors').exists():
+        from safetensors.torch import load_file
+        self.hits += 1; self.mem[k] = load_file(str(self.folder/f'{k}.safetensors')); return self.mem[k]
+
+# %% ../nbs/11_fusion.ipynb #91f55018
+@patch
+def _put(self:FeatureCache, k, d):
+    self.misses += 1
+    if len(self.mem) >= self.max_items: self.mem.clear()
+    self.mem[k] = d
+    if self.folder:
+        from safetensors.torch import save_file
+        with atomic_path(self.folder/f'{k}.safetensors') as tmp: save_file(d, str(tmp))
+    return d
 
 # %% ../nbs/11_fusion.ipynb #17985362
-def image_item(ie, fmap, size, boxes, dtype=torch.float32):
+def image_item(ie,                   # the image encoder (pools the region features)
+               fmap,                 # (C,h,w) feature map of the image
+               size,                 # (W,H) of the image
+               boxes,                # drawn boxes, in drawing order
+               dtype=torch.float32):
     "Per-image feature dict from one feature map (C,h,w) of an image of `size` (W,H) with drawn `boxes`"
     W,H = size
     bx = torch.tensor([list(check_box(b)) for b in boxes], dtype=torch.float32).reshape(-1, 4)
@@ -252,7 +289,8 @@ def image_item(ie, fmap, size, boxes, dtype=torch.float32):
             'boxes': (bx / torch.tensor([W, H, W, H])).clamp(0, 1).contiguous()}
 
 # %% ../nbs/11_fusion.ipynb #5fcce051
-def _images(self, keys, make, batch_size=16, progress=False):
+@patch
+def images(self:FeatureCache, keys, make, batch_size=16, progress=False):
     "Per-image feature dicts for `keys`; `make(i)` -> (drawn image, boxes) is called only for uncached ones"
     if self.ie is None: raise ValueError("this FeatureCache has no image encoder")
     tag = (self.ie.name, list(self.ie.size))
@@ -271,7 +309,8 @@ def _images(self, keys, make, batch_size=16, progress=False):
     return [got[k] for k in ks]
 
 # %% ../nbs/11_fusion.ipynb #44755abb
-def _texts(self, texts, batch_size=64, progress=False):
+@patch
+def texts(self:FeatureCache, texts, batch_size=64, progress=False):
     "Per-text feature dicts (token states, mention ids, sentence embedding) for `texts`"
     if self.te is None: raise ValueError("this FeatureCache has no text encoder")
     texts = list(texts)
@@ -292,8 +331,6 @@ def _texts(self, texts, batch_size=64, progress=False):
             done[t] = self._put(key_of[t], {'hidden': h[j, :n].to(self.dtype).contiguous(), 'refs': refs[j, :n].contiguous(),
                                                       'pooled': pooled[j].float().contiguous()})
     return [o if o is not None else done[t] for t,o in zip(texts, out)]
-
-FeatureCache.images, FeatureCache.texts = _images, _texts
 
 # %% ../nbs/11_fusion.ipynb #70dc1a6a
 def load_encoders(names, image_size=224, device='cpu'):
@@ -333,35 +370,53 @@ def image_items(self:FusedFamily, images, boxes):
     with torch.no_grad(): fmap, sizes = ie.encode(list(images))
     return [image_item(ie, fmap[j], sizes[j], b) for j,b in enumerate(boxes)]
 
+# %% ../nbs/11_fusion.ipynb #aa916b3a
 @patch
 def cached_image_items(self:FusedFamily, keys, make):
     "Items of the images `keys` (e.g. file and boxes), computed by `make(i) -> (drawn image, boxes)` only when not cached"
     return [{k: v.cpu() for k,v in d.items()} for d in self.cache.images(keys, make)]
 
+# %% ../nbs/11_fusion.ipynb #d635f7c1
 @patch
 def use_cache_dir(self:FusedFamily, folder): self.cache = FeatureCache(*self.frozen, folder); return self
+
+# %% ../nbs/11_fusion.ipynb #8786ab73
 @patch
 def forget(self:FusedFamily): self.cache.mem.clear(); return self
 
+# %% ../nbs/11_fusion.ipynb #d4a1de4f
 @patch
 def collate_images(self:FusedFamily, items): return ImageFeats.collate(items).to(self.device)
+
+# %% ../nbs/11_fusion.ipynb #48a35776
 @patch
 def text_items(self:FusedFamily, texts): return self.cache.texts(texts)
+
+# %% ../nbs/11_fusion.ipynb #d7f3a152
 @patch
 def collate_texts(self:FusedFamily, items): return TextFeats.collate(items).to(self.device)
 
 # %% ../nbs/11_fusion.ipynb #c2a8df2b
 @patch
 def joint(self:FusedFamily, img, txt, index=None): return self.net._fuse(img, txt, index)
+
+# %% ../nbs/11_fusion.ipynb #e3b1b273
 @patch
 def itm_head(self:FusedFamily, joint): return self.net.itm_head(joint)
+
+# %% ../nbs/11_fusion.ipynb #b844e629
 @patch
 def embed_images(self:FusedFamily, img): return self.net.embed_image(img)
+
+# %% ../nbs/11_fusion.ipynb #a78c20ff
 @patch
 def embed_texts(self:FusedFamily, txt): return self.net.embed_text(txt)
+
+# %% ../nbs/11_fusion.ipynb #80731a3a
 @patch
 def itc_scale(self:FusedFamily): return self.net.logit_scale.exp().clamp(max=100)
 
+# %% ../nbs/11_fusion.ipynb #21ccf97f
 @patch
 def itc(self:FusedFamily, img, txt, index=None):
     "Cosine similarity (N,) of text j with image `index[j]` (zeros for a text-only model, which has no image embedding)"

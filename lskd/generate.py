@@ -21,9 +21,10 @@ __all__ = ['TEACHERS', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_bod
            'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'teacher_endpoint',
            'Teacher', 'GenerationError', 'GenResult', 'generate', 'main', 'run_stage']
 
-# %% ../nbs/03_generate.ipynb #71c42b41
+# %% ../nbs/03_generate.ipynb #8a41564d
 TEACHERS = ('remote', 'local', 'fake')
 
+# %% ../nbs/03_generate.ipynb #e4307e21
 @dataclass
 class GenerateConfig:
     "The generate stage's configuration (the `generate` section of a run's config)"
@@ -71,11 +72,12 @@ def load(cls:GenerateConfig, config=None, **overrides):
     d.update({k:v for k,v in overrides.items() if v is not None})
     return check_config(cls, d, 'generate')
 
-# %% ../nbs/03_generate.ipynb #df267c10
+# %% ../nbs/03_generate.ipynb #3359b7e2
 def request_seed(seed, image_key, sample):
     "A 31-bit seed for sample `sample` of image `image_key`"
     return int(hashlib.sha256(f'{seed}:{image_key}:{sample}'.encode()).hexdigest()[:8], 16) & 0x7fffffff
 
+# %% ../nbs/03_generate.ipynb #4271ea92
 def request_body(cfg, prompt, model, seed, fmt):
     "The chat-completions body for `prompt` with response-format flavour `fmt`"
     body = dict(model=model, messages=prompt.messages, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -84,11 +86,12 @@ def request_body(cfg, prompt, model, seed, fmt):
     if rf is not None: body['response_format'] = rf
     return body
 
+# %% ../nbs/03_generate.ipynb #abaa8517
 def request_key(body):
     "sha256 of the canonical JSON of a request body"
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(',', ':')).encode()).hexdigest()
 
-# %% ../nbs/03_generate.ipynb #28aecb95
+# %% ../nbs/03_generate.ipynb #e24a3afb
 class ReplyCache:
     "Successful teacher replies keyed by request hash, in SQLite"
     def __init__(self, path):
@@ -99,19 +102,29 @@ class ReplyCache:
             self.db.execute('PRAGMA journal_mode=WAL')
             self.db.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, request TEXT, reply TEXT, '
                             'prompt_tokens INTEGER, completion_tokens INTEGER, seconds REAL, created REAL)')
-    def get(self, key):
-        with self.lock: r = self.db.execute('SELECT reply FROM replies WHERE key=?', (key,)).fetchone()
-        return None if r is None else json.loads(r[0])
-    def put(self, key, body, reply, seconds=None):
-        u = reply.get('usage') or {}
-        with self.lock, self.db:
-            self.db.execute('INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?)',
-                            (key, json.dumps(body, ensure_ascii=False), json.dumps(reply, ensure_ascii=False),
-                             u.get('prompt_tokens'), u.get('completion_tokens'), seconds, time.time()))
     def __len__(self):
         with self.lock: return self.db.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
-    def close(self): self.db.close()
 
+# %% ../nbs/03_generate.ipynb #37ddc781
+@patch
+def get(self:ReplyCache, key):
+    with self.lock: r = self.db.execute('SELECT reply FROM replies WHERE key=?', (key,)).fetchone()
+    return None if r is None else json.loads(r[0])
+
+# %% ../nbs/03_generate.ipynb #e2873e9e
+@patch
+def put(self:ReplyCache, key, body, reply, seconds=None):
+    u = reply.get('usage') or {}
+    with self.lock, self.db:
+        self.db.execute('INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?)',
+                        (key, json.dumps(body, ensure_ascii=False), json.dumps(reply, ensure_ascii=False),
+                         u.get('prompt_tokens'), u.get('completion_tokens'), seconds, time.time()))
+
+# %% ../nbs/03_generate.ipynb #ee73817e
+@patch
+def close(self:ReplyCache): self.db.close()
+
+# %% ../nbs/03_generate.ipynb #8186682f
 class NoCache:
     "A cache that keeps nothing"
     def get(self, key): return None
@@ -119,10 +132,11 @@ class NoCache:
     def __len__(self): return 0
     def close(self): pass
 
-# %% ../nbs/03_generate.ipynb #a171b3eb
+# %% ../nbs/03_generate.ipynb #80478814
 class BudgetExceeded(Exception):
     "The run's budget is spent; no new request was sent"
 
+# %% ../nbs/03_generate.ipynb #662e9212
 class Meter:
     "Token usage and cost of the requests sent in this run"
     def __init__(self, prices=None, model=None, budget_usd=None, budget_tokens=None):
@@ -130,21 +144,27 @@ class Meter:
         self.budget_usd, self.budget_tokens = budget_usd, budget_tokens
         self.prompt_tokens = self.completion_tokens = self.requests = 0
         self.lock = threading.Lock()
-    def add(self, usage):
-        with self.lock:
-            self.prompt_tokens += int((usage or {}).get('prompt_tokens') or 0)
-            self.completion_tokens += int((usage or {}).get('completion_tokens') or 0)
-            self.requests += 1
     @property
     def tokens(self): return self.prompt_tokens + self.completion_tokens
     @property
     def cost(self):
         return (self.prompt_tokens*self.price.get('prompt', 0) + self.completion_tokens*self.price.get('completion', 0))/1e6
-    def over_budget(self):
-        return ((self.budget_usd is not None and self.cost >= self.budget_usd) or
-                (self.budget_tokens is not None and self.tokens >= self.budget_tokens))
 
-# %% ../nbs/03_generate.ipynb #4e82b073
+# %% ../nbs/03_generate.ipynb #7f126de5
+@patch
+def add(self:Meter, usage):
+    with self.lock:
+        self.prompt_tokens += int((usage or {}).get('prompt_tokens') or 0)
+        self.completion_tokens += int((usage or {}).get('completion_tokens') or 0)
+        self.requests += 1
+
+# %% ../nbs/03_generate.ipynb #38d9be69
+@patch
+def over_budget(self:Meter):
+    return ((self.budget_usd is not None and self.cost >= self.budget_usd) or
+            (self.budget_tokens is not None and self.tokens >= self.budget_tokens))
+
+# %% ../nbs/03_generate.ipynb #c9824aca
 def retry_after(exc):
     "Seconds the server asked us to wait (Retry-After / retry-after-ms headers), or None"
     h = getattr(getattr(exc, 'response', None), 'headers', None) or {}
@@ -156,11 +176,13 @@ def retry_after(exc):
         except ValueError: return max(0.0, email.utils.parsedate_to_datetime(v).timestamp() - time.time())
     except (TypeError, ValueError): return None
 
+# %% ../nbs/03_generate.ipynb #012733aa
 def is_format_error(exc):
     "True if the server refused the request's `response_format` (llama-cpp-python says so with a 500)"
     import openai
     return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422, 500) and 'response_format' in str(exc)
 
+# %% ../nbs/03_generate.ipynb #1fbe25a9
 def is_retryable(exc):
     "True for rate limits, 5xx/408/409, timeouts and connection errors (not for a refused `response_format`)"
     import openai
@@ -169,8 +191,13 @@ def is_retryable(exc):
         return (exc.status_code in (408, 409, 429) or exc.status_code >= 500) and not is_format_error(exc)
     return False
 
-# %% ../nbs/03_generate.ipynb #d50886ea
-def send(client, body, cfg, on_retry=None, sleep=time.sleep):
+# %% ../nbs/03_generate.ipynb #3b3fce31
+def send(client, # an `openai.OpenAI` client
+         body, # the request body (`request_body`)
+         cfg, # `GenerateConfig`: `timeout`, `max_retries`, `backoff`, `backoff_max`
+         on_retry=None, # called as `on_retry(exception, wait)` before each retry
+         sleep=time.sleep, # how to wait
+        ):
     "The reply (a dict) to request `body`, retrying transient errors as `cfg` says"
     rest = {k:v for k,v in body.items() if k not in ('model', 'messages')}
     for attempt in range(cfg.max_retries + 1):
@@ -213,65 +240,87 @@ def teacher_endpoint(cfg, log_dir=None):
         with TeacherServer(path, alias=name, n_ctx=cfg.local_n_ctx, n_threads=cfg.local_n_threads, log_path=log) as srv:
             yield srv.base_url, name, 'sk-local', 'none'
 
-# %% ../nbs/03_generate.ipynb #03f8ef94
+# %% ../nbs/03_generate.ipynb #4593d8b3
 class Teacher:
     "Sends jobs to one endpoint, through the cache, within the budget"
-    def __init__(self, cfg, client, model, cache, meter, flavour=None):
+    def __init__(self, cfg, # `GenerateConfig`
+                 client, # `openai.OpenAI` client of the endpoint
+                 model, # model name at the endpoint
+                 cache, # `ReplyCache` or `NoCache`
+                 meter, # the run's `Meter`
+                 flavour=None): # the endpoint's `response_format` spelling, if known (for `auto`)
         self.cfg, self.client, self.model, self.cache, self.meter = cfg, client, model, cache, meter
         f = cfg.response_format
         self.modes = [f] if f != 'auto' else ([flavour] if flavour else ['openai', 'llama_cpp', 'none'])
         self.mode_i, self.lock, self.abort = 0, threading.Lock(), None
         self.stats = Counter()
-    def _count(self, k, n=1):
-        with self.lock: self.stats[k] += n
-    def run(self, prompt, seed):
-        "`(reply dict, request key)` for `prompt` sampled with `seed`"
-        for mode in self.modes[self.mode_i:]:           # any spelling already answered?
-            body = request_body(self.cfg, prompt, self.model, seed, mode); key = request_key(body)
-            if (r := self.cache.get(key)) is not None: self._count('cached'); return r, key
-        while True:
-            mi = self.mode_i
-            body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi]); key = request_key(body)
-            if self.abort: raise RuntimeError(f'not sent: the run was aborted ({self.abort})')
-            if self.meter.over_budget(): raise BudgetExceeded()
-            t0 = time.perf_counter()
-            try: r = send(self.client, body, self.cfg, on_retry=lambda e, w: self._count('retries'))
-            except Exception as e:
-                import openai
-                if 'response_format' in body and is_format_error(e) and mi + 1 < len(self.modes):
-                    with self.lock: self.mode_i = max(self.mode_i, mi + 1)
-                    continue
-                if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
-                    self.abort = f'{type(e).__name__}: {e}'
-                raise
-            dt = time.perf_counter() - t0
-            self.meter.add(r.get('usage')); self._count('sent'); self._count('seconds', dt)
-            self.cache.put(key, body, r, dt)
-            return r, key
 
-# %% ../nbs/03_generate.ipynb #c19a31b6
+# %% ../nbs/03_generate.ipynb #bcf1174e
+@patch
+def _count(self:Teacher, k, n=1):
+    with self.lock: self.stats[k] += n
+
+# %% ../nbs/03_generate.ipynb #ca4118ce
+@patch
+def run(self:Teacher, prompt, seed):
+    "`(reply dict, request key)` for `prompt` sampled with `seed`"
+    for mode in self.modes[self.mode_i:]:           # any spelling already answered?
+        body = request_body(self.cfg, prompt, self.model, seed, mode); key = request_key(body)
+        if (r := self.cache.get(key)) is not None: self._count('cached'); return r, key
+    while True:
+        mi = self.mode_i
+        body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi]); key = request_key(body)
+        if self.abort: raise RuntimeError(f'not sent: the run was aborted ({self.abort})')
+        if self.meter.over_budget(): raise BudgetExceeded()
+        t0 = time.perf_counter()
+        try: r = send(self.client, body, self.cfg, on_retry=lambda e, w: self._count('retries'))
+        except Exception as e:
+            import openai
+            if 'response_format' in body and is_format_error(e) and mi + 1 < len(self.modes):
+                with self.lock: self.mode_i = max(self.mode_i, mi + 1)
+                continue
+            if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
+                self.abort = f'{type(e).__name__}: {e}'
+            raise
+        dt = time.perf_counter() - t0
+        self.meter.add(r.get('usage')); self._count('sent'); self._count('seconds', dt)
+        self.cache.put(key, body, r, dt)
+        return r, key
+
+# %% ../nbs/03_generate.ipynb #032d7015
 OUTPUTS = ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl')
 
+# %% ../nbs/03_generate.ipynb #77238ed2
 class _Outputs:
     def __init__(self, out_dir):
         self.dir = Path(out_dir)
         self.w = {n: JsonlWriter(self.dir/f'{n}.partial', 'w') for n in OUTPUTS}
         self.n = 0
-    def write(self, qars, rejects):
-        for q in qars:
-            q.index = self.n; self.n += 1
-            self.w['corpus.jsonl'].write(q); self.w['corpus_lskd.jsonl'].write(qar_to_lskd_row(q))
-        for r in rejects: self.w['rejects.jsonl'].write(r)
-    def close(self):
-        for w in self.w.values(): w.close()
-    def finish(self):
-        self.close()
-        for n in OUTPUTS: os.replace(self.dir/f'{n}.partial', self.dir/n)
 
-# %% ../nbs/03_generate.ipynb #a9c454fd
+# %% ../nbs/03_generate.ipynb #bda63b80
+@patch
+def write(self:_Outputs, qars, rejects):
+    for q in qars:
+        q.index = self.n; self.n += 1
+        self.w['corpus.jsonl'].write(q); self.w['corpus_lskd.jsonl'].write(qar_to_lskd_row(q))
+    for r in rejects: self.w['rejects.jsonl'].write(r)
+
+# %% ../nbs/03_generate.ipynb #9c121190
+@patch
+def close(self:_Outputs):
+    for w in self.w.values(): w.close()
+
+# %% ../nbs/03_generate.ipynb #8aa1d901
+@patch
+def finish(self:_Outputs):
+    self.close()
+    for n in OUTPUTS: os.replace(self.dir/f'{n}.partial', self.dir/n)
+
+# %% ../nbs/03_generate.ipynb #f57225dc
 class GenerationError(RuntimeError):
     "Some teacher requests failed; the message lists them"
 
+# %% ../nbs/03_generate.ipynb #0879799c
 @dataclass
 class GenResult:
     "What a `generate` run did: `status`, `summary` (dict) and the output folder"
@@ -286,8 +335,16 @@ class GenResult:
                 f"failed {s['requests_failed']}, {s['completion_tokens']} completion tokens, ${s['cost_usd']:.4f}, "
                 f"{s['wall_s']:.1f} s -> {self.out_dir})")
 
-# %% ../nbs/03_generate.ipynb #2a2a0c38
-def _summary(cfg, model, base_url, c, meter, teacher, wall, status):
+# %% ../nbs/03_generate.ipynb #69330695
+def _summary(cfg, # the run's `GenerateConfig`
+             model, # the teacher's model name
+             base_url, # its endpoint
+             c, # the run's Counter of images, jobs, replies and reject reasons
+             meter, # its `Meter`
+             teacher, # its `Teacher` (requests sent, cached, retries; the response format)
+             wall, # seconds the run took
+             status, # complete | budget | failed
+            ):
     parsed = c['triples_parsed']
     return dict(status=status, model=model, base_url=base_url, prompt=cfg.prompt, images=c['images'],
         images_done=c['images_done'], images_no_regions=c['no_regions'], requests=c['jobs'],
@@ -303,8 +360,14 @@ def _summary(cfg, model, base_url, c, meter, teacher, wall, status):
         request_seconds=round(teacher.stats['seconds'], 3), wall_s=round(wall, 3),
         response_format=teacher.modes[teacher.mode_i])
 
-# %% ../nbs/03_generate.ipynb #624c5236
-def _process(verb, prompt, spec, replies, c, model):
+# %% ../nbs/03_generate.ipynb #50769838
+def _process(verb, # the image's `Verbalization`
+             prompt, # its `Prompt`
+             spec, # the `PromptSpec`
+             replies, # `[(sample, seed, reply dict, request key)]`
+             c, # the run's Counter (updated)
+             model, # the teacher's model name, for each QAR's `meta`
+            ):
     "QARs and rejects of one image from its `[(sample, seed, reply, key)]`"
     seen, qars, rejects = set(), [], []
     key = verb.image.id or verb.image.path

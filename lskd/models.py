@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, importlib, json, math, re
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
+from fastcore.basics import patch
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import atomic_path, atomic_write, check_config, check_box
 
@@ -33,6 +34,7 @@ class ImageTextModel(nn.Module):
 # %% ../nbs/14_models.ipynb #dd905948
 def _todo(self, *a, **k): raise NotImplementedError(f"the {type(self).__name__} family does not implement this method")
 
+# %% ../nbs/14_models.ipynb #e0f301f0
 ImageTextModel.image_items = _todo     # (images, boxes) -> per-image items (CPU): drawn images, boxes in drawing order
 ImageTextModel.collate_images = _todo  # items -> an image batch on the model's device
 ImageTextModel.text_items = _todo      # texts -> per-text items (CPU)
@@ -44,23 +46,24 @@ ImageTextModel.embed_texts = _todo     # txt -> unit embeddings (N, d)
 ImageTextModel.joint_dim = property(_todo)  # width of `joint` (the critic's heads read it)
 
 # %% ../nbs/14_models.ipynb #2923f58a
-from fastcore.basics import patch
-
 @patch
 def encode_images(self:ImageTextModel, images, boxes):
     "An image batch from drawn `images` and their `boxes` (pixels of the original image, in drawing order)"
     if len(images) != len(boxes): raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
     return self.collate_images(self.image_items(images, boxes))
 
+# %% ../nbs/14_models.ipynb #1d8af895
 @patch
 def encode_texts(self:ImageTextModel, texts): "A text batch"; return self.collate_texts(self.text_items(list(texts)))
 
 # %% ../nbs/14_models.ipynb #8e0fe575
 def _idx(index, n, device): return torch.arange(n, device=device) if index is None else torch.as_tensor(index, dtype=torch.long, device=device)
 
+# %% ../nbs/14_models.ipynb #f7012a83
 @patch
 def itm_logits(self:ImageTextModel, img, txt, index=None): "ITM logits (N, 2)"; return self.itm_head(self.joint(img, txt, index))
 
+# %% ../nbs/14_models.ipynb #b1911bab
 @patch
 def itm(self:ImageTextModel, img, txt, index=None): "P(match) (N,) of text j with image `index[j]`"; return self.itm_logits(img, txt, index).softmax(-1)[:, 1]
 
@@ -70,28 +73,38 @@ def similarity(e_img, e_txt):
     if e_img.ndim == 3: return torch.einsum('bqd,nd->nbq', e_img, e_txt.to(e_img.dtype)).max(-1).values
     return e_txt @ e_img.T.to(e_txt.dtype)
 
+# %% ../nbs/14_models.ipynb #4739fd50
 @patch
 def itc_matrix(self:ImageTextModel, img, txt): "(N texts, B images) similarities"; return similarity(self.embed_images(img), self.embed_texts(txt))
 
+# %% ../nbs/14_models.ipynb #90ae2c2b
 @patch
 def itc(self:ImageTextModel, img, txt, index=None):
     "Similarity (N,) of text j with image `index[j]`"
     s = self.itc_matrix(img, txt)
     return s.gather(1, _idx(index, len(s), s.device)[:, None])[:, 0]
 
+# %% ../nbs/14_models.ipynb #b1a52259
 @patch
 def itc_scale(self:ImageTextModel): "The contrastive temperature's inverse"; return self.logit_scale.exp().clamp(max=100)
 
+# %% ../nbs/14_models.ipynb #c6766d31
 @patch
 def itc_logits(self:ImageTextModel, img, txt): "Similarities times the learned inverse temperature (for the loss)"; return self.itc_scale() * self.itc_matrix(img, txt)
 
 # %% ../nbs/14_models.ipynb #7192f2ea
 class Batch:
     "Mixin for dataclass batches of tensors: `len`, `b[idx]` (indexes every tensor field), `to(device, dtype)` (floating fields take `dtype`)"
-    def _map(self, f): return type(self)(**{k.name: f(v) if torch.is_tensor(v := getattr(self, k.name)) else v for k in fields(self)})
     def __len__(self): return len(next(getattr(self, k.name) for k in fields(self) if torch.is_tensor(getattr(self, k.name))))
     def __getitem__(self, idx): idx = torch.as_tensor(idx, dtype=torch.long); return self._map(lambda t: t[idx])
-    def to(self, device, dtype=torch.float32): return self._map(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device))
+
+# %% ../nbs/14_models.ipynb #e682e056
+@patch
+def _map(self:Batch, f): return type(self)(**{k.name: f(v) if torch.is_tensor(v := getattr(self, k.name)) else v for k in fields(self)})
+
+# %% ../nbs/14_models.ipynb #1ac5ab37
+@patch
+def to(self:Batch, device, dtype=torch.float32): return self._map(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device))
 
 # %% ../nbs/14_models.ipynb #29cfd5de
 @patch
@@ -111,16 +124,22 @@ def score(self:ImageTextModel, encoded, index, texts, batch_size=64):
 # %% ../nbs/14_models.ipynb #0cf574fd
 ImageTextModel.default_lr = {'student': 3e-4, 'critic': 1e-3}   # peak learning rates when a config gives none
 
+# %% ../nbs/14_models.ipynb #7fd00286
 @patch
 def cached_image_items(self:ImageTextModel, keys, make):
     "Items of the images `keys`; `make(i) -> (drawn image, boxes)` (this default caches nothing)"
     made = [make(i) for i in range(len(keys))]
     return self.image_items([m[0] for m in made], [m[1] for m in made]) if made else []
 
+# %% ../nbs/14_models.ipynb #4b0c911d
 @patch
 def item_maker(self:ImageTextModel): "A picklable `(images, boxes) -> items` for data-loader workers, or None"; return None
+
+# %% ../nbs/14_models.ipynb #69d9b1fe
 @patch
 def use_cache_dir(self:ImageTextModel, folder): "Keep cached features in `folder` (families that cache)"; return self
+
+# %% ../nbs/14_models.ipynb #06dd172f
 @patch
 def forget(self:ImageTextModel): "Empty in-memory caches"; return self
 
@@ -128,6 +147,7 @@ def forget(self:ImageTextModel): "Empty in-memory caches"; return self
 @patch
 def weights(self:ImageTextModel): "The tensors a checkpoint keeps"; return self.state_dict()
 
+# %% ../nbs/14_models.ipynb #22903e09
 @patch
 def load_weights(self:ImageTextModel, sd):
     "Load tensors saved by `weights`, with an error that names what does not fit"
@@ -159,6 +179,7 @@ def read_model_json(folder):
 FAMILIES = {}                                                       # name -> class
 FAMILY_MODULES = {'fused': 'lskd.fusion', 'blip2': 'lskd.blip2', 'bow': 'lskd.models'}   # built in, imported on demand
 
+# %% ../nbs/14_models.ipynb #bf183980
 def register_family(cls):
     "Class decorator: make the `ImageTextModel` subclass `cls` loadable by its `family` name"
     if not (isinstance(cls, type) and issubclass(cls, ImageTextModel) and cls.family and cls.config_class):
@@ -255,12 +276,9 @@ def image_items(self:BowModel, images, boxes):
         out.append(torch.cat([g, regs.flatten()]))
     return out
 
+# %% ../nbs/14_models.ipynb #1ff362a3
 @patch
 def collate_images(self:BowModel, items): return torch.stack(items).to(self.device)
-@patch
-def text_items(self:BowModel, texts): return [torch.tensor(bow_words(t, self.config.vocab)) for t in texts]
-@patch
-def collate_texts(self:BowModel, items): return _pad_ids(items).to(self.device)
 
 # %% ../nbs/14_models.ipynb #481b3e4b
 def _pad_ids(items):
@@ -269,6 +287,15 @@ def _pad_ids(items):
     for n,i in enumerate(items): out[n, :len(i)] = i
     return out
 
+# %% ../nbs/14_models.ipynb #574b9fff
+@patch
+def text_items(self:BowModel, texts): return [torch.tensor(bow_words(t, self.config.vocab)) for t in texts]
+
+# %% ../nbs/14_models.ipynb #93dfb26a
+@patch
+def collate_texts(self:BowModel, items): return _pad_ids(items).to(self.device)
+
+# %% ../nbs/14_models.ipynb #f3011e03
 def _bag(emb, ids):
     "Mean embedding of the non-padding ids of each row"
     m = (ids >= 0)[..., None]
@@ -279,9 +306,14 @@ def _bag(emb, ids):
 def joint(self:BowModel, img, txt, index=None):
     return _bag(self.words, txt) * self.pixels(img[_idx(index, len(txt), img.device)])
 
+# %% ../nbs/14_models.ipynb #f515483e
 @patch
 def itm_head(self:BowModel, joint): return self.head(joint)
+
+# %% ../nbs/14_models.ipynb #67851b1e
 @patch
 def embed_images(self:BowModel, img): return F.normalize(self.img_itc(self.pixels(img)), dim=-1)
+
+# %% ../nbs/14_models.ipynb #771e4bf6
 @patch
 def embed_texts(self:BowModel, txt): return F.normalize(self.txt_itc(_bag(self.words, txt)), dim=-1)

@@ -21,7 +21,7 @@ __all__ = ['PROMPT_OPTIONS', 'RESPONSE_FORMATS', 'prompt_dirs', 'find_prompt', '
            'response_format', 'ParseError', 'parse_triples', 'normalize_refs', 'check_triple', 'read_reply',
            'reject_shares']
 
-# %% ../nbs/02_prompts.ipynb #7f889690
+# %% ../nbs/02_prompts.ipynb #b370a081
 PROMPT_OPTIONS = dict(
     n=3,                       # triples asked for per request
     regions='any',             # any | people
@@ -36,6 +36,7 @@ PROMPT_OPTIONS = dict(
     dedup='question',          # question | qa | qar
 )
 
+# %% ../nbs/02_prompts.ipynb #042b8d1b
 def prompt_dirs():
     "Folders searched for named prompts: `$LSKD_PROMPTS`, then lskd's `data/prompts`"
     env = [Path(p) for p in os.environ.get('LSKD_PROMPTS', '').split(os.pathsep) if p]
@@ -52,7 +53,7 @@ def find_prompt(name):
     raise FileNotFoundError(f"no prompt {name!r} (a folder with prompt.yaml) in {[str(d) for d in prompt_dirs()]}; "
                             f"known prompts: {known}")
 
-# %% ../nbs/02_prompts.ipynb #d746b036
+# %% ../nbs/02_prompts.ipynb #62847575
 @dataclass
 class PromptSpec:
     "A named prompt: system message, task line, in-context examples and options"
@@ -65,6 +66,7 @@ class PromptSpec:
         if k != 'options' and k in self.options: return self.options[k]
         raise AttributeError(k)
 
+# %% ../nbs/02_prompts.ipynb #d866f83f
 def _read_examples(p):
     out = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
@@ -152,9 +154,10 @@ class Prompt:
         return ''.join(f'<div style="margin:4px 0"><b>{m["role"]}</b><pre style="white-space:pre-wrap;margin:2px 0">'
                        f'{_html.escape(m["content"])}</pre></div>' for m in self.messages)
 
-# %% ../nbs/02_prompts.ipynb #90c153ec
+# %% ../nbs/02_prompts.ipynb #f04bd5ec
 def task_text(spec, n=None): return spec.task.replace('{n}', str(n or spec.n))
 
+# %% ../nbs/02_prompts.ipynb #319d82dc
 def _example_turns(spec):
     msgs = []
     for verb, triples in spec.examples[:spec.max_examples]:
@@ -169,10 +172,11 @@ def _example_turns(spec):
                  {'role': 'assistant', 'content': json.dumps({'triples': ts}, ensure_ascii=False)}]
     return msgs
 
-# %% ../nbs/02_prompts.ipynb #05d9fef9
+# %% ../nbs/02_prompts.ipynb #55dea00c
 class NoRegionsError(ValueError):
     "An image has no region that the prompt may show"
 
+# %% ../nbs/02_prompts.ipynb #2cd8f1cc
 def build_prompt(verb:Verbalization, spec, n=None):
     "The `Prompt` asking `spec`'s teacher for `n` triples about `verb`"
     regs = prompt_regions(verb.image, spec)
@@ -183,7 +187,7 @@ def build_prompt(verb:Verbalization, spec, n=None):
     msgs.append({'role': 'user', 'content': f'{text}\n\n{task_text(spec, n)}'})
     return Prompt(msgs, regs, rm, verb.image.path, n or spec.n, spec.name)
 
-# %% ../nbs/02_prompts.ipynb #4d9970d6
+# %% ../nbs/02_prompts.ipynb #54a84cca
 def answer_schema(n=None):
     "JSON schema of the teacher's reply (at most `n` triples when given)"
     item = {'type': 'object', 'additionalProperties': False, 'required': ['question', 'answer', 'rationale'],
@@ -192,8 +196,10 @@ def answer_schema(n=None):
     if n: arr.update(minItems=1, maxItems=int(n))
     return {'type': 'object', 'additionalProperties': False, 'required': ['triples'], 'properties': {'triples': arr}}
 
+# %% ../nbs/02_prompts.ipynb #e84f497b
 RESPONSE_FORMATS = ('openai', 'llama_cpp', 'json_object', 'none')
 
+# %% ../nbs/02_prompts.ipynb #14cd4d77
 def response_format(mode, n=None):
     "The `response_format` request field for server flavour `mode` (None for 'none')"
     if mode == 'openai': return {'type': 'json_schema', 'json_schema': {'name': 'qar_triples', 'schema': answer_schema(), 'strict': True}}
@@ -202,12 +208,14 @@ def response_format(mode, n=None):
     if mode == 'none': return None
     raise ValueError(f"unknown response_format mode {mode!r}; use one of {RESPONSE_FORMATS} or 'auto'")
 
-# %% ../nbs/02_prompts.ipynb #64cc335a
+# %% ../nbs/02_prompts.ipynb #a214bf41
 class ParseError(ValueError):
     "A teacher reply with no triples in it"
 
+# %% ../nbs/02_prompts.ipynb #4819ed7e
 _FENCE_RE = re.compile(r'```[a-zA-Z]*\s*\n?(.*?)(?:```|$)', re.S)
 
+# %% ../nbs/02_prompts.ipynb #40250d62
 def _drop_trailing_commas(s):
     "`s` without commas that directly precede `}` or `]` (outside strings)"
     out, i, n, in_str = [], 0, len(s), False
@@ -226,13 +234,15 @@ def _drop_trailing_commas(s):
         i += 1
     return ''.join(out)
 
-# %% ../nbs/02_prompts.ipynb #c30ca8e2
+# %% ../nbs/02_prompts.ipynb #57871c64
 _KEYS = {'question': 'question', 'q': 'question', 'answer': 'answer', 'a': 'answer', 'rationale': 'rationale',
          'r': 'rationale', 'reason': 'rationale', 'reasoning': 'rationale', 'explanation': 'rationale', 'because': 'rationale'}
 
+# %% ../nbs/02_prompts.ipynb #453e60cb
 def _norm_triple(d):
     return {_KEYS.get(str(k).strip().lower(), str(k).strip().lower()): v for k,v in d.items()}
 
+# %% ../nbs/02_prompts.ipynb #f85311f4
 def _triples_in(obj):
     "The triple dicts in a decoded JSON value, or None if it has none"
     if isinstance(obj, list):
@@ -245,11 +255,12 @@ def _triples_in(obj):
             if isinstance(v, (list, dict)) and (ts := _triples_in(v)): return ts
     return None
 
-# %% ../nbs/02_prompts.ipynb #f608d4de
+# %% ../nbs/02_prompts.ipynb #31935214
 _dec = json.JSONDecoder()
 _PLAIN_RE = re.compile(r'(?:^|\n)\W*(?:Q(?:uestion)?)\s*\d*\s*[:.]\s*(?P<q>.+?)\s*\n\W*(?:A(?:nswer)?)\s*\d*\s*[:.]\s*(?P<a>.+?)'
                        r'\s*\n\W*(?:R(?:ationale)?|Reason)\s*\d*\s*[:.]\s*(?P<r>.+?)\s*(?=\n|$)', re.I)
 
+# %% ../nbs/02_prompts.ipynb #7fc8ae41
 def _json_values(s):
     "Every JSON value that starts at a `{` or `[` of `s` and decodes"
     for i,c in enumerate(s):
@@ -257,6 +268,7 @@ def _json_values(s):
             try: yield _dec.raw_decode(s, i)[0]
             except json.JSONDecodeError: pass
 
+# %% ../nbs/02_prompts.ipynb #8e48f916
 def parse_triples(text):
     "Triple dicts (`question`, `answer`, `rationale`, ...) found in the teacher's reply `text`"
     if not text or not text.strip(): raise ParseError('empty reply')
@@ -270,22 +282,26 @@ def parse_triples(text):
     if plain: return [dict(question=d['q'], answer=d['a'], rationale=d['r']) for d in plain]
     raise ParseError(f"no question/answer/rationale triples in the reply: {text[:200]!r}")
 
-# %% ../nbs/02_prompts.ipynb #48a6b80a
+# %% ../nbs/02_prompts.ipynb #ccbd4185
 _MULTI_RE = re.compile(r'\[\s*(\d+(?:\s*,\s*\d+)+)\s*\]')
 _ADJ_RE = re.compile(r'\[(\d+)\]\s*(?=\[\d+\])')
+
+# %% ../nbs/02_prompts.ipynb #e4f2bd3f
 _PLACEHOLDERS = {'', '...', 'n/a', 'na', 'none', 'unknown', 'tbd', '-', 'null'}
 
+# %% ../nbs/02_prompts.ipynb #6e574a3b
 def normalize_refs(text):
     "`[0, 1]` and `[0][1]` mentions rewritten as `[0] , [1]`"
     text = _MULTI_RE.sub(lambda m: ' , '.join(f'[{i.strip()}]' for i in m.group(1).split(',')), text)
     return _ADJ_RE.sub(lambda m: f'[{m.group(1)}] , ', text)
 
-# %% ../nbs/02_prompts.ipynb #543019f3
+# %% ../nbs/02_prompts.ipynb #3ee7f542
 def _dedup_key(t, how):
     norm = lambda s: ' '.join(re.sub(r'[^\w\[\]]+', ' ', s.lower()).split())
     keys = {'question': ('question',), 'qa': ('question', 'answer'), 'qar': ('question', 'answer', 'rationale')}[how]
     return tuple(norm(t[k]) for k in keys)
 
+# %% ../nbs/02_prompts.ipynb #a311f728
 def check_triple(t, k, spec, seen=None):
     "`(clean triple, None)` if triple dict `t` is valid for a prompt with `k` regions, else `(None, (reason, detail))`"
     if not isinstance(t, dict): return None, ('missing_field', f'not an object: {t!r}'[:200])
@@ -308,8 +324,16 @@ def check_triple(t, k, spec, seen=None):
         seen.add(key)
     return c, None
 
-# %% ../nbs/02_prompts.ipynb #76552205
-def read_reply(text, prompt:Prompt, spec, seen=None, meta=None, source='', split=None, id_prefix=None):
+# %% ../nbs/02_prompts.ipynb #71b9a079
+def read_reply(text, # the teacher's reply
+               prompt:Prompt, # the prompt it answers
+               spec, # the `PromptSpec` whose checks apply
+               seen=None, # dedup keys of earlier triples for this image (updated)
+               meta=None, # stored in each QAR's `meta` and each reject
+               source='', # each QAR's `source`
+               split=None, # each QAR's `split`
+               id_prefix=None, # QAR ids are `{id_prefix}-{j}` (None: no ids)
+              ):
     "`(qars, rejects)` from the teacher's reply `text` to `prompt`"
     meta, seen = dict(meta or {}), set() if seen is None else seen
     base = dict(image=prompt.image, prompt=prompt.name, **meta)

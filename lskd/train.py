@@ -6,16 +6,17 @@
 from __future__ import annotations
 import json, math, os, random, shutil, time, warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, torch, torch.nn as nn
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import write_jsonl
 
 # %% auto #0
-__all__ = ['TrainConfig', 'get_lr', 'optimizer', 'rng_state', 'set_rng_state', 'trainable', 'save_checkpoint',
-           'finish_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'History', 'mixed_precision', 'accelerator',
-           'fit']
+__all__ = ['TrainConfig', 'get_lr', 'optimizer', 'rng_state', 'set_rng_state', 'optimizer_tensors', 'load_optimizer_tensors',
+           'trainable', 'save_checkpoint', 'finish_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'History',
+           'mixed_precision', 'accelerator', 'Loop', 'fit']
 
 # %% ../nbs/16_train.ipynb #b3af4eff
 @dataclass
@@ -64,38 +65,56 @@ def optimizer(named_params, config):
     lr = lambda s: get_lr(s, config.steps, config.warmup_, config.lr_, config.min_lr_) / config.lr_
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr)
 
-# %% ../nbs/16_train.ipynb #9a17901b
+# %% ../nbs/16_train.ipynb #d4029cf2
 def rng_state(generator):
-    "Every random state a training step touches"
-    s = {'python': random.getstate(), 'numpy': [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-         'torch': torch.get_rng_state(), 'generator': generator.get_state()}
-    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
-    return s
+    "Every random state a training step touches: `(tensors, JSON-able)`"
+    t = {'torch': torch.get_rng_state(), 'generator': generator.get_state()}
+    if torch.cuda.is_available(): t.update({f'cuda.{i}': s for i,s in enumerate(torch.cuda.get_rng_state_all())})
+    return t, {'python': random.getstate(), 'numpy': [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()]}
 
-# %% ../nbs/16_train.ipynb #3db58718
-def set_rng_state(s, generator):
+# %% ../nbs/16_train.ipynb #093b9cda
+def set_rng_state(t, j, generator):
     "Restore what `rng_state` saved"
-    v, st, g = s['python']; random.setstate((v, tuple(st), g))
-    n = s['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    torch.set_rng_state(s['torch']); generator.set_state(s['generator'])
-    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    v, st, g = j['python']; random.setstate((v, tuple(st), g))
+    n = j['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    torch.set_rng_state(t['torch']); generator.set_state(t['generator'])
+    cuda = [t[k] for k in sorted((k for k in t if k.startswith('cuda.')), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
 
-# %% ../nbs/16_train.ipynb #cb7759f0
+# %% ../nbs/16_train.ipynb #7a966672
+def optimizer_tensors(opt):
+    "`(tensors, param_groups)` of an optimizer's state dict"
+    sd, t = opt.state_dict(), {}
+    for i,st in sd['state'].items():
+        for k,v in st.items(): t[f'opt.{i}.{k}'] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
+    return t, sd['param_groups']
+
+# %% ../nbs/16_train.ipynb #658dc75a
+def load_optimizer_tensors(opt, t, groups):
+    "Restore what `optimizer_tensors` saved"
+    state = {}
+    for k,v in t.items():
+        if k.startswith('opt.'): _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({'state': state, 'param_groups': groups})
+
+# %% ../nbs/16_train.ipynb #b72391d1
 def trainable(module): "Named parameters that train"; return {k: p for k,p in module.named_parameters() if p.requires_grad}
 
+# %% ../nbs/16_train.ipynb #d3694010
 def save_checkpoint(folder, module, opt, sched, generator, step, position, history, rank=0, is_main=True):
     "Write `folder/checkpoints/.step-NNNNNN.tmp` (weights and state from the main process, every process its RNG); `(tmp, final)`"
     from safetensors.torch import save_file
     ck = Path(folder)/'checkpoints'; final = ck/f'step-{step:06d}'; tmp = ck/f'.step-{step:06d}.tmp'
     tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(generator), tmp/f'rng-{rank}.pt')
+    t, j = rng_state(generator); save_file(t, str(tmp/f'rng-{rank}.safetensors'), metadata={'state': json.dumps(j)})
     if is_main:
         save_file({k: p.detach().contiguous().cpu() for k,p in trainable(module).items()}, str(tmp/'weights.safetensors'))
-        torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'step': step, 'position': position,
-                    'history': history}, tmp/'state.pt')
+        t, groups = optimizer_tensors(opt)
+        meta = {'param_groups': groups, 'scheduler': sched.state_dict(), 'step': step, 'position': position, 'history': history}
+        save_file(t, str(tmp/'state.safetensors'), metadata={k: json.dumps(v, default=float) for k,v in meta.items()})
     return tmp, final
 
-# %% ../nbs/16_train.ipynb #6f75c4fd
+# %% ../nbs/16_train.ipynb #c164ae3d
 def finish_checkpoint(tmp, final, keep=2):
     "Rename the written checkpoint into place; keep the newest `keep`"
     if final.exists(): shutil.rmtree(final)
@@ -103,24 +122,32 @@ def finish_checkpoint(tmp, final, keep=2):
     for p in sorted(p for p in final.parent.glob('step-*') if p.is_dir())[:-keep] if keep else []: shutil.rmtree(p, ignore_errors=True)
     return final
 
+# %% ../nbs/16_train.ipynb #2fc6b39b
 def latest_checkpoint(folder):
     "The newest complete checkpoint folder under `folder/checkpoints`, or None"
-    c = sorted(p for p in (Path(folder)/'checkpoints').glob('step-*') if (p/'state.pt').exists())
+    c = sorted(p for p in (Path(folder)/'checkpoints').glob('step-*') if (p/'state.safetensors').exists())
     return c[-1] if c else None
 
-# %% ../nbs/16_train.ipynb #1533db8a
+# %% ../nbs/16_train.ipynb #3c2a0366
+def _read(path):
+    "`(tensors, metadata decoded from JSON)` of a safetensors file"
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(str(path), 'pt') as f: meta = {k: json.loads(v) for k,v in (f.metadata() or {}).items()}
+    return load_file(str(path)), meta
+
+# %% ../nbs/16_train.ipynb #ea03a1ea
 def load_checkpoint(ck, module, opt, sched, generator, rank=0):
     "Restore a checkpoint into `module`, `opt`, `sched`, `generator`; `(step, position, history)`"
-    from safetensors.torch import load_file
-    ck = Path(ck); w = load_file(str(ck/'weights.safetensors')); params = trainable(module)
+    ck = Path(ck); w, _ = _read(ck/'weights.safetensors'); params = trainable(module)
     bad = sorted(set(w) ^ set(params)) + sorted(k for k in set(w) & set(params) if w[k].shape != params[k].shape)
     if bad: raise ValueError(f"checkpoint {ck} does not fit this model (differs in {bad[:5]}); was it made with other settings?")
     with torch.no_grad():
         for k,p in params.items(): p.copy_(w[k].to(p.device, p.dtype))
-    st = torch.load(ck/'state.pt', map_location='cpu', weights_only=False)
-    opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-    r = ck/f'rng-{rank}.pt'
-    if r.exists(): set_rng_state(torch.load(r, weights_only=False), generator)
+    t, st = _read(ck/'state.safetensors')
+    load_optimizer_tensors(opt, t, st['param_groups']); sched.load_state_dict(st['scheduler'])
+    r = ck/f'rng-{rank}.safetensors'
+    if r.exists(): t, j = _read(r); set_rng_state(t, j['state'], generator)
     else: warnings.warn(f"{ck} has no random state for process {rank}: the run continues, but not bit-exactly")
     return st['step'], st['position'], st['history']
 
@@ -128,30 +155,37 @@ def load_checkpoint(ck, module, opt, sched, generator, rank=0):
 class History(list):
     "Logged training records (`step`, `loss`, other losses, `lr`, ...); shows itself as a loss plot"
     def keys(self): return [k for k in (self[0] if self else {}) if k == 'loss' or k.startswith('loss_') or k in ('itc', 'itm', 'val_loss')]
-    def plot(self, path=None, title='training'):
-        "Loss curves and learning rate (a matplotlib `Figure`, no pyplot state); saved as PNG when `path` is given"
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(9, 3.2)); a, b = fig.subplots(1, 2)
-        s = [r['step'] for r in self]
-        for k in self.keys(): a.plot(s, [r.get(k, float('nan')) for r in self], label=k)
-        a.set_xlabel('step'); a.set_ylabel('loss'); a.legend(); a.set_title(title)
-        b.plot(s, [r['lr'] for r in self]); b.set_xlabel('step'); b.set_ylabel('learning rate')
-        b.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
-        fig.tight_layout()
-        if path: fig.savefig(path, dpi=100)
-        return fig
-    def _repr_png_(self):
-        import io
-        if not self: return None
-        b = io.BytesIO(); self.plot().savefig(b, format='png', dpi=80); return b.getvalue()
 
-# %% ../nbs/16_train.ipynb #38111073
+# %% ../nbs/16_train.ipynb #476abf7e
+@patch
+def plot(self:History, path=None, title='training'):
+    "Loss curves and learning rate (a matplotlib `Figure`, no pyplot state); saved as PNG when `path` is given"
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 3.2)); a, b = fig.subplots(1, 2)
+    s = [r['step'] for r in self]
+    for k in self.keys(): a.plot(s, [r.get(k, float('nan')) for r in self], label=k)
+    a.set_xlabel('step'); a.set_ylabel('loss'); a.legend(); a.set_title(title)
+    b.plot(s, [r['lr'] for r in self]); b.set_xlabel('step'); b.set_ylabel('learning rate')
+    b.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=100)
+    return fig
+
+# %% ../nbs/16_train.ipynb #5f5ab2f9
+@patch
+def _repr_png_(self:History):
+    import io
+    if not self: return None
+    b = io.BytesIO(); self.plot().savefig(b, format='png', dpi=80); return b.getvalue()
+
+# %% ../nbs/16_train.ipynb #c481a412
 def mixed_precision(mp, device):
     "The precision `'auto'` means on `device`: bf16 (or fp16) on a GPU, none on the CPU"
     if mp != 'auto': return mp
     if device.type != 'cuda': return 'no'
     return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
 
+# %% ../nbs/16_train.ipynb #243b4825
 def accelerator(config):
     "An `accelerate.Accelerator` for `config.device` and `config.mixed_precision`"
     from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -159,54 +193,100 @@ def accelerator(config):
     mp = mixed_precision(config.mixed_precision, torch.device(dev))
     return Accelerator(mixed_precision=mp, cpu=dev == 'cpu', kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
-# %% ../nbs/16_train.ipynb #f6a2b5f0
-def _log_record(step, acc, n_acc, sched, position, n_ex, t0, accel):
-    return {'step': step, **{k: round(v/n_acc, 5) for k,v in acc.items()}, 'lr': sched.get_last_lr()[0],
-            'epoch': position[0] if isinstance(position, (list, tuple)) else None,
-            'examples_per_s': round(n_ex * accel.num_processes / max(1e-9, time.time() - t0), 2)}
+# %% ../nbs/16_train.ipynb #c342f812
+@dataclass
+class Loop:
+    "The state of one `fit`"
+    module: nn.Module                # what trains (its `forward(**inputs, generator=g)` returns {'loss': ..., logged scalars})
+    net: nn.Module                   # the same, wrapped by accelerate
+    opt: object                      # AdamW (wrapped by accelerate)
+    sched: object                    # its warm-up + cosine LambdaLR
+    gen: torch.Generator             # the loop's own random stream (negative sampling)
+    accel: object                    # the accelerate.Accelerator
+    config: TrainConfig
+    out: Path                        # checkpoints/ and history.jsonl go here
+    step: int = 0                    # optimizer steps done
+    position: list = field(default_factory=lambda: [0, 0])   # the data's resume point after the last micro-batch
+    history: History = field(default_factory=History)
+    acc: dict = field(default_factory=dict)                  # logged values summed since the last record
+    n_acc: int = 0                   # steps summed in `acc`
+    n_ex: int = 0                    # examples seen by this process
+    t0: float = field(default_factory=time.time)
 
-# %% ../nbs/16_train.ipynb #415a6e50
+# %% ../nbs/16_train.ipynb #c2001774
+@patch
+def micro_batches(self:Loop, batches, size):
+    "The step's forward/backward passes over the next `grad_accum` batches; the logged values accumulate"
+    c, a = self.config, self.accel
+    for micro in range(c.grad_accum):
+        self.position, inputs = next(batches)
+        with a.no_sync(self.net) if micro < c.grad_accum - 1 else nullcontext():
+            with a.autocast(): o = self.net(**inputs, generator=self.gen)
+            a.backward(o['loss'] / c.grad_accum)
+        for k,v in o.items(): self.acc[k] = self.acc.get(k, 0.0) + float(v.detach()) / c.grad_accum
+        self.n_ex += size(inputs)
+
+# %% ../nbs/16_train.ipynb #5087dd80
+@patch
+def optimizer_step(self:Loop):
+    "Clip, step the optimizer and the schedule"
+    if self.config.grad_clip: self.accel.clip_grad_norm_(list(trainable(self.module).values()), self.config.grad_clip)
+    self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True); self.n_acc += 1; self.step += 1
+
+# %% ../nbs/16_train.ipynb #78c4eaa0
+@patch
+def due(self:Loop, every): "Is this step a multiple of `every` (or the last)"; return self.step == self.config.steps or bool(every and self.step % every == 0)
+
+# %% ../nbs/16_train.ipynb #fe4e48a5
+@patch
+def log(self:Loop):
+    "Append a history record of the steps since the last one"
+    self.history.append({'step': self.step, **{k: round(v/self.n_acc, 5) for k,v in self.acc.items()}, 'lr': self.sched.get_last_lr()[0],
+                         'epoch': self.position[0] if isinstance(self.position, (list, tuple)) else None,
+                         'examples_per_s': round(self.n_ex * self.accel.num_processes / max(1e-9, time.time() - self.t0), 2)})
+    self.acc, self.n_acc = {}, 0
+
+# %% ../nbs/16_train.ipynb #8c93e6df
+@patch
+def held_out(self:Loop, evaluate):
+    "Add `evaluate()`'s figures (computed in eval mode, without gradients) to this step's record"
+    self.net.eval()
+    with torch.no_grad(): rec = evaluate()
+    self.net.train()
+    if self.history and self.history[-1]['step'] == self.step: self.history[-1].update(rec)
+    else: self.history.append({'step': self.step, 'lr': self.sched.get_last_lr()[0], **rec})
+
+# %% ../nbs/16_train.ipynb #2ba95aca
+@patch
+def checkpoint(self:Loop):
+    "Write this step's checkpoint (every process its random state), then move it into place"
+    a = self.accel
+    tmp, final = save_checkpoint(self.out, self.module, self.opt, self.sched, self.gen, self.step, list(self.position),
+                                 list(self.history), a.process_index, a.is_main_process)
+    a.wait_for_everyone()
+    if a.is_main_process: finish_checkpoint(tmp, final, self.config.keep_checkpoints)
+    a.wait_for_everyone()
+
+# %% ../nbs/16_train.ipynb #a3d9bfc7
 def fit(module, data, config, out, accel=None, resume=False, progress=True, desc='train',
-        evaluate=None, # `evaluate() -> dict` of held-out figures, called every `eval_every` steps and at the end
-        eval_every=None, size=len): # size(inputs): examples in a micro-batch (for examples/s)
+        evaluate=None,   # `evaluate() -> dict` of held-out figures, called every `eval_every` steps and at the end
+        eval_every=None, size=len):   # size(inputs): examples in a micro-batch (for examples/s)
     "Train `module` on `data(position)` -> `(position, inputs)` with `config`, checkpointing into `out` (`resume`: from the newest checkpoint there, if any); the `History`"
-    accel = accel or accelerator(config); out = Path(out)
+    accel = accel or accelerator(config)
     opt, sched = optimizer(trainable(module), config)
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    step, position, history = 0, [0, 0], History()
-    ck = latest_checkpoint(out) if resume else None
-    if ck is not None: step, position, h = load_checkpoint(ck, module, opt, sched, gen, accel.process_index); history = History(h)
-    net, opt = accel.prepare(module, opt)
-    batches = iter(data(position))
-    bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not progress or not accel.is_main_process)
-    t0, n_ex, acc, n_acc = time.time(), 0, {}, 0
-    net.train()
-    while step < config.steps:
-        for micro in range(config.grad_accum):
-            position, inputs = next(batches)
-            with accel.no_sync(net) if micro < config.grad_accum - 1 else nullcontext():
-                with accel.autocast(): o = net(**inputs, generator=gen)
-                accel.backward(o['loss'] / config.grad_accum)
-            for k,v in o.items(): acc[k] = acc.get(k, 0.0) + float(v.detach()) / config.grad_accum
-            n_ex += size(inputs)
-        if config.grad_clip: accel.clip_grad_norm_(list(trainable(module).values()), config.grad_clip)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True); n_acc += 1; step += 1
-        if step % config.log_every == 0 or step == config.steps:
-            history.append(_log_record(step, acc, n_acc, sched, position, n_ex, t0, accel)); acc, n_acc = {}, 0
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-        if evaluate and (step == config.steps or eval_every and step % eval_every == 0):
-            net.eval()
-            with torch.no_grad(): rec = evaluate()
-            net.train()
-            if history and history[-1]['step'] == step: history[-1].update(rec)
-            else: history.append({'step': step, 'lr': sched.get_last_lr()[0], **rec})
+    L = Loop(module, module, opt, sched, torch.Generator().manual_seed(config.seed + 1), accel, config, Path(out))
+    if resume and (ck := latest_checkpoint(out)):
+        L.step, L.position, h = load_checkpoint(ck, module, opt, sched, L.gen, accel.process_index); L.history = History(h)
+    L.net, L.opt = accel.prepare(module, opt)
+    batches, bar = iter(data(L.position)), tqdm(total=config.steps, initial=L.step, desc=desc, disable=not progress or not accel.is_main_process)
+    L.net.train()
+    while L.step < config.steps:
+        L.micro_batches(batches, size); L.optimizer_step()
+        if L.due(config.log_every): L.log(); bar.set_postfix(loss=f"{L.history[-1]['loss']:.3f}")
+        if evaluate and L.due(eval_every): L.held_out(evaluate)
+        if L.due(config.save_every): L.checkpoint()
         bar.update(1)
-        if step % config.save_every == 0 or step == config.steps:
-            tmp, final = save_checkpoint(out, module, opt, sched, gen, step, list(position), list(history), accel.process_index, accel.is_main_process)
-            accel.wait_for_everyone()
-            if accel.is_main_process: finish_checkpoint(tmp, final, config.keep_checkpoints)
-            accel.wait_for_everyone()
     bar.close()
-    history.seconds, history.examples = time.time() - t0, n_ex * accel.num_processes
-    if accel.is_main_process: write_jsonl(out/'history.jsonl', history)
-    return history
+    L.history.seconds, L.history.examples = time.time() - L.t0, L.n_ex * accel.num_processes
+    if accel.is_main_process: write_jsonl(Path(out)/'history.jsonl', L.history)
+    return L.history

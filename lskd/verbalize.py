@@ -23,9 +23,10 @@ __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_i
            'DynamicQA', 'VerbalizeConfig', 'Verbalizer', 'config_hash', 'image_key', 'done_keys', 'VerbalizeResult',
            'verbalize', 'save_grid', 'summary', 'main', 'run_stage']
 
-# %% ../nbs/01_verbalize.ipynb #24cccfec
+# %% ../nbs/01_verbalize.ipynb #3fd8d093
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
+# %% ../nbs/01_verbalize.ipynb #8a70c85f
 def list_images(folder, exts=IMAGE_EXTS):
     "Image files under `folder` (recursive, sorted), as paths relative to `folder`"
     folder = Path(folder)
@@ -33,9 +34,10 @@ def list_images(folder, exts=IMAGE_EXTS):
     return [p.relative_to(folder).as_posix() for p in sorted(folder.rglob('*'))
             if p.is_file() and p.suffix.lower() in exts and not p.name.startswith('.')]
 
-# %% ../nbs/01_verbalize.ipynb #711e6d42
+# %% ../nbs/01_verbalize.ipynb #32445cab
 PKG = 'pkg:'
 
+# %% ../nbs/01_verbalize.ipynb #b89777ff
 def resolve_ref(ref, root=None):
     "The file that `ref` names: `pkg:MODULE/PATH` inside an installed package, else a path under `root`"
     ref = str(ref)
@@ -85,13 +87,14 @@ def read_coco(path):
 # %% ../nbs/01_verbalize.ipynb #93c63f34
 # one VCR metadata json (`boxes`, `names`, `width`, `height`) is read by `lskd.core.vcr_meta_record`, the image beside it
 
-# %% ../nbs/01_verbalize.ipynb #0b9daeb0
+# %% ../nbs/01_verbalize.ipynb #e9e7ad46
 def _first_line(path):
     with open(path, 'rb') as f:
         for raw in f:
             if raw.strip(): return json.loads(raw)
     return {}
 
+# %% ../nbs/01_verbalize.ipynb #fd9d1181
 def load_annotations(path, root=None):
     "`{image path: ImageRecord}` from a regions.jsonl, VCR jsonl, COCO json or VCR metadata json (format detected)"
     path = Path(path)
@@ -113,7 +116,7 @@ def load_annotations(path, root=None):
         raise ValueError(f"{path}: neither a COCO instances json (images, annotations, categories) nor VCR metadata (boxes, width, height)")
     raise ValueError(f"{path}: unknown annotation format (expected .jsonl regions/VCR, or .json COCO/VCR metadata)")
 
-# %% ../nbs/01_verbalize.ipynb #bf236356
+# %% ../nbs/01_verbalize.ipynb #a8b82233
 def iou(a, b):
     "Intersection over union of two `(x1,y1,x2,y2)` boxes"
     iw = max(0, min(a[2], b[2]) - max(a[0], b[0])); ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -121,6 +124,7 @@ def iou(a, b):
     union = (a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - inter
     return inter/union if union > 0 else 0.
 
+# %% ../nbs/01_verbalize.ipynb #30b9a16d
 def intersection(a, b):
     "Area of the intersection of two boxes"
     return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -187,13 +191,16 @@ def geometry_phrase(r, regions, size):
     "One literal phrase about region `r`: label, position, size and relations to the other `regions`"
     return ', '.join([f'{r.label or "region"} {box_phrase(r.box, size)}', *relation_phrases(r, regions)])
 
-# %% ../nbs/01_verbalize.ipynb #5de0cd7c
+# %% ../nbs/01_verbalize.ipynb #1dbacad6
 class ModelPool:
     "Load each model once (by key) and share it between descriptors"
     def __init__(self): self.models = {}
-    def get(self, key, load):
-        if key not in self.models: self.models[key] = load()
-        return self.models[key]
+
+# %% ../nbs/01_verbalize.ipynb #54361593
+@patch
+def get(self:ModelPool, key, load):
+    if key not in self.models: self.models[key] = load()
+    return self.models[key]
 
 # %% ../nbs/01_verbalize.ipynb #764e8cb7
 class GivenRegions:
@@ -202,7 +209,7 @@ class GivenRegions:
     def __init__(self, pool=None, **kw): pass
     def __call__(self, images, recs): return [list(r.regions) if r is not None and r.regions else None for r in recs]
 
-# %% ../nbs/01_verbalize.ipynb #c79ba1cc
+# %% ../nbs/01_verbalize.ipynb #ae3607bd
 def _hog():
     import cv2
     if not hasattr(cv2, 'HOGDescriptor'):
@@ -212,25 +219,35 @@ def _hog():
     h = cv2.HOGDescriptor(); h.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
     return h
 
+# %% ../nbs/01_verbalize.ipynb #59e74568
 class HogPeople:
     "Upright people found by OpenCV's HOG + linear SVM detector; `score` is the SVM margin"
     name, model = 'hog', 'opencv-hog-people'
-    def __init__(self, pool=None, max_side=640, win_stride=8, scale=1.05, min_score=0.3, nms_iou=0.4, **kw):
+    def __init__(self, pool=None, # a `ModelPool`
+                 max_side=640, # shrink larger images to this side first
+                 win_stride=8, # window step (pixels)
+                 scale=1.05, # image pyramid scale step
+                 min_score=0.3, # drop windows with a smaller SVM margin
+                 nms_iou=0.4, # non-maximum suppression: drop boxes overlapping a kept one more than this
+                 **kw):
         self.hog = (pool or ModelPool()).get('hog', _hog)
         self.max_side, self.win_stride, self.scale, self.min_score, self.nms_iou = max_side, win_stride, scale, min_score, nms_iou
-    def detect(self, image):
-        "`Region`s labelled 'person' in one PIL image"
-        s = min(1., self.max_side/max(image.size))
-        im = image.resize((round(image.width*s), round(image.height*s))) if s < 1 else image
-        a = np.asarray(im.convert('RGB'))[:, :, ::-1].copy()
-        rects, w = self.hog.detectMultiScale(a, winStride=(self.win_stride,)*2, padding=(8, 8), scale=self.scale)
-        rs = []
-        for (x, y, bw, bh), sc in zip(np.asarray(rects).reshape(-1, 4), np.ravel(w)):
-            if sc < self.min_score: continue
-            b = (max(0., x/s), max(0., y/s), min(image.width, (x+bw)/s), min(image.height, (y+bh)/s))
-            rs.append(Region(len(rs), tuple(round(v, 1) for v in b), 'person', score=round(float(sc), 3)))
-        return select_regions(rs, image.size, max_regions=100, iou_max=self.nms_iou, renumber=True)
     def __call__(self, images, recs): return [self.detect(im) for im in images]
+
+# %% ../nbs/01_verbalize.ipynb #4ac55977
+@patch
+def detect(self:HogPeople, image):
+    "`Region`s labelled 'person' in one PIL image"
+    s = min(1., self.max_side/max(image.size))
+    im = image.resize((round(image.width*s), round(image.height*s))) if s < 1 else image
+    a = np.asarray(im.convert('RGB'))[:, :, ::-1].copy()
+    rects, w = self.hog.detectMultiScale(a, winStride=(self.win_stride,)*2, padding=(8, 8), scale=self.scale)
+    rs = []
+    for (x, y, bw, bh), sc in zip(np.asarray(rects).reshape(-1, 4), np.ravel(w)):
+        if sc < self.min_score: continue
+        b = (max(0., x/s), max(0., y/s), min(image.width, (x+bw)/s), min(image.height, (y+bh)/s))
+        rs.append(Region(len(rs), tuple(round(v, 1) for v in b), 'person', score=round(float(sc), 3)))
+    return select_regions(rs, image.size, max_regions=100, iou_max=self.nms_iou, renumber=True)
 
 # %% ../nbs/01_verbalize.ipynb #3e6e48d7
 def _load_hf(kind, model, device='cpu', dtype=None):
@@ -258,40 +275,50 @@ def _load_hf(kind, model, device='cpu', dtype=None):
         return proc, m.to(device).eval()
     raise ValueError(f"{model!r} is not a {kind} model that transformers knows: " + '; '.join(errs))
 
-# %% ../nbs/01_verbalize.ipynb #3cc39040
+# %% ../nbs/01_verbalize.ipynb #ece318eb
 class HFDetector:
     "Regions from a transformers object detector (closed-set, or open-vocabulary with `labels`)"
     name = 'detector'
-    def __init__(self, pool=None, model=None, labels=None, threshold=0.3, device='cpu', dtype=None, batch_size=8, **kw):
+    def __init__(self, pool=None, # a `ModelPool`
+                 model=None, # a transformers model name or local folder
+                 labels=None, # text queries for an open-vocabulary detector (None: closed-set)
+                 threshold=0.3, # minimum score of a box
+                 device='cpu', # torch device
+                 dtype=None, # torch dtype name, e.g. 'float16'
+                 batch_size=8, # images per forward pass
+                 **kw):
         if model is None: raise ValueError("the detector needs `model`: a transformers model name or local folder")
         self.labels, self.threshold, self.device, self.batch_size, self.model = labels, threshold, device, batch_size, str(model)
         self.proc, self.net = (pool or ModelPool()).get(('detector', self.model, bool(labels)),
                                                         lambda: _load_hf('zeroshot' if labels else 'detect', model, device, dtype))
-    def _batch(self, images):
-        import torch
-        sq = 'owl' in type(self.net).__name__.lower()          # OWL-ViT / OWLv2 pad images to a square
-        sizes = [(max(im.size),)*2 if sq else (im.height, im.width) for im in images]
-        with torch.no_grad():
-            if self.labels:
-                q = [list(self.labels)]*len(images)
-                inp = self.proc(text=q, images=images, return_tensors='pt', padding=True).to(self.device)
-                res = self.proc.post_process_grounded_object_detection(self.net(**inp), threshold=self.threshold,
-                                                                        target_sizes=sizes, text_labels=q)
-            else:
-                inp = self.proc(images=images, return_tensors='pt').to(self.device)
-                res = self.proc.post_process_object_detection(self.net(**inp), threshold=self.threshold, target_sizes=sizes)
-        out = []
-        for im, r in zip(images, res):
-            names = r.get('text_labels') or [self.net.config.id2label.get(int(l), str(int(l))) for l in r['labels']]
-            rs = []
-            for b, s, n in zip(r['boxes'].tolist(), r['scores'].tolist(), names):
-                b = (max(0., b[0]), max(0., b[1]), min(float(im.width), b[2]), min(float(im.height), b[3]))
-                if b[2] - b[0] >= 1 and b[3] - b[1] >= 1:
-                    rs.append(Region(len(rs), tuple(round(v, 1) for v in b), re.sub(r'^an? ', '', n), score=round(s, 4)))
-            out.append(rs)
-        return out
     def __call__(self, images, recs):
         return [r for i in range(0, len(images), self.batch_size) for r in self._batch(images[i:i+self.batch_size])]
+
+# %% ../nbs/01_verbalize.ipynb #0992a1cf
+@patch
+def _batch(self:HFDetector, images):
+    import torch
+    sq = 'owl' in type(self.net).__name__.lower()          # OWL-ViT / OWLv2 pad images to a square
+    sizes = [(max(im.size),)*2 if sq else (im.height, im.width) for im in images]
+    with torch.no_grad():
+        if self.labels:
+            q = [list(self.labels)]*len(images)
+            inp = self.proc(text=q, images=images, return_tensors='pt', padding=True).to(self.device)
+            res = self.proc.post_process_grounded_object_detection(self.net(**inp), threshold=self.threshold,
+                                                                    target_sizes=sizes, text_labels=q)
+        else:
+            inp = self.proc(images=images, return_tensors='pt').to(self.device)
+            res = self.proc.post_process_object_detection(self.net(**inp), threshold=self.threshold, target_sizes=sizes)
+    out = []
+    for im, r in zip(images, res):
+        names = r.get('text_labels') or [self.net.config.id2label.get(int(l), str(int(l))) for l in r['labels']]
+        rs = []
+        for b, s, n in zip(r['boxes'].tolist(), r['scores'].tolist(), names):
+            b = (max(0., b[0]), max(0., b[1]), min(float(im.width), b[2]), min(float(im.height), b[3]))
+            if b[2] - b[0] >= 1 and b[3] - b[1] >= 1:
+                rs.append(Region(len(rs), tuple(round(v, 1) for v in b), re.sub(r'^an? ', '', n), score=round(s, 4)))
+        out.append(rs)
+    return out
 
 # %% ../nbs/01_verbalize.ipynb #c274ad65
 def context_crop(image, box, context=0.15, square=True):
@@ -305,39 +332,66 @@ def context_crop(image, box, context=0.15, square=True):
     if b[2] <= b[0] or b[3] <= b[1]: b = tuple(round(v) for v in box)
     return image.crop(b)
 
-# %% ../nbs/01_verbalize.ipynb #54790df3
+# %% ../nbs/01_verbalize.ipynb #d6654f10
 def tags_text(tags, min_prob=0.05):
     "'espresso (0.90), cup (0.05)' from [(label, prob)]; the top tag always, the others if >= `min_prob`"
     return ', '.join(f'{l} ({p:.2f})' for i,(l,p) in enumerate(tags) if i == 0 or p >= min_prob)
 
+# %% ../nbs/01_verbalize.ipynb #973f7438
 class Tags:
     "ImageNet-1k tags of the whole image or of each region crop (EfficientNet-Lite0)"
     name, model, kind = 'tags', 'efficientnet-lite0 imagenet-1k', 'tags'
-    def __init__(self, pool=None, k=5, min_prob=0.05, context=0.15, size=224, batch_size=4, weights=None, device='cpu', **kw):
+    def __init__(self, pool=None, # a `ModelPool` (the encoder is shared by size, weights and device)
+                 k=5, # tags per image or region
+                 min_prob=0.05, # drop tags after the first below this probability
+                 context=0.15, # crop margin around a region, as a share of its size
+                 size=224, # input size of the encoder
+                 batch_size=4, # images or crops per forward pass
+                 weights=None, # another copy of the weights file
+                 device='cpu', # torch device
+                 **kw):
         from lskd.backbones import ImageEncoder
         self.k, self.min_prob, self.context, self.batch_size = k, min_prob, context, batch_size
         self.enc = (pool or ModelPool()).get(('imagenet', size, weights, device), lambda: ImageEncoder(size=size, device=device, weights=weights))
-    def _descs(self, ims):
-        if not ims: return []
-        return [[Description(tags_text(t, self.min_prob), self.model, 'tags')] for t in self.enc.tags(ims, self.k, self.batch_size)]
-    def describe(self, images): return self._descs(images)
-    def describe_regions(self, images, recs):
-        crops = [(i, r.id, context_crop(im, r.box, self.context)) for i,(im, rec) in enumerate(zip(images, recs)) for r in rec.regions]
-        out = [{} for _ in images]
-        for (i, rid, _), d in zip(crops, self._descs([c for *_, c in crops])): out[i][rid] = d
-        return out
 
-# %% ../nbs/01_verbalize.ipynb #3699ab4c
+# %% ../nbs/01_verbalize.ipynb #690d1587
+@patch
+def _descs(self:Tags, ims):
+    if not ims: return []
+    return [[Description(tags_text(t, self.min_prob), self.model, 'tags')] for t in self.enc.tags(ims, self.k, self.batch_size)]
+
+# %% ../nbs/01_verbalize.ipynb #28e786f6
+@patch
+def describe(self:Tags, images): return self._descs(images)
+
+# %% ../nbs/01_verbalize.ipynb #9cb68567
+@patch
+def describe_regions(self:Tags, images, recs):
+    crops = [(i, r.id, context_crop(im, r.box, self.context)) for i,(im, rec) in enumerate(zip(images, recs)) for r in rec.regions]
+    out = [{} for _ in images]
+    for (i, rid, _), d in zip(crops, self._descs([c for *_, c in crops])): out[i][rid] = d
+    return out
+
+# %% ../nbs/01_verbalize.ipynb #1667a254
 class Geometry:
     "Literal geometry phrases for each region (position, size, relations); no model"
     name, model, kind = 'geometry', 'lskd-geometry', 'geometry'
     def __init__(self, pool=None, **kw): pass
-    def describe_regions(self, images, recs):
-        return [{r.id: [Description(geometry_phrase(r, rec.regions, (rec.width, rec.height)), self.model, 'geometry')]
-                 for r in rec.regions} for rec in recs]
 
-# %% ../nbs/01_verbalize.ipynb #ed0ae8d5
-def _generate(proc, net, images, texts=None, max_new_tokens=30, device='cpu'):
+# %% ../nbs/01_verbalize.ipynb #b4087db7
+@patch
+def describe_regions(self:Geometry, images, recs):
+    return [{r.id: [Description(geometry_phrase(r, rec.regions, (rec.width, rec.height)), self.model, 'geometry')]
+             for r in rec.regions} for rec in recs]
+
+# %% ../nbs/01_verbalize.ipynb #6767192b
+def _generate(proc, # the model's processor
+              net, # the image-text model
+              images, # PIL images
+              texts=None, # one prompt per image (None: no prompt)
+              max_new_tokens=30, # generated tokens at most
+              device='cpu', # torch device
+             ):
     "Decoded new text generated by an image-text model for `images` (and prompts `texts`)"
     import torch
     kw = dict(images=images, return_tensors='pt')
@@ -353,56 +407,89 @@ def _generate(proc, net, images, texts=None, max_new_tokens=30, device='cpu'):
     if texts is not None: res = [r[len(p):].strip() if r.lower().startswith(p.lower().strip()) else r for r, p in zip(res, texts)]
     return res
 
+# %% ../nbs/01_verbalize.ipynb #839df594
 class Captioner:
     "Captions from a transformers image-to-text model, for the whole image or each region crop"
     name, kind = 'caption', 'caption'
-    def __init__(self, pool=None, model=None, prompt=None, max_new_tokens=30, context=0.15, batch_size=8, device='cpu', dtype=None, **kw):
+    def __init__(self, pool=None, # a `ModelPool`
+                 model=None, # a transformers model name or local folder
+                 prompt=None, # text the caption starts from, e.g. 'a photo of'
+                 max_new_tokens=30, # caption length at most, in tokens
+                 context=0.15, # crop margin around a region, as a share of its size
+                 batch_size=8, # images or crops per batch
+                 device='cpu', # torch device
+                 dtype=None, # torch dtype name, e.g. 'float16'
+                 **kw):
         if model is None: raise ValueError("the captioner needs `model`: a transformers model name or local folder (e.g. a BLIP or BLIP-2 checkpoint)")
         self.model, self.prompt, self.max_new_tokens, self.context, self.batch_size, self.device = str(model), prompt, max_new_tokens, context, batch_size, device
         self.proc, self.net = (pool or ModelPool()).get(('image-text', self.model), lambda: _load_hf('image-text', model, device, dtype))
-    def caption(self, images):
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            b = images[i:i+self.batch_size]
-            out += _generate(self.proc, self.net, b, None if self.prompt is None else [self.prompt]*len(b), self.max_new_tokens, self.device)
-        return out
-    def describe(self, images): return [[Description(c, self.model, 'caption')] for c in self.caption(images)]
-    def describe_regions(self, images, recs):
-        crops = [(i, r.id, context_crop(im, r.box, self.context)) for i,(im, rec) in enumerate(zip(images, recs)) for r in rec.regions]
-        out = [{} for _ in images]
-        for (i, rid, _), c in zip(crops, self.caption([c for *_, c in crops])): out[i][rid] = [Description(c, self.model, 'caption')]
-        return out
 
-# %% ../nbs/01_verbalize.ipynb #05e9fcf0
+# %% ../nbs/01_verbalize.ipynb #33fbb7ed
+@patch
+def caption(self:Captioner, images):
+    out = []
+    for i in range(0, len(images), self.batch_size):
+        b = images[i:i+self.batch_size]
+        out += _generate(self.proc, self.net, b, None if self.prompt is None else [self.prompt]*len(b), self.max_new_tokens, self.device)
+    return out
+
+# %% ../nbs/01_verbalize.ipynb #44955a85
+@patch
+def describe(self:Captioner, images): return [[Description(c, self.model, 'caption')] for c in self.caption(images)]
+
+# %% ../nbs/01_verbalize.ipynb #c8951e9d
+@patch
+def describe_regions(self:Captioner, images, recs):
+    crops = [(i, r.id, context_crop(im, r.box, self.context)) for i,(im, rec) in enumerate(zip(images, recs)) for r in rec.regions]
+    out = [{} for _ in images]
+    for (i, rid, _), c in zip(crops, self.caption([c for *_, c in crops])): out[i][rid] = [Description(c, self.model, 'caption')]
+    return out
+
+# %% ../nbs/01_verbalize.ipynb #646b7b62
 ASK_SYSTEM = ("You cannot see an image, but you can ask about it. Given what is known so far, ask ONE short, "
               "concrete question about the image whose answer adds new information (people, actions, objects, "
               "setting). Reply with the question only.")
 
+# %% ../nbs/01_verbalize.ipynb #084d9ff1
 def _clean_question(t):
     t = (t or '').strip().splitlines()[0] if (t or '').strip() else ''
     t = re.sub(r'^(question|q)\s*[:.\-]\s*', '', t.strip().strip('"'), flags=re.I).strip()
     return t if not t or t.endswith('?') else t + '?'
 
+# %% ../nbs/01_verbalize.ipynb #9679cc5f
 class OpenAIAsker:
     "Questions from an LLM behind an OpenAI-compatible API (`base_url`, `model`, key from `api_key_env`)"
-    def __init__(self, model, base_url=None, api_key_env='OPENAI_API_KEY', temperature=0.7, max_tokens=48, client=None, **kw):
+    def __init__(self, model, # the model name at the endpoint
+                 base_url=None, # the endpoint (None: OpenAI)
+                 api_key_env='OPENAI_API_KEY', # NAME of the env var holding the key
+                 temperature=0.7, # sampling temperature
+                 max_tokens=48, # tokens per question at most
+                 client=None, # a ready `openai.OpenAI` client (then `base_url` and the key are not used)
+                 **kw):
         if client is None:
             import openai
             client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or 'none')
         self.client, self.llm, self.temperature, self.max_tokens, self.model = client, model, temperature, max_tokens, f'openai:{model}'
-    def ask(self, context, history):
-        msgs = [{'role': 'system', 'content': ASK_SYSTEM},
-                {'role': 'user', 'content': context + ''.join(f'\nQ: {q.question}\nA: {q.answer}' for q in history) + '\nNext question:'}]
-        r = self.client.chat.completions.create(model=self.llm, messages=msgs, temperature=self.temperature, max_tokens=self.max_tokens)
-        return _clean_question(r.choices[0].message.content)
 
+# %% ../nbs/01_verbalize.ipynb #fa5af422
+@patch
+def ask(self:OpenAIAsker, context, history):
+    msgs = [{'role': 'system', 'content': ASK_SYSTEM},
+            {'role': 'user', 'content': context + ''.join(f'\nQ: {q.question}\nA: {q.answer}' for q in history) + '\nNext question:'}]
+    r = self.client.chat.completions.create(model=self.llm, messages=msgs, temperature=self.temperature, max_tokens=self.max_tokens)
+    return _clean_question(r.choices[0].message.content)
+
+# %% ../nbs/01_verbalize.ipynb #264082a1
 class FixedAsker:
     "The same list of questions for every image"
     def __init__(self, questions=('What is happening in this image?', 'Where was this photo taken?', 'What are the people doing?'), **kw):
         self.questions, self.model = list(questions), 'fixed-questions'
-    def ask(self, context, history): return self.questions[len(history) % len(self.questions)]
 
-# %% ../nbs/01_verbalize.ipynb #6f5546f0
+# %% ../nbs/01_verbalize.ipynb #d387e073
+@patch
+def ask(self:FixedAsker, context, history): return self.questions[len(history) % len(self.questions)]
+
+# %% ../nbs/01_verbalize.ipynb #6856c207
 def context_text(rec, globals_, regions):
     "The descriptions so far, as the asker sees them"
     g = '; '.join(d.text for d in globals_)
@@ -410,11 +497,21 @@ def context_text(rec, globals_, regions):
                    for r in rec.regions)
     return f'Image descriptions: {g or "none"}\nRegions:\n{rs or "none"}'
 
+# %% ../nbs/01_verbalize.ipynb #22de11e2
 class DynamicQA:
     "Question/answer rounds: `asker` (openai or fixed) asks, a transformers VQA `answerer` answers"
     name, kind = 'qa', 'qa'
-    def __init__(self, pool=None, asker=None, answerer=None, rounds=3, prompt='Question: {} Answer:', max_new_tokens=20,
-                 batch_size=8, device='cpu', dtype=None, client=None, **kw):
+    def __init__(self, pool=None, # a `ModelPool`
+                 asker=None, # `{'name': 'openai' | 'fixed', **options}` (None: fixed questions)
+                 answerer=None, # a transformers VQA model name or local folder
+                 rounds=3, # questions per image
+                 prompt='Question: {} Answer:', # the answerer's prompt; `{}` is the question
+                 max_new_tokens=20, # answer length at most, in tokens
+                 batch_size=8, # images per answering batch
+                 device='cpu', # torch device
+                 dtype=None, # torch dtype name, e.g. 'float16'
+                 client=None, # an `openai.OpenAI` client for the `openai` asker
+                 **kw):
         if not answerer: raise ValueError("dynamic QA needs `answerer`: a transformers VQA model name or local folder (e.g. BLIP-2)")
         asker = dict(asker or {'name': 'fixed'})
         an = asker.pop('name', 'fixed')
@@ -423,29 +520,36 @@ class DynamicQA:
         else: raise ValueError(f"unknown asker {an!r}: use 'openai' or 'fixed'")
         self.answerer, self.rounds, self.prompt, self.max_new_tokens, self.batch_size, self.device = str(answerer), rounds, prompt, max_new_tokens, batch_size, device
         self.proc, self.net = (pool or ModelPool()).get(('image-text', self.answerer), lambda: _load_hf('image-text', answerer, device, dtype))
-    def answer(self, images, questions):
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            out += _generate(self.proc, self.net, images[i:i+self.batch_size], [self.prompt.format(q) for q in questions[i:i+self.batch_size]],
-                             self.max_new_tokens, self.device)
-        return out
-    def ask(self, images, recs, globals_, regions):
-        ctx = [context_text(r, g, d) for r, g, d in zip(recs, globals_, regions)]
-        hist = [[] for _ in images]
-        for _ in range(self.rounds):
-            qs = [self.asker.ask(c, h) for c, h in zip(ctx, hist)]
-            for h, q, a in zip(hist, qs, self.answer(images, qs)): h.append(QAPair(q, a, self.answerer, self.asker.model))
-        return hist
+
+# %% ../nbs/01_verbalize.ipynb #5552a110
+@patch
+def answer(self:DynamicQA, images, questions):
+    out = []
+    for i in range(0, len(images), self.batch_size):
+        out += _generate(self.proc, self.net, images[i:i+self.batch_size], [self.prompt.format(q) for q in questions[i:i+self.batch_size]],
+                         self.max_new_tokens, self.device)
+    return out
+
+# %% ../nbs/01_verbalize.ipynb #644a6b4a
+@patch
+def ask(self:DynamicQA, images, recs, globals_, regions):
+    ctx = [context_text(r, g, d) for r, g, d in zip(recs, globals_, regions)]
+    hist = [[] for _ in images]
+    for _ in range(self.rounds):
+        qs = [self.asker.ask(c, h) for c, h in zip(ctx, hist)]
+        for h, q, a in zip(hist, qs, self.answer(images, qs)): h.append(QAPair(q, a, self.answerer, self.asker.model))
+    return hist
 
 # %% ../nbs/01_verbalize.ipynb #95815fd0
 PROPOSERS = {'given': GivenRegions, 'hog': HogPeople, 'detector': HFDetector}
 DESCRIBERS = {'tags': Tags, 'geometry': Geometry, 'caption': Captioner}
 
-# %% ../nbs/01_verbalize.ipynb #75585c9b
+# %% ../nbs/01_verbalize.ipynb #6e252efa
 def _check_names(key, entries, reg):
     for e in entries or []:
         if e.get('name') not in reg: raise ValueError(f"config {key}: unknown descriptor {e.get('name')!r}; known: {list(reg)}")
 
+# %% ../nbs/01_verbalize.ipynb #cb036007
 @dataclass
 class VerbalizeConfig:
     "The verbalize stage's configuration (the `verbalize` section of a run's config)"
@@ -526,11 +630,12 @@ def __call__(self:Verbalizer, images, recs):
     return [Verbalization(rec, g, d, q, list(self.absent), meta={'regions_from': s, 'seconds': t})
             for rec, g, d, q, s, t in zip(recs, glob, regs, qa, src, secs)]
 
-# %% ../nbs/01_verbalize.ipynb #4d824ae3
+# %% ../nbs/01_verbalize.ipynb #2e82e441
 def config_hash(config):
     "Short hash of a config (key order does not matter)"
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/01_verbalize.ipynb #a2987a7d
 def image_key(data, path, rec, chash):
     "Cache key of an image: content hash + path + given regions + config hash"
     h = hashlib.sha256(data)
@@ -538,6 +643,7 @@ def image_key(data, path, rec, chash):
     h.update(chash.encode())
     return h.hexdigest()[:32]
 
+# %% ../nbs/01_verbalize.ipynb #12185d4e
 def done_keys(path):
     "Keys of the verbalizations already in `path` (none if it does not exist)"
     if not Path(path).exists(): return set()
@@ -649,12 +755,19 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
         'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds})
     return res
 
-# %% ../nbs/01_verbalize.ipynb #a7f1c896
+# %% ../nbs/01_verbalize.ipynb #f12a8ea5
 def _wrap(t, n=60):
     import textwrap
     return '\n'.join(textwrap.wrap(t, n)) or ''
 
-def save_grid(verbs, root, path, n=6, cols=3, max_lines=18):
+# %% ../nbs/01_verbalize.ipynb #a3eaee69
+def save_grid(verbs, # `Verbalization`s (the first `n` are drawn)
+              root, # the image root
+              path, # the PNG to write
+              n=6, # images in the grid
+              cols=3, # images per row
+              max_lines=18, # lines of text under each image at most
+             ):
     "A PNG of the first `n` verbalizations: each image with its boxes above its descriptions"
     import matplotlib; import matplotlib.pyplot as plt
     verbs = list(verbs)[:n]; rows = max(1, math.ceil(len(verbs)/cols))
