@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, os, re, math, io, base64, hashlib, colorsys, warnings, html
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 from PIL import Image, ImageDraw, ImageFont
 from fastcore.basics import patch
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_distill.ipynb #9a1b7e78
 from __future__ import annotations
-import json, math, os, random, re, sys, time, argparse, warnings
+import json, os, random, re, sys, time, argparse, warnings
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F

@@ -5,7 +5,7 @@
 # %% ../nbs/06_evaluate.ipynb #be875c5b
 from __future__ import annotations
 import argparse, hashlib, html, importlib, inspect, io, json, math, random, re, sys, time, warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 from tqdm.auto import tqdm

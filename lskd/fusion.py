@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_fusion.ipynb #91fd8b97
 from __future__ import annotations
-import json, math, hashlib, os
+import json, math, hashlib
 from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F

@@ -187,7 +187,6 @@ def rank(scorer,      # a scorer (the evaluation's protocol: `encode_images`, `s
          candidates): # candidate answers, referring to regions by id
     "Rank `candidates` for `question` about the `selected` region ids: `[(candidate, itm, itc)]`, best first"
     if not candidates: raise ValueError("no candidate answers to rank")
-    ids = [r.id for r in regions]
     for i in selected: region_by_id(regions, i)
     drawn, rm = visual_prompt(image, regions, order=list(selected))
     texts = [model_text({'question': question, 'answer': c}, getattr(scorer, 'text_style', 'student'), rm) for c in candidates]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_pipeline.ipynb #1df6783a
 from __future__ import annotations
-import copy, json, os, re, subprocess, sys, time, threading, secrets, hashlib, argparse, platform
+import copy, json, os, re, subprocess, sys, time, threading, secrets, argparse, platform
 from datetime import datetime, timezone
 from pathlib import Path
 import yaml
@@ -12,10 +12,10 @@ from fastcore.basics import patch
 from .core import atomic_json, check_config, secret_keys
 
 # %% auto #0
-__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'set_key', 'parse_override', 'run_config', 'stage_config_class',
+__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'SKIP_FLAGS', 'set_key', 'parse_override', 'run_config', 'stage_config_class',
            'check_run_config', 'data_path', 'new_run_id', 'stage_dir', 'write_stage_report', 'read_stage_report',
-           'stage_done', 'PeakRSS', 'StageFailed', 'notebooks_dir', 'run_notebook', 'git_commit', 'new_manifest',
-           'run_pipeline', 'run_summary', 'parser', 'main']
+           'stage_done', 'PeakRSS', 'StageFailed', 'notebooks_dir', 'stage_notebook', 'run_notebook', 'git_commit',
+           'new_manifest', 'run_pipeline', 'run_summary', 'parser', 'main']
 
 # %% ../nbs/13_pipeline.ipynb #06c6998b
 STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
@@ -181,6 +181,20 @@ def notebooks_dir(path=None):
                                 "or set LSKD_NOTEBOOKS to its nbs/ folder")
     return p
 
+# %% ../nbs/13_pipeline.ipynb #2ee0a348
+SKIP_FLAGS = ('slow', 'gpu', 'server')    # settings.ini's tst_flags
+
+def _flags(source): return {f for l in source.splitlines() if l.startswith('#|') for f in l[2:].split() if f.isidentifier()}
+
+def stage_notebook(nb, skip=SKIP_FLAGS):
+    "The notebook `nb` as a stage runs it: code cells flagged `#| slow` (`gpu`, `server`) become a note"
+    import nbformat
+    node = nbformat.read(str(nb), as_version=4)
+    for i,c in enumerate(node.cells):
+        if c.cell_type == 'code' and (f := _flags(c.source) & set(skip)):
+            node.cells[i] = nbformat.v4.new_markdown_cell(f"*A `#| {sorted(f)[0]}` cell of the source notebook, not run by `lskd run`.*")
+    return node
+
 # %% ../nbs/13_pipeline.ipynb #265eec00
 def run_notebook(stage,                   # the stage's name, for messages
                  nb,                      # the notebook to execute
@@ -190,10 +204,10 @@ def run_notebook(stage,                   # the stage's name, for messages
                  progress=False,          # show papermill's per-cell progress bar
                  timeout=None,            # per-cell timeout in seconds (None: none)
                  kernel_name='python3'):  # the Jupyter kernel
-    "Execute the notebook `nb` with papermill into `out_nb`; `StageFailed` names the failing cell"
+    "Execute the notebook `nb` (its `stage_notebook`) with papermill into `out_nb`; `StageFailed` names the failing cell"
     import papermill as pm
     try:
-        pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
+        pm.execute_notebook(stage_notebook(nb), str(out_nb), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
                             progress_bar=progress, log_output=False, execution_timeout=timeout)
     except pm.PapermillExecutionError as e:
         src = ''
@@ -259,7 +273,6 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
     (run_dir/'notebooks').mkdir(exist_ok=True)
     (run_dir/'config.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
     atomic_json(run_dir/'manifest.json', man)
-    t_all = time.perf_counter()
     for s in names:
         if resume and stage_done(run_dir, s):
             log(f'{s}: done already, skipped'); man['stages'].setdefault(s, {})['skipped_on_resume'] = True; continue

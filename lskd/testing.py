@@ -12,7 +12,7 @@ from .generate import request_key
 import torch, torch.nn.functional as F
 from pathlib import Path
 from PIL import Image
-from .core import QAR, Region, write_jsonl, REF_RE
+from .core import QAR, Region, write_jsonl
 
 # %% auto #0
 __all__ = ['fake_reply', 'FakeTeacher', 'ToyTokenizer', 'ToyTextEncoder', 'ToyImageEncoder', 'random_image_item',

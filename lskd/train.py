@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, math, os, random, shutil, time, warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from fastcore.basics import patch

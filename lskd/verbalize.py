@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_verbalize.ipynb #3515f800
 from __future__ import annotations
-import argparse, copy, hashlib, importlib.util, io, json, math, os, re, shutil, sys, time, warnings
+import argparse, copy, hashlib, importlib.util, json, math, os, re, shutil, sys, time, warnings
 import numpy as np
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
