@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch
-from .models import ImageTextModel, Batch, register_family, build_model, load_model
+from .models import ImageTextModel, Batch, pair_index, register_family, build_model, load_model
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'tiny_blip2_config', 'bert_tokenizer', 'build_tiny_blip2', 'Blip2Bundle', 'load_blip2',
@@ -118,9 +118,6 @@ def image_embeds(bundle, pixels):
     "Vision tower output (B, patches+1, hidden) for `pixels` (B,3,S,S)"
     return bundle.model.vision_model(pixel_values=pixels).last_hidden_state
 
-# %% ../nbs/12_blip2.ipynb #93aa3308
-def _idx(index, n, device): return torch.arange(n, device=device) if index is None else torch.as_tensor(index, dtype=torch.long, device=device)
-
 # %% ../nbs/12_blip2.ipynb #debc8b5a
 def itm_states(bundle,          # a `Blip2Bundle`
                embeds,          # `image_embeds` (B, patches+1, hidden)
@@ -129,7 +126,7 @@ def itm_states(bundle,          # a `Blip2Bundle`
                index=None):     # image of each text (None: text j with image j)
     "Q-Former query outputs (N, queries, hidden) of each text j with image `index[j]` (ITM mode)"
     m = bundle.model
-    e = embeds[_idx(index, len(input_ids), embeds.device)]
+    e = embeds[pair_index(index, len(input_ids), embeds.device)]
     q = m.query_tokens.expand(len(e), -1, -1)
     att = torch.cat([torch.ones(q.shape[:2], dtype=attention_mask.dtype, device=e.device), attention_mask], 1)
     out = m.qformer(query_embeds=m.embeddings(input_ids=input_ids, query_embeds=q), query_length=q.shape[1],
@@ -164,7 +161,7 @@ def itc_similarity(bundle,          # a `Blip2Bundle`
                    attention_mask,  # (N,T)
                    index=None):     # image of each text (None: text j with image j)
     "Cosine similarity (N,) of text j with image `index[j]`: the best of the image's queries"
-    img = image_itc(bundle, embeds)[_idx(index, len(input_ids), embeds.device)]
+    img = image_itc(bundle, embeds)[pair_index(index, len(input_ids), embeds.device)]
     return (img @ text_itc(bundle, input_ids, attention_mask)[..., None]).squeeze(-1).max(1).values
 
 # %% ../nbs/12_blip2.ipynb #efb6b815

@@ -12,8 +12,9 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import atomic_path, atomic_write, check_config, check_box
 
 # %% auto #0
-__all__ = ['FAMILIES', 'FAMILY_MODULES', 'ImageTextModel', 'similarity', 'Batch', 'read_model_json', 'register_family',
-           'family_class', 'build_model', 'load_model', 'model_settings', 'BowConfig', 'bow_words', 'BowModel']
+__all__ = ['FAMILIES', 'FAMILY_MODULES', 'ImageTextModel', 'pair_index', 'similarity', 'Batch', 'read_model_json',
+           'register_family', 'family_class', 'build_model', 'load_model', 'model_settings', 'BowConfig', 'bow_words',
+           'BowModel']
 
 # %% ../nbs/14_models.ipynb #1a8d6008
 class ImageTextModel(nn.Module):
@@ -57,7 +58,9 @@ def encode_images(self:ImageTextModel, images, boxes):
 def encode_texts(self:ImageTextModel, texts): "A text batch"; return self.collate_texts(self.text_items(list(texts)))
 
 # %% ../nbs/14_models.ipynb #8e0fe575
-def _idx(index, n, device): return torch.arange(n, device=device) if index is None else torch.as_tensor(index, dtype=torch.long, device=device)
+def pair_index(index, n, device):
+    "The image of each of `n` texts as a long tensor on `device` (`None`: text j with image j)"
+    return torch.arange(n, device=device) if index is None else torch.as_tensor(index, dtype=torch.long, device=device)
 
 # %% ../nbs/14_models.ipynb #f7012a83
 @patch
@@ -82,7 +85,7 @@ def itc_matrix(self:ImageTextModel, img, txt): "(N texts, B images) similarities
 def itc(self:ImageTextModel, img, txt, index=None):
     "Similarity (N,) of text j with image `index[j]`"
     s = self.itc_matrix(img, txt)
-    return s.gather(1, _idx(index, len(s), s.device)[:, None])[:, 0]
+    return s.gather(1, pair_index(index, len(s), s.device)[:, None])[:, 0]
 
 # %% ../nbs/14_models.ipynb #b1a52259
 @patch
@@ -304,7 +307,7 @@ def _bag(emb, ids):
 # %% ../nbs/14_models.ipynb #17cd0b67
 @patch
 def joint(self:BowModel, img, txt, index=None):
-    return _bag(self.words, txt) * self.pixels(img[_idx(index, len(txt), img.device)])
+    return _bag(self.words, txt) * self.pixels(img[pair_index(index, len(txt), img.device)])
 
 # %% ../nbs/14_models.ipynb #f515483e
 @patch
