@@ -18,9 +18,9 @@ __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS
            'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens', 'Description', 'QAPair', 'Verbalization',
            'QAR', 'atomic_path', 'atomic_write', 'atomic_json', 'TornLineError', 'TornLineWarning', 'read_jsonl',
            'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'heldout_image', 'split_heldout', 'secret_keys',
-           'read_config', 'check_config', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'read_vcr', 'vcr_meta_record',
-           'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions',
-           'visual_prompt', 'refs_html', 'record_html', 'show']
+           'read_config', 'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row',
+           'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex',
+           'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -528,6 +528,26 @@ def check_config(cls, d, section):
     if unknown := [k for k in d if k not in key and k not in key.values()]:
         raise ValueError(f"{section}: unknown key {unknown[0]!r}; the valid keys of {section} are: {', '.join(key)}")
     return cls(**{key.get(k, k): v for k,v in d.items()})
+
+# %% ../nbs/00_core.ipynb #fb7a9e77
+def set_key(cfg, key, value):
+    "Set dotted `key` of the nested dict `cfg` to `value` (a YAML scalar string is parsed)"
+    import yaml
+    if isinstance(value, str): value = yaml.safe_load(value) if value.strip() else value
+    *path, last = key.split('.')
+    d = cfg
+    for k in path:
+        if not isinstance(d.setdefault(k, {}), dict): raise ValueError(f"cannot set {key}: {k} is not a section")
+        d = d[k]
+    d[last] = value
+    return cfg
+
+# %% ../nbs/00_core.ipynb #b5fb99a4
+def parse_override(s, flag='override', example='generate.samples=3'):
+    "`'a.b=1'` -> `('a.b', '1')`, with an error that shows the expected form"
+    k, eq, v = s.partition('=')
+    if not eq or not k.strip(): raise ValueError(f"bad {flag} {s!r}: expected key=value, e.g. {example}")
+    return k.strip(), v
 
 # %% ../nbs/00_core.ipynb #45dde2a7
 _ROW_KEYS = ('image', 'source', 'split', 'index', 'region', 'region_all', 'references',

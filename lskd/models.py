@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from fastcore.basics import patch
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from .core import atomic_path, atomic_write, check_config, check_box
+from .core import set_key, parse_override, atomic_path, atomic_write, check_config, check_box
 
 # %% auto #0
 __all__ = ['FAMILIES', 'FAMILY_MODULES', 'ImageTextModel', 'pair_index', 'similarity', 'Batch', 'read_model_json',
@@ -227,12 +227,8 @@ def from_folder(cls:ImageTextModel, folder, config, device='cpu'):
 # %% ../nbs/14_models.ipynb #10ce738b
 def model_settings(pairs):
     "`{'inputs': 'text', ...}` from `--model-config` flags `KEY=VALUE` (values read as YAML)"
-    import yaml
     out = {}
-    for p in pairs:
-        k, eq, v = p.partition('=')
-        if not eq or not k: raise ValueError(f"bad --model-config {p!r}: expected KEY=VALUE, e.g. inputs=text")
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else v
+    for p in pairs: set_key(out, *parse_override(p, '--model-config', 'inputs=text'))
     return out
 
 # %% ../nbs/14_models.ipynb #abceb67e

@@ -9,13 +9,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .core import atomic_json, check_config, secret_keys
+from .core import atomic_json, check_config, secret_keys, set_key, parse_override
 
 # %% auto #0
-__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'SKIP_FLAGS', 'set_key', 'parse_override', 'run_config', 'stage_config_class',
-           'check_run_config', 'data_path', 'new_run_id', 'stage_dir', 'write_stage_report', 'read_stage_report',
-           'stage_done', 'PeakRSS', 'StageFailed', 'notebooks_dir', 'stage_notebook', 'run_notebook', 'git_commit',
-           'new_manifest', 'run_pipeline', 'run_summary', 'parser', 'main']
+__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'SKIP_FLAGS', 'run_config', 'stage_config_class', 'check_run_config',
+           'data_path', 'new_run_id', 'stage_dir', 'write_stage_report', 'read_stage_report', 'stage_done', 'PeakRSS',
+           'StageFailed', 'notebooks_dir', 'stage_notebook', 'run_notebook', 'git_commit', 'new_manifest',
+           'run_pipeline', 'run_summary', 'parser', 'main']
 
 # %% ../nbs/13_pipeline.ipynb #06c6998b
 STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
@@ -40,25 +40,6 @@ DEFAULT_CONFIG = {
     'evaluate': {},
     'inspect': {},
 }
-
-# %% ../nbs/13_pipeline.ipynb #fb7a9e77
-def set_key(cfg, key, value):
-    "Set dotted `key` of the nested dict `cfg` to `value` (a YAML scalar string is parsed)"
-    if isinstance(value, str): value = yaml.safe_load(value) if value.strip() else value
-    *path, last = key.split('.')
-    d = cfg
-    for k in path:
-        if not isinstance(d.setdefault(k, {}), dict): raise ValueError(f"cannot set {key}: {k} is not a section")
-        d = d[k]
-    d[last] = value
-    return cfg
-
-# %% ../nbs/13_pipeline.ipynb #b5fb99a4
-def parse_override(s):
-    "`'a.b=1'` -> `('a.b', '1')`, with an error that shows the expected form"
-    k, eq, v = s.partition('=')
-    if not eq or not k.strip(): raise ValueError(f"bad override {s!r}: expected key=value, e.g. generate.samples=3")
-    return k.strip(), v
 
 # %% ../nbs/13_pipeline.ipynb #2645d2ef
 def run_config(path=None, overrides=()):
