@@ -16,11 +16,12 @@ __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS
            'check_box', 'xywh2xyxy', 'Region', 'RegionRefError', 'ImageRecord', 'image_path', 'open_image',
            'image_record', 'region_by_id', 'parse_refs', 'render_refs', 'check_refs', 'remap_text', 'RegionMap',
            'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens', 'Description', 'QAPair', 'Verbalization',
-           'QAR', 'atomic_path', 'atomic_write', 'atomic_json', 'TornLineError', 'TornLineWarning', 'read_jsonl',
-           'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'heldout_image', 'split_heldout', 'secret_keys',
-           'read_config', 'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row',
-           'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex',
-           'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
+           'QAR', 'swap_ids', 'repoint_target', 'repoint', 'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json',
+           'TornLineError', 'TornLineWarning', 'read_jsonl', 'repair_jsonl', 'JsonlWriter', 'write_jsonl',
+           'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout',
+           'secret_keys', 'read_config', 'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar',
+           'qar_to_lskd_row', 'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color',
+           'color_hex', 'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -357,6 +358,37 @@ def to_dict(self:QAR):
 @patch(cls_method=True)
 def from_dict(cls:QAR, d): return cls(**d)
 
+# %% ../nbs/00_core.ipynb #f23b4cce
+def swap_ids(text, i, j):
+    "`text` with the mentions of regions `i` and `j` exchanged"
+    return REF_RE.sub(lambda m: f'[{j}]' if int(m.group(1)) == i else f'[{i}]' if int(m.group(1)) == j else m.group(), text)
+
+# %% ../nbs/00_core.ipynb #98130c0d
+def repoint_target(q, i, rng, among=None):
+    "Another region id for the mention `i` of `q`: unmentioned and of `i`'s label first, None if there is none"
+    refs, ids = set(parse_refs(q.text)), [r.id for r in q.regions if r.id != i and (among is None or r.id in among)]
+    lab = {r.id: r.label for r in q.regions}
+    for ok in (lambda j: j not in refs and lab[j] == lab[i], lambda j: j not in refs, lambda j: True):
+        if c := [j for j in ids if ok(j)]: return rng.choice(c)
+
+# %% ../nbs/00_core.ipynb #832fdee7
+def _swapped(q, i, j):
+    return replace(q, question=swap_ids(q.question, i, j), answer=swap_ids(q.answer, i, j), rationale=swap_ids(q.rationale, i, j), region=[])
+
+# %% ../nbs/00_core.ipynb #3eeb9ccc
+def repoint(q, rng, among=None):
+    "`q` with one mentioned region pointed at another region of its image (`repoint_target`), or None"
+    refs = [i for i in dict.fromkeys(parse_refs(q.text)) if i in {r.id for r in q.regions} and (among is None or i in among)]
+    if not refs: return None
+    i = rng.choice(refs); j = repoint_target(q, i, rng, among)
+    return None if j is None else _swapped(q, i, j)
+
+# %% ../nbs/00_core.ipynb #bd907ae7
+def swap_refs(q, rng):
+    "`q` with two of its mentioned regions exchanged, or None if it mentions fewer than two"
+    refs = list(dict.fromkeys(parse_refs(q.text)))
+    return _swapped(q, *rng.sample(refs, 2)) if len(refs) > 1 else None
+
 # %% ../nbs/00_core.ipynb #907aca63
 from contextlib import contextmanager
 
@@ -473,6 +505,45 @@ def sha256_file(path, chunk=1<<20):
     with open(path, 'rb') as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #0211df3c
+def _ranks(xs):
+    "1-based ranks of `xs`, ties sharing their mean rank"
+    order = sorted(range(len(xs)), key=xs.__getitem__); r = [0.0]*len(xs); i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[order[j+1]] == xs[order[i]]: j += 1
+        for k in order[i:j+1]: r[k] = (i + j)/2 + 1
+        i = j + 1
+    return r
+
+# %% ../nbs/00_core.ipynb #f130204b
+def roc_auc(p, y):
+    "ROC-AUC of scores `p` for binary labels `y` (NaN if one class is missing)"
+    p, y = [float(x) for x in p], [int(v) for v in y]
+    npos = sum(y); nneg = len(y) - npos
+    if npos == 0 or nneg == 0: return float('nan')
+    return (sum(r for r,v in zip(_ranks(p), y) if v) - npos*(npos + 1)/2) / (npos*nneg)
+
+# %% ../nbs/00_core.ipynb #813d317a
+def bootstrap(stat, n, n_boot=1000, seed=0):
+    "`stat(indices)` on each of `n_boot` seeded resamples (with replacement) of `range(n)`"
+    import random
+    rng = random.Random(f'lskd.bootstrap|{seed}')
+    return [stat([rng.randrange(n) for _ in range(n)]) for _ in range(n_boot)] if n else []
+
+# %% ../nbs/00_core.ipynb #45316209
+def percentile_ci(values, level=0.95):
+    "`(lo, hi)`: the central `level` of `values` (NaNs dropped; NaN, NaN if none is left)"
+    v = sorted(x for x in values if x == x)
+    if not v: return (float('nan'), float('nan'))
+    a = (1 - level)/2
+    return (v[int(a*(len(v) - 1))], v[int(round((1 - a)*(len(v) - 1)))])
+
+# %% ../nbs/00_core.ipynb #7587be6e
+def bootstrap_ci(stat, n, n_boot=1000, seed=0, level=0.95):
+    "95% (`level`) bootstrap interval of `stat(indices)` over `n` units"
+    return percentile_ci(bootstrap(stat, n, n_boot, seed), level)
 
 # %% ../nbs/00_core.ipynb #7248db91
 def heldout_image(image, frac, seed=0):

@@ -12,7 +12,7 @@ import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, write_jsonl, open_image, image_path,
                        draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl,
-                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text)
+                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs)
 from fastcore.basics import patch
 import shutil, torch.nn as nn
 from .models import load_model, model_settings
@@ -20,11 +20,11 @@ from .train import TrainConfig, fit
 
 # %% auto #0
 __all__ = ['SYNTHETIC_KINDS', 'SYNTHETIC_LABELS', 'qar_key', 'Label', 'read_labels', 'current_labels', 'Consensus', 'consensus',
-           'LabelSession', 'label_widget', 'repoint', 'swap_part', 'negate', 'contradict', 'synthetic_negatives',
-           'critic_view', 'CriticNet', 'critic_items', 'collate', 'Example', 'labelled_examples', 'roc_auc',
-           'binary_metrics', 'threshold_curve', 'threshold_for_precision', 'plot_thresholds', 'critic_loss',
-           'train_critic', 'save_critic', 'Critic', 'FilterReport', 'score_corpus', 'write_synthetic', 'label_terminal',
-           'main', 'CriticConfig', 'run_stage']
+           'LabelSession', 'label_widget', 'swap_part', 'negate', 'contradict', 'synthetic_negatives', 'critic_view',
+           'CriticNet', 'critic_items', 'collate', 'Example', 'labelled_examples', 'binary_metrics', 'threshold_curve',
+           'threshold_for_precision', 'plot_thresholds', 'critic_loss', 'train_critic', 'auc_by_kind', 'save_critic',
+           'Critic', 'FilterReport', 'score_corpus', 'write_synthetic', 'label_terminal', 'main', 'CriticConfig',
+           'run_stage']
 
 # %% ../nbs/04_critic.ipynb #9164708b
 def qar_key(q):
@@ -239,22 +239,9 @@ def label_widget(session):
     return w
 
 # %% ../nbs/04_critic.ipynb #29738ad8
-SYNTHETIC_KINDS = ('repoint', 'swap_answer', 'swap_rationale', 'contradict')
-SYNTHETIC_LABELS = {'original': (True, 5, 5), 'repoint': (False, 1, 1), 'swap_answer': (False, 1, 1),
+SYNTHETIC_KINDS = ('repoint', 'swap', 'swap_answer', 'swap_rationale', 'contradict')
+SYNTHETIC_LABELS = {'original': (True, 5, 5), 'repoint': (False, 1, 1), 'swap': (False, 1, 1), 'swap_answer': (False, 1, 1),
                     'swap_rationale': (False, 5, 1), 'contradict': (False, 5, 1)}
-
-# %% ../nbs/04_critic.ipynb #58c38f27
-def _swap_ids(text, i, j):
-    return re.sub(r'\[(\d+)\]', lambda m: f'[{j}]' if int(m.group(1)) == i else f'[{i}]' if int(m.group(1)) == j else m.group(), text)
-
-# %% ../nbs/04_critic.ipynb #f5bf188b
-def repoint(q, rng):
-    "`q` with one referenced region swapped for another region of the image (None if impossible)"
-    ids, refs = [r.id for r in q.regions], [i for i in parse_refs(q.text)]
-    refs = [i for i in refs if i in ids]
-    if not refs or len(ids) < 2: return None
-    i = rng.choice(refs); j = rng.choice([x for x in ids if x != i])
-    return replace(q, question=_swap_ids(q.question, i, j), answer=_swap_ids(q.answer, i, j), rationale=_swap_ids(q.rationale, i, j), region=[])
 
 # %% ../nbs/04_critic.ipynb #4a960880
 def _map_refs(text, targets):
@@ -302,6 +289,7 @@ def synthetic_negatives(corpus, kinds=SYNTHETIC_KINDS, seed=0, annotator='synthe
         others = [o for o in corpus if o.image != q.image]
         for kind in kinds:
             if kind == 'repoint': nq = repoint(q, rng)
+            elif kind == 'swap': nq = swap_refs(q, rng)
             elif kind in ('swap_answer', 'swap_rationale'):
                 nq = swap_part(q, rng.choice(others), kind.split('_')[1]) if others else None
             else: nq = contradict(q)
@@ -390,20 +378,6 @@ def labelled_examples(corpus, labels):
         raise ValueError(f"none of the {len(cons)} labelled triples is in the corpus ({len(corpus)} triples): labels are "
                          "keyed by the triple's id (or a hash of image and text); label this corpus, or pass the corpus the labels were made on")
     return out
-
-# %% ../nbs/04_critic.ipynb #07a3e87b
-def roc_auc(p, y):
-    "ROC-AUC of scores `p` for binary labels `y` (NaN if one class is missing)"
-    p, y = np.asarray(p, float), np.asarray(y, int)
-    npos, nneg = int(y.sum()), int((1 - y).sum())
-    if npos == 0 or nneg == 0: return float('nan')
-    order = np.argsort(p, kind='mergesort'); ranks = np.empty(len(p)); sp = p[order]
-    i = 0
-    while i < len(p):
-        j = i
-        while j + 1 < len(p) and sp[j+1] == sp[i]: j += 1
-        ranks[order[i:j+1]] = (i + j)/2 + 1; i = j + 1
-    return float((ranks[y == 1].sum() - npos*(npos + 1)/2) / (npos*nneg))
 
 # %% ../nbs/04_critic.ipynb #6119e71d
 def binary_metrics(p, y, threshold=0.5):
@@ -597,6 +571,17 @@ def _check_setup(out, setup, resume):
     atomic_write(p, json.dumps(s, indent=1))
     return resume
 
+# %% ../nbs/04_critic.ipynb #b2092d5f
+def auc_by_kind(p, examples, seed=0):
+    "`{kind: {'auc', 'ci', 'n_pos', 'n_neg'}}`: ROC-AUC of scores `p` of the accepted `examples` against each kind of rejected one"
+    pos = [i for i,e in enumerate(examples) if e.accept]; out = {}
+    for k in sorted({e.kind or 'human' for e in examples if not e.accept}):
+        ix = pos + [i for i,e in enumerate(examples) if not e.accept and (e.kind or 'human') == k]
+        y = [examples[i].accept for i in ix]; s = [float(p[i]) for i in ix]
+        auc = lambda u: roc_auc([s[j] for j in u], [y[j] for j in u])
+        out[k] = {'auc': auc(range(len(ix))), 'ci': bootstrap_ci(auc, len(ix), seed=seed), 'n_pos': len(pos), 'n_neg': len(ix) - len(pos)}
+    return out
+
 # %% ../nbs/04_critic.ipynb #8ad32876
 def _critic_report(net,               # the trained `CriticNet`
                    out,               # the critic's folder
@@ -621,6 +606,7 @@ def _critic_report(net,               # the trained `CriticNet`
     if len(val):
         report['val_by_kind'] = {k: float((pv[[i for i,e in enumerate(val) if (e.kind or 'human') == k]] >= threshold).mean())
                                  for k in sorted({e.kind or 'human' for e in val})}
+        report['val_auc_by_kind'] = auc_by_kind(pv, val)
         plot_thresholds(pv, yv, threshold, Path(out)/'thresholds.png', f'critic ({m.family}) on {len(val)} held-out labels')
         np.save(Path(out)/'val_predictions.npy', np.stack([pv, yv]))
     save_critic(net, out, report)
@@ -866,5 +852,5 @@ def run_stage(run_dir, cfg):
     frep = score_corpus(Critic.load(out/'model'), corpus, out, root=root, progress=False)
     return write_stage_report(run_dir, 'critic', ['scored.jsonl', 'filtered.jsonl', 'labels.jsonl'], threshold=frep['threshold'],
                               counts={'triples': frep['n'], 'kept': frep['kept'], 'synthetic_negatives': syn['negatives'] if syn else 0},
-                              heldout=rep['val'], labels='synthetic' if syn and not c.labels else 'human' if not syn else 'human+synthetic',
+                              heldout=rep['val'], heldout_auc_by_kind=rep.get('val_auc_by_kind'), labels='synthetic' if syn and not c.labels else 'human' if not syn else 'human+synthetic',
                               triples_per_s=frep['per_second'])

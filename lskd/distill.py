@@ -13,15 +13,15 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, JsonlWriter, lskd_row_to_qar,
                        parse_refs, region_by_id, open_image, image_path, visual_prompt, heldout_image, check_config,
-                       atomic_path, atomic_write, as_qar, model_text, draw_order)
+                       atomic_path, atomic_write, as_qar, model_text, draw_order, repoint, swap_refs)
 from .models import load_model, build_model, model_settings
 from .train import TrainConfig, History, accelerator, fit, latest_checkpoint
 
 # %% auto #0
 __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
-           'CorpusStream', 'DistillConfig', 'as_config', 'same_image', 'itc_loss', 'hard_negatives', 'itm_pairs',
-           'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill', 'heldout_examples', 'retrieval_groups',
-           'retrieval_accuracy', 'main', 'DistillStageConfig', 'run_stage']
+           'CorpusStream', 'grounding_qars', 'DistillConfig', 'as_config', 'same_image', 'itc_loss', 'hard_negatives',
+           'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill', 'heldout_examples',
+           'retrieval_groups', 'retrieval_accuracy', 'main', 'DistillStageConfig', 'run_stage']
 
 # %% ../nbs/05_distill.ipynb #9235a080
 # `as_qar` (lskd.core) reads a corpus line: lskd's own format or a released LSKD row
@@ -41,6 +41,7 @@ class Example:
     index: int = 0
     distractors: bool = False
     rationale: bool = True
+    negatives: list = field(default_factory=list)   # texts of the same drawing pointing elsewhere (ITM negatives)
     @property
     def regions(self): "Regions in drawing order"; return [region_by_id(self.qar.regions, i) for i in self.order]
     @property
@@ -75,7 +76,8 @@ def make_example(q,                       # a `QAR` or a released LSKD row
                  p_rationale:float=0.5,   # probability of keeping the rationale in the text
                  max_draw:int=None,       # at most this many regions drawn (the referenced ones always are)
                  train:bool=True,         # False: the deterministic view (referenced regions in order, rationale kept)
-                 index:int=0):            # the triple's line in the corpus
+                 index:int=0,             # the triple's line in the corpus
+                 pointing:bool=False):    # also the pointing negatives: the text re-pointed and swapped (`lskd.core`)
     "The `Example` of `q`: shuffled drawing order, distractors and rationale drawn at random when `train`"
     q = as_qar(q)
     refs = referenced_ids(q)
@@ -86,7 +88,9 @@ def make_example(q,                       # a `QAR` or a released LSKD row
     if max_draw: ids = refs + [i for i in ids if i not in refs][:max(0, max_draw - len(refs))]
     order = rng.sample(ids, len(ids))
     keep = rng.random() < p_rationale
-    return Example(q, order, student_text(q, RegionMap(order), keep), index, distract, keep)
+    text, rm = student_text(q, RegionMap(order), keep), RegionMap(order)
+    negs = [x for x in (repoint(q, rng, among=order), swap_refs(q, rng)) if x is not None] if pointing else []
+    return Example(q, order, text, index, distract, keep, [t for x in negs if (t := student_text(x, rm, keep)) != text])
 
 # %% ../nbs/05_distill.ipynb #b332e41f
 def shuffle_buffer(items, size, rng):
@@ -121,25 +125,36 @@ class CorpusStream(torch.utils.data.IterableDataset):
                  world_size:int=1,      # the processes sharing the stream
                  start=(0, 0),          # `(epoch, batches)` already consumed
                  epochs:int=None,       # None: without end
-                 prepare=None):         # batch preparation in data-loader workers (`Prepare`)
+                 prepare=None,          # batch preparation in data-loader workers (`Prepare`)
+                 pointing:bool=False,   # examples carry their pointing negatives (`make_example`)
+                 grounding:bool=False): # add the literal grounding pairs of each image (`grounding_qars`)
         super().__init__()
         self.path = Path(path)
         if not self.path.exists(): raise FileNotFoundError(f"corpus not found: {self.path}")
         self.batch_size, self.seed, self.buffer_size = batch_size, seed, buffer_size
         self.p_distract, self.p_rationale, self.max_draw = p_distract, p_rationale, max_draw
         self.min_score, self.heldout, self.heldout_seed, self.rank, self.world_size = min_score, heldout, heldout_seed, rank, world_size
-        self.start, self.epochs, self.prepare = tuple(start), epochs, prepare
+        self.start, self.epochs, self.prepare, self.pointing, self.grounding = tuple(start), epochs, prepare, pointing, grounding
     def __repr__(self): return f"CorpusStream({self.path}, batch_size={self.batch_size}, seed={self.seed}, start={self.start})"
     def __iter__(self): return self._iter()
+
+# %% ../nbs/05_distill.ipynb #68890fe5
+def grounding_qars(q):
+    "The literal grounding pairs of `q`'s image: 'What is [i]?' / '[i] is <description>.' per described region"
+    return [QAR(q.image, f'What is [{r.id}]?', f"[{r.id}] is {r.description.rstrip('.')}.", '', regions=q.regions, source='grounding',
+                id=f'{q.image}#grounding-{r.id}') for r in q.regions if r.description]
 
 # %% ../nbs/05_distill.ipynb #999146ac
 @patch
 def rows(self:CorpusStream, epoch):
     "`(index, QAR)` of the training triples in this epoch's shuffled order"
     def gen():
+        seen = set()
         for i,d in enumerate(read_jsonl(self.path)):
             q = as_qar(d)
-            if _keep(q, self.min_score) and not heldout_image(q.image, self.heldout, self.heldout_seed): yield i, q
+            if not _keep(q, self.min_score) or heldout_image(q.image, self.heldout, self.heldout_seed): continue
+            yield i, q
+            if self.grounding and q.image not in seen: seen.add(q.image); yield from ((f'{i}.g{k}', g) for k,g in enumerate(grounding_qars(q)))
     return shuffle_buffer(gen(), self.buffer_size, random.Random(f'lskd.distill|{self.seed}|shuffle|{epoch}'))
 
 # %% ../nbs/05_distill.ipynb #e624ecf6
@@ -147,7 +162,7 @@ def rows(self:CorpusStream, epoch):
 def examples(self:CorpusStream, epoch):
     "This epoch's `Example`s, in order"
     for i,q in self.rows(epoch):
-        yield make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i)
+        yield make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i, pointing=self.pointing)
 
 # %% ../nbs/05_distill.ipynb #f2a9361f
 @patch
@@ -197,6 +212,8 @@ class DistillConfig(TrainConfig):
     p_rationale: float = 0.5         # keep the rationale in the text
     max_draw: int|None = None        # at most this many regions drawn
     min_score: float|None = None     # keep triples with critic prediction >= min_score
+    pointing: bool = True            # ITM negatives that re-point or swap a mention on the same drawing (beyond the release's in-batch ones)
+    grounding: bool = False          # beyond the paper: add '[i] is <description>' pairs from the regions (off for a paper run)
     heldout: float = 0.0             # fraction of the images held out for validation (lskd.core.heldout_image)
     heldout_seed: int = 0            # seed of that split (the same split as `lskd evaluate --heldout`)
     val_corpus: str|None = None      # or: a separate held-out corpus file
@@ -277,7 +294,7 @@ def itm_pairs(sim, same, generator=None):
 
 # %% ../nbs/05_distill.ipynb #95f7d1b7
 class StudentNet(nn.Module):
-    "An `ImageTextModel` with the student's loss: ITC + ITM with in-batch hard negatives"
+    "An `ImageTextModel` with the student's loss: ITC + ITM with in-batch hard negatives and pointing negatives"
     def __init__(self, model): super().__init__(); self.model = model
     def __repr__(self): return f"StudentNet({self.model!r})"
 
@@ -289,10 +306,13 @@ def forward(self:StudentNet,
             same,                  # (B,B) bool, from `same_image`
             generator=None,        # the hard negatives' draws
             itc_weight:float=1.0,
-            itm_weight:float=1.0):
-    logits = self.model.itc_logits(img, txt)
+            itm_weight:float=1.0,
+            neg_index=()):         # `txt` holds more texts after the B examples': pointing negatives, of these images
+    B = len(same)
+    logits = self.model.itc_logits(img, txt[list(range(B))] if len(txt) > B else txt)
     l_itc = itc_loss(logits.float(), same.to(logits.device))
     ti, ii, y = itm_pairs(logits, same, generator)
+    ti, ii, y = ti + list(range(B, B + len(neg_index))), ii + list(neg_index), torch.cat([y, torch.zeros(len(neg_index), dtype=y.dtype)])
     out = self.model.itm_logits(img, txt[ti], ii)
     l_itm = F.cross_entropy(out.float(), y.to(out.device))
     return {'loss': itc_weight*l_itc + itm_weight*l_itm, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
@@ -307,11 +327,13 @@ class Prepare:
 
 # %% ../nbs/05_distill.ipynb #b4499d21
 def student_inputs(model, batch, root=None):
-    "Model inputs of a batch (`Example`s, or `(examples, image items)` from `Prepare`): image and text batches, the same-image mask"
+    "Model inputs of a batch (`Example`s, or `(examples, image items)` from `Prepare`): image and text batches (the pointing negatives after the examples' texts), the same-image mask"
     examples, items = batch if isinstance(batch, tuple) else (batch, None)
     keys = [e.key(root) for e in examples]
     if items is None: items = model.cached_image_items(keys, lambda i: examples[i].draw(root))
-    return dict(img=model.collate_images(items), txt=model.encode_texts([e.text for e in examples]), same=same_image(keys))
+    negs = [(b, t) for b,e in enumerate(examples) for t in e.negatives]
+    return dict(img=model.collate_images(items), txt=model.encode_texts([e.text for e in examples] + [t for _,t in negs]),
+                same=same_image(keys), neg_index=[b for b,_ in negs])
 
 # %% ../nbs/05_distill.ipynb #0b1ff968
 def make_student(config, device='cpu'):
@@ -328,7 +350,7 @@ def _make_stream(corpus,        # the corpus JSONL
                  prepare=None): # `Prepare` in data-loader workers
     return CorpusStream(corpus, config.batch_size, config.seed, config.buffer_size, config.p_distract, config.p_rationale,
                         config.max_draw, config.min_score, config.heldout, config.heldout_seed, accel.process_index, accel.num_processes,
-                        start=start, prepare=prepare)
+                        start=start, prepare=prepare, pointing=config.pointing, grounding=config.grounding)
 
 # %% ../nbs/05_distill.ipynb #c89554c6
 def _loader(stream, config):
@@ -442,6 +464,8 @@ def _parser():
     p.add_argument('--images', help='image root (paths in the corpus are relative to it)')
     p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in OUT')
     p.add_argument('--quiet', action='store_true')
+    p.add_argument('--no-pointing', action='store_true', help='in-batch ITM negatives only (the release), no pointing negatives')
+    p.add_argument('--grounding', action='store_true', help="beyond the paper: add '[i] is <description>' pairs from the regions")
     for f,kw in _FLAGS: p.add_argument(f, *(['--val-frac'] if f == '--heldout' else []), **kw)   # --val-frac: its old name
     return p
 
@@ -452,6 +476,8 @@ def main(argv=None):
     over = {k: v for f,_ in _FLAGS if (v := getattr(a, (k := f[2:].replace('-', '_')))) is not None}
     if a.images: over['images'] = a.images
     if a.model: over['model'] = a.model
+    if a.no_pointing: over['pointing'] = False
+    if a.grounding: over['grounding'] = True
     try:
         if a.model_config: over['model_config'] = model_settings(a.model_config)
         config = DistillConfig.from_yaml(a.config, **over) if a.config else DistillConfig.from_dict(over)

@@ -13,16 +13,18 @@ from fastcore.basics import patch
 from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image,
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
                        lskd_row_to_qar, REF_RE, split_heldout, check_config, atomic_write,
-                       draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record)
+                       draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record,
+                       roc_auc, bootstrap, percentile_ci, repoint, swap_refs)
 
 # %% auto #0
-__all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'Task', 'EvalItem', 'item_order', 'ChanceScorer', 'OverlapScorer',
-           'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy', 'vcr_metrics', 'pairwise_agreement',
-           'sherlock_metrics', 'human_agreement', 'visualcomet_metrics', 'mc_metrics', 'chance_levels', 'load_vcr',
-           'url_image_path', 'load_sherlock', 'person_refs', 'load_visualcomet', 'mc_item', 'transplant_refs',
-           'build_mc', 'load_mc', 'demo_corpus', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate',
-           'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig',
-           'run_students', 'run_stage']
+__all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'MC_TASKS', 'Task', 'EvalItem', 'item_order', 'ChanceScorer',
+           'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy', 'vcr_metrics',
+           'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'visualcomet_metrics', 'mc_metrics',
+           'chance_levels', 'questions', 'metric_intervals', 'compare', 'verdict', 'load_vcr', 'url_image_path',
+           'load_sherlock', 'person_refs', 'load_visualcomet', 'mc_item', 'transplant_refs', 'build_mc', 'load_mc',
+           'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark',
+           'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table', 'Chart',
+           'results_chart', 'parser', 'main', 'EvaluateConfig', 'run_students', 'separability', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #95a9580f
 @dataclass
@@ -242,6 +244,7 @@ def chance_levels(benchmark, items):
     mean = lambda xs: 100*sum(xs)/len(xs) if xs else float('nan')
     allv = [v for xs in per.values() for v in xs]
     if benchmark == 'sherlock': return {'comparison': 0.0}
+    if benchmark == 'pointing': return {'accuracy': 50.0, 'auc': 50.0, **{k: 50.0 for k in sorted(per)}}
     if benchmark == 'vcr':
         return dict(q2a=mean(per.get('q2a', [])), qa2r=mean(per.get('qa2r', [])),
                     q2ar=mean([1/len(it.tasks[0].candidates)/len(it.tasks[1].candidates) for it in items]))
@@ -249,6 +252,51 @@ def chance_levels(benchmark, items):
         n = max(t.meta.get('n_requested', len(t.candidates)) for it in items for t in it.tasks)
         return {f'acc@{n}': mean(allv), **{k: mean(v) for k,v in sorted(per.items())}}
     return {'accuracy': mean(allv), **({k: mean(v) for k,v in sorted(per.items())} if len(per) > 1 else {})}
+
+# %% ../nbs/06_evaluate.ipynb #6f95575e
+def questions(records):
+    "Records grouped by question `id`, in first-seen order"
+    g = {}
+    for r in records: g.setdefault(r['id'], []).append(r)
+    return list(g.values())
+
+# %% ../nbs/06_evaluate.ipynb #2433e54b
+def _flat(m): return {(k, c): v for k,d in m.items() for c,v in d.items()}
+
+# %% ../nbs/06_evaluate.ipynb #a9478aad
+def metric_intervals(metrics, records, n_boot=1000, seed=0):
+    "`{kind: {metric: [lo, hi]}}`: 95% bootstrap intervals of `metrics(records)`, resampling questions"
+    qs = questions(records)
+    boots = bootstrap(lambda ix: _flat(metrics([r for i in ix for r in qs[i]])), len(qs), n_boot, seed)
+    out = {}
+    for k,c in _flat(metrics(records)): out.setdefault(k, {})[c] = list(percentile_ci([b.get((k, c), math.nan) for b in boots]))
+    return out
+
+# %% ../nbs/06_evaluate.ipynb #21244164
+def _diff(metrics, a, b):
+    fa, fb = _flat(metrics(a)), _flat(metrics(b))
+    return {k: v - fb.get(k, math.nan) for k,v in fa.items()}
+
+# %% ../nbs/06_evaluate.ipynb #f4a36f99
+def compare(metrics, a, b, n_boot=1000, seed=0):
+    "`[{kind, metric, diff, ci, n, units, separable}]`: `metrics` of records `a` minus those of `b`, paired over their shared questions"
+    qa, qb = ({q[0]['id']: q for q in questions(r)} for r in (a, b))
+    ids = [i for i in qa if i in qb]
+    if not ids: raise ValueError("the two models share no question: compare them on the same questions")
+    pick = lambda q, ix: [r for i in ix for r in q[ids[i]]]
+    boots = bootstrap(lambda ix: _diff(metrics, pick(qa, ix), pick(qb, ix)), len(ids), n_boot, seed)
+    full = _diff(metrics, pick(qa, range(len(ids))), pick(qb, range(len(ids))))
+    cis = {k: percentile_ci([x.get(k, math.nan) for x in boots]) for k in full}
+    n = sum(len(qa[i]) for i in ids)
+    return [dict(kind=k, metric=c, diff=v, ci=list(cis[k, c]), n=n, units=len(ids), separable=bool(cis[k, c][0] > 0 or cis[k, c][1] < 0))
+            for (k, c), v in full.items()]
+
+# %% ../nbs/06_evaluate.ipynb #de1753c6
+def verdict(c):
+    "One line for a comparison `c` (from `compare`, with its `a` and `b` names)"
+    lo, hi = c['ci']
+    return (f"{c['a']} - {c['b']}, {c['metric']} ({c['kind']}): {c['diff']:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}], "
+            f"n={c['n']}: " + ('separable' if c['separable'] else 'not separable at this n'))
 
 # %% ../nbs/06_evaluate.ipynb #f5212e92
 def load_vcr(path, root=None, limit=None):
@@ -413,7 +461,7 @@ def build_mc(qars, n_candidates=4, seed=0, field='answer'):
         cands = [right] + negs
         order = rng.sample(range(len(cands)), len(cands))
         row = dict(id=q.id or f'{i}', image=q.image, regions=[r.to_dict() for r in q.regions], question=q.question,
-                   candidates=[cands[j] for j in order], label=order.index(0), task=f'q2{field[0]}', source='lskd-heldout')
+                   candidates=[cands[j] for j in order], label=order.index(0), task='q2a' if field == 'answer' else 'qa2r', source='lskd-heldout')
         if field == 'rationale': row['answer'] = q.answer
         rows.append(row)
     return rows
@@ -453,6 +501,64 @@ def demo_corpus():
             ('What did [0] do before the photo?', '[0] put on [2] and combed her hair.', '[2] are neatly pinned and her hair is set.')]
     return [QAR(hop, q, a, r, regions=regs, source='demo', id=f'demo-{i}') for i,(q,a,r) in enumerate(rows)]
 
+# %% ../nbs/06_evaluate.ipynb #6228a912
+def _gold(it, k=-1): t = it.tasks[k]; return t.candidates[t.label]
+
+# %% ../nbs/06_evaluate.ipynb #5c3973b1
+def pointing_qars(path, root=None, heldout=None, heldout_seed=0):
+    "The right texts of a localized file as `QAR`s: a corpus (lskd or released rows), VCR annotations, or MC rows"
+    first = next(iter(read_jsonl(path)), {})
+    if 'img_fn' in first and 'metadata_fn' in first: its = list(load_vcr(path, root))
+    elif 'candidates' in first: its = [mc_item(d, n) for n,d in enumerate(read_jsonl(path))]
+    else: its = None
+    if its is None: qs = [as_qar(d) for d in read_jsonl(path)]
+    else: qs = [QAR(it.image, *({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS), regions=it.regions, id=it.id) for it in its]
+    return split_heldout(qs, heldout, heldout_seed)[1] if heldout is not None else qs
+
+# %% ../nbs/06_evaluate.ipynb #780e9c99
+def _fields(q): return {k: getattr(q, k) for k in TEXT_FIELDS if getattr(q, k)}
+
+# %% ../nbs/06_evaluate.ipynb #47c55b43
+def pointing_item(q, n=0, seed=0):
+    "The `EvalItem` of `q`'s right text against it re-pointed (task `repoint`) and swapped (`swap`); None if neither exists"
+    rng = _seeded(seed, 'pointing', q.id or n, q.image, q.text)
+    negs = [(k, f(q, rng)) for k,f in (('repoint', repoint), ('swap', swap_refs))]
+    negs = [(k, x) for k,x in negs if x is not None]
+    if not negs: return None
+    ids = list(dict.fromkeys(parse_refs(q.text) + [i for _,x in negs for i in parse_refs(x.text)]))
+    tasks = []
+    for k,x in negs:
+        flip = rng.random() < .5; c = [_fields(q), _fields(x)]
+        tasks.append(Task(k, c[::-1] if flip else c, int(flip)))
+    return EvalItem(f'{n}:{q.id}' if q.id else str(n), q.image, q.regions, tasks, draw=rng.sample(ids, len(ids)))
+
+# %% ../nbs/06_evaluate.ipynb #b346878f
+def load_pointing(path,            # a corpus (lskd or released rows), VCR annotations, or MC rows (jsonl)
+                  root=None,       # the image root
+                  limit=None,      # the first N texts only
+                  seed=0,          # seed of the re-pointings and the drawing order
+                  heldout=None,    # only the held-out images of the file, this fraction (None: all)
+                  heldout_seed=0): # seed of the held-out split
+    "Pointing `EvalItem`s (`pointing_item`) of the right texts in `path` (`pointing_qars`)"
+    for n,q in enumerate(pointing_qars(path, root, heldout, heldout_seed)[:limit]):
+        if (it := pointing_item(q, n, seed)) is not None: yield it
+
+# %% ../nbs/06_evaluate.ipynb #b6c64fad
+def _won(r, k):
+    s = r['scores'][k]; a, b = s[r['label']], s[1 - r['label']]
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+# %% ../nbs/06_evaluate.ipynb #7477f901
+def pointing_metrics(records):
+    "`{kind: {'accuracy', 'auc', 'repoint', 'swap'}}`: percent of pairs won by the right pointing, ROC-AUC of right against wrong"
+    out = {}
+    for k in kinds(records):
+        right, wrong = [r['scores'][k][r['label']] for r in records], [r['scores'][k][1 - r['label']] for r in records]
+        out[k] = {'accuracy': 100*sum(_won(r, k) for r in records)/len(records),
+                  'auc': 100*roc_auc(right + wrong, [1]*len(right) + [0]*len(wrong)),
+                  **{t: 100*sum(_won(r, k) for r in rs)/len(rs) for t in ('repoint', 'swap') if (rs := [r for r in records if r['task'] == t])}}
+    return out
+
 # %% ../nbs/06_evaluate.ipynb #61f08285
 @dataclass
 class Benchmark:
@@ -467,7 +573,8 @@ BENCHMARKS = {b.name: b for b in [
     Benchmark('vcr', load_vcr, vcr_metrics, 'VCR val: Q->A, QA->R, Q->AR accuracy'),
     Benchmark('sherlock', load_sherlock, sherlock_metrics, 'Sherlock comparison: pairwise agreement with human ratings'),
     Benchmark('visualcomet', load_visualcomet, visualcomet_metrics, 'VisualCOMET: Acc@50 over inferences'),
-    Benchmark('mc', load_mc, mc_metrics, 'localized multiple choice (generic jsonl or a held-out corpus)')]}
+    Benchmark('mc', load_mc, mc_metrics, 'localized multiple choice (generic jsonl or a held-out corpus)'),
+    Benchmark('pointing', load_pointing, pointing_metrics, 'pointing: right texts against re-pointed and swapped mentions')]}
 
 # %% ../nbs/06_evaluate.ipynb #d730f138
 BASELINES = {'chance': ChanceScorer, 'overlap': OverlapScorer}     # the models that need no weights
@@ -529,9 +636,11 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
     kw = dict(root=root, limit=limit)
     if benchmark == 'sherlock': kw['instances'] = instances
     if benchmark == 'visualcomet': kw.update(seed=seed, n_candidates=n_candidates or 50)
-    if benchmark == 'mc': kw.update(seed=seed, n_candidates=n_candidates or 4, heldout=heldout, heldout_seed=heldout_seed)
+    if benchmark == 'mc': kw['n_candidates'] = n_candidates or 4
+    if benchmark in ('mc', 'pointing'): kw.update(seed=seed, heldout=heldout, heldout_seed=heldout_seed)
     items = list(b.load(annotations, **kw))
-    if not items: raise ValueError(f"{annotations}: no questions to evaluate")
+    if not items: raise ValueError(f"{annotations}: no questions to evaluate" + (": no text can point elsewhere (the pointing test needs "
+                                   "texts about images with two or more regions)" if benchmark == 'pointing' else ''))
     counts = [len(t.candidates) for i in items for t in i.tasks]
     short = [(len(t.candidates), t.meta['n_requested']) for i in items for t in i.tasks if len(t.candidates) < t.meta.get('n_requested', 0)]
     if short:
@@ -544,7 +653,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
                settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed),
                chance=chance_levels(benchmark, items), models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if out: Path(out).mkdir(parents=True, exist_ok=True)
-    names = set()
+    names, recs_of = set(), {}
     for m in models:
         name, spec = split_model(m)
         if name in names: raise ValueError(f"two models are named {name!r}; name them with NAME=SPEC")
@@ -553,10 +662,13 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
         t0 = time.time()
         recs = list(score_items(scorer, items, root, draw, text_style, image_batch=image_batch, progress=progress))
         entry = dict(name=name, spec=spec if isinstance(spec, str) else repr(spec), scorer=getattr(scorer, 'name', type(scorer).__name__),
-                     metrics=b.metrics(recs), seconds=round(time.time() - t0, 3))
+                     metrics=b.metrics(recs), n=len(recs), units=len(questions(recs)), intervals=metric_intervals(b.metrics, recs, seed=seed),
+                     seconds=round(time.time() - t0, 3))
         if benchmark == 'sherlock': res['human_agreement'] = human_agreement(recs)
-        res['models'].append(entry)
+        res['models'].append(entry); recs_of[name] = recs
         if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', recs)
+    order = list(recs_of)
+    res['comparisons'] = [dict(a=m, b=order[0], **c) for m in order[1:] for c in compare(b.metrics, recs_of[m], recs_of[order[0]], seed=seed)]
     if out:
         atomic_write(Path(out)/'results.json', json.dumps(res, indent=1))
         results_chart(res).save(Path(out)/'results.png')
@@ -573,16 +685,20 @@ def load_results(*paths):
 
 # %% ../nbs/06_evaluate.ipynb #8bab0d77
 def _rows(results):
+    "`(benchmarks, rows, cols)`: rows `(model, {(benchmark, kind, metric): (value, interval)}, {benchmark: n})`, merged by model name"
     results = [results] if isinstance(results, dict) else list(results)
-    bench = {r['benchmark'] for r in results}
-    if len(bench) > 1: raise ValueError(f"results of different benchmarks {sorted(bench)} cannot share a table")
-    rows, seen = [], {}
-    for k, r in enumerate(results):
+    rows, seen = {}, {}
+    for k,r in enumerate(results):
+        b = r['benchmark']
         for m in r['models']:
-            seen[m['name']] = seen.get(m['name'], 0) + 1
-            rows.append((m['name'] if seen[m['name']] == 1 else f"{m['name']} (run {k+1})", m['metrics']))
-    cols = list(dict.fromkeys((k, n) for _,mt in rows for k in mt for n in mt[k]))
-    return results[0]['benchmark'], rows, cols
+            seen[b, m['name']] = seen.get((b, m['name']), 0) + 1
+            vals, ns = rows.setdefault(m['name'] if seen[b, m['name']] == 1 else f"{m['name']} (run {k+1})", ({}, {}))
+            iv = m.get('intervals', {})
+            vals.update({(b, kd, c): (v, iv.get(kd, {}).get(c)) for kd,dd in m['metrics'].items() for c,v in dd.items()})
+            if 'n' in m: ns[b] = m['n']
+    benches = list(dict.fromkeys(r['benchmark'] for r in results))
+    cols = sorted(dict.fromkeys(c for vals,_ in rows.values() for c in vals), key=lambda c: benches.index(c[0]))
+    return benches, [(n, v, ns) for n,(v, ns) in rows.items()], cols
 
 # %% ../nbs/06_evaluate.ipynb #169db0e8
 class Table:
@@ -608,16 +724,22 @@ def _repr_html_(self:Table):
     cap = f'<caption>{html.escape(self.caption)}</caption>' if self.caption else ''
     return f'<table>{cap}<thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>'
 
+# %% ../nbs/06_evaluate.ipynb #96d7ebe1
+def _cell(v, iv): return v if not iv or v is None or v != v else f'{v:.1f} [{iv[0]:.1f}, {iv[1]:.1f}]'
+
 # %% ../nbs/06_evaluate.ipynb #c76536c8
 def results_table(results):
-    "A `Table` of every model's metrics (columns `kind metric`), with the paper's rows when known"
-    bench, rows, cols = _rows(results)
-    body = [[n] + [mt.get(k, {}).get(c) for k,c in cols] for n,mt in rows]
-    ch = (results if isinstance(results, dict) else results[0]).get('chance')
-    if ch: body.append(['chance'] + [ch.get(c) for _,c in cols])
+    "A `Table` of every model's metrics with their 95% intervals and n (one column group per benchmark), with the paper's rows when known"
+    benches, rows, cols = _rows(results); many = len(benches) > 1
+    nb = [b for b in benches if any(b in ns for *_,ns in rows)]
+    body = [[n] + [ns.get(b) for b in nb] + [_cell(*vals[c]) if c in vals else None for c in cols] for n,vals,ns in rows]
+    chance = {r['benchmark']: r.get('chance') or {} for r in ([results] if isinstance(results, dict) else results)}
+    if any(chance.values()): body.append(['chance'] + [None]*len(nb) + [chance[b].get(c) for b,_,c in cols])
     for i, who in enumerate(('paper: BLIP-2 ViT-G', 'paper: + LSKD')):
-        if bench in PAPER and cols: body.append([who] + [PAPER[bench][c][i] if c in PAPER[bench] else None for _,c in cols])
-    return Table(['model'] + [f'{c} ({k})' for k,c in cols], body, f'{bench}: zero-shot, percent')
+        if not many and benches[0] in PAPER and cols: body.append([who] + [None]*len(nb) + [PAPER[benches[0]][c][i] if c in PAPER[benches[0]] else None for *_,c in cols])
+    head = ['model'] + [f'n ({b})' if many else 'n' for b in nb] + [f'{b} {c} ({k})' if many else f'{c} ({k})' for b,k,c in cols]
+    ivs = any(iv for _,vals,_ in rows for _,iv in vals.values())
+    return Table(head, body, f"{' + '.join(benches)}: zero-shot, percent" + (', [95% bootstrap interval]' if ivs else ''))
 
 # %% ../nbs/06_evaluate.ipynb #5bfb4d97
 class Chart:
@@ -633,26 +755,29 @@ def _repr_png_(self:Chart):
 @patch
 def save(self:Chart, path): self.fig.savefig(path, dpi=110, bbox_inches='tight'); return Path(path)
 
+# %% ../nbs/06_evaluate.ipynb #3dff97d7
+def _bars(ax, vals, j, w, label):
+    "Bars of `(value, interval)`s for the `j`-th model, with their intervals as error bars"
+    ys = [v if v == v else 0 for v,_ in vals]
+    err = [[y - iv[0] if iv and iv[0] == iv[0] else 0 for y,(_,iv) in zip(ys, vals)], [iv[1] - y if iv and iv[1] == iv[1] else 0 for y,(_,iv) in zip(ys, vals)]]
+    ax.bar([i + j*w for i in range(len(vals))], ys, w, yerr=err, capsize=2, label=label)
+
 # %% ../nbs/06_evaluate.ipynb #9cffae83
 def results_chart(results):
-    "Bar chart: one panel per score kind, a group of bars (one per model) per metric"
+    "Bar chart: one panel per benchmark and score kind, a group of bars (one per model, with its 95% interval) per metric"
     from matplotlib.figure import Figure
-    bench, rows, cols = _rows(results)
-    ks = list(dict.fromkeys(k for k,_ in cols)) or ['itm']
-    fig = Figure(figsize=(max(4, 1.6*len(cols)/len(ks)*len(ks) + 1), 3.2))
-    axes = fig.subplots(1, len(ks), squeeze=False)[0]
-    for ax, k in zip(axes, ks):
-        ms = [c for kk,c in cols if kk == k]; w = 0.8/max(1, len(rows))
-        for j,(n,mt) in enumerate(rows):
-            vals = [mt.get(k, {}).get(c, float('nan')) for c in ms]
-            ax.bar([i + j*w for i in range(len(ms))], vals, w, label=n)
-        ch = (results if isinstance(results, dict) else results[0]).get('chance') or {}
+    benches, rows, cols = _rows(results)
+    panels = list(dict.fromkeys((b, k) for b,k,_ in cols)) or [(benches[0], 'itm')]
+    chance = {r['benchmark']: r.get('chance') or {} for r in ([results] if isinstance(results, dict) else results)}
+    fig = Figure(figsize=(max(4, 1.4*len(cols) + 1.5*len(panels)), 3.2))
+    for ax,(b,k) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        ms = [c for bb,kk,c in cols if (bb, kk) == (b, k)]; w = 0.8/max(1, len(rows))
+        for j,(n,vals,ns) in enumerate(rows): _bars(ax, [vals.get((b, k, c), (math.nan, None)) for c in ms], j, w, f'{n} (n={ns[b]})' if b in ns else n)
         for i,c in enumerate(ms):
-            if c in ch: ax.hlines(ch[c], i - w/2, i + w*(len(rows)-.5), colors='k', linestyles='dashed', lw=1,
-                                  label='chance' if i == 0 else None)
+            if c in chance[b]: ax.hlines(chance[b][c], i - w/2, i + w*(len(rows)-.5), colors='k', linestyles='dashed', lw=1, label='chance' if i == 0 else None)
         ax.set_xticks([i + w*(len(rows)-1)/2 for i in range(len(ms))], ms); ax.axhline(0, color='k', lw=.5)
-        ax.set_title(f'{bench} ({k})'); ax.set_ylabel('percent')
-    axes[-1].legend(fontsize=8, loc='best')
+        ax.set_title(f'{b} ({k})'); ax.set_ylabel('percent')
+    ax.legend(fontsize=8, loc='best')
     return Chart(fig)
 
 # %% ../nbs/06_evaluate.ipynb #4b0761f8
@@ -700,36 +825,74 @@ def main(argv=None):
     print(t); print(f'\nwrote {out/"results.json"}, {out/"results.png"}')
     return 0
 
-# %% ../nbs/06_evaluate.ipynb #7bcf0366
+# %% ../nbs/06_evaluate.ipynb #d966c14b
 @dataclass
 class EvaluateConfig:
     "The `evaluate` section of a run's configuration"
     n_candidates: int = 4             # candidates per held-out question (the right one + distractors)
+    tasks: list = field(default_factory=lambda: ['q2a', 'qa2r'])   # MC questions per held-out triple: its answer, its rationale
+    pointing: bool = True             # also the pointing test on the held-out triples
     no_boxes: bool = True             # also score the distilled student without drawn boxes (the boxes' ablation)
     kept_only: bool = False           # questions from the critic-kept triples only (default: all triples of held-out images)
 
-# %% ../nbs/06_evaluate.ipynb #c827b18d
+# %% ../nbs/06_evaluate.ipynb #8055aba9
+MC_TASKS = {'q2a': 'answer', 'qa2r': 'rationale'}    # task: the field its candidates replace
+
+# %% ../nbs/06_evaluate.ipynb #b6c6c527
 def run_students(run_dir):
     "The students the distill stage left in `run_dir` (model folders), `base` first"
     names = sorted(p.parent.name for p in (Path(run_dir)/'distill').glob('*/model.json'))
     return sorted(names, key=lambda n: n != 'base')
 
-# %% ../nbs/06_evaluate.ipynb #f0e8814c
+# %% ../nbs/06_evaluate.ipynb #952f5553
+def separability(results, records, against='base', metrics=('accuracy', 'auc')):
+    "`verdict` lines of every model against `against` in each results dict (`records`: `{(benchmark, model): records}`)"
+    lines = []
+    for r in results:
+        b = BENCHMARKS[r['benchmark']]
+        for m in r['models']:
+            if m['name'] == against or (r['benchmark'], against) not in records: continue
+            cs = compare(b.metrics, records[r['benchmark'], m['name']], records[r['benchmark'], against])
+            lines += [f"{r['benchmark']}: " + verdict(dict(c, a=m['name'], b=against)) for c in cs if c['metric'] in metrics]
+    return lines
+
+# %% ../nbs/06_evaluate.ipynb #48b9e062
+def _predictions(folder, name): return list(read_jsonl(Path(folder)/f'predictions_{_safe(name)}.jsonl'))
+
+# %% ../nbs/06_evaluate.ipynb #47e5edaf
+def _critic_line(run_dir):
+    "The critic's held-out AUC on re-pointed and swapped negatives, from its stage report (or nothing)"
+    from lskd.pipeline import read_stage_report
+    try: by = read_stage_report(run_dir, 'critic').get('heldout_auc_by_kind') or {}
+    except FileNotFoundError: return []
+    return [f"critic (held-out images), ROC-AUC of the kept triples against `{k}` negatives: {100*v['auc']:.1f} "
+            f"[{100*v['ci'][0]:.1f}, {100*v['ci'][1]:.1f}], n={v['n_pos']}+{v['n_neg']}" for k,v in by.items() if k in ('repoint', 'swap')]
+
+# %% ../nbs/06_evaluate.ipynb #2a3c9123
 def run_stage(run_dir, cfg):
-    "The evaluate stage of `lskd run`: every student on MC questions about the run's held-out images"
+    "The evaluate stage of `lskd run`: every student on MC questions and the pointing test about the run's held-out images"
     from lskd.pipeline import stage_dir, write_stage_report, read_stage_report
     c = check_config(EvaluateConfig, cfg.get('evaluate'), 'evaluate')
-    seed = cfg.get('seed', 0)
+    if bad := [t for t in c.tasks if t not in MC_TASKS]: raise ValueError(f"evaluate: unknown task {bad[0]!r}; known: {list(MC_TASKS)}")
+    seed, run_dir = cfg.get('seed', 0), Path(run_dir)
     out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
-    src = Path(run_dir)/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl')
-    held = split_heldout(read_jsonl(src, QAR), cfg.get('heldout', 0.25), seed)[1]
+    held = split_heldout(read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), QAR), cfg.get('heldout', 0.25), seed)[1]
     if len(held) < 2: raise ValueError(f"only {len(held)} triples on held-out images: generate more (more images or generate.samples)")
-    mc = write_jsonl(out/'heldout_mc.jsonl', build_mc(held, c.n_candidates, seed))
-    studs = {s: f"{s}={Path(run_dir)/'distill'/s}" for s in run_students(run_dir)}
-    allres = [evaluate('mc', mc, list(studs.values()), root=root, out=out, progress=False)]
-    if c.no_boxes and 'distilled' in studs:
-        allres.append(evaluate('mc', mc, [f"distilled-no-boxes={Path(run_dir)/'distill'/'distilled'}"], root=root,
-                               out=out/'no-boxes', draw=False, progress=False))
-    atomic_write(out/'results.md', results_table(allres).to_markdown() + '\n'); results_chart(allres).save(out/'results.png')
+    mc = write_jsonl(out/'heldout_mc.jsonl', [r for t in c.tasks for r in build_mc(held, c.n_candidates, seed, MC_TASKS[t])])
+    triples = write_jsonl(out/'heldout_triples.jsonl', held)
+    studs = [f"{s}={run_dir/'distill'/s}" for s in run_students(run_dir)]
+    jobs = [('mc', mc, out, studs, True)] + ([('pointing', triples, out/'pointing', studs, True)] if c.pointing else [])
+    if c.no_boxes and (run_dir/'distill'/'distilled'/'model.json').exists():
+        nb = [f"distilled-no-boxes={run_dir/'distill'/'distilled'}"]
+        jobs += [(b, f, o/'no-boxes', nb, False) for b,f,o,_,_ in jobs]
+    allres, recs = [], {}
+    for b,f,o,ms,draw in jobs:
+        allres.append(evaluate(b, f, ms, root=root, out=o, draw=draw, seed=seed, progress=False))
+        recs.update({(b, m['name']): _predictions(o, m['name']) for m in allres[-1]['models']})
+    lines = separability(allres, recs) + _critic_line(run_dir)
+    atomic_write(out/'results.md', results_table(allres).to_markdown() + '\n\n' + ''.join(f'- {l}\n' for l in lines))
+    results_chart(allres).save(out/'results.png')
     return write_stage_report(run_dir, 'evaluate', ['results.json', 'results.md', 'results.png', 'heldout_mc.jsonl'],
-                              counts={'questions': allres[0]['n_questions']}, metrics={m['name']: m['metrics'] for r in allres for m in r['models']})
+                              counts={'questions': allres[0]['n_tasks'], **({'pointing_pairs': allres[1]['n_tasks']} if c.pointing else {})},
+                              metrics={r['benchmark'] + ('-no-boxes' if not r['settings']['draw'] else ''): {m['name']: m['metrics'] for m in r['models']} for r in allres},
+                              separability=lines)

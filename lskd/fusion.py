@@ -16,7 +16,8 @@ from .models import ImageTextModel, Batch, register_family, build_model
 
 # %% auto #0
 __all__ = ['INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'ref_token_ids', 'sincos_2d', 'FusionBlock', 'FusedModel',
-           'FeatureCache', 'image_item', 'load_encoders', 'FusedFamily']
+           'FeatureCache', 'crop_features', 'sentence_embeddings', 'Tagger', 'image_item', 'load_encoders',
+           'FusedFamily']
 
 # %% ../nbs/11_fusion.ipynb #20c42c75
 INPUTS = ('text', 'boxes', 'regions')
@@ -32,13 +33,18 @@ class FusionConfig:
     layers: int = 1
     inputs: str = 'regions'    # 'text' | 'boxes' | 'regions'
     max_regions: int = 16      # drawing positions 0..max_regions-1 get an id embedding
+    mention_features: bool = True   # each `[i]` token also carries region i's token (inputs='regions')
     itc_dim: int = 128
     dropout: float = 0.1
     encoders: tuple = ('efficientnet-lite0', 'all-MiniLM-L6-v2')   # frozen image and text encoders ('toy-image', 'toy-text': tests)
     image_size: int = 224      # the image encoder's input size
+    regions_from: str = 'pool' # region features: 'pool' (the feature map inside each box) or 'crop' (each box's crop encoded at image_size)
+    region_tags: int = 0       # with 'crop': each region also gets its top-k class names as a text embedding (0: none)
     def __post_init__(self):
         if self.inputs not in INPUTS: raise ValueError(f"FusionConfig.inputs={self.inputs!r}: expected one of {INPUTS}")
         if self.dim % self.heads: raise ValueError(f"FusionConfig.dim={self.dim} is not divisible by heads={self.heads}")
+        if self.regions_from not in ('pool', 'crop'): raise ValueError(f"FusionConfig.regions_from={self.regions_from!r}: expected 'pool' or 'crop'")
+        if self.region_tags and self.regions_from != 'crop': raise ValueError("FusionConfig.region_tags needs regions_from='crop'")
         self.encoders = tuple(self.encoders)
 
 # %% ../nbs/11_fusion.ipynb #8eee0875
@@ -62,12 +68,13 @@ def _pad(ts, fill=0):
 # %% ../nbs/11_fusion.ipynb #ee30ed50
 @dataclass
 class ImageFeats(Batch):
-    "A batch of encoded images: `grid` (B,h*w,C), `hw`, `regions` (B,R,C), `boxes` (B,R,4) in 0..1, `region_mask` (B,R)"
+    "A batch of encoded images: `grid` (B,h*w,C), `hw`, `regions` (B,R,C), `boxes` (B,R,4) in 0..1, `region_mask` (B,R), `tags`"
     grid: torch.Tensor
     hw: tuple
     regions: torch.Tensor
     boxes: torch.Tensor
     region_mask: torch.Tensor
+    tags: torch.Tensor|None = None   # (B,R,txt_dim) class-name embeddings of the regions (`region_tags`)
 
 # %% ../nbs/11_fusion.ipynb #b0d5b419
 @patch(cls_method=True)
@@ -83,7 +90,8 @@ def collate(cls:ImageFeats, items):
     if max(R) == 0: regs, boxes = [torch.zeros(1, C)]*len(items), [torch.zeros(1, 4)]*len(items)
     mask = torch.zeros(len(items), max(1, max(R)), dtype=torch.bool)
     for i,r in enumerate(R): mask[i, :r] = True
-    return cls(grid, (h, w), _pad(regs), _pad(boxes), mask)
+    tags = _pad([it['tags'].float().reshape(len(r), -1) for it,r in zip(items, regs)]) if 'tags' in items[0] and max(R) else None
+    return cls(grid, (h, w), _pad(regs), _pad(boxes), mask, tags)
 
 # %% ../nbs/11_fusion.ipynb #93134e7a
 @dataclass
@@ -175,6 +183,14 @@ class FusedModel(nn.Module):
 @patch
 def _rid(self:FusedModel, ids): return self.rid(ids.clamp(0, self.config.max_regions-1))
 
+# %% ../nbs/11_fusion.ipynb #f12eb37e
+@patch
+def _region_tokens(self:FusedModel, img: ImageFeats):
+    "Region tokens (B,R,dim)"
+    R = img.regions.shape[1]
+    r = self.reg_proj(img.regions) + self.box_proj(img.boxes) + self.kind.weight[1] + self._rid(torch.arange(R, device=img.regions.device))[None]
+    return r + self.txt_proj(img.tags) if self.config.region_tags and img.tags is not None else r
+
 # %% ../nbs/11_fusion.ipynb #3ae8ac62
 @patch
 def _keys(self:FusedModel, img: ImageFeats):
@@ -183,10 +199,15 @@ def _keys(self:FusedModel, img: ImageFeats):
     g = self.img_proj(img.grid) + sincos_2d(*img.hw, c.dim).to(img.grid) + self.kind.weight[0]
     pad = torch.zeros(g.shape[:2], dtype=torch.bool, device=g.device)
     if c.inputs != 'regions': return g, pad
-    R = img.regions.shape[1]
-    r = (self.reg_proj(img.regions) + self.box_proj(img.boxes) + self.kind.weight[1]
-         + self._rid(torch.arange(R, device=g.device))[None])
-    return torch.cat([g, r], 1), torch.cat([pad, ~img.region_mask], 1)
+    return torch.cat([g, self._region_tokens(img)], 1), torch.cat([pad, ~img.region_mask], 1)
+
+# %% ../nbs/11_fusion.ipynb #e7715e96
+@patch
+def _mentions(self:FusedModel, regs, region_mask, refs):
+    "(N,T,dim): region `refs[n,t]`'s token of `regs` (N,R,dim) at each mention token; zeros elsewhere"
+    R = regs.shape[1]; r = refs.clamp(0, R - 1)
+    ok = (refs >= 0) & (refs < R) & region_mask.gather(1, r)
+    return torch.gather(regs, 1, r[..., None].expand(-1, -1, regs.shape[-1])) * ok[..., None]
 
 # %% ../nbs/11_fusion.ipynb #a4e09365
 @patch
@@ -200,6 +221,7 @@ def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
         keys, k_pad = self._keys(img)
         idx = torch.arange(len(txt), device=keys.device) if index is None else torch.as_tensor(index, dtype=torch.long, device=keys.device)
         keys, k_pad = keys[idx], k_pad[idx]
+        if self.config.inputs == 'regions' and self.config.mention_features: x = x + self._mentions(self._region_tokens(img)[idx], img.region_mask[idx], txt.refs)
     for b in self.blocks: x = b(x, x_pad, keys, k_pad)
     m = txt.mask[..., None].to(x)
     return self.norm((x*m).sum(1) / m.sum(1).clamp_min(1))
@@ -249,12 +271,22 @@ class FeatureCache:
                  text_encoder=None,     # frozen `TextEncoder` (None: no text features)
                  folder=None,           # keep the items on disk too, one safetensors file each
                  dtype=torch.float16,   # of the stored features
-                 max_items=4096):       # memory is emptied past this many items
-        self.ie, self.te, self.dtype, self.max_items = image_encoder, text_encoder, dtype, max_items   # memory is emptied past max_items
+                 max_items=4096,        # memory is emptied past this many items
+                 crops=False,           # region features from crops (`crop_features`), not pooled
+                 tags=0):               # with crops: also the regions' top-`tags` class-name embeddings (`Tagger`)
+        self.ie, self.te, self.dtype, self.max_items, self.crops = image_encoder, text_encoder, dtype, max_items, crops
+        self.tags, self._tagger = tags, None
         self.folder = Path(folder) if folder else None
         if self.folder: self.folder.mkdir(parents=True, exist_ok=True)
         self.mem, self.hits, self.misses = {}, 0, 0
     def __repr__(self): return f"FeatureCache({len(self.mem)} items, {self.hits} hits, {self.misses} misses, folder={self.folder})"
+
+# %% ../nbs/11_fusion.ipynb #cafbb667
+@patch(as_prop=True)
+def tagger(self:FeatureCache):
+    "The `Tagger` of region tags (built on first use), or None"
+    if self.tags and self.crops and self._tagger is None: self._tagger = Tagger(self.ie, self.te, self.tags)
+    return self._tagger
 
 # %% ../nbs/11_fusion.ipynb #98f10397
 @patch
@@ -275,17 +307,49 @@ def _put(self:FeatureCache, k, d):
         with atomic_path(self.folder/f'{k}.safetensors') as tmp: save_file(d, str(tmp))
     return d
 
+# %% ../nbs/11_fusion.ipynb #73bf1dd8
+def crop_features(ie, image, boxes):
+    "(R,C) features of the crop of each box of `image`, encoded by `ie` at its input size and averaged"
+    if not len(boxes): return torch.zeros(0, ie.dim)
+    with torch.no_grad(): fmap, _ = ie.encode([image.crop(tuple(int(round(v)) for v in check_box(b))) for b in boxes])
+    return fmap.float().mean((2, 3))
+
+# %% ../nbs/11_fusion.ipynb #d73f96a9
+def sentence_embeddings(te, texts, batch_size=64):
+    "(N,D) unit mean-pooled token features of `texts` by the text encoder `te`"
+    out = []
+    for s in range(0, len(texts), batch_size):
+        with torch.no_grad(): h, m = te.token_features(texts[s:s+batch_size])
+        mf = m[..., None].to(h); out.append(F.normalize((h*mf).sum(1)/mf.sum(1).clamp_min(1e-9), dim=-1).float().cpu())
+    return torch.cat(out)
+
+# %% ../nbs/11_fusion.ipynb #f8cc9685
+class Tagger:
+    "Region features -> the probability-weighted text embedding of their top-`k` class names"
+    def __init__(self, ie, te, k=5):
+        from lskd.backbones import IMAGENET_CLASSES
+        self.ie, self.k, self.names = ie, k, list(getattr(ie, 'classes', None) or IMAGENET_CLASSES)
+        self.table = sentence_embeddings(te, self.names)             # (classes, D), once
+    def __repr__(self): return f"Tagger(top {self.k} of {len(self.names)} classes)"
+    def __call__(self, feats):
+        p = self.ie.classify(feats).float().cpu(); v, i = p.topk(min(self.k, p.shape[-1]), -1)
+        return ((v / v.sum(-1, keepdim=True))[..., None] * self.table[i]).sum(-2)
+
 # %% ../nbs/11_fusion.ipynb #17985362
 def image_item(ie,                   # the image encoder (pools the region features)
                fmap,                 # (C,h,w) feature map of the image
                size,                 # (W,H) of the image
                boxes,                # drawn boxes, in drawing order
-               dtype=torch.float32):
+               dtype=torch.float32,
+               image=None,           # the drawn image: region features from its crops (`crop_features`) instead of pooling `fmap`
+               tagger=None):         # with `image`: region features -> (R,txt_dim) class-name embeddings (`Tagger`)
     "Per-image feature dict from one feature map (C,h,w) of an image of `size` (W,H) with drawn `boxes`"
     W,H = size
     bx = torch.tensor([list(check_box(b)) for b in boxes], dtype=torch.float32).reshape(-1, 4)
-    regs = ie.region_features(fmap[None], [bx.tolist()], [size])[0] if len(bx) else torch.zeros(0, fmap.shape[0])
-    return {'fmap': fmap.to(dtype).contiguous(), 'regions': regs.to(dtype).contiguous(),
+    if image is not None: regs = crop_features(ie, image, bx.tolist()).to(fmap.device)
+    else: regs = ie.region_features(fmap[None], [bx.tolist()], [size])[0] if len(bx) else torch.zeros(0, fmap.shape[0])
+    tags = {'tags': tagger(regs).to(dtype).contiguous()} if tagger is not None and image is not None else {}
+    return {**tags, 'fmap': fmap.to(dtype).contiguous(), 'regions': regs.to(dtype).contiguous(),
             'boxes': (bx / torch.tensor([W, H, W, H])).clamp(0, 1).contiguous()}
 
 # %% ../nbs/11_fusion.ipynb #5fcce051
@@ -293,7 +357,7 @@ def image_item(ie,                   # the image encoder (pools the region featu
 def images(self:FeatureCache, keys, make, batch_size=16, progress=False):
     "Per-image feature dicts for `keys`; `make(i)` -> (drawn image, boxes) is called only for uncached ones"
     if self.ie is None: raise ValueError("this FeatureCache has no image encoder")
-    tag = (self.ie.name, list(self.ie.size))
+    tag = (self.ie.name, list(self.ie.size)) + (('crop',) if self.crops else ()) + (('tags', self.tags, self.te.name) if self.tagger else ())
     ks = [_hash('img', tag, k) for k in keys]
     first = {}
     for i,k in enumerate(ks): first.setdefault(k, i)
@@ -305,7 +369,7 @@ def images(self:FeatureCache, keys, make, batch_size=16, progress=False):
         with torch.no_grad():
             fmap, sizes = self.ie.encode([im for im,_ in made], batch_size)
             for j,(i,(im, boxes)) in enumerate(zip(idx, made)):
-                got[ks[i]] = self._put(ks[i], image_item(self.ie, fmap[j], sizes[j], boxes, self.dtype))
+                got[ks[i]] = self._put(ks[i], image_item(self.ie, fmap[j], sizes[j], boxes, self.dtype, im if self.crops else None, self.tagger))
     return [got[k] for k in ks]
 
 # %% ../nbs/11_fusion.ipynb #44755abb
@@ -352,13 +416,15 @@ def load_encoders(names, image_size=224, device='cpu'):
 class FusedFamily(ImageTextModel):
     "The offline family: a `FusedModel` over cached frozen EfficientNet-Lite0 / MiniLM features"
     family, config_class = 'fused', FusionConfig
+    saved_defaults = {'mention_features': False, 'regions_from': 'pool'}   # folders saved before these settings
+    default_lr = {'student': 1e-3, 'critic': 1e-3}   # a small model from scratch: 3e-4 learnt pointing more slowly (below)
     def __init__(self, config=None, device='cpu', frozen=None, cache_dir=None):
         c = config or FusionConfig()
         ie, te = frozen or load_encoders(c.encoders, c.image_size, device)   # frozen: (image, text) encoder objects
         super().__init__(replace(c, img_dim=ie.dim, txt_dim=te.dim, encoders=(ie.name, te.name)))
         self.net = FusedModel(self.config)
         self.frozen = (ie, te)                       # a tuple, not submodules: neither trained nor saved
-        self.cache = FeatureCache(ie, te, cache_dir)
+        self.cache = FeatureCache(ie, te, cache_dir, crops=c.regions_from == 'crop', tags=c.region_tags)
         self.to(device)
     @property
     def joint_dim(self): return self.config.dim
@@ -366,9 +432,10 @@ class FusedFamily(ImageTextModel):
 # %% ../nbs/11_fusion.ipynb #6d14bfac
 @patch
 def image_items(self:FusedFamily, images, boxes):
-    ie = self.frozen[0]
+    ie, images = self.frozen[0], list(images)
     with torch.no_grad(): fmap, sizes = ie.encode(list(images))
-    return [image_item(ie, fmap[j], sizes[j], b) for j,b in enumerate(boxes)]
+    crop = self.config.regions_from == 'crop'
+    return [image_item(ie, fmap[j], sizes[j], b, image=images[j] if crop else None, tagger=self.cache.tagger) for j,b in enumerate(boxes)]
 
 # %% ../nbs/11_fusion.ipynb #aa916b3a
 @patch
@@ -378,7 +445,7 @@ def cached_image_items(self:FusedFamily, keys, make):
 
 # %% ../nbs/11_fusion.ipynb #d635f7c1
 @patch
-def use_cache_dir(self:FusedFamily, folder): self.cache = FeatureCache(*self.frozen, folder); return self
+def use_cache_dir(self:FusedFamily, folder): self.cache = FeatureCache(*self.frozen, folder, crops=self.config.regions_from == 'crop', tags=self.config.region_tags); return self
 
 # %% ../nbs/11_fusion.ipynb #8786ab73
 @patch

@@ -22,6 +22,7 @@ class ImageTextModel(nn.Module):
     family: str = None             # its name in the registry (`register_family`)
     config_class: type = None      # the dataclass of its settings, saved with it
     text_style: str = 'student'    # the text format it reads (`lskd.core.model_text`)
+    saved_defaults: dict = {}      # settings a model.json written before they existed lacks: the values it was trained with
     def __init__(self, config=None):
         super().__init__()
         self.config = config if config is not None else self.config_class()
@@ -214,7 +215,7 @@ def load_model(spec, device='cpu', **config):
     meta = read_model_json(folder)
     if rest and meta['family'] != fam: raise ValueError(f"{folder} holds a {meta['family']!r} model, not {fam!r}")
     cls = family_class(meta['family'])
-    return cls.from_folder(folder, check_config(cls.config_class, {**meta['config'], **config}, meta['family']), device)
+    return cls.from_folder(folder, check_config(cls.config_class, {**cls.saved_defaults, **meta['config'], **config}, meta['family']), device)
 
 # %% ../nbs/14_models.ipynb #695824c2
 @patch(cls_method=True)

@@ -15,8 +15,8 @@ from PIL import Image
 from .core import QAR, Region, write_jsonl
 
 # %% auto #0
-__all__ = ['fake_reply', 'FakeTeacher', 'ToyTokenizer', 'ToyTextEncoder', 'ToyImageEncoder', 'random_image_item',
-           'random_text_item', 'toy_corpus']
+__all__ = ['TOY_COLOURS', 'fake_reply', 'FakeTeacher', 'ToyTokenizer', 'ToyTextEncoder', 'ToyImageEncoder', 'random_image_item',
+           'random_text_item', 'toy_corpus', 'toy_pointing_corpus']
 
 # %% ../nbs/15_testing.ipynb #1f063877
 def fake_reply(body):
@@ -211,4 +211,37 @@ def toy_corpus(folder, n_per_image=4, size=(96, 64)):
             rows.append(QAR(f'{name}.png', f'What colour is [1]{"?" if j % 2 else " here?"}', f'[1] is {name}.',
                             f'[0] is white and [1] is {name}.' if j % 2 else f'[1] looks {name} next to [0].',
                             region=[1], regions=regs, source='toy', id=f'{name}-{j}', index=len(rows)))
+    return write_jsonl(folder/'corpus.jsonl', rows)
+
+# %% ../nbs/15_testing.ipynb #3ccba988
+TOY_COLOURS = {'red': (220, 30, 30), 'green': (30, 190, 30), 'blue': (30, 30, 220), 'yellow': (230, 210, 20)}
+
+# %% ../nbs/15_testing.ipynb #49a2ab05
+ToyImageEncoder.classes = list(TOY_COLOURS)
+
+# %% ../nbs/15_testing.ipynb #309cddac
+@patch
+def classify(self:ToyImageEncoder, feats):
+    "Probabilities over `classes` (the toy colours): the cosine to each colour's feature, sharpened"
+    protos = torch.tanh((torch.tensor([TOY_COLOURS[c] for c in self.classes], dtype=torch.float32)/255 - 0.5) @ self.w)
+    return (10 * F.normalize(feats.float(), dim=-1) @ F.normalize(protos, dim=-1).T).softmax(-1)
+
+# %% ../nbs/15_testing.ipynb #88e87490
+def _toy_triples(name, regs, cols, i, j):
+    return [QAR(name, f'What colour is [{i}]?', f'[{i}] is {cols[i]}.', f'[{i}] looks {cols[i]}.', regions=regs, source='toy', id=f'{name}-{i}'),
+            QAR(name, f'Are [{i}] and [{j}] the same colour?', f'No, [{i}] is {cols[i]} and [{j}] is {cols[j]}.',
+                f'[{i}] looks {cols[i]} while [{j}] looks {cols[j]}.', regions=regs, source='toy', id=f'{name}-{i}{j}')]
+
+# %% ../nbs/15_testing.ipynb #51363d03
+def toy_pointing_corpus(folder, n_images=32, seed=0, size=(96, 48)):
+    "Write `n_images` images of three coloured patches (shuffled colours and places) with their triples to `folder`; the corpus path"
+    folder, rng, rows = Path(folder), random.Random(seed), []
+    folder.mkdir(parents=True, exist_ok=True)
+    W, H = size; w = W // 3
+    for k in range(n_images):
+        cols = rng.sample(list(TOY_COLOURS), 3); im = Image.new('RGB', size, (128, 128, 128))
+        regs = [Region(i, (i*w + 3, 6, (i + 1)*w - 3, H - 6), 'patch') for i in range(3)]
+        for r,c in zip(regs, cols): im.paste(TOY_COLOURS[c], tuple(r.box))
+        im.save(folder/f'toy{k:03}.png')
+        rows += [q for i in range(3) for q in _toy_triples(f'toy{k:03}.png', regs, cols, i, (i + 1) % 3)]
     return write_jsonl(folder/'corpus.jsonl', rows)

@@ -102,7 +102,7 @@ def test_synthetic_negatives_are_valid_and_marked(world):
     _, qs = world
     negs, labs = synthetic_negatives(qs)
     kinds = {n.meta['synthetic'] for n in negs}
-    assert kinds == {'repoint', 'swap_answer', 'swap_rationale', 'contradict'}
+    assert {'repoint', 'swap_answer', 'swap_rationale', 'contradict'} <= kinds <= {'repoint', 'swap', 'swap_answer', 'swap_rationale', 'contradict'}
     for n in negs:
         n.check()
         orig = next(q for q in qs if q.id == n.meta['of'])
@@ -156,7 +156,8 @@ def test_train_writes_critic_report_and_plot(trained):
     d, out, rep = trained
     for f in ('heads.safetensors', 'critic.json', 'model/model.json', 'checkpoints', 'thresholds.png'): assert (out/'run'/f).exists(), f
     assert rep['val']['n'] == rep['n_val'] > 0 and 0 <= rep['val']['auc'] <= 1 and rep['threshold'] == 0.8
-    assert set(rep['val_by_kind']) <= {'original', 'repoint', 'swap_answer', 'swap_rationale', 'contradict'}
+    assert set(rep['val_by_kind']) <= {'original', 'repoint', 'swap', 'swap_answer', 'swap_rationale', 'contradict'}
+    assert rep['val_auc_by_kind'] and all(0 <= v['auc'] <= 1 and v['ci'][0] <= v['auc'] <= v['ci'][1] for v in rep['val_auc_by_kind'].values())
 
 
 def test_resume_continues_from_checkpoint(trained, tmp_path):

@@ -230,6 +230,9 @@ def test_cli_end_to_end(toy, tmp_path):
     out = tmp_path/'out'
     for f in ('model.json', 'model.safetensors', 'history.jsonl', 'loss.png', 'config.json'): assert (out/f).exists(), f
     assert json.loads((out/'config.json').read_text())['batch_size'] == 4
+    r = lskd('distill', corpus, tmp_path/'o2', '--config', tmp_path/'c.yaml', '--images', root, '--steps', 1, '--no-pointing', '--grounding', '--quiet')
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path/'o2'/'config.json').read_text()); assert (c['pointing'], c['grounding']) == (False, True)
     r = lskd('distill', corpus, tmp_path/'out', '--images', root, '--batch-size', 4, '--steps', 5,
              '--config', tmp_path/'c.yaml', '--resume', '--quiet')
     assert r.returncode == 0, r.stderr

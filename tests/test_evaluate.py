@@ -3,6 +3,7 @@
 The scorer is `KeywordScorer`: ITM = sigmoid(sum of the weights of the words present), ITC = how many
 weighted words are present. Every expected number below is worked out by hand from the fixture texts.
 """
+import re
 import hashlib, json, math, subprocess, sys, types, warnings
 from pathlib import Path
 import pytest
@@ -182,9 +183,12 @@ def test_report_table_and_chart(tmp_path):
     res = evaluate('vcr', FIX/'vcr/val.jsonl', ['base=chance', KeywordScorer(VCR_W)], root=VCR_ROOT, out=tmp_path, progress=False)
     t = results_table(res)
     md = t.to_markdown()
-    assert md.splitlines()[0] == '| model | q2a (itm) | qa2r (itm) | q2ar (itm) | q2a (itc) | qa2r (itc) | q2ar (itc) |'
-    assert '| keyword | 100.0 | 50.0 | 50.0 | 0.0 | 50.0 | 0.0 |' in md and 'paper: + LSKD | 59.0' in md
-    assert '| chance | 25.0 | 25.0 | 6.2 | 25.0 | 25.0 | 6.2 |' in md
+    assert md.splitlines()[0] == '| model | n | q2a (itm) | qa2r (itm) | q2ar (itm) | q2a (itc) | qa2r (itc) | q2ar (itc) |'
+    kw = next(l for l in md.splitlines() if l.startswith('| keyword |'))          # each rate with its 95% interval, and n
+    assert re.match(r'\| keyword \| \d+ \| 100\.0 \[100\.0, 100\.0\] \| 50\.0 \[\d+\.\d, \d+\.\d\] \|', kw), kw
+    assert '| chance | - | 25.0 | 25.0 | 6.2 | 25.0 | 25.0 | 6.2 |' in md and 'paper: + LSKD | - | 59.0' in md
+    c = [c for c in res['comparisons'] if (c['kind'], c['metric']) == ('itm', 'q2a')][0]
+    assert (c['a'], c['b'], c['n']) == ('keyword', 'base', res['models'][0]['n']) and c['ci'][0] <= c['diff'] <= c['ci'][1]
     assert '<table>' in t._repr_html_()
     png = (tmp_path/'results.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n' and results_chart(res)._repr_png_()[:4] == b'\x89PNG'

@@ -43,6 +43,10 @@ def test_run_writes_every_stage_and_a_manifest(run):
     res = json.loads((d/'evaluate/results.json').read_text())
     assert {m['name'] for m in res['models']} == {'base', 'distilled', 'no-critic'} and res['n_questions'] >= 2
     assert 'distilled' in r.stdout and 'report:' in r.stdout                 # the table and where the report is
+    md = (d/'evaluate/results.md').read_text()                             # one table: MC and pointing, rates with intervals and n
+    assert 'pointing accuracy (itm)' in md and 'mc accuracy (itm)' in md and '| n (mc) |' in md and 'distilled - base, accuracy (itm)' in md and 'separable' in md, md
+    pt = json.loads((d/'evaluate/pointing/results.json').read_text())
+    assert pt['benchmark'] == 'pointing' and all(m['n'] > 0 and 'accuracy' in m['intervals']['itm'] for m in pt['models'])
 
 def test_api_key_never_lands_in_the_run_folder(run):
     runs, d, r = run
