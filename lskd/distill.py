@@ -88,7 +88,7 @@ def make_example(q,                       # a `QAR` or a released LSKD row
     if max_draw: ids = refs + [i for i in ids if i not in refs][:max(0, max_draw - len(refs))]
     order = rng.sample(ids, len(ids))
     keep = rng.random() < p_rationale
-    text, rm = student_text(q, RegionMap(order), keep), RegionMap(order)
+    rm = RegionMap(order); text = student_text(q, rm, keep)
     negs = [x for x in (repoint(q, rng, among=order), swap_refs(q, rng)) if x is not None] if pointing else []
     return Example(q, order, text, index, distract, keep, [t for x in negs if (t := student_text(x, rm, keep)) != text])
 
