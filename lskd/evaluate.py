@@ -19,9 +19,10 @@ from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jso
 # %% auto #0
 __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'MC_TASKS', 'Task', 'EvalItem', 'item_order', 'ChanceScorer',
            'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy', 'vcr_metrics',
-           'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'visualcomet_metrics', 'mc_metrics',
-           'chance_levels', 'questions', 'metric_intervals', 'compare', 'verdict', 'load_vcr', 'url_image_path',
-           'load_sherlock', 'person_refs', 'load_visualcomet', 'mc_item', 'transplant_refs', 'build_mc', 'load_mc',
+           'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt', 'visualcomet_metrics',
+           'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'questions', 'metric_intervals', 'compare',
+           'verdict', 'load_vcr', 'url_image_path', 'load_sherlock', 'person_refs', 'vc_flat', 'vc_problems', 'vc_pool',
+           'load_visualcomet', 'load_visualcomet_single', 'mc_item', 'transplant_refs', 'build_mc', 'load_mc',
            'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark',
            'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table', 'Chart',
            'results_chart', 'parser', 'main', 'EvaluateConfig', 'run_students', 'separability', 'run_stage']
@@ -220,9 +221,24 @@ def human_agreement(records):
         if pairs: vals.append(sum(pairwise_agreement(a, b) for a,b in pairs) / len(pairs))
     return 100*sum(vals)/len(vals) if vals else float('nan')
 
-# %% ../nbs/06_evaluate.ipynb #788ff7b2
+# %% ../nbs/06_evaluate.ipynb #30ae9384
+def recall_at_gt(scores, golds):
+    "Share of the ground truths `golds` (candidate indices) among the top `len(golds)` `scores`"
+    top = sorted(range(len(scores)), key=lambda i: -scores[i])[:len(golds)]
+    return len(set(top) & set(golds)) / len(golds)
+
+# %% ../nbs/06_evaluate.ipynb #d47950c5
+def _mean(xs): return 100*sum(xs)/len(xs) if xs else float('nan')
+
 def visualcomet_metrics(records):
-    "`{kind: {'acc@K', 'intent', 'before', 'after'}}` from VisualCOMET score records"
+    "`{kind: {'recall@K', 'intent', 'before', 'after'}}`: mean official recall over ranking problems, all and per relation"
+    n = max(r['meta']['n_requested'] for r in records)
+    rec = lambda k, t=None: _mean([recall_at_gt(r['scores'][k], r['meta']['golds']) for r in records if t in (None, r['task'])])
+    return {k: {f'recall@{n}': rec(k), **{t: rec(k, t) for t in sorted({r['task'] for r in records})}} for k in kinds(records)}
+
+# %% ../nbs/06_evaluate.ipynb #44d8364b
+def visualcomet_single_metrics(records):
+    "`{kind: {'acc@K', 'intent', 'before', 'after'}}` from `visualcomet-single` score records"
     n = max(r['meta'].get('n_requested', len(next(iter(r['scores'].values())))) for r in records)
     key = f'acc@{n}'
     return {k: {key: accuracy(records, None, k), **{t: accuracy(records, t, k) for t in sorted({r['task'] for r in records})}}
@@ -249,6 +265,12 @@ def chance_levels(benchmark, items):
         return dict(q2a=mean(per.get('q2a', [])), qa2r=mean(per.get('qa2r', [])),
                     q2ar=mean([1/len(it.tasks[0].candidates)/len(it.tasks[1].candidates) for it in items]))
     if benchmark == 'visualcomet':
+        rec = {}
+        for it in items:
+            for t in it.tasks: rec.setdefault(t.name, []).append(len(t.meta['golds'])/len(t.candidates))
+        n = max(t.meta['n_requested'] for it in items for t in it.tasks)
+        return {f'recall@{n}': mean([v for xs in rec.values() for v in xs]), **{k: mean(v) for k,v in sorted(rec.items())}}
+    if benchmark == 'visualcomet-single':
         n = max(t.meta.get('n_requested', len(t.candidates)) for it in items for t in it.tasks)
         return {f'acc@{n}': mean(allv), **{k: mean(v) for k,v in sorted(per.items())}}
     return {'accuracy': mean(allv), **({k: mean(v) for k,v in sorted(per.items())} if len(per) > 1 else {})}
@@ -398,14 +420,58 @@ def _negatives(pool, rng, k, img, exclude):
             if len(out) == k: break
     return out
 
-# %% ../nbs/06_evaluate.ipynb #9606fd10
+# %% ../nbs/06_evaluate.ipynb #7ffc1ce6
+def vc_flat(recs, relations=tuple(VC_QUESTIONS)):
+    "VisualCOMET events flattened as the official loader does: `(event index, relation, inference)` in file order"
+    return [(n, rel, t) for n,r in enumerate(recs) for rel in relations for t in r.get(rel, [])]
+
+def vc_problems(recs, flat):
+    "`{(img_fn, event, relation): [flat indices of its ground truths]}`, in order of first appearance"
+    probs = {}
+    for j,(n, rel, _) in enumerate(flat): probs.setdefault((recs[n]['img_fn'], recs[n]['event'], rel), []).append(j)
+    return probs
+
+# %% ../nbs/06_evaluate.ipynb #16cfa7fd
+def vc_pool(golds, n_flat, n_candidates, rng):
+    "`(pool, gold positions)`: flat indices of `golds` and of random others, up to `n_candidates`, shuffled by `rng`"
+    k = max(0, n_candidates - len(golds)); gs = set(golds)
+    negs = [j for j in rng.sample(range(n_flat), min(n_flat, k + len(golds))) if j not in gs][:k]
+    pool = list(golds) + negs; order = rng.sample(range(len(pool)), len(pool))
+    return [pool[i] for i in order], sorted(order.index(i) for i in range(len(golds)))
+
+# %% ../nbs/06_evaluate.ipynb #2008a62b
 def load_visualcomet(path,                            # VisualCOMET annotations (`val_annots.json`)
                      root=None,                       # the image root (VCR's `vcr1images/`)
-                     n_candidates=50,                 # candidates per question: the right inference and negatives
-                     seed=0,                          # seed for the negatives and the order
-                     limit=None,                      # the first N events only (negatives still come from all)
+                     n_candidates=50,                 # candidates per problem: its ground truths and random records
+                     seed=0,                          # seed for the draws and the order
+                     limit=None,                      # the first N events only (the draws still come from all)
                      relations=tuple(VC_QUESTIONS)):  # the relations asked about
-    "`EvalItem`s (one task per relation and right inference, `n_candidates` each) from VisualCOMET annotations"
+    "`EvalItem`s of the official ranking: one per (image, event), one task per relation with all its ground truths"
+    recs = _load_json_or_jsonl(path); flat = vc_flat(recs, relations)
+    events = {}
+    for (img, ev, rel), golds in vc_problems(recs, flat).items(): events.setdefault((img, ev), []).append((rel, golds))
+    for (img, ev), probs in events.items():
+        n = flat[probs[0][1][0]][0]                   # the event's first record: its place and metadata
+        if limit is not None and n >= limit: continue
+        r = recs[n]; regions = _vc_regions(r, root); nb = len(regions)
+        event = person_refs(ev, nb); place = r.get('place', '').strip()
+        refs = parse_refs(event); p = f'[{refs[0]}]' if refs else 'the person'
+        ask = lambda rel: f"{event.rstrip('.')}{' ' + place if place else ''}. {VC_QUESTIONS[rel].format(p=p)}"
+        tasks = []
+        for rel, golds in probs:
+            pool, gpos = vc_pool(golds, len(flat), n_candidates, _seeded(seed, 'rank', img, ev, rel))
+            tasks.append(Task(rel, [dict(question=ask(flat[j][1]), answer=person_refs(flat[j][2], nb)) for j in pool], gpos[0],
+                              meta=dict(golds=gpos, event_idx=r.get('event_idx', n), n_requested=n_candidates)))
+        yield EvalItem(f"{n}:{img}", img, regions, tasks)
+
+# %% ../nbs/06_evaluate.ipynb #9606fd10
+def load_visualcomet_single(path,                     # VisualCOMET annotations (`val_annots.json`)
+                     root=None,                              # the image root (VCR's `vcr1images/`)
+                     n_candidates=50,                        # candidates per question: the right inference and negatives
+                     seed=0,                                 # seed for the negatives and the order
+                     limit=None,                             # the first N events only (negatives still come from all)
+                     relations=tuple(VC_QUESTIONS)):         # the relations asked about
+    "`EvalItem`s of the `visualcomet-single` ablation: one task per relation and right inference, `n_candidates` each"
     recs = _load_json_or_jsonl(path)
     pool = {rel: [(r['img_fn'], t) for r in recs for t in r.get(rel, [])] for rel in relations}
     for n, r in enumerate(recs):
@@ -572,7 +638,9 @@ class Benchmark:
 BENCHMARKS = {b.name: b for b in [
     Benchmark('vcr', load_vcr, vcr_metrics, 'VCR val: Q->A, QA->R, Q->AR accuracy'),
     Benchmark('sherlock', load_sherlock, sherlock_metrics, 'Sherlock comparison: pairwise agreement with human ratings'),
-    Benchmark('visualcomet', load_visualcomet, visualcomet_metrics, 'VisualCOMET: Acc@50 over inferences'),
+    Benchmark('visualcomet', load_visualcomet, visualcomet_metrics, 'VisualCOMET, official ranking (run_rank.py random_50): mean recall@50'),
+    Benchmark('visualcomet-single', load_visualcomet_single, visualcomet_single_metrics,
+              'VisualCOMET, one right inference vs 49 of its relation from other images: Acc@50 (ablation)'),
     Benchmark('mc', load_mc, mc_metrics, 'localized multiple choice (generic jsonl or a held-out corpus)'),
     Benchmark('pointing', load_pointing, pointing_metrics, 'pointing: right texts against re-pointed and swapped mentions')]}
 
@@ -635,7 +703,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
     if not Path(annotations).exists(): raise FileNotFoundError(f"annotation file not found: {annotations}")
     kw = dict(root=root, limit=limit)
     if benchmark == 'sherlock': kw['instances'] = instances
-    if benchmark == 'visualcomet': kw.update(seed=seed, n_candidates=n_candidates or 50)
+    if benchmark.startswith('visualcomet'): kw.update(seed=seed, n_candidates=n_candidates or 50)
     if benchmark == 'mc': kw['n_candidates'] = n_candidates or 4
     if benchmark in ('mc', 'pointing'): kw.update(seed=seed, heldout=heldout, heldout_seed=heldout_seed)
     items = list(b.load(annotations, **kw))
@@ -676,7 +744,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
 
 # %% ../nbs/06_evaluate.ipynb #cd64d68e
 PAPER = {'vcr': {'q2a': (56.1, 59.0), 'qa2r': (49.8, 56.4), 'q2ar': (28.0, 33.4)},
-         'sherlock': {'comparison': (19.5, 29.7)}, 'visualcomet': {'acc@50': (39.0, 40.3)}}
+         'sherlock': {'comparison': (19.5, 29.7)}, 'visualcomet': {'recall@50': (39.0, 40.3)}}
 
 # %% ../nbs/06_evaluate.ipynb #43721f3c
 def load_results(*paths):

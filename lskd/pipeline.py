@@ -12,10 +12,10 @@ from fastcore.basics import patch
 from .core import atomic_json, check_config, secret_keys, set_key, parse_override
 
 # %% auto #0
-__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'SKIP_FLAGS', 'run_config', 'stage_config_class', 'check_run_config',
-           'data_path', 'new_run_id', 'stage_dir', 'write_stage_report', 'read_stage_report', 'stage_done', 'PeakRSS',
-           'StageFailed', 'notebooks_dir', 'stage_notebook', 'run_notebook', 'git_commit', 'new_manifest',
-           'run_pipeline', 'run_summary', 'parser', 'main']
+__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'PATH_KEYS', 'SKIP_FLAGS', 'run_config', 'stage_config_class',
+           'check_run_config', 'absolute_paths', 'data_path', 'new_run_id', 'stage_dir', 'write_stage_report',
+           'read_stage_report', 'stage_done', 'PeakRSS', 'StageFailed', 'notebooks_dir', 'stage_notebook',
+           'run_notebook', 'git_commit', 'new_manifest', 'run_pipeline', 'run_summary', 'parser', 'main']
 
 # %% ../nbs/13_pipeline.ipynb #06c6998b
 STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
@@ -79,6 +79,17 @@ def check_run_config(cfg):
         raise ValueError(f"unknown key {unknown[0]!r} in the run config; the valid keys are: {', '.join(valid)}")
     if not 0 <= float(cfg.get('heldout') or 0) < 1: raise ValueError(f"heldout must be a fraction in [0, 1), got {cfg['heldout']}")
     for s in STAGES: check_config(stage_config_class(s), cfg.get(s), s)
+    return cfg
+
+# %% ../nbs/13_pipeline.ipynb #aa98f9fa
+PATH_KEYS = ('images', 'regions')
+
+def absolute_paths(cfg, base=None):
+    "`cfg` with its relative `PATH_KEYS` that exist under `base` (default: the current directory) made absolute"
+    base = Path(base or Path.cwd())
+    for k in PATH_KEYS:
+        v = cfg.get(k)
+        if isinstance(v, str) and v != 'sample' and not Path(v).is_absolute() and (base/v).exists(): cfg[k] = str((base/v).resolve())
     return cfg
 
 # %% ../nbs/13_pipeline.ipynb #d1407124
@@ -229,7 +240,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
                  runs_dir='runs',  # the folder of the runs
                  run_id=None,      # the new run's name (None: `new_run_id()`)
                  resume=None,      # the id of a run to resume: its complete stages are skipped
-                 stages=None,      # names of the stages to run (None: all)
+                 stages=None,      # names of the stages to run (None: all; on resume, those the run was started with)
                  nbs=None,         # the folder of the stage notebooks (see `notebooks_dir`)
                  progress=False,   # show papermill's per-cell progress bar
                  timeout=None,     # per-cell timeout in seconds
@@ -246,11 +257,12 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
         if run_dir.exists(): raise FileExistsError(f"{run_dir} exists; resume it with --resume {run_id}")
         cfg = copy.deepcopy(config) if config is not None else run_config()
     for o in overrides: set_key(cfg, *(parse_override(o) if isinstance(o, str) else o))
+    absolute_paths(cfg)                        # the notebooks run in the run folder
     check_run_config(cfg)                      # every section, before anything runs or is written
-    names = list(stages or STAGES)
+    names = list(stages or (man.get('stages_requested') if resume else None) or STAGES)
     if bad := [s for s in names if s not in STAGES]: raise ValueError(f"unknown stage {bad[0]!r}; stages are {list(STAGES)}")
     if resume: man['config'] = cfg
-    else: run_dir.mkdir(parents=True); man = new_manifest(run_id, cfg)
+    else: run_dir.mkdir(parents=True); man = new_manifest(run_id, cfg); man['stages_requested'] = names
     run_dir = run_dir.resolve(); nbs = notebooks_dir(nbs)
     (run_dir/'notebooks').mkdir(exist_ok=True)
     (run_dir/'config.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -304,7 +316,7 @@ def parser():
     p.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override, e.g. generate.samples=3 (repeatable)')
     p.add_argument('--runs-dir', default='runs')
     p.add_argument('--run-id', help='name of a new run (default: time-stamped)')
-    p.add_argument('--resume', metavar='RUN_ID', help='resume this run, skipping the stages that are complete')
+    p.add_argument('--resume', metavar='RUN_ID', help='resume this run: the stages it was started with (or --stages), skipping those complete')
     p.add_argument('--stages', help=f'comma-separated subset of {",".join(STAGES)}')
     p.add_argument('--notebooks', help='folder of the stage notebooks (default: nbs/ of this checkout)')
     p.add_argument('--timeout', type=int, default=None, help='per-cell timeout in seconds')

@@ -92,24 +92,114 @@ def test_sherlock_loader_boxes_images_and_errors():
     assert items[0].tasks[0].meta['ratings'] == {'annot1': [3.0, 2.0, 1.0], 'annot2': [3.0, 3.0, 1.0]}
     with pytest.raises(KeyError, match='--instances'): list(load_sherlock(FIX/'sherlock/comparison.json', IMAGES))
 
-# ---- VisualCOMET ----
+# ---- VisualCOMET, the official ranking (scripts/run_rank.py --rank_mode random_50, dataloaders/vcg_rank.py) ----
+# val_rank.json flattened (utils/file_utils.py _encode_finetune_records): event 0: 0 feed 2, 1 impress 2 (intent),
+# 2 buy groceries (before), 3 eat dinner with 2, 4 wash the dishes (after); event 1: 5 get fit, 6 put on shoes, 7 stretch,
+# 8 take a shower; event 2 (event 0 again): 9 make 2 happy (intent); event 3: 10 rest, 11 walk a long way, 12 fall asleep.
+RANK_W = {'feed': 5, 'impress': 1, 'happy': 4, 'groceries': 2, 'dinner': 3, 'dishes': -1, 'fit': 6, 'shoes': 0.5,
+          'stretch': 2.5, 'shower': -2, 'rest': 1.5, 'walk': 0, 'asleep': -3}     # no weighted word is in an event or question
+
+def test_visualcomet_official_problems_and_pools():
+    items = list(load_visualcomet(FIX/'visualcomet/val_rank.json', VCR_ROOT))
+    # one problem per unique (image, event, relation); the event split over records 0 and 2 is one item
+    assert [(it.id, [t.name for t in it.tasks]) for it in items] == [
+        ('0:movie_x/img1.jpg', ['intent', 'before', 'after']), ('1:movie_x/img2.jpg', ['intent', 'before', 'after']),
+        ('3:movie_x/img2.jpg', ['intent', 'before', 'after'])]
+    golds = [sorted(t.candidates[g]['answer'] for g in t.meta['golds']) for it in items for t in it.tasks]
+    assert golds == [['feed [1]', 'impress [1]', 'make [1] happy'], ['buy groceries'], ['eat dinner with [1]', 'wash the dishes'],
+                     ['get fit'], ['put on shoes', 'stretch'], ['take a shower'], ['rest'], ['walk a long way'], ['fall asleep']]
+    # 13 records < 50: every pool is the whole file, each candidate asked with its own relation and this event
+    t = items[0].tasks[0]
+    assert all(len(t.candidates) == 13 for it in items for t in it.tasks)
+    qs = {c['answer']: c['question'] for c in t.candidates}
+    assert qs['feed [1]'] == '[0] is cooking for [1] in a kitchen. What does [0] intend to do?'
+    assert qs['wash the dishes'] == '[0] is cooking for [1] in a kitchen. What will [0] most likely do next?'
+    assert qs['rest'] == '[0] is cooking for [1] in a kitchen. What does [0] intend to do?'       # another image's intent
+    # 5 candidates: the ground truths plus seeded random records; a limited run asks the same problems
+    few = list(load_visualcomet(FIX/'visualcomet/val_rank.json', VCR_ROOT, n_candidates=5))
+    assert all(len(t.candidates) == 5 and len(t.meta['golds']) == len(g) for t, g in zip([t for it in few for t in it.tasks], golds))
+    lim = list(load_visualcomet(FIX/'visualcomet/val_rank.json', VCR_ROOT, n_candidates=5, limit=1))
+    assert len(lim) == 1 and [t.candidates for t in lim[0].tasks] == [t.candidates for t in few[0].tasks]
+    again = list(load_visualcomet(FIX/'visualcomet/val_rank.json', VCR_ROOT, n_candidates=5))
+    assert [t.candidates for it in again for t in it.tasks] == [t.candidates for it in few for t in it.tasks]
+
+def test_visualcomet_official_recall_by_hand():
+    # every pool holds all 13 texts, so the ranking is the same everywhere:
+    # fit 6, feed 5, happy 4, dinner 3, stretch 2.5, groceries 2, rest 1.5, impress 1, shoes .5, walk 0, dishes -1, shower -2, asleep -3
+    # intent of event 0: 3 ground truths (feed, impress, happy), top 3 = fit, feed, happy -> 2/3
+    # intent of event 1: get fit, top 1 = fit -> 1; every other problem's top num_gt (fit / fit, feed) holds none of its truths -> 0
+    with pytest.warns(UserWarning, match='fewer than 50 candidates'):
+        res = evaluate('visualcomet', FIX/'visualcomet/val_rank.json', [KeywordScorer(RANK_W)], root=VCR_ROOT, progress=False)
+    m = res['models'][0]['metrics']['itm']
+    assert m == pytest.approx({'recall@50': 100*(2/3 + 1)/9, 'intent': 100*(2/3 + 1)/3, 'before': 0.0, 'after': 0.0})
+    assert res['chance']['recall@50'] == pytest.approx(100*(3+1+2+1+2+1+1+1+1)/13/9)    # num_gt / pool size, averaged
+    assert res['n_tasks'] == 9 and res['n_questions'] == 3 and res['description'].startswith('VisualCOMET, official ranking')
+
+def _random_vc(path, n_events=40, seed=1):
+    "A random VisualCOMET file over the fixture images: letter-only unique inferences, some events split over two records"
+    import random
+    rng, k, recs = random.Random(seed), 0, []
+    def word():
+        nonlocal k; k += 1; return 'inf' + ''.join(chr(97 + (k // 26**i) % 26) for i in range(3))
+    for e in range(n_events):
+        img = rng.choice(['img1', 'img2'])
+        r = {'img_fn': f'movie_x/{img}.jpg', 'metadata_fn': f'movie_x/{img}.json', 'place': rng.choice(['', 'in a room']),
+             'event': f"1 is doing thing {'abcdefghijklmnopqrstuvwxyz'[e % 26]}{e // 26}"}
+        for rel in ('intent', 'before', 'after'):
+            if rng.random() < 0.9: r[rel] = [word() for _ in range(rng.randint(1, 4))]
+        recs.append(r)
+        if rng.random() < 0.2:                       # the same event again, with other inferences
+            recs.append({**{k: r[k] for k in ('img_fn', 'metadata_fn', 'place', 'event')}, 'intent': [word()], 'after': [word(), word()]})
+    rng.shuffle(recs)
+    path.write_text(json.dumps(recs)); return recs
+
+def test_visualcomet_official_matches_a_naive_computation(tmp_path):
+    recs = _random_vc(tmp_path/'vc.json')
+    truths = {}                                      # (image, event, relation) -> its ground truths, by a plain scan
+    for r in recs:
+        for rel in ('intent', 'before', 'after'): truths.setdefault((r['img_fn'], r['event'], rel), []).extend(r.get(rel, []))
+    truths = {k: v for k, v in truths.items() if v}
+    n_flat = sum(len(v) for v in truths.values())
+    assert n_flat > 50
+    res = evaluate('visualcomet', tmp_path/'vc.json', ['chance'], root=VCR_ROOT, out=tmp_path/'out', progress=False)
+    items = list(load_visualcomet(tmp_path/'vc.json', VCR_ROOT))
+    preds = list(read_jsonl(tmp_path/'out'/'predictions_chance.jsonl'))
+    tasks = [(it, t) for it in items for t in it.tasks]
+    assert len(tasks) == len(preds) == len(truths)
+    recalls, other_rel, other_img = {'itm': [], 'itc': []}, 0, 0
+    for (it, t), p in zip(tasks, preds):
+        event = recs[int(it.id.split(':')[0])]['event']                      # an item is named by its event's first record
+        gts = set(truths[it.image, event, t.name])
+        texts = [c['answer'] for c in t.candidates]
+        assert len(texts) == 50 and gts <= set(texts)                         # all ground truths, random others, 50 in all
+        other_rel += any(VC_QUESTIONS[t.name].split()[1] not in c['question'] for c in t.candidates)
+        here = {x for (img, _, _), v in truths.items() if img == it.image for x in v}
+        other_img += any(x not in here for x in texts)
+        for kind in ('itm', 'itc'):
+            ranked = sorted(zip(p['scores'][kind], texts), reverse=True)     # sort the pool, count truths in the top num_gt
+            recalls[kind].append(sum(x in gts for _, x in ranked[:len(gts)]) / len(gts))
+    assert other_rel > 0 and other_img > 0                                   # negatives of any relation, of any image
+    for kind in ('itm', 'itc'):
+        assert res['models'][0]['metrics'][kind]['recall@50'] == 100*sum(recalls[kind])/len(recalls[kind])
+
+# ---- VisualCOMET, the visualcomet-single ablation ----
 VC_W = {'feed': 2, 'fit': 1, 'rest': 3, 'groceries': 1, 'shoes': -1, 'walk': 0.5, 'dinner': 1, 'shower': 2, 'asleep': -2}
 
-def test_visualcomet_acc_by_hand():
+def test_visualcomet_single_acc_by_hand():
     # candidates = the right inference + those of the same relation from events of other images:
     # intent: E0 (img1; negatives from img2: 'get fit', 'rest') feed 2 vs fit 1, rest 3 -> wrong;
     #   E1 (img2; negative from img1: 'feed 2') fit 1 vs feed 2 -> wrong; E2 rest 3 vs feed 2 -> right
     # before: E0 groceries 1 vs shoes -1, walk .5 -> right; E1 shoes -1 vs groceries 1 -> wrong; E2 walk .5 vs groceries 1 -> wrong
     # after: E0 dinner 1 vs shower 2, asleep -2 -> wrong; E1 shower 2 vs dinner 1 -> right; E2 asleep -2 vs dinner 1 -> wrong
     with pytest.warns(UserWarning, match='fewer than 50 candidates'):
-        res = evaluate('visualcomet', FIX/'visualcomet/val_annots.json', [KeywordScorer(VC_W)], root=VCR_ROOT, progress=False)
+        res = evaluate('visualcomet-single', FIX/'visualcomet/val_annots.json', [KeywordScorer(VC_W)], root=VCR_ROOT, progress=False)
     m = res['models'][0]['metrics']['itm']
     assert m['acc@50'] == pytest.approx(100*3/9)
     assert (m['intent'], m['before'], m['after']) == pytest.approx((100/3, 100/3, 100/3))
     assert res['candidates'] == {'min': 2, 'max': 3}
 
 def test_visualcomet_candidates_and_person_numbers():
-    items = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT))
+    items = list(load_visualcomet_single(FIX/'visualcomet/val_annots.json', VCR_ROOT))
     t = items[0].tasks[0]
     assert t.name == 'intent' and t.candidates[t.label]['answer'] == 'feed [1]'
     assert sorted(c['answer'] for c in t.candidates) == ['feed [1]', 'get fit', 'rest']
@@ -117,12 +207,12 @@ def test_visualcomet_candidates_and_person_numbers():
     assert items[2].tasks[0].candidates[0]['question'].startswith('[1] is sitting on a bench. What does [1]')
     assert item_order(items[0]) == [0, 1]
     # seeded: the same seed gives the same items, another seed may reorder but not change the question set
-    again = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT))
+    again = list(load_visualcomet_single(FIX/'visualcomet/val_annots.json', VCR_ROOT))
     assert [(x.tasks[0].candidates, x.tasks[0].label) for x in again] == [(x.tasks[0].candidates, x.tasks[0].label) for x in items]
-    other = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT, seed=7))
+    other = list(load_visualcomet_single(FIX/'visualcomet/val_annots.json', VCR_ROOT, seed=7))
     assert [sorted(c['answer'] for c in x.tasks[0].candidates) for x in other] == [sorted(c['answer'] for c in x.tasks[0].candidates) for x in items]
     # --limit keeps the negatives drawn from the whole file
-    lim = list(load_visualcomet(FIX/'visualcomet/val_annots.json', VCR_ROOT, limit=1))
+    lim = list(load_visualcomet_single(FIX/'visualcomet/val_annots.json', VCR_ROOT, limit=1))
     assert len(lim) == 1 and lim[0].tasks[0].candidates == t.candidates
 
 # ---- generic MC, and MC built from a corpus ----
@@ -171,13 +261,13 @@ def test_bad_scorer_output_is_named():
 # ---- determinism, report, CLI ----
 def test_deterministic_outputs(tmp_path):
     for d in ('a', 'b'):
-        evaluate('visualcomet', FIX/'visualcomet/val_annots.json', ['chance', KeywordScorer(VC_W)], root=VCR_ROOT,
+        evaluate('visualcomet', FIX/'visualcomet/val_rank.json', ['chance', KeywordScorer(RANK_W)], root=VCR_ROOT,
                  out=tmp_path/d, progress=False, n_candidates=3)
     for f in ('predictions_chance.jsonl', 'predictions_keyword.jsonl'):
         assert (tmp_path/'a'/f).read_bytes() == (tmp_path/'b'/f).read_bytes()
     ra, rb = load_results(tmp_path/'a', tmp_path/'b')
     assert [m['metrics'] for m in ra['models']] == [m['metrics'] for m in rb['models']]
-    assert 'acc@3' in ra['models'][0]['metrics']['itm']
+    assert 'recall@3' in ra['models'][0]['metrics']['itm']
 
 def test_report_table_and_chart(tmp_path):
     res = evaluate('vcr', FIX/'vcr/val.jsonl', ['base=chance', KeywordScorer(VCR_W)], root=VCR_ROOT, out=tmp_path, progress=False)

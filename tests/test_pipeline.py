@@ -75,6 +75,13 @@ def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path
     man = json.loads((d/'manifest.json').read_text())
     assert man['stages']['verbalize']['status'] == 'done' and man['stages']['generate']['status'] == 'failed'
     assert (d/'notebooks/03_generate.ipynb').exists()
+    # --resume runs the stages the run was started with (verbalize done, generate again), not the whole pipeline
+    with FakeTeacher() as ft:
+        r = lskd('run', '--runs-dir', tmp_path, '--resume', 'bad', '-p', f'generate.base_url={ft.base_url}')
+    assert r.returncode == 0, r.stderr[-2000:]
+    man = json.loads((d/'manifest.json').read_text())
+    assert 'verbalize: done already, skipped' in r.stdout and list(man['stages']) == ['verbalize', 'generate'], r.stdout
+    assert man['stages']['generate']['status'] == 'done' and not (d/'critic').exists()
 
 def test_usage_errors(tmp_path):
     r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.n_triples')
