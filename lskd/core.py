@@ -17,11 +17,12 @@ __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS
            'image_record', 'region_by_id', 'parse_refs', 'render_refs', 'check_refs', 'remap_text', 'RegionMap',
            'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens', 'Description', 'QAPair', 'Verbalization',
            'QAR', 'swap_ids', 'repoint_target', 'repoint', 'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json',
-           'TornLineError', 'TornLineWarning', 'read_jsonl', 'repair_jsonl', 'JsonlWriter', 'write_jsonl',
-           'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout',
-           'secret_keys', 'read_config', 'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar',
-           'qar_to_lskd_row', 'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color',
-           'color_hex', 'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
+           'TornLineError', 'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'read_jsonl',
+           'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci',
+           'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config', 'check_config', 'set_key',
+           'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item', 'read_vcr', 'vcr_meta_record',
+           'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions',
+           'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -420,20 +421,66 @@ class TornLineError(ValueError):
 class TornLineWarning(UserWarning):
     "The last line of a JSONL file is incomplete and was skipped"
 
-# %% ../nbs/00_core.ipynb #f9aeee5d
-def read_jsonl(path, cls=None, strict=False):
-    "Stream the records of a JSONL file (dicts, or `cls.from_dict` of them); a torn last line is reported"
-    path = Path(path)
+# %% ../nbs/00_core.ipynb #e70bed7c
+class BadRowError(ValueError):
+    "An input row that cannot be read; the message names the file, the line, the image and what is wrong"
+
+# %% ../nbs/00_core.ipynb #8618e4cc
+def row_image(row):
+    "The image an input row names (`image`, `path`, `img_fn`), or None"
+    if not isinstance(row, dict): return None
+    if isinstance(row.get('image'), dict): return row_image(row['image'])     # a verbalization: its image record
+    return next((row[k] for k in ('image', 'path', 'img_fn') if isinstance(row.get(k), str)), None)
+
+# %% ../nbs/00_core.ipynb #c32e0751
+def bad_row(path, line, row, err):
+    "The `BadRowError` of `row` at `path:line` (`line` may also name a place in a JSON file), which failed with `err`"
+    im, msg = row_image(row), f"missing key {err}" if type(err) is KeyError else str(err)
+    where = f"{path}:{line}: " if isinstance(line, int) else f"{path} ({line}): "
+    e = BadRowError(where + (f"image {im}: " if im else '') + msg)
+    e.path, e.line, e.image = str(path), line, im
+    return e
+
+# %% ../nbs/00_core.ipynb #0fa195f3
+class BadRows:
+    "What to do with a bad input row: `'error'` raises it, `'record'` appends it to the JSONL file `errors` and goes on"
+    def __init__(self, mode='error', errors=None):
+        if mode not in ('error', 'record'): raise ValueError(f"on_bad_row must be 'error' or 'record', got {mode!r}")
+        if mode == 'record' and errors is None: raise ValueError("on_bad_row='record' needs a file to record the bad rows in")
+        self.mode, self.errors, self.n, self.images = mode, Path(errors) if errors else None, 0, set()
+        self.seen = {(d.get('file'), d.get('line')) for d in read_jsonl(self.errors)} if self.errors and self.errors.exists() else set()
+    def __repr__(self): return f"BadRows({self.mode!r}, {str(self.errors)!r}, n={self.n})"
+
+# %% ../nbs/00_core.ipynb #3cc83a8a
+@patch
+def __call__(self:BadRows, e, raw=None):
+    "Raise `e` (a `BadRowError`), or record it with its `raw` text"
+    if self.mode == 'error': raise e
+    self.n += 1; self.images.add(e.image)
+    if (e.path, e.line) in self.seen: return
+    self.seen.add((e.path, e.line)); self.errors.parent.mkdir(parents=True, exist_ok=True)
+    with open(self.errors, 'a') as f: f.write(json.dumps(dict(file=e.path, line=e.line, image=e.image, error=str(e), row=raw)) + '\n')
+
+# %% ../nbs/00_core.ipynb #4276ba65
+def read_jsonl(path, cls=None, strict=False, on_bad=None):
+    "Stream a JSONL file's rows: dicts, or `cls.from_dict` of them (`cls` may be a function); torn last line reported, bad rows `on_bad`'s"
+    path = Path(path); conv = getattr(cls, 'from_dict', cls)
+    def bad(e, raw):
+        if on_bad is None: raise e
+        on_bad(e, raw.decode('utf-8', 'replace')[:4000])
     with open(path, 'rb') as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip(): continue
             try: d = json.loads(raw)
             except json.JSONDecodeError as e:
-                if raw.endswith(b'\n'): raise ValueError(f"{path}:{n}: not valid JSON ({e}); the file is corrupt at this line") from None
+                if raw.endswith(b'\n'): bad(bad_row(path, n, None, f"not valid JSON ({e}); the file is corrupt at this line"), raw); continue
                 msg = f"{path}:{n}: last line is torn ({len(raw)} bytes without a newline: an interrupted write); skipped"
                 if strict: raise TornLineError(msg) from None
                 warnings.warn(msg, TornLineWarning); return
-            yield cls.from_dict(d) if cls is not None else d
+            if conv is not None:
+                try: d = conv(d)
+                except (ValueError, TypeError, KeyError, AttributeError) as e: bad(bad_row(path, n, d, e), raw); continue
+            yield d
 
 # %% ../nbs/00_core.ipynb #a6661168
 def _to_jsonable(o): return o.to_dict() if hasattr(o, 'to_dict') else o
@@ -657,9 +704,11 @@ def lskd_row_to_qar(row):
 
 # %% ../nbs/00_core.ipynb #f26a9b63
 def as_qar(d):
-    "A `QAR` from a corpus line: lskd's own format or a released LSKD row"
+    "A `QAR` from a corpus line (lskd's own format or a released LSKD row), checked to point only at its regions"
     if isinstance(d, QAR): return d
-    return lskd_row_to_qar(d) if 'references' in d else QAR.from_dict(d)
+    q = lskd_row_to_qar(d) if 'references' in d else QAR.from_dict(d)
+    if q.regions: check_refs(q.text, [r.id for r in q.regions])    # the text may only point at regions the row carries
+    return q
 
 # %% ../nbs/00_core.ipynb #2a772f89
 def qar_to_lskd_row(q):
@@ -675,12 +724,15 @@ def qar_to_lskd_row(q):
     return {**{k:v for k,v in row.items() if v is not None}, **meta}
 
 # %% ../nbs/00_core.ipynb #e49bd285
-def read_vcr(path, strict=False):
-    "Stream VCR annotation items (dicts) from a VCR jsonl file"
-    for d in read_jsonl(path, strict=strict):
-        missing = [k for k in ('objects', 'img_fn', 'metadata_fn', 'question') if k not in d]
-        if missing: raise ValueError(f"{path}: item {d.get('annot_id', '?')} is not a VCR item: missing {missing}")
-        yield d
+def vcr_item(d):
+    "`d`, checked to be a VCR annotation item"
+    missing = [k for k in ('objects', 'img_fn', 'metadata_fn', 'question') if k not in d]
+    if missing: raise ValueError(f"item {d.get('annot_id', '?')} is not a VCR item: missing {missing}")
+    return d
+
+def read_vcr(path, strict=False, on_bad=None):
+    "Stream VCR annotation items (dicts) from a VCR jsonl file; a bad item is `on_bad`'s (see `read_jsonl`)"
+    return read_jsonl(path, vcr_item, strict, on_bad)
 
 # %% ../nbs/00_core.ipynb #3acb0b12
 def vcr_meta_record(path,                    # the metadata json

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, write_jsonl, open_image, image_path,
+from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, as_qar, BadRows, write_jsonl, open_image, image_path,
                        draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl,
                        atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs)
 from fastcore.basics import patch
@@ -470,10 +470,10 @@ def _predict_items(net, items, batch_size=64):
     return (torch.cat(p).numpy(), torch.cat(s).numpy()) if p else (np.zeros(0), np.zeros((0, 2)))
 
 # %% ../nbs/04_critic.ipynb #990f34ed
-def _load_corpus(corpus):
+def _load_corpus(corpus, on_bad=None):
     if isinstance(corpus, (str, Path)): corpus = [corpus]
     out = []
-    for c in corpus: out += list(read_jsonl(c, QAR)) if isinstance(c, (str, Path)) else [c]
+    for c in corpus: out += list(read_jsonl(c, as_qar, on_bad=on_bad)) if isinstance(c, (str, Path)) else [c]
     return out
 
 # %% ../nbs/04_critic.ipynb #00fdc66e
@@ -483,9 +483,10 @@ def _critic_setup(corpus,        # JSONL path(s) of the triples, or the triples
                   heldout_seed,  # seed of the held-out split
                   max_regions,   # regions drawn per triple
                   augment,       # extra shuffled drawing orders of each training triple
-                  seed):         # seed of the shuffles
+                  seed,          # seed of the shuffles
+                  on_bad=None):  # what to do with a bad corpus row (`lskd.core.BadRows`; None: raise)
     "Labelled examples split by image, and the views `(QAR, regions, text)` of training (augmented) and held-out triples"
-    qars = _load_corpus(corpus)
+    qars = _load_corpus(corpus, on_bad)
     labs = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
     exs = labelled_examples(qars, labs)
     if not exs: raise ValueError(f"no labelled triples to train on ({len(labs)} labels, {len(qars)} triples)")
@@ -531,10 +532,12 @@ def train_critic(corpus,                    # JSONL path(s) of the triples (corp
                  heldout_seed:int=0,        # seed of the held-out split
                  cache_dir=None,            # a folder for the model's cached image items
                  device=None,               # where to train (None: cpu for a model built here)
+                 on_bad_row='error',        # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
                  progress:bool=True):
     "Train a critic on `labels` of `corpus`, evaluate it on held-out images, save it to `out`; returns its report dict"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    tr_ex, tr_views, val, va_views = _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed)
+    tr_ex, tr_views, val, va_views = _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed,
+                                                   BadRows(on_bad_row, out/'critic_errors.jsonl'))
     torch.manual_seed(seed)
     m = model if isinstance(model, nn.Module) else load_model(model, device or 'cpu', **(model_config or {}))
     if cache_dir: m.use_cache_dir(cache_dir)
@@ -696,7 +699,8 @@ def score_corpus(critic,                # a `Critic`
                  root=None,             # image root folder
                  batch_size:int=64,
                  resume:bool=True,      # continue after the last scored line
-                 progress:bool=True):
+                 progress:bool=True,
+                 on_bad_row='error'):   # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
     "Score every triple of the JSONL `corpus` into `out/scored.jsonl`, keep those >= threshold in `out/filtered.jsonl`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     thr = critic.threshold if threshold is None else threshold
@@ -714,7 +718,7 @@ def score_corpus(critic,                # a `Critic`
                 q.scores = {**q.scores, **{k: round(float(v[i]), 5) for k,v in s.items()}}
                 w.write(q)
             n_new += len(batch); bar.update(len(batch)); batch.clear()
-        for n,q in enumerate(read_jsonl(corpus, QAR)):
+        for n,q in enumerate(read_jsonl(corpus, as_qar, on_bad=BadRows(on_bad_row, out/'critic_errors.jsonl'))):
             if n < done: continue
             batch.append(q)
             if len(batch) == batch_size: flush()
@@ -738,11 +742,12 @@ def write_synthetic(corpus,              # JSONL path of the corpus
                     out,                 # folder of synthetic.jsonl
                     labels=None,         # the labels file appended to (None: out/labels.jsonl)
                     kinds=SYNTHETIC_KINDS,  # which negatives
-                    seed:int=0):
+                    seed:int=0,
+                    on_bad_row='error'): # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
     "Write negatives of the JSONL `corpus` to `out/synthetic.jsonl`, append their synthetic labels to `labels`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     labels = Path(labels) if labels else out/'labels.jsonl'
-    negs, labs = synthetic_negatives(list(read_jsonl(corpus, QAR)), kinds, seed)
+    negs, labs = synthetic_negatives(list(read_jsonl(corpus, as_qar, on_bad=BadRows(on_bad_row, out/'critic_errors.jsonl'))), kinds, seed)
     write_jsonl(out/'synthetic.jsonl', negs)
     have = current_labels(read_labels(labels))
     new = [l for l in labs if (l.key, l.annotator) not in have]
@@ -766,6 +771,11 @@ def label_terminal(session, input=input, print=print):
     finally: session.close()
     return session.n_done - n0
 
+# %% ../nbs/04_critic.ipynb #4fd45f23
+def _bad_row_arg(p):
+    p.add_argument('--on-bad-row', choices=['error', 'record'], default='error',
+                   help='a bad corpus row: stop with an error naming its file, line and image (default), or record it in OUT/critic_errors.jsonl and go on')
+
 # %% ../nbs/04_critic.ipynb #af9d66ca
 def _parser():
     p = argparse.ArgumentParser(prog='lskd critic', description='label triples, train the critic, filter a corpus')
@@ -775,7 +785,7 @@ def _parser():
     a.add_argument('--root', help='image root folder')
     a = sub.add_parser('synth', help='automatic negatives + synthetic labels from a corpus')
     a.add_argument('corpus'); a.add_argument('--out', required=True); a.add_argument('--labels')
-    a.add_argument('--kinds', nargs='+', default=list(SYNTHETIC_KINDS)); a.add_argument('--seed', type=int, default=0)
+    a.add_argument('--kinds', nargs='+', default=list(SYNTHETIC_KINDS)); a.add_argument('--seed', type=int, default=0); _bad_row_arg(a)
     a = sub.add_parser('train', help='train and evaluate a critic')
     a.add_argument('--corpus', nargs='+', required=True); a.add_argument('--labels', required=True); a.add_argument('--out', required=True)
     a.add_argument('--model', default='fused', help='a model family (fused, blip2, bow) or a model folder to start from')
@@ -787,11 +797,11 @@ def _parser():
     a.add_argument('--threshold', type=float, default=0.8); a.add_argument('--target-precision', type=float)
     a.add_argument('--augment', type=int, default=0); a.add_argument('--root'); a.add_argument('--cache-dir')
     a.add_argument('--no-balance', action='store_true', help='do not weigh accept/reject equally')
-    a.add_argument('--no-resume', action='store_true'); a.add_argument('--device', help='cpu, cuda (default: cuda when available)')
+    a.add_argument('--no-resume', action='store_true'); a.add_argument('--device', help='cpu, cuda (default: cuda when available)'); _bad_row_arg(a)
     a = sub.add_parser('score', help='score a corpus and write scored.jsonl / filtered.jsonl')
     a.add_argument('--critic', required=True); a.add_argument('--corpus', required=True); a.add_argument('--out', required=True)
     a.add_argument('--threshold', type=float); a.add_argument('--root'); a.add_argument('--batch-size', type=int, default=64)
-    a.add_argument('--no-resume', action='store_true')
+    a.add_argument('--no-resume', action='store_true'); _bad_row_arg(a)
     return p
 
 # %% ../nbs/04_critic.ipynb #242226e3
@@ -802,15 +812,15 @@ def main(argv=None):
         if a.cmd == 'label':
             n = label_terminal(LabelSession(list(read_jsonl(a.corpus, QAR)), a.labels, a.annotator, a.root))
             print(f'{n} labels written to {a.labels}')
-        elif a.cmd == 'synth': print(json.dumps(write_synthetic(a.corpus, a.out, a.labels, a.kinds, a.seed), indent=1))
+        elif a.cmd == 'synth': print(json.dumps(write_synthetic(a.corpus, a.out, a.labels, a.kinds, a.seed, a.on_bad_row), indent=1))
         elif a.cmd == 'train':
             rep = train_critic(a.corpus, a.labels, a.out, a.model, model_settings(a.model_config), a.epochs, a.lr, a.batch_size, a.heldout,
                                a.seed, a.root, not a.no_resume, a.threshold, a.target_precision, augment=a.augment, cache_dir=a.cache_dir,
-                               balance=not a.no_balance, heldout_seed=a.heldout_seed, device=a.device)
+                               balance=not a.no_balance, heldout_seed=a.heldout_seed, device=a.device, on_bad_row=a.on_bad_row)
             print(json.dumps({k: rep[k] for k in ('threshold', 'n_train', 'n_val', 'val')}, indent=1, default=float))
             print(f'critic saved to {a.out}/critic.safetensors, plot {a.out}/thresholds.png')
         elif a.cmd == 'score':
-            rep = score_corpus(Critic.load(a.critic), a.corpus, a.out, a.threshold, a.root, a.batch_size, not a.no_resume)
+            rep = score_corpus(Critic.load(a.critic), a.corpus, a.out, a.threshold, a.root, a.batch_size, not a.no_resume, on_bad_row=a.on_bad_row)
             print(rep); print(f"{a.out}/scored.jsonl, {a.out}/filtered.jsonl")
     except (FileNotFoundError, ValueError, RegionRefError) as e:
         print(f'lskd critic {a.cmd}: error: {e}', file=sys.stderr); return 2
@@ -832,6 +842,7 @@ class CriticConfig:
     max_regions: int = 5              # regions drawn per triple
     augment: int = 0                  # extra shuffled-order copies of each training triple
     seed: int|None = None             # None: the run's seed
+    on_bad_row: str = 'error'         # a bad corpus row: 'error' or 'record' (to critic/critic_errors.jsonl, and go on)
 
 # %% ../nbs/04_critic.ipynb #58044994
 def run_stage(run_dir, cfg):
@@ -843,13 +854,13 @@ def run_stage(run_dir, cfg):
     out = stage_dir(run_dir, 'critic'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
     corpus, labels = Path(run_dir)/'generate'/'corpus.jsonl', out/'labels.jsonl'
     if c.labels and not labels.exists(): shutil.copy(c.labels, labels)
-    syn = write_synthetic(corpus, out, labels, seed=seed) if c.synthetic else None
+    syn = write_synthetic(corpus, out, labels, seed=seed, on_bad_row=c.on_bad_row) if c.synthetic else None
     if not labels.exists(): raise ValueError("the critic has no labels: give critic.labels (a labels.jsonl) or keep critic.synthetic on")
     rep = train_critic([corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', model=c.model, model_config=c.model_config,
                        epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, heldout=cfg.get('heldout', 0.25), heldout_seed=cfg.get('seed', 0),
                        seed=seed, root=root, threshold=c.threshold, target_precision=c.target_precision, max_regions=c.max_regions,
-                       augment=c.augment, progress=False)
-    frep = score_corpus(Critic.load(out/'model'), corpus, out, root=root, progress=False)
+                       augment=c.augment, progress=False, on_bad_row=c.on_bad_row)
+    frep = score_corpus(Critic.load(out/'model'), corpus, out, root=root, progress=False, on_bad_row=c.on_bad_row)
     return write_stage_report(run_dir, 'critic', ['scored.jsonl', 'filtered.jsonl', 'labels.jsonl'], threshold=frep['threshold'],
                               counts={'triples': frep['n'], 'kept': frep['kept'], 'synthetic_negatives': syn['negatives'] if syn else 0},
                               heldout=rep['val'], heldout_auc_by_kind=rep.get('val_auc_by_kind'), labels='synthetic' if syn and not c.labels else 'human' if not syn else 'human+synthetic',

@@ -13,15 +13,16 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, JsonlWriter, lskd_row_to_qar,
                        parse_refs, region_by_id, open_image, image_path, visual_prompt, heldout_image, check_config,
-                       atomic_path, atomic_write, as_qar, model_text, draw_order, repoint, swap_refs)
+                       atomic_path, atomic_write, as_qar, BadRows, model_text, draw_order, repoint, swap_refs)
 from .models import load_model, build_model, model_settings
 from .train import TrainConfig, History, accelerator, fit, latest_checkpoint
 
 # %% auto #0
 __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
-           'CorpusStream', 'grounding_qars', 'DistillConfig', 'as_config', 'same_image', 'itc_loss', 'hard_negatives',
-           'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill', 'heldout_examples',
-           'retrieval_groups', 'retrieval_accuracy', 'main', 'DistillStageConfig', 'run_stage']
+           'skip_row', 'scan_corpus', 'CorpusStream', 'grounding_qars', 'DistillConfig', 'as_config', 'same_image',
+           'itc_loss', 'hard_negatives', 'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student',
+           'distill', 'heldout_examples', 'retrieval_groups', 'retrieval_accuracy', 'main', 'DistillStageConfig',
+           'run_stage']
 
 # %% ../nbs/05_distill.ipynb #9235a080
 # `as_qar` (lskd.core) reads a corpus line: lskd's own format or a released LSKD row
@@ -107,6 +108,14 @@ def _keep(q, min_score):
     s = q.scores.get('prediction')
     return s is not None and s >= min_score
 
+# %% ../nbs/05_distill.ipynb #7dc61643
+def skip_row(e, raw=None):
+    "An `on_bad` that skips a bad row (already recorded)"
+
+def scan_corpus(paths, on_bad):
+    "Read every row of the corpus files `paths` (None entries skipped) with `on_bad`; returns the good rows' count"
+    return sum(1 for p in paths if p for _ in read_jsonl(p, as_qar, on_bad=on_bad))
+
 # %% ../nbs/05_distill.ipynb #cb3fba94
 class CorpusStream(torch.utils.data.IterableDataset):
     "Seeded, sharded, resumable stream of batches of `Example`s from a corpus JSONL"
@@ -127,7 +136,8 @@ class CorpusStream(torch.utils.data.IterableDataset):
                  epochs:int=None,       # None: without end
                  prepare=None,          # batch preparation in data-loader workers (`Prepare`)
                  pointing:bool=False,   # examples carry their pointing negatives (`make_example`)
-                 grounding:bool=False): # add the literal grounding pairs of each image (`grounding_qars`)
+                 grounding:bool=False,  # add the literal grounding pairs of each image (`grounding_qars`)
+                 skip_bad:bool=False):  # skip bad rows (recorded beforehand by `scan_corpus`) instead of raising
         super().__init__()
         self.path = Path(path)
         if not self.path.exists(): raise FileNotFoundError(f"corpus not found: {self.path}")
@@ -135,6 +145,7 @@ class CorpusStream(torch.utils.data.IterableDataset):
         self.p_distract, self.p_rationale, self.max_draw = p_distract, p_rationale, max_draw
         self.min_score, self.heldout, self.heldout_seed, self.rank, self.world_size = min_score, heldout, heldout_seed, rank, world_size
         self.start, self.epochs, self.prepare, self.pointing, self.grounding = tuple(start), epochs, prepare, pointing, grounding
+        self.skip_bad = skip_bad
     def __repr__(self): return f"CorpusStream({self.path}, batch_size={self.batch_size}, seed={self.seed}, start={self.start})"
     def __iter__(self): return self._iter()
 
@@ -150,8 +161,7 @@ def rows(self:CorpusStream, epoch):
     "`(index, QAR)` of the training triples in this epoch's shuffled order"
     def gen():
         seen = set()
-        for i,d in enumerate(read_jsonl(self.path)):
-            q = as_qar(d)
+        for i,q in enumerate(read_jsonl(self.path, as_qar, on_bad=skip_row if self.skip_bad else None)):
             if not _keep(q, self.min_score) or heldout_image(q.image, self.heldout, self.heldout_seed): continue
             yield i, q
             if self.grounding and q.image not in seen: seen.add(q.image); yield from ((f'{i}.g{k}', g) for k,g in enumerate(grounding_qars(q)))
@@ -221,6 +231,7 @@ class DistillConfig(TrainConfig):
     images: str|None = None          # image root
     num_workers: int = 0             # data-loader workers (families with an `item_maker`: BLIP-2)
     cache_dir: str|None = None       # keep cached features on disk (families that cache: fused)
+    on_bad_row: str = 'error'        # a bad corpus row: 'error' (stop, naming file, line, image) or 'record' (to OUT/distill_errors.jsonl, and go on)
 
 # %% ../nbs/05_distill.ipynb #bcede851
 @patch(cls_method=True)
@@ -350,7 +361,8 @@ def _make_stream(corpus,        # the corpus JSONL
                  prepare=None): # `Prepare` in data-loader workers
     return CorpusStream(corpus, config.batch_size, config.seed, config.buffer_size, config.p_distract, config.p_rationale,
                         config.max_draw, config.min_score, config.heldout, config.heldout_seed, accel.process_index, accel.num_processes,
-                        start=start, prepare=prepare, pointing=config.pointing, grounding=config.grounding)
+                        start=start, prepare=prepare, pointing=config.pointing, grounding=config.grounding,
+                        skip_bad=config.on_bad_row == 'record')
 
 # %% ../nbs/05_distill.ipynb #c89554c6
 def _loader(stream, config):
@@ -390,6 +402,7 @@ def distill(corpus,              # JSONL of the (filtered) corpus
     model = student or make_student(config, accel.device)
     if config.lr is None: config = replace(config, lr=model.default_lr['student'])
     if accel.is_main_process: out.mkdir(parents=True, exist_ok=True); atomic_write(out/'config.json', json.dumps(config.to_dict(), indent=1))
+    if config.on_bad_row == 'record' and accel.is_main_process: scan_corpus([corpus, config.val_corpus], BadRows('record', out/'distill_errors.jsonl'))
     val = heldout_examples(corpus, config) if config.heldout or config.val_corpus else None
     before = _heldout_acc(model, val, root) if val and not (resume and latest_checkpoint(out)) else None
     history = fit(StudentNet(model), _data(corpus, config, accel, model, root), config, out, accel, resume, progress,
@@ -408,8 +421,7 @@ def distill(corpus,              # JSONL of the (filtered) corpus
 def heldout_examples(corpus, config):
     "Deterministic views of the held-out triples (`config.val_corpus`, or `corpus`'s `heldout` images), at most `val_max`"
     out, sep = [], bool(config.val_corpus)
-    for i,d in enumerate(read_jsonl(config.val_corpus or corpus)):
-        q = as_qar(d)
+    for i,q in enumerate(read_jsonl(config.val_corpus or corpus, as_qar, on_bad=skip_row if config.on_bad_row == 'record' else None)):
         if _keep(q, config.min_score) and (sep or heldout_image(q.image, config.heldout, config.heldout_seed)):
             out.append(make_example(q, train=False, index=i))
             if len(out) >= config.val_max: break
@@ -466,6 +478,7 @@ def _parser():
     p.add_argument('--quiet', action='store_true')
     p.add_argument('--no-pointing', action='store_true', help='in-batch ITM negatives only (the release), no pointing negatives')
     p.add_argument('--grounding', action='store_true', help="beyond the paper: add '[i] is <description>' pairs from the regions")
+    p.add_argument('--on-bad-row', choices=['error', 'record'], help='a bad corpus row: stop with an error naming it (default), or record it in OUT/distill_errors.jsonl and go on')
     for f,kw in _FLAGS: p.add_argument(f, *(['--val-frac'] if f == '--heldout' else []), **kw)   # --val-frac: its old name
     return p
 
@@ -478,6 +491,7 @@ def main(argv=None):
     if a.model: over['model'] = a.model
     if a.no_pointing: over['pointing'] = False
     if a.grounding: over['grounding'] = True
+    if a.on_bad_row: over['on_bad_row'] = a.on_bad_row
     try:
         if a.model_config: over['model_config'] = model_settings(a.model_config)
         config = DistillConfig.from_yaml(a.config, **over) if a.config else DistillConfig.from_dict(over)
@@ -519,7 +533,7 @@ def run_stage(run_dir, cfg):
     make_student(config).save(out/'base', summary={'steps': 0})
     summaries, counts = {}, {}
     for v in c.variants:
-        train, _ = split_heldout(read_jsonl(Path(run_dir)/STUDENT_SOURCES[v], QAR), heldout, seed)
+        train, _ = split_heldout(read_jsonl(Path(run_dir)/STUDENT_SOURCES[v], as_qar, on_bad=BadRows(c.on_bad_row, out/'distill_errors.jsonl')), heldout, seed)
         if not train: raise ValueError(f"no training triples for the {v!r} student in {STUDENT_SOURCES[v]} (after holding out "
                                        f"{heldout:.0%} of the images): generate more, or lower critic.threshold")
         write_jsonl(out/f'{v}_train.jsonl', train); counts[f'{v}_train'] = len(train)

@@ -4,13 +4,13 @@
 
 # %% ../nbs/06_evaluate.ipynb #be875c5b
 from __future__ import annotations
-import argparse, hashlib, html, importlib, inspect, io, json, math, random, re, sys, time, warnings
+import argparse, hashlib, html, importlib, itertools, inspect, io, json, math, random, re, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image,
+from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image, vcr_item, BadRows,
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
                        lskd_row_to_qar, REF_RE, split_heldout, check_config, atomic_write,
                        draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record,
@@ -21,11 +21,11 @@ __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'MC_TASKS', 'Task
            'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy', 'vcr_metrics',
            'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt', 'visualcomet_metrics',
            'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'questions', 'metric_intervals', 'compare',
-           'verdict', 'load_vcr', 'url_image_path', 'load_sherlock', 'person_refs', 'vc_flat', 'vc_problems', 'vc_pool',
-           'load_visualcomet', 'load_visualcomet_single', 'mc_item', 'transplant_refs', 'build_mc', 'load_mc',
-           'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark',
-           'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table', 'Chart',
-           'results_chart', 'parser', 'main', 'EvaluateConfig', 'run_students', 'separability', 'run_stage']
+           'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock', 'person_refs', 'vc_flat',
+           'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item', 'transplant_refs',
+           'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics',
+           'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table',
+           'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig', 'run_students', 'separability', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #95a9580f
 @dataclass
@@ -321,21 +321,23 @@ def verdict(c):
             f"n={c['n']}: " + ('separable' if c['separable'] else 'not separable at this n'))
 
 # %% ../nbs/06_evaluate.ipynb #f5212e92
-def load_vcr(path, root=None, limit=None):
-    "`EvalItem`s (tasks `q2a`, `qa2r`) from a VCR annotation jsonl"
-    for n, it in enumerate(read_vcr(path)):
-        if limit is not None and n >= limit: break
-        if it.get('answer_label') is None or it.get('rationale_label') is None:
-            raise ValueError(f"{path}: item {it.get('annot_id', n)} has no answer/rationale label "
-                             "(VCR's test labels are hidden): evaluate on val.jsonl")
-        rec = vcr_image(it, root)
-        q = tokens_to_text(it['question'])
-        ans = [tokens_to_text(a) for a in it['answer_choices']]
-        right = ans[it['answer_label']]
-        tasks = [Task('q2a', [dict(question=q, answer=a) for a in ans], it['answer_label']),
-                 Task('qa2r', [dict(question=q, answer=right, rationale=tokens_to_text(r)) for r in it['rationale_choices']],
-                      it['rationale_label'])]
-        yield EvalItem(str(it.get('annot_id', n)), it['img_fn'], rec.regions, tasks)
+def vcr_eval_item(it, root=None):
+    "The `EvalItem` (tasks `q2a`, `qa2r`) of one VCR annotation item"
+    vcr_item(it)
+    if it.get('answer_label') is None or it.get('rationale_label') is None:
+        raise ValueError(f"item {it.get('annot_id', '?')} has no answer/rationale label (VCR's test labels are hidden): evaluate on val.jsonl")
+    rec = vcr_image(it, root)
+    q = tokens_to_text(it['question'])
+    ans = [tokens_to_text(a) for a in it['answer_choices']]
+    right = ans[it['answer_label']]
+    tasks = [Task('q2a', [dict(question=q, answer=a) for a in ans], it['answer_label']),
+             Task('qa2r', [dict(question=q, answer=right, rationale=tokens_to_text(r)) for r in it['rationale_choices']],
+                  it['rationale_label'])]
+    return EvalItem(str(it.get('annot_id', f"{it['img_fn']}|{q}")), it['img_fn'], rec.regions, tasks)
+
+def load_vcr(path, root=None, limit=None, on_bad=None):
+    "`EvalItem`s (tasks `q2a`, `qa2r`) from a VCR annotation jsonl; a bad item is `on_bad`'s (`lskd.core.read_jsonl`)"
+    return itertools.islice(read_jsonl(path, lambda it: vcr_eval_item(it, root), on_bad=on_bad), limit)
 
 # %% ../nbs/06_evaluate.ipynb #df85e8a2
 def _load_json_or_jsonl(path):
@@ -539,18 +541,18 @@ def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LS
             n_candidates=4,   # candidates per question built from a corpus
             seed=0,           # seed for the distractors and the order
             heldout=None,     # from a corpus: only its held-out images, this fraction (None: all)
-            heldout_seed=0):  # seed of the held-out split
+            heldout_seed=0,   # seed of the held-out split
+            on_bad=None):     # what to do with a bad row (`lskd.core.BadRows`; None: raise)
     "`EvalItem`s from a generic MC jsonl, or built from a corpus jsonl (`build_mc`)"
-    rows, want = list(read_jsonl(path)), None
-    if rows and 'candidates' not in rows[0]:
-        if not {'question', 'answer', 'rationale'} <= set(rows[0]):
-            raise ValueError(f"{path}: rows are neither MC rows (image, regions, question, candidates, label) nor corpus triples")
-        qars = [as_qar(d) for d in rows]
-        if heldout is not None: qars = split_heldout(qars, heldout, heldout_seed)[1]
-        rows, want = build_mc(qars, n_candidates, seed), n_candidates
-    for n, d in enumerate(rows[:limit]):
-        it = mc_item(d, n)
-        if want: it.tasks[0].meta['n_requested'] = want
+    first, n = next(read_jsonl(path, on_bad=lambda e, raw: None), {}), itertools.count()
+    if not isinstance(first, dict) or 'candidates' in first:
+        yield from itertools.islice(read_jsonl(path, lambda d: mc_item(d, next(n)), on_bad=on_bad), limit); return
+    if not {'question', 'answer', 'rationale'} <= set(first):
+        raise ValueError(f"{path}: rows are neither MC rows (image, regions, question, candidates, label) nor corpus triples")
+    qars = list(read_jsonl(path, as_qar, on_bad=on_bad))
+    if heldout is not None: qars = split_heldout(qars, heldout, heldout_seed)[1]
+    for k, d in enumerate(build_mc(qars, n_candidates, seed)[:limit]):
+        it = mc_item(d, k); it.tasks[0].meta['n_requested'] = n_candidates
         yield it
 
 # %% ../nbs/06_evaluate.ipynb #bfbb221a
@@ -571,13 +573,14 @@ def demo_corpus():
 def _gold(it, k=-1): t = it.tasks[k]; return t.candidates[t.label]
 
 # %% ../nbs/06_evaluate.ipynb #5c3973b1
-def pointing_qars(path, root=None, heldout=None, heldout_seed=0):
+def pointing_qars(path, root=None, heldout=None, heldout_seed=0, on_bad=None):
     "The right texts of a localized file as `QAR`s: a corpus (lskd or released rows), VCR annotations, or MC rows"
-    first = next(iter(read_jsonl(path)), {})
-    if 'img_fn' in first and 'metadata_fn' in first: its = list(load_vcr(path, root))
-    elif 'candidates' in first: its = [mc_item(d, n) for n,d in enumerate(read_jsonl(path))]
+    first = next(read_jsonl(path, on_bad=lambda e, raw: None), {})
+    if not isinstance(first, dict): first = {}
+    if 'img_fn' in first and 'metadata_fn' in first: its = list(load_vcr(path, root, on_bad=on_bad))
+    elif 'candidates' in first: its = list(load_mc(path, on_bad=on_bad))
     else: its = None
-    if its is None: qs = [as_qar(d) for d in read_jsonl(path)]
+    if its is None: qs = list(read_jsonl(path, as_qar, on_bad=on_bad))
     else: qs = [QAR(it.image, *({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS), regions=it.regions, id=it.id) for it in its]
     return split_heldout(qs, heldout, heldout_seed)[1] if heldout is not None else qs
 
@@ -604,9 +607,10 @@ def load_pointing(path,            # a corpus (lskd or released rows), VCR annot
                   limit=None,      # the first N texts only
                   seed=0,          # seed of the re-pointings and the drawing order
                   heldout=None,    # only the held-out images of the file, this fraction (None: all)
-                  heldout_seed=0): # seed of the held-out split
+                  heldout_seed=0,  # seed of the held-out split
+                  on_bad=None):    # what to do with a bad row (`lskd.core.BadRows`; None: raise)
     "Pointing `EvalItem`s (`pointing_item`) of the right texts in `path` (`pointing_qars`)"
-    for n,q in enumerate(pointing_qars(path, root, heldout, heldout_seed)[:limit]):
+    for n,q in enumerate(pointing_qars(path, root, heldout, heldout_seed, on_bad)[:limit]):
         if (it := pointing_item(q, n, seed)) is not None: yield it
 
 # %% ../nbs/06_evaluate.ipynb #b6c64fad
@@ -696,6 +700,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
              heldout_seed=0,     # seed of the held-out split
              image_batch=8,      # items whose images are encoded in one call
              progress=True,      # show progress bars
+             on_bad_row='error', # a bad row (VCR, MC, corpus): 'error' (raise, naming it) or 'record' (to out/evaluate_errors.jsonl, and go on)
              **model_kw):        # passed to `load_scorer` (e.g. `device`)
     "Evaluate `models` zero-shot on `benchmark`; returns the results dict (also written to `out`)"
     if benchmark not in BENCHMARKS: raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {list(BENCHMARKS)}")
@@ -706,6 +711,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
     if benchmark.startswith('visualcomet'): kw.update(seed=seed, n_candidates=n_candidates or 50)
     if benchmark == 'mc': kw['n_candidates'] = n_candidates or 4
     if benchmark in ('mc', 'pointing'): kw.update(seed=seed, heldout=heldout, heldout_seed=heldout_seed)
+    if benchmark in ('vcr', 'mc', 'pointing'): kw['on_bad'] = BadRows(on_bad_row, Path(out)/'evaluate_errors.jsonl' if out else None)
     items = list(b.load(annotations, **kw))
     if not items: raise ValueError(f"{annotations}: no questions to evaluate" + (": no text can point elsewhere (the pointing test needs "
                                    "texts about images with two or more regions)" if benchmark == 'pointing' else ''))
@@ -869,6 +875,7 @@ def parser():
     p.add_argument('--device', help='device passed to model loaders (cpu, cuda)')
     p.add_argument('--compare', nargs='+', metavar='RUN', help='instead of evaluating: merge earlier runs into one table and chart')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
+    p.add_argument('--on-bad-row', choices=['error', 'record'], default='error', help='a bad row (VCR, MC, corpus): stop with an error naming it (default), or record it in OUT/evaluate_errors.jsonl and go on')
     return p
 
 # %% ../nbs/06_evaluate.ipynb #54a1e8b5
@@ -886,7 +893,7 @@ def main(argv=None):
     kw = dict(device=a.device) if a.device else {}
     try: res = evaluate(a.benchmark, a.annotations, a.model, root=a.images, out=out, limit=a.limit, draw=not a.no_draw,
                         text_style=a.text_style, instances=a.instances, seed=a.seed, n_candidates=a.candidates,
-                        heldout=a.heldout, heldout_seed=a.heldout_seed, progress=not a.quiet, **kw)
+                        heldout=a.heldout, heldout_seed=a.heldout_seed, progress=not a.quiet, on_bad_row=a.on_bad_row, **kw)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f'lskd evaluate: error: {e}', file=sys.stderr); return 2
     t = results_table(res); (out/'results.md').write_text(t.to_markdown() + '\n')
@@ -902,6 +909,7 @@ class EvaluateConfig:
     pointing: bool = True             # also the pointing test on the held-out triples
     no_boxes: bool = True             # also score the distilled student without drawn boxes (the boxes' ablation)
     kept_only: bool = False           # questions from the critic-kept triples only (default: all triples of held-out images)
+    on_bad_row: str = 'error'         # a bad corpus row: 'error' or 'record' (to evaluate/evaluate_errors.jsonl, and go on)
 
 # %% ../nbs/06_evaluate.ipynb #8055aba9
 MC_TASKS = {'q2a': 'answer', 'qa2r': 'rationale'}    # task: the field its candidates replace
@@ -944,7 +952,8 @@ def run_stage(run_dir, cfg):
     if bad := [t for t in c.tasks if t not in MC_TASKS]: raise ValueError(f"evaluate: unknown task {bad[0]!r}; known: {list(MC_TASKS)}")
     seed, run_dir = cfg.get('seed', 0), Path(run_dir)
     out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
-    held = split_heldout(read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), QAR), cfg.get('heldout', 0.25), seed)[1]
+    held = split_heldout(read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), as_qar, on_bad=BadRows(c.on_bad_row, out/'evaluate_errors.jsonl')),
+                        cfg.get('heldout', 0.25), seed)[1]
     if len(held) < 2: raise ValueError(f"only {len(held)} triples on held-out images: generate more (more images or generate.samples)")
     mc = write_jsonl(out/'heldout_mc.jsonl', [r for t in c.tasks for r in build_mc(held, c.n_candidates, seed, MC_TASKS[t])])
     triples = write_jsonl(out/'heldout_triples.jsonl', held)

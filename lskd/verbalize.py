@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (Region, ImageRecord, Verbalization, Description, QAPair, JsonlWriter, read_jsonl,
                        read_vcr, vcr_image, xywh2xyxy, open_image, image_path, render_refs, draw_regions,
-                       check_config, atomic_json, vcr_meta_record)
+                       check_config, atomic_json, vcr_meta_record, vcr_item, bad_row, BadRows)
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref', 'stage_images',
@@ -63,9 +63,23 @@ def stage_images(records, dest):
         out.append(ImageRecord(tgt.name, r.width, r.height, r.regions, id=r.id, meta={**r.meta, 'ref': r.path}))
     return out
 
+# %% ../nbs/01_verbalize.ipynb #66681632
+def _coco_image(im, anns, cats):
+    "The `ImageRecord` of one COCO image and its annotations (an error carries the bad annotation's `coco_id`)"
+    regs = []
+    for a in anns:
+        try:
+            if a['bbox'][2] <= 0 or a['bbox'][3] <= 0: continue          # COCO has a few degenerate boxes
+            ex = {'coco_id': a['id']} | ({'iscrowd': 1} if a.get('iscrowd') else {})
+            regs.append(Region(len(regs), xywh2xyxy(a['bbox']), cats.get(a['category_id'], str(a['category_id'])), extra=ex))
+        except (ValueError, TypeError, KeyError) as e: e.coco_id = a.get('id') if isinstance(a, dict) else None; raise
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                                   # COCO boxes often reach 1 px outside
+        return ImageRecord(im['file_name'], im['width'], im['height'], regs, id=str(im['id']))
+
 # %% ../nbs/01_verbalize.ipynb #8ad0a86a
-def read_coco(path):
-    "`ImageRecord`s (paths = `file_name`) from a COCO instances json; crowd boxes are kept with `extra.iscrowd`"
+def read_coco(path, on_bad=None):
+    "`ImageRecord`s (paths = `file_name`) from a COCO instances json; crowd boxes kept (`extra.iscrowd`); a bad image is `on_bad`'s"
     d = json.loads(Path(path).read_text())
     missing = [k for k in ('images', 'annotations', 'categories') if k not in d]
     if missing: raise ValueError(f"{path}: not a COCO instances file: missing {missing}")
@@ -73,15 +87,13 @@ def read_coco(path):
     anns = {}
     for a in d['annotations']: anns.setdefault(a['image_id'], []).append(a)
     recs = []
-    for im in d['images']:
-        regs = []
-        for a in anns.get(im['id'], []):
-            if a['bbox'][2] <= 0 or a['bbox'][3] <= 0: continue          # COCO has a few degenerate boxes
-            ex = {'coco_id': a['id']} | ({'iscrowd': 1} if a.get('iscrowd') else {})
-            regs.append(Region(len(regs), xywh2xyxy(a['bbox']), cats.get(a['category_id'], str(a['category_id'])), extra=ex))
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')                                   # COCO boxes often reach 1 px outside
-            recs.append(ImageRecord(im['file_name'], im['width'], im['height'], regs, id=str(im['id'])))
+    for k, im in enumerate(d['images']):
+        try: recs.append(_coco_image(im, anns.get(im['id'], []), cats))
+        except (ValueError, TypeError, KeyError) as e:
+            where = f"images[{k}]" + (f", annotation id {e.coco_id}" if hasattr(e, 'coco_id') else '')
+            err = bad_row(path, where, {'path': im.get('file_name')} if isinstance(im, dict) else None, e)
+            if on_bad is None: raise err from None
+            on_bad(err, json.dumps(im)[:4000])
     return recs
 
 # %% ../nbs/01_verbalize.ipynb #93c63f34
@@ -95,8 +107,8 @@ def _first_line(path):
     return {}
 
 # %% ../nbs/01_verbalize.ipynb #fd9d1181
-def load_annotations(path, root=None):
-    "`{image path: ImageRecord}` from a regions.jsonl, VCR jsonl, COCO json or VCR metadata json (format detected)"
+def load_annotations(path, root=None, on_bad=None):
+    "`{image path: ImageRecord}` from a regions.jsonl, VCR jsonl, COCO json or VCR metadata json (format detected); bad rows are `on_bad`'s"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"annotation file not found: {path}")
     if path.suffix == '.jsonl':
@@ -104,14 +116,14 @@ def load_annotations(path, root=None):
         if 'img_fn' in first and 'metadata_fn' in first:
             vroot = root if root is not None else path.parent
             recs = {}
-            for item in read_vcr(path):
-                if item['img_fn'] not in recs: recs[item['img_fn']] = vcr_image(item, vroot)
+            for img, rec in read_jsonl(path, lambda d: (vcr_item(d)['img_fn'], d['img_fn'] in recs or vcr_image(d, vroot)), on_bad=on_bad):
+                if rec is not True: recs[img] = rec
             return recs
-        if 'path' in first and 'width' in first: return {r.path: r for r in read_jsonl(path, ImageRecord)}
+        if 'path' in first and 'width' in first: return {r.path: r for r in read_jsonl(path, ImageRecord, on_bad=on_bad)}
         raise ValueError(f"{path}: neither lskd regions.jsonl (path, width, height, regions) nor VCR annotations (img_fn, metadata_fn)")
     if path.suffix == '.json':
         d = json.loads(path.read_text())
-        if isinstance(d, dict) and 'annotations' in d: return {r.path: r for r in read_coco(path)}
+        if isinstance(d, dict) and 'annotations' in d: return {r.path: r for r in read_coco(path, on_bad)}
         if isinstance(d, dict) and 'boxes' in d: r = vcr_meta_record(path); return {r.path: r}
         raise ValueError(f"{path}: neither a COCO instances json (images, annotations, categories) nor VCR metadata (boxes, width, height)")
     raise ValueError(f"{path}: unknown annotation format (expected .jsonl regions/VCR, or .json COCO/VCR metadata)")
@@ -559,6 +571,7 @@ class VerbalizeConfig:
     region: list = field(default_factory=lambda: [{'name': 'geometry'}, {'name': 'tags', 'k': 3}])  # descriptors of each region
     qa: dict|None = None     # dynamic QA: {asker, answerer, rounds, ...} (see `DynamicQA`); None = absent
     batch_size: int = 8      # images per batch
+    on_bad_row: str = 'error'  # a bad row of the regions file: 'error' (stop, naming file, line, image, region) or 'record' (to verbalize_errors.jsonl, and go on)
     def __post_init__(self):
         for k, reg in (('proposals', PROPOSERS), ('global', DESCRIBERS), ('region', DESCRIBERS)):
             _check_names(k, getattr(self, 'global_' if k == 'global' else k), reg)
@@ -652,16 +665,17 @@ def done_keys(path):
         return {d.get('meta', {}).get('key') for d in read_jsonl(path)}
 
 # %% ../nbs/01_verbalize.ipynb #de3f9381
-def _inputs(images, regions=None, root=None, stage=None):
+def _inputs(images, regions=None, root=None, stage=None, on_bad=None):
     "(image root, [(path, given ImageRecord or None)]) from a folder, a file list, records or an annotation file"
     is_path = isinstance(images, (str, Path))
     if is_path and Path(images).is_dir(): root = Path(images)
     elif is_path and Path(images).is_file(): root = Path(root) if root is not None else Path(images).parent
     elif is_path: raise FileNotFoundError(f"images not found: {images} (give a folder, a .txt list, an annotation file, or a list of paths)")
     elif root is not None: root = Path(root)
-    ann = load_annotations(regions, root) if regions is not None else {}
-    if is_path and Path(images).suffix in ('.json', '.jsonl'): items = list({**load_annotations(images, root), **ann}.values())
-    elif is_path and Path(images).is_dir(): items = [ann.get(p, p) for p in list_images(root)]
+    ann = load_annotations(regions, root, on_bad) if regions is not None else {}
+    if is_path and Path(images).suffix in ('.json', '.jsonl'): items = list({**load_annotations(images, root, on_bad), **ann}.values())
+    elif is_path and Path(images).is_dir():                      # an image whose annotation row was bad is left out with it
+        items = [ann.get(p, p) for p in list_images(root) if p not in getattr(on_bad, 'images', ())]
     elif is_path: items = [ann.get(l.strip(), l.strip()) for l in Path(images).read_text().splitlines() if l.strip()]
     else: items = [x if isinstance(x, ImageRecord) else ann.get(str(x), str(x)) for x in images]
     pkg = [isinstance(x, ImageRecord) and x.path.startswith(PKG) for x in items]
@@ -693,12 +707,14 @@ class VerbalizeResult:
     written: int = 0
     skipped: int = 0
     errors: int = 0
+    bad_rows: int = 0
     seconds: float = 0.
     root: str = ''
     def __repr__(self):
         ips = self.written/self.seconds if self.seconds else 0
         return (f"VerbalizeResult({self.out}: {self.written} written, {self.skipped} already done, {self.errors} errors, "
-                f"{self.seconds:.1f} s, {ips:.2f} images/s)")
+                + (f"{self.bad_rows} bad annotation rows recorded, " if self.bad_rows else '')
+                + f"{self.seconds:.1f} s, {ips:.2f} images/s)")
 
 # %% ../nbs/01_verbalize.ipynb #4fbb1636
 def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, a .txt list or an annotation file
@@ -714,14 +730,15 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
     "Verbalize `images` into `out_dir/verbalizations.jsonl`; returns a `VerbalizeResult`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     vz = verbalizer or Verbalizer(config)
-    cfg = vz.config; chash = config_hash(cfg.to_dict())
-    root, items = _inputs(images, regions, root, stage=out_dir/'images')
-    if limit is not None: items = items[:limit]
+    cfg = vz.config; chash = config_hash({k: v for k,v in cfg.to_dict().items() if k != 'on_bad_row'})   # what is done with bad rows changes no output
     vpath, epath = out_dir/'verbalizations.jsonl', out_dir/'verbalize_errors.jsonl'
     if not resume:
         for p in (vpath, epath): p.unlink(missing_ok=True)
+    bad = BadRows(cfg.on_bad_row, epath)
+    root, items = _inputs(images, regions, root, stage=out_dir/'images', on_bad=bad)
+    if limit is not None: items = items[:limit]
     done = done_keys(vpath)
-    res, bs, t0 = VerbalizeResult(out_dir, root=str(Path(root).resolve()) if root else ''), batch_size or cfg.batch_size, time.perf_counter()
+    res, bs, t0 = VerbalizeResult(out_dir, root=str(Path(root).resolve()) if root else '', bad_rows=bad.n), batch_size or cfg.batch_size, time.perf_counter()
     with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, tqdm(total=len(items), disable=not progress, desc='verbalize') as bar:
         def fail(path, e, stage):
             err.write({'path': str(path), 'stage': stage, 'error': type(e).__name__, 'reason': str(e)}); res.errors += 1
@@ -752,7 +769,7 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
         flush()
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_json(out_dir/'verbalize_run.json', {'root': res.root, 'config': cfg.to_dict(), 'config_hash': chash,
-        'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds})
+        'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'bad_rows': res.bad_rows, 'seconds': res.seconds})
     return res
 
 # %% ../nbs/01_verbalize.ipynb #f12a8ea5
@@ -818,6 +835,7 @@ def main(argv=None):
     ap.add_argument('--no-resume', action='store_true', help='start over instead of skipping images already done')
     ap.add_argument('--threads', type=int, help='CPU threads for torch and OpenCV (default: theirs)')
     ap.add_argument('--grid', action='store_true', help='also save OUT/verbalizations.png showing the first images')
+    ap.add_argument('--on-bad-row', choices=['error', 'record'], help='a bad row of the annotations: stop with an error naming it (default) or record it in OUT/verbalize_errors.jsonl and go on')
     ap.add_argument('-q', '--quiet', action='store_true')
     a = ap.parse_args(argv)
     if a.threads:
@@ -826,13 +844,14 @@ def main(argv=None):
     try:
         cfg = VerbalizeConfig.load(a.config)
         if a.max_regions: cfg.select = {**(cfg.select or {}), 'max_regions': a.max_regions}
+        if a.on_bad_row: cfg.on_bad_row = a.on_bad_row
         r = verbalize(a.images, a.out, cfg, regions=a.regions, root=a.image_root, batch_size=a.batch_size,
                       resume=not a.no_resume, limit=a.limit, progress=not a.quiet)
     except (FileNotFoundError, NotADirectoryError, ValueError, ImportError, OSError) as e:
         print(f'lskd verbalize: error: {e}', file=sys.stderr); return 2
     print(r)
     if a.grid: print(save_grid(read_jsonl(Path(a.out)/'verbalizations.jsonl', Verbalization), r.root, Path(a.out)/'verbalizations.png'))
-    if r.errors: print(f'{r.errors} images failed: see {Path(a.out)/"verbalize_errors.jsonl"}')
+    if r.errors or r.bad_rows: print(f'{r.errors} images failed, {r.bad_rows} annotation rows were bad: see {Path(a.out)/"verbalize_errors.jsonl"}')
     return 0
 
 # %% ../nbs/01_verbalize.ipynb #20c66a48
@@ -845,5 +864,5 @@ def run_stage(run_dir, cfg):
     verbs = list(read_jsonl(out/'verbalizations.jsonl', Verbalization))
     save_grid(verbs, res.root, out/'grid.png')
     return write_stage_report(run_dir, 'verbalize', ['verbalizations.jsonl', 'grid.png'], image_root=res.root,
-                              counts={'images': len(verbs), 'regions': sum(len(v.image.regions) for v in verbs), 'errors': res.errors},
+                              counts={'images': len(verbs), 'regions': sum(len(v.image.regions) for v in verbs), 'errors': res.errors, 'bad_rows': res.bad_rows},
                               models=sorted({d.model for v in verbs for d in v.globals + [x for xs in v.regions.values() for x in xs]}))
