@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f205d3f5
 from __future__ import annotations
-import json, os, re, math, io, base64, hashlib, colorsys, warnings, html
+import json, os, re, math, io, base64, hashlib, colorsys, warnings, html, numbers
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -13,16 +13,16 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS', 'BadBoxError', 'BoxClippedWarning',
-           'check_box', 'xywh2xyxy', 'Region', 'RegionRefError', 'ImageRecord', 'image_path', 'open_image',
-           'image_record', 'region_by_id', 'parse_refs', 'render_refs', 'check_refs', 'remap_text', 'RegionMap',
-           'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens', 'Description', 'QAPair', 'Verbalization',
-           'QAR', 'swap_ids', 'repoint_target', 'repoint', 'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json',
-           'TornLineError', 'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'read_jsonl',
-           'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci',
-           'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config', 'check_config', 'set_key',
-           'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item', 'read_vcr', 'vcr_meta_record',
-           'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions',
-           'visual_prompt', 'refs_html', 'record_html', 'show']
+           'check_box', 'xywh2xyxy', 'is_text', 'is_number', 'is_count', 'check_field', 'Region', 'RegionRefError',
+           'ImageRecord', 'image_path', 'open_image', 'image_record', 'region_by_id', 'parse_refs', 'render_refs',
+           'check_refs', 'remap_text', 'RegionMap', 'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens',
+           'Description', 'QAPair', 'Verbalization', 'QAR', 'swap_ids', 'repoint_target', 'repoint', 'swap_refs',
+           'atomic_path', 'atomic_write', 'atomic_json', 'TornLineError', 'TornLineWarning', 'BadRowError', 'row_image',
+           'bad_row', 'BadRows', 'read_jsonl', 'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc',
+           'bootstrap', 'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config',
+           'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item',
+           'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex',
+           'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -36,7 +36,8 @@ class BoxClippedWarning(UserWarning):
 def check_box(box, size=None, name='box'):
     "Validated `(x1,y1,x2,y2)` floats; clipped to `size=(w,h)` (with a warning) when given"
     try: b = tuple(v if isinstance(v, int) and not isinstance(v, bool) else float(v) for v in box)
-    except (TypeError, ValueError): raise BadBoxError(f"{name}: {box!r} is not 4 numbers (x1, y1, x2, y2)") from None
+    except (TypeError, ValueError): b = None
+    if b is None or any(isinstance(v, (bool, str, bytes)) for v in box): raise BadBoxError(f"{name}: {box!r} is not 4 numbers (x1, y1, x2, y2)")
     if len(b) != 4: raise BadBoxError(f"{name}: {box!r} has {len(b)} values, expected 4 (x1, y1, x2, y2)")
     if not all(map(math.isfinite, b)): raise BadBoxError(f"{name}: {box!r} has a NaN or infinite coordinate")
     x1,y1,x2,y2 = b
@@ -57,6 +58,16 @@ def xywh2xyxy(b): "`(x,y,w,h)` to `(x1,y1,x2,y2)`"; return (b[0], b[1], b[0]+b[2
 # %% ../nbs/00_core.ipynb #9b305ec4
 def _drop_none(d): return {k:v for k,v in d.items() if v is not None and v != {}}
 
+# %% ../nbs/00_core.ipynb #3ee69e53
+def is_text(v): return isinstance(v, str)
+def is_number(v): return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def is_count(v): return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+def check_field(v, ok, what, want):
+    "`v` if `ok(v)`, else a `TypeError` naming the field `what` and what it must be"
+    if not ok(v): raise TypeError(f"{what} must be {want}, got {v!r}")
+    return v
+
 # %% ../nbs/00_core.ipynb #0220a366
 @dataclass
 class Region:
@@ -68,7 +79,12 @@ class Region:
     score: float|None = None
     extra: dict = field(default_factory=dict)
     def __post_init__(self):
+        if not (is_count(self.id) or isinstance(self.id, str) and self.id.isdigit()): raise TypeError(f"region id must be an integer, got {self.id!r}")
         self.id = int(self.id)
+        if self.id >= 10**6: raise ValueError(f"region id {self.id} is too large (ids are 0..999999)")
+        self.label = '' if self.label is None else check_field(self.label, is_text, f'region {self.id} label', 'text')
+        if self.description is not None: check_field(self.description, is_text, f'region {self.id} description', 'text')
+        if self.score is not None: check_field(self.score, is_number, f'region {self.id} score', 'a finite number')
         self.box = check_box(self.box, name=f'region {self.id}')
     @property
     def area(self): x1,y1,x2,y2 = self.box; return (x2-x1)*(y2-y1)
@@ -98,7 +114,8 @@ class ImageRecord:
     id: str|None = None
     meta: dict = field(default_factory=dict)
     def __post_init__(self):
-        self.path = str(self.path)
+        self.path = str(check_field(self.path, lambda v: isinstance(v, (str, Path)) and str(v), 'image path', 'a non-empty path'))
+        for k in ('width', 'height'): check_field(getattr(self, k), lambda v: is_count(v) and v > 0, f'{self.path} {k}', 'a positive integer')
         self.regions = [r if isinstance(r, Region) else Region.from_dict(r) for r in self.regions]
         ids = [r.id for r in self.regions]
         if len(set(ids)) != len(ids): raise ValueError(f"{self.path}: duplicate region ids {sorted(ids)}")
@@ -332,8 +349,11 @@ class QAR:
     scores: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     def __post_init__(self):
-        self.image = str(self.image)
+        self.image = str(check_field(self.image, lambda v: isinstance(v, (str, Path)) and str(v), 'image', 'a non-empty path'))
+        for k in ('question', 'answer', 'rationale'): check_field(getattr(self, k), is_text, k, 'text')
         self.regions = [r if isinstance(r, Region) else Region.from_dict(r) for r in self.regions]
+        if len(ids := [r.id for r in self.regions]) != len(set(ids)): raise ValueError(f"duplicate region ids {sorted(ids)}")
+        for k in ('region', 'region_all'): check_field(getattr(self, k), lambda v: isinstance(v, list) and all(map(is_count, v)), k, 'a list of region ids')
         if not self.region_all: self.region_all = [r.id for r in self.regions]
         if not self.region: self.region = parse_refs(self.text)
         self.region, self.region_all = [int(i) for i in self.region], [int(i) for i in self.region_all]
@@ -479,7 +499,7 @@ def read_jsonl(path, cls=None, strict=False, on_bad=None):
                 warnings.warn(msg, TornLineWarning); return
             if conv is not None:
                 try: d = conv(d)
-                except (ValueError, TypeError, KeyError, AttributeError) as e: bad(bad_row(path, n, d, e), raw); continue
+                except Exception as e: bad(bad_row(path, n, d, e), raw); continue       # whatever breaks on a row names it
             yield d
 
 # %% ../nbs/00_core.ipynb #a6661168

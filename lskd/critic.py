@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, as_qar, BadRows, write_jsonl, open_image, image_path,
+from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, as_qar, BadRows, check_field, is_text, is_number, write_jsonl, open_image, image_path,
                        draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl,
                        atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs)
 from fastcore.basics import patch
@@ -45,6 +45,11 @@ class Label:
     undo: bool = False
     time: float|None = None
     def __post_init__(self):
+        check_field(self.key, lambda v: is_text(v) and v, 'label key', 'a non-empty string')
+        check_field(self.annotator, is_text, f'label of {self.key}: annotator', 'text')
+        if self.accept is not None: check_field(self.accept, lambda v: isinstance(v, bool), f'label of {self.key}: accept', 'true, false or null')
+        for k in ('synthetic', 'undo'): check_field(getattr(self, k), lambda v: isinstance(v, bool), f'label of {self.key}: {k}', 'true or false')
+        if self.time is not None: check_field(self.time, is_number, f'label of {self.key}: time', 'a number')
         for k in ('qa', 'rationale'):
             v = getattr(self, k)
             if v is not None and (int(v) != v or not 1 <= v <= 5): raise ValueError(f"label of {self.key}: {k} rating {v!r} is not an integer 1-5")
@@ -58,9 +63,9 @@ def to_dict(self:Label): return {k:v for k,v in asdict(self).items() if v is not
 def from_dict(cls:Label, d): return cls(**d)
 
 # %% ../nbs/04_critic.ipynb #16db8f0d
-def read_labels(path):
-    "All `Label` records of a labels file (none if it does not exist)"
-    return list(read_jsonl(path, Label)) if Path(path).exists() else []
+def read_labels(path, on_bad=None):
+    "All `Label` records of a labels file (none if it does not exist); a bad row is `on_bad`'s (`lskd.core.read_jsonl`)"
+    return list(read_jsonl(path, Label, on_bad=on_bad)) if Path(path).exists() else []
 
 # %% ../nbs/04_critic.ipynb #1590832b
 def current_labels(labels):

@@ -72,28 +72,40 @@ def _coco_image(im, anns, cats):
             if a['bbox'][2] <= 0 or a['bbox'][3] <= 0: continue          # COCO has a few degenerate boxes
             ex = {'coco_id': a['id']} | ({'iscrowd': 1} if a.get('iscrowd') else {})
             regs.append(Region(len(regs), xywh2xyxy(a['bbox']), cats.get(a['category_id'], str(a['category_id'])), extra=ex))
-        except (ValueError, TypeError, KeyError) as e: e.coco_id = a.get('id') if isinstance(a, dict) else None; raise
+        except Exception as e: e.coco_id = a.get('id') if isinstance(a, dict) else None; raise
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')                                   # COCO boxes often reach 1 px outside
         return ImageRecord(im['file_name'], im['width'], im['height'], regs, id=str(im['id']))
 
+# %% ../nbs/01_verbalize.ipynb #f462a781
+def _json(path):
+    "The JSON of the file `path`, or a `ValueError` naming it"
+    try: return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+
 # %% ../nbs/01_verbalize.ipynb #8ad0a86a
 def read_coco(path, on_bad=None):
-    "`ImageRecord`s (paths = `file_name`) from a COCO instances json; crowd boxes kept (`extra.iscrowd`); a bad image is `on_bad`'s"
-    d = json.loads(Path(path).read_text())
-    missing = [k for k in ('images', 'annotations', 'categories') if k not in d]
+    "`ImageRecord`s (paths = `file_name`) from a COCO instances json; crowd boxes kept (`extra.iscrowd`); a bad entry is `on_bad`'s"
+    d = _json(path)
+    missing = [k for k in ('images', 'annotations', 'categories') if not isinstance(d, dict) or k not in d]
     if missing: raise ValueError(f"{path}: not a COCO instances file: missing {missing}")
-    cats = {c['id']: c['name'] for c in d['categories']}
-    anns = {}
-    for a in d['annotations']: anns.setdefault(a['image_id'], []).append(a)
-    recs = []
+    if bad := [k for k in ('images', 'annotations', 'categories') if not isinstance(d[k], list)]: raise ValueError(f"{path}: {bad[0]} is not a list")
+    def bad(where, row, e, raw):
+        err = bad_row(path, where, row, e)
+        if on_bad is None: raise err from None
+        on_bad(err, json.dumps(raw, default=str)[:4000])
+    cats, anns, recs = {}, {}, []
+    for j, c in enumerate(d['categories']):
+        try: cats[c['id']] = str(c['name'])
+        except Exception as e: bad(f'categories[{j}]', None, e, c)
+    for j, a in enumerate(d['annotations']):
+        try: anns.setdefault(a['image_id'], []).append(a)
+        except Exception as e: bad(f'annotations[{j}]', None, e, a)
     for k, im in enumerate(d['images']):
         try: recs.append(_coco_image(im, anns.get(im['id'], []), cats))
-        except (ValueError, TypeError, KeyError) as e:
-            where = f"images[{k}]" + (f", annotation id {e.coco_id}" if hasattr(e, 'coco_id') else '')
-            err = bad_row(path, where, {'path': im.get('file_name')} if isinstance(im, dict) else None, e)
-            if on_bad is None: raise err from None
-            on_bad(err, json.dumps(im)[:4000])
+        except Exception as e:
+            bad(f"images[{k}]" + (f", annotation id {e.coco_id}" if hasattr(e, 'coco_id') else ''),
+                {'path': im.get('file_name')} if isinstance(im, dict) else None, e, im)
     return recs
 
 # %% ../nbs/01_verbalize.ipynb #93c63f34
@@ -102,8 +114,10 @@ def read_coco(path, on_bad=None):
 # %% ../nbs/01_verbalize.ipynb #e9e7ad46
 def _first_line(path):
     with open(path, 'rb') as f:
-        for raw in f:
-            if raw.strip(): return json.loads(raw)
+        for n, raw in enumerate(f, 1):
+            if not raw.strip(): continue
+            try: return json.loads(raw)
+            except json.JSONDecodeError as e: raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
     return {}
 
 # %% ../nbs/01_verbalize.ipynb #fd9d1181
@@ -113,6 +127,7 @@ def load_annotations(path, root=None, on_bad=None):
     if not path.exists(): raise FileNotFoundError(f"annotation file not found: {path}")
     if path.suffix == '.jsonl':
         first = _first_line(path)
+        if not isinstance(first, dict): first = {}
         if 'img_fn' in first and 'metadata_fn' in first:
             vroot = root if root is not None else path.parent
             recs = {}
@@ -122,7 +137,7 @@ def load_annotations(path, root=None, on_bad=None):
         if 'path' in first and 'width' in first: return {r.path: r for r in read_jsonl(path, ImageRecord, on_bad=on_bad)}
         raise ValueError(f"{path}: neither lskd regions.jsonl (path, width, height, regions) nor VCR annotations (img_fn, metadata_fn)")
     if path.suffix == '.json':
-        d = json.loads(path.read_text())
+        d = _json(path)
         if isinstance(d, dict) and 'annotations' in d: return {r.path: r for r in read_coco(path, on_bad)}
         if isinstance(d, dict) and 'boxes' in d: r = vcr_meta_record(path); return {r.path: r}
         raise ValueError(f"{path}: neither a COCO instances json (images, annotations, categories) nor VCR metadata (boxes, width, height)")
