@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .core import Verbalization, read_jsonl, write_jsonl, JsonlWriter, qar_to_lskd_row, check_config, atomic_write, atomic_json, read_config
+from .core import Verbalization, read_jsonl, write_jsonl, JsonlWriter, qar_to_lskd_row, check_config, atomic_write, atomic_json, read_config, write_progress
 from .prompts import load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 
 # %% auto #0
@@ -428,6 +428,8 @@ def generate(verbalizations, out_dir, config=None, **overrides):
                 c['reject_no_regions'] += 1
             else: outs.write(*_process(verb, prompt, spec, replies, c, model))
             c['images_done'] += 1
+            write_progress(out/'progress.json', c['images_done'], n_total, 'images', time.perf_counter() - t0, triples=c['accepted'],
+                           requests=teacher.stats['sent'])
         try:
             with tqdm(total=n_total, desc='generate', disable=not cfg.progress) as bar:
                 pending = deque()

@@ -9,13 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .core import atomic_json, check_config, secret_keys, set_key, parse_override
+from .core import atomic_json, check_config, secret_keys, set_key, parse_override, progress_line, write_progress
 
 # %% auto #0
 __all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'PATH_KEYS', 'SKIP_FLAGS', 'run_config', 'stage_config_class',
            'check_run_config', 'absolute_paths', 'data_path', 'new_run_id', 'stage_dir', 'write_stage_report',
-           'read_stage_report', 'stage_done', 'PeakRSS', 'StageFailed', 'notebooks_dir', 'stage_notebook',
-           'run_notebook', 'git_commit', 'new_manifest', 'run_pipeline', 'run_summary', 'parser', 'main']
+           'read_stage_report', 'stage_done', 'PeakRSS', 'ProgressMonitor', 'StageFailed', 'notebooks_dir',
+           'stage_notebook', 'run_notebook', 'git_commit', 'new_manifest', 'run_pipeline', 'run_summary', 'parser',
+           'main']
 
 # %% ../nbs/13_pipeline.ipynb #06c6998b
 STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
@@ -161,6 +162,28 @@ def sample(self:PeakRSS):
 def _run(self:PeakRSS):
     while not self._stop.wait(self.interval): self.sample()
 
+# %% ../nbs/13_pipeline.ipynb #c3916edf
+class ProgressMonitor:
+    "Context manager printing `stage`'s `progress.json` (at `path`) through `log` while the stage runs"
+    def __init__(self, stage, path, log=None, every=30., interval=1.):
+        self.stage, self.path, self.log, self.every, self.interval = stage, Path(path), log or _say, every, interval
+        self.shown, self.last, self._stop = None, 0., threading.Event()
+    def __enter__(self): self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
+    def __exit__(self, *a): self._stop.set(); self._t.join(); self.show(force=True)
+    def _run(self):
+        while not self._stop.wait(self.interval): self.show()
+
+# %% ../nbs/13_pipeline.ipynb #f8b9e3d8
+@patch
+def show(self:ProgressMonitor, force=False):
+    "Print the progress if it changed (and `every` seconds passed, unless `force`)"
+    try: p = json.loads(self.path.read_text())
+    except (OSError, ValueError): return
+    if p == self.shown or not (force or time.monotonic() - self.last >= self.every): return
+    self.shown, self.last = p, time.monotonic()
+    try: self.log(f'{self.stage}: {progress_line(p)}')
+    except (KeyError, TypeError, ZeroDivisionError): pass
+
 # %% ../nbs/13_pipeline.ipynb #1eca4516
 class StageFailed(RuntimeError):
     "A stage notebook failed"
@@ -276,7 +299,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
         atomic_json(run_dir/'manifest.json', man)
         t0 = time.perf_counter()
         try:
-            with PeakRSS() as mem:
+            with PeakRSS() as mem, ProgressMonitor(s, run_dir/s/'progress.json', log):
                 run_notebook(s, nbs/nb, run_dir/'notebooks'/nb, dict(run_dir=str(run_dir), run_cfg=cfg, stage=s),
                              cwd=nbs, progress=progress, timeout=timeout)
         except BaseException as e:

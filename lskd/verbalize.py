@@ -131,8 +131,10 @@ def load_annotations(path, root=None, on_bad=None):
         if 'img_fn' in first and 'metadata_fn' in first:
             vroot = root if root is not None else path.parent
             recs = {}
-            for img, rec in read_jsonl(path, lambda d: (vcr_item(d)['img_fn'], d['img_fn'] in recs or vcr_image(d, vroot)), on_bad=on_bad):
-                if rec is not True: recs[img] = rec
+            def image_of(item):             # one image record per image, read from its metadata once
+                img = vcr_item(item)['img_fn']
+                return img, recs[img] if img in recs else vcr_image(item, vroot)
+            for img, rec in read_jsonl(path, image_of, on_bad=on_bad): recs[img] = rec
             return recs
         if 'path' in first and 'width' in first: return {r.path: r for r in read_jsonl(path, ImageRecord, on_bad=on_bad)}
         raise ValueError(f"{path}: neither lskd regions.jsonl (path, width, height, regions) nor VCR annotations (img_fn, metadata_fn)")
