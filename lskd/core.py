@@ -18,12 +18,12 @@ __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS
            'check_refs', 'remap_text', 'RegionMap', 'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens',
            'Description', 'QAPair', 'Verbalization', 'QAR', 'swap_ids', 'repoint_target', 'repoint', 'swap_refs',
            'atomic_path', 'atomic_write', 'atomic_json', 'write_progress', 'progress_line', 'TornLineError',
-           'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'read_jsonl', 'repair_jsonl',
-           'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci', 'bootstrap_ci',
-           'heldout_image', 'split_heldout', 'secret_keys', 'read_config', 'check_config', 'set_key', 'parse_override',
-           'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item', 'read_vcr', 'vcr_meta_record', 'vcr_image',
-           'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions', 'visual_prompt',
-           'refs_html', 'record_html', 'show']
+           'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'reject', 'skip_row', 'read_jsonl',
+           'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci',
+           'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config', 'check_config', 'set_key',
+           'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item', 'read_vcr', 'vcr_meta_record',
+           'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions',
+           'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -497,13 +497,20 @@ def __call__(self:BadRows, e, raw=None):
     self.seen.add((e.path, e.line)); self.errors.parent.mkdir(parents=True, exist_ok=True)
     with open(self.errors, 'a') as f: f.write(json.dumps(dict(file=e.path, line=e.line, image=e.image, error=str(e), row=raw)) + '\n')
 
+# %% ../nbs/00_core.ipynb #c20c5345
+def reject(on_bad, e, raw=None):
+    "Raise the `BadRowError` `e` if `on_bad` is None, else hand it (and the row's `raw` text) to `on_bad`"
+    if on_bad is None: raise e
+    on_bad(e, raw)
+
+def skip_row(e, raw=None):
+    "An `on_bad` that drops a bad row"
+
 # %% ../nbs/00_core.ipynb #4276ba65
 def read_jsonl(path, cls=None, strict=False, on_bad=None):
     "Stream a JSONL file's rows: dicts, or `cls.from_dict` of them (`cls` may be a function); torn last line reported, bad rows `on_bad`'s"
     path = Path(path); conv = getattr(cls, 'from_dict', cls)
-    def bad(e, raw):
-        if on_bad is None: raise e
-        on_bad(e, raw.decode('utf-8', 'replace')[:4000])
+    def bad(e, raw): reject(on_bad, e, raw.decode('utf-8', 'replace')[:4000])
     with open(path, 'rb') as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip(): continue

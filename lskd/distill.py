@@ -13,16 +13,15 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, JsonlWriter, lskd_row_to_qar,
                        parse_refs, region_by_id, open_image, image_path, visual_prompt, heldout_image, check_config,
-                       atomic_path, atomic_write, as_qar, BadRows, model_text, draw_order, repoint, swap_refs)
+                       atomic_path, atomic_write, as_qar, BadRows, skip_row, model_text, draw_order, repoint, swap_refs)
 from .models import load_model, build_model, model_settings
 from .train import TrainConfig, History, accelerator, fit, latest_checkpoint
 
 # %% auto #0
 __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
-           'skip_row', 'scan_corpus', 'CorpusStream', 'grounding_qars', 'DistillConfig', 'as_config', 'same_image',
-           'itc_loss', 'hard_negatives', 'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student',
-           'distill', 'heldout_examples', 'retrieval_groups', 'retrieval_accuracy', 'main', 'DistillStageConfig',
-           'run_stage']
+           'scan_corpus', 'CorpusStream', 'grounding_qars', 'DistillConfig', 'as_config', 'same_image', 'itc_loss',
+           'hard_negatives', 'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill',
+           'heldout_examples', 'retrieval_groups', 'retrieval_accuracy', 'main', 'DistillStageConfig', 'run_stage']
 
 # %% ../nbs/05_distill.ipynb #9235a080
 # `as_qar` (lskd.core) reads a corpus line: lskd's own format or a released LSKD row
@@ -109,9 +108,6 @@ def _keep(q, min_score):
     return s is not None and s >= min_score
 
 # %% ../nbs/05_distill.ipynb #7dc61643
-def skip_row(e, raw=None):
-    "An `on_bad` that skips a bad row (already recorded)"
-
 def scan_corpus(paths, on_bad):
     "Read every row of the corpus files `paths` (None entries skipped) with `on_bad`; returns the good rows' count"
     return sum(1 for p in paths if p for _ in read_jsonl(p, as_qar, on_bad=on_bad))

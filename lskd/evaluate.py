@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image, vcr_item, BadRows,
+from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image, vcr_item, BadRows, skip_row,
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
                        lskd_row_to_qar, REF_RE, split_heldout, check_config, atomic_write,
                        draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record,
@@ -257,23 +257,22 @@ def chance_levels(benchmark, items):
     per = {}
     for it in items:
         for t in it.tasks: per.setdefault(t.name, []).append(1/len(t.candidates))
-    mean = lambda xs: 100*sum(xs)/len(xs) if xs else float('nan')
     allv = [v for xs in per.values() for v in xs]
     if benchmark == 'sherlock': return {'comparison': 0.0}
     if benchmark == 'pointing': return {'accuracy': 50.0, 'auc': 50.0, **{k: 50.0 for k in sorted(per)}}
     if benchmark == 'vcr':
-        return dict(q2a=mean(per.get('q2a', [])), qa2r=mean(per.get('qa2r', [])),
-                    q2ar=mean([1/len(it.tasks[0].candidates)/len(it.tasks[1].candidates) for it in items]))
+        return dict(q2a=_mean(per.get('q2a', [])), qa2r=_mean(per.get('qa2r', [])),
+                    q2ar=_mean([1/len(it.tasks[0].candidates)/len(it.tasks[1].candidates) for it in items]))
     if benchmark == 'visualcomet':
         rec = {}
         for it in items:
             for t in it.tasks: rec.setdefault(t.name, []).append(len(t.meta['golds'])/len(t.candidates))
         n = max(t.meta['n_requested'] for it in items for t in it.tasks)
-        return {f'recall@{n}': mean([v for xs in rec.values() for v in xs]), **{k: mean(v) for k,v in sorted(rec.items())}}
+        return {f'recall@{n}': _mean([v for xs in rec.values() for v in xs]), **{k: _mean(v) for k,v in sorted(rec.items())}}
     if benchmark == 'visualcomet-single':
         n = max(t.meta.get('n_requested', len(t.candidates)) for it in items for t in it.tasks)
-        return {f'acc@{n}': mean(allv), **{k: mean(v) for k,v in sorted(per.items())}}
-    return {'accuracy': mean(allv), **({k: mean(v) for k,v in sorted(per.items())} if len(per) > 1 else {})}
+        return {f'acc@{n}': _mean(allv), **{k: _mean(v) for k,v in sorted(per.items())}}
+    return {'accuracy': _mean(allv), **({k: _mean(v) for k,v in sorted(per.items())} if len(per) > 1 else {})}
 
 # %% ../nbs/06_evaluate.ipynb #6f95575e
 def questions(records):
@@ -467,12 +466,12 @@ def load_visualcomet(path,                            # VisualCOMET annotations 
         yield EvalItem(f"{n}:{img}", img, regions, tasks)
 
 # %% ../nbs/06_evaluate.ipynb #9606fd10
-def load_visualcomet_single(path,                     # VisualCOMET annotations (`val_annots.json`)
-                     root=None,                              # the image root (VCR's `vcr1images/`)
-                     n_candidates=50,                        # candidates per question: the right inference and negatives
-                     seed=0,                                 # seed for the negatives and the order
-                     limit=None,                             # the first N events only (negatives still come from all)
-                     relations=tuple(VC_QUESTIONS)):         # the relations asked about
+def load_visualcomet_single(path,                           # VisualCOMET annotations (`val_annots.json`)
+                            root=None,                      # the image root (VCR's `vcr1images/`)
+                            n_candidates=50,                # candidates per question: the right inference and negatives
+                            seed=0,                         # seed for the negatives and the order
+                            limit=None,                     # the first N events only (negatives still come from all)
+                            relations=tuple(VC_QUESTIONS)): # the relations asked about
     "`EvalItem`s of the `visualcomet-single` ablation: one task per relation and right inference, `n_candidates` each"
     recs = _load_json_or_jsonl(path)
     pool = {rel: [(r['img_fn'], t) for r in recs for t in r.get(rel, [])] for rel in relations}
@@ -544,7 +543,7 @@ def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LS
             heldout_seed=0,   # seed of the held-out split
             on_bad=None):     # what to do with a bad row (`lskd.core.BadRows`; None: raise)
     "`EvalItem`s from a generic MC jsonl, or built from a corpus jsonl (`build_mc`)"
-    first, n = next(read_jsonl(path, on_bad=lambda e, raw: None), {}), itertools.count()
+    first, n = next(read_jsonl(path, on_bad=skip_row), {}), itertools.count()
     if not isinstance(first, dict) or 'candidates' in first:
         yield from itertools.islice(read_jsonl(path, lambda d: mc_item(d, next(n)), on_bad=on_bad), limit); return
     if not {'question', 'answer', 'rationale'} <= set(first):
@@ -575,7 +574,7 @@ def _gold(it, k=-1): t = it.tasks[k]; return t.candidates[t.label]
 # %% ../nbs/06_evaluate.ipynb #5c3973b1
 def pointing_qars(path, root=None, heldout=None, heldout_seed=0, on_bad=None):
     "The right texts of a localized file as `QAR`s: a corpus (lskd or released rows), VCR annotations, or MC rows"
-    first = next(read_jsonl(path, on_bad=lambda e, raw: None), {})
+    first = next(read_jsonl(path, on_bad=skip_row), {})
     if not isinstance(first, dict): first = {}
     if 'img_fn' in first and 'metadata_fn' in first: its = list(load_vcr(path, root, on_bad=on_bad))
     elif 'candidates' in first: its = list(load_mc(path, on_bad=on_bad))

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (Region, ImageRecord, Verbalization, Description, QAPair, JsonlWriter, read_jsonl,
                        read_vcr, vcr_image, xywh2xyxy, open_image, image_path, render_refs, draw_regions,
-                       check_config, atomic_json, vcr_meta_record, vcr_item, bad_row, BadRows)
+                       check_config, atomic_json, vcr_meta_record, vcr_item, bad_row, BadRows, reject)
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref', 'stage_images',
@@ -89,11 +89,8 @@ def read_coco(path, on_bad=None):
     d = _json(path)
     missing = [k for k in ('images', 'annotations', 'categories') if not isinstance(d, dict) or k not in d]
     if missing: raise ValueError(f"{path}: not a COCO instances file: missing {missing}")
-    if bad := [k for k in ('images', 'annotations', 'categories') if not isinstance(d[k], list)]: raise ValueError(f"{path}: {bad[0]} is not a list")
-    def bad(where, row, e, raw):
-        err = bad_row(path, where, row, e)
-        if on_bad is None: raise err from None
-        on_bad(err, json.dumps(raw, default=str)[:4000])
+    if lists := [k for k in ('images', 'annotations', 'categories') if not isinstance(d[k], list)]: raise ValueError(f"{path}: {lists[0]} is not a list")
+    def bad(where, row, e, raw): reject(on_bad, bad_row(path, where, row, e), json.dumps(raw, default=str)[:4000])
     cats, anns, recs = {}, {}, []
     for j, c in enumerate(d['categories']):
         try: cats[c['id']] = str(c['name'])
