@@ -14,9 +14,9 @@ from fastcore.basics import patch
 from .models import ImageTextModel, Batch, pair_index, register_family, build_model, load_model
 
 # %% auto #0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'tiny_blip2_config', 'bert_tokenizer', 'build_tiny_blip2', 'Blip2Bundle', 'load_blip2',
-           'pixel_values', 'tokenize', 'image_embeds', 'itm_states', 'itm_logits', 'image_itc', 'text_itc',
-           'itc_similarity', 'Blip2ModelConfig', 'Tokens', 'Pixels', 'Blip2Family']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'tiny_blip2_config', 'bert_tokenizer', 'write_preprocessor', 'build_tiny_blip2',
+           'Blip2Bundle', 'load_blip2', 'pixel_values', 'tokenize', 'image_embeds', 'itm_states', 'itm_logits',
+           'image_itc', 'text_itc', 'itc_similarity', 'Blip2ModelConfig', 'Tokens', 'Pixels', 'Blip2Family']
 
 # %% ../nbs/12_blip2.ipynb #d8efabf1
 def tiny_blip2_config(vocab_size=30523, **kw):
@@ -44,6 +44,14 @@ def bert_tokenizer(path=None):
     return tok
 
 # %% ../nbs/12_blip2.ipynb #ccc68c1f
+def write_preprocessor(path, size):
+    "Write the `preprocessor_config.json` of a BLIP-2 folder: `size` px, bicubic, CLIP mean and std (LAVIS's `blip_image_eval`)"
+    (Path(path)/'preprocessor_config.json').write_text(json.dumps(
+        {'image_processor_type': 'BlipImageProcessor', 'size': {'height': size, 'width': size}, 'do_resize': True,
+         'resample': 3, 'do_rescale': True, 'rescale_factor': 1/255, 'do_normalize': True,
+         'image_mean': list(CLIP_MEAN), 'image_std': list(CLIP_STD), 'do_convert_rgb': True}, indent=1))
+
+# %% ../nbs/12_blip2.ipynb #08d04efb
 def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
     "Build a random `Blip2ForImageTextRetrieval` (tiny, unless `config` says otherwise), save it with tokenizer and preprocessing to `path`"
     from transformers import Blip2ForImageTextRetrieval
@@ -52,11 +60,7 @@ def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
     model = Blip2ForImageTextRetrieval(config or tiny_blip2_config(vocab_size=len(tok)))
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path)); tok.save_pretrained(str(path))
-    size = model.config.vision_config.image_size
-    (path/'preprocessor_config.json').write_text(json.dumps(
-        {'image_processor_type': 'BlipImageProcessor', 'size': {'height': size, 'width': size}, 'do_resize': True,
-         'resample': 3, 'do_rescale': True, 'rescale_factor': 1/255, 'do_normalize': True,
-         'image_mean': list(CLIP_MEAN), 'image_std': list(CLIP_STD), 'do_convert_rgb': True}, indent=1))
+    write_preprocessor(path, model.config.vision_config.image_size)
     return path
 
 # %% ../nbs/12_blip2.ipynb #9f5643a0
@@ -172,6 +176,8 @@ class Blip2ModelConfig:
     local_only: bool = True           # never reach the hub
     max_length: int = 128             # text tokens (the release's)
     freeze_vision: bool = True        # the ViT stays frozen (the release trains the Q-Former only)
+    text_style: str = 'student'       # the text format it reads ('release' for the authors' converted student; lskd.core.TEXT_STYLES)
+    itc: bool = True                  # False: no trained ITC projections (the authors' critic), so ITC scores are NaN
 
 # %% ../nbs/12_blip2.ipynb #20387caa
 @dataclass
@@ -200,6 +206,8 @@ class Blip2Family(ImageTextModel):
         self.model = self.bundle.model
         if c.freeze_vision: self.model.vision_model.requires_grad_(False)
         self.temp = nn.Parameter(torch.tensor(0.07, device=device))
+    @property
+    def text_style(self): return self.config.text_style
     @property
     def joint_dim(self): return self.model.config.qformer_config.hidden_size
     def train(self, mode=True):
@@ -233,7 +241,11 @@ def collate_texts(self:Blip2Family, items): return Tokens(*tokenize(self.bundle,
 
 # %% ../nbs/12_blip2.ipynb #8f6df67e
 @patch
-def joint(self:Blip2Family, img, txt, index=None): return itm_states(self.bundle, img, txt.ids, txt.mask, index).mean(1)
+def query_states(self:Blip2Family, img, txt, index=None): "Q-Former query outputs (N, queries, hidden) in ITM mode"; return itm_states(self.bundle, img, txt.ids, txt.mask, index)
+
+# %% ../nbs/12_blip2.ipynb #d5e9a022
+@patch
+def joint(self:Blip2Family, img, txt, index=None): return self.query_states(img, txt, index).mean(1)
 
 # %% ../nbs/12_blip2.ipynb #4f389b96
 @patch
@@ -246,6 +258,12 @@ def embed_images(self:Blip2Family, img): return image_itc(self.bundle, img)
 # %% ../nbs/12_blip2.ipynb #147619a6
 @patch
 def embed_texts(self:Blip2Family, txt): return text_itc(self.bundle, txt.ids, txt.mask)
+
+# %% ../nbs/12_blip2.ipynb #c2c0c413
+@patch
+def itc_matrix(self:Blip2Family, img, txt):
+    if self.config.itc: return ImageTextModel.itc_matrix(self, img, txt)
+    return torch.full((len(txt), len(img)), float('nan'), device=self.device)
 
 # %% ../nbs/12_blip2.ipynb #9f778364
 @patch

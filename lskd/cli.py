@@ -17,6 +17,7 @@ COMMANDS = {
     'critic':        ('lskd.critic', 'main', 'train / apply the critic'),
     'distill':       ('lskd.distill', 'main', 'train the student on a filtered corpus'),
     'evaluate':      ('lskd.evaluate', 'main', 'zero-shot multiple-choice evaluation'),
+    'convert-release': ('lskd.release', 'main', "the authors' LAVIS checkpoints (student, critic) -> lskd model folders"),
     'run':           ('lskd.pipeline', 'main', 'run the whole pipeline with papermill into runs/<run-id>/'),
 }
 

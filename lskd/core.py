@@ -15,15 +15,15 @@ from fastcore.basics import patch
 __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS', 'BadBoxError', 'BoxClippedWarning',
            'check_box', 'xywh2xyxy', 'is_text', 'is_number', 'is_count', 'check_field', 'Region', 'RegionRefError',
            'ImageRecord', 'image_path', 'open_image', 'image_record', 'region_by_id', 'parse_refs', 'render_refs',
-           'check_refs', 'remap_text', 'RegionMap', 'draw_order', 'model_text', 'tokens_to_text', 'text_to_tokens',
-           'Description', 'QAPair', 'Verbalization', 'QAR', 'swap_ids', 'repoint_target', 'repoint', 'swap_refs',
-           'atomic_path', 'atomic_write', 'atomic_json', 'write_progress', 'progress_line', 'TornLineError',
-           'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'reject', 'skip_row', 'read_jsonl',
-           'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap', 'percentile_ci',
-           'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config', 'check_config', 'set_key',
-           'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item', 'read_vcr', 'vcr_meta_record',
-           'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex', 'outline_width', 'draw_regions',
-           'visual_prompt', 'refs_html', 'record_html', 'show']
+           'check_refs', 'remap_text', 'RegionMap', 'draw_order', 'release_text', 'model_text', 'tokens_to_text',
+           'text_to_tokens', 'Description', 'QAPair', 'Verbalization', 'QAR', 'swap_ids', 'repoint_target', 'repoint',
+           'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json', 'write_progress', 'progress_line',
+           'TornLineError', 'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'reject', 'skip_row',
+           'read_jsonl', 'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap',
+           'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config',
+           'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item',
+           'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex',
+           'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -224,12 +224,20 @@ def draw_order(text,              # the text whose references must be drawn
 # %% ../nbs/00_core.ipynb #e3ba60bc
 TEXT_FIELDS = ('question', 'answer', 'rationale')
 
+# %% ../nbs/00_core.ipynb #cfda18dc
+def release_text(text, prompt='question: ', max_words=70):
+    "The release's text processor (`BlipQuestionAnswerProcessor`): lower-cased, `max_words` words, after `prompt`"
+    t = re.sub(r'(.!"()*#;~)', '', text.lower()).rstrip(' ')
+    return prompt + ' '.join(t.split(' ')[:max_words])
+
 # %% ../nbs/00_core.ipynb #6846d359
 TEXT_STYLES = {
     'student': lambda f: ' '.join(f'{k}: {f[k]}' for k in TEXT_FIELDS if f.get(k)).lower(),
     'critic': lambda f: ' '.join(x for x in (f.get('question'), f.get('answer') and f"Answer: {f['answer']}",
                                            f.get('rationale') and f"Rationale: {f['rationale']}") if x),
-    'plain': lambda f: ' '.join(f[k] for k in TEXT_FIELDS if f.get(k))}
+    'plain': lambda f: ' '.join(f[k] for k in TEXT_FIELDS if f.get(k)),
+    'release': lambda f: release_text(TEXT_STYLES['critic'](f)),                    # the authors' student (and its MC input)
+    'release-critic': lambda f: release_text(TEXT_STYLES['critic'](f), prompt='')}  # the authors' critic
 
 # %% ../nbs/00_core.ipynb #6e3a1995
 def model_text(fields, style='student', rm=None):

@@ -304,28 +304,31 @@ def synthetic_negatives(corpus, kinds=SYNTHETIC_KINDS, seed=0, annotator='synthe
     return negs, labels
 
 # %% ../nbs/04_critic.ipynb #915134df
-def critic_view(q, max_regions=5, rng=None):
+def critic_view(q, max_regions=5, rng=None, style='critic'):
     "`(regions in drawing order, RegionMap, text)` of `q` for the critic"
     order = draw_order(q.text, q.regions, fill=list(q.region_all) + [r.id for r in q.regions], max_regions=max_regions, name=f'triple {qar_key(q)}')
     if rng is not None: rng.shuffle(order)
     rm = RegionMap(order)
     by = {r.id: r for r in q.regions}
-    return [by[i] for i in order], rm, model_text(q, 'critic', rm)
+    return [by[i] for i in order], rm, model_text(q, style, rm)
 
 # %% ../nbs/04_critic.ipynb #f8309308
-def _view(q, max_regions=5, rng=None):
-    regs, _, text = critic_view(q, max_regions, rng); return q, regs, text
+def _view(q, max_regions=5, rng=None, style='critic'):
+    regs, _, text = critic_view(q, max_regions, rng, style); return q, regs, text
 
 # %% ../nbs/04_critic.ipynb #dd1ce3a9
-def _mlp(d): return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+def _mlp(d, act=nn.GELU): return nn.Sequential(nn.Linear(d, d), act(), nn.Linear(d, 1))
 
 # %% ../nbs/04_critic.ipynb #0fdffa14
 class CriticNet(nn.Module):
     "An `ImageTextModel` with the critic's heads; with targets, `forward` returns the critic's loss"
-    def __init__(self, model):
+    def __init__(self, model,
+                 heads='lskd'):  # 'lskd': GELU MLPs on the pooled joint, ratings in 0..1; 'release': the authors' ReLU MLPs on each query, averaged, raw ratings
         super().__init__()
-        self.model, d = model, model.joint_dim
-        self.qa_head, self.rationale_head = _mlp(d).to(model.device), _mlp(d).to(model.device)
+        if heads not in ('lskd', 'release'): raise ValueError(f"unknown critic heads {heads!r}: 'lskd' or 'release'")
+        self.model, self.head_kind, d = model, heads, model.joint_dim
+        act = nn.ReLU if heads == 'release' else nn.GELU
+        self.qa_head, self.rationale_head = _mlp(d, act).to(model.device), _mlp(d, act).to(model.device)
     def __repr__(self): return f"CriticNet({self.model!r})"
 
 # %% ../nbs/04_critic.ipynb #5225a098
@@ -338,9 +341,12 @@ def forward(self:CriticNet,
             rationale=None,            # (N,) rationale ratings mapped to 0..1, NaN when missing
             class_weight=None,         # weights of (reject, accept) in the cross-entropy
             generator=None):           # not used by the critic
-    "`{'itm': logits (N,2), 'scores': (N,2) in 0..1 (QA, rationale)}`, or `{'loss'}` when given the targets"
-    j = self.model.joint(img, txt)
-    out = {'itm': self.model.itm_head(j), 'scores': torch.sigmoid(torch.cat([self.qa_head(j), self.rationale_head(j)], -1)).float()}
+    "`{'itm': logits (N,2), 'scores': (N,2) (QA, rationale; 0..1, raw for the release's heads)}`, or `{'loss'}` when given the targets"
+    if self.head_kind == 'release':
+        s = self.model.query_states(img, txt); j = s.mean(1)
+        scores = torch.cat([self.qa_head(s).mean(1), self.rationale_head(s).mean(1)], -1).float()
+    else: j = self.model.joint(img, txt); scores = torch.sigmoid(torch.cat([self.qa_head(j), self.rationale_head(j)], -1)).float()
+    out = {'itm': self.model.itm_head(j), 'scores': scores}
     return out if accept is None else {'loss': critic_loss(out, accept, qa, rationale, class_weight)}
 
 # %% ../nbs/04_critic.ipynb #ac7c2cf0
@@ -632,8 +638,8 @@ def save_critic(net, out, report):
 # %% ../nbs/04_critic.ipynb #11d53a88
 class Critic:
     "A trained critic: `predict` P(accept) and the two ratings of triples; `threshold` decides what is kept"
-    def __init__(self, net, threshold=0.8, max_regions=5, report=None):
-        self.net, self.threshold, self.max_regions, self.report = net, threshold, max_regions, report or {}
+    def __init__(self, net, threshold=0.8, max_regions=5, report=None, text_style='critic'):
+        self.net, self.threshold, self.max_regions, self.report, self.text_style = net, threshold, max_regions, report or {}, text_style
     def __repr__(self): return f"Critic({self.net.model!r}, threshold={self.threshold})"
 
 # %% ../nbs/04_critic.ipynb #f3b85dcb
@@ -646,20 +652,21 @@ def load(cls:Critic, folder, threshold=None, device='cpu', cache_dir=None):
     rep = json.loads((folder/'critic.json').read_text())
     m = load_model(folder/'model', device)
     if cache_dir: m.use_cache_dir(cache_dir)
-    net = CriticNet(m); net.load_state_dict(load_file(str(folder/'heads.safetensors'), device=str(device)), strict=False); net.eval()
-    return cls(net, rep['threshold'] if threshold is None else threshold, rep.get('max_regions', 5), rep)
+    net = CriticNet(m, rep.get('heads', 'lskd')); net.load_state_dict(load_file(str(folder/'heads.safetensors'), device=str(device)), strict=False); net.eval()
+    return cls(net, rep['threshold'] if threshold is None else threshold, rep.get('max_regions', 5), rep, rep.get('text_style', 'critic'))
 
 # %% ../nbs/04_critic.ipynb #42e28512
 @patch
 def predict(self:Critic, qars, root=None, batch_size=64, progress=False):
-    "`{'prediction': P(accept), 'qa_score': 1..5, 'rationale_score': 1..5}` arrays for `qars` (batched)"
+    "`{'prediction': P(accept), 'qa_score': 1..5, 'rationale_score': 1..5}` arrays for `qars` (batched; the release's heads: their raw ratings)"
     qars = list(qars); p, s = [], []
     for i in tqdm(range(0, len(qars), batch_size), disable=not progress, desc='scoring', leave=False):
-        items = critic_items(self.net.model, [_view(q, self.max_regions) for q in qars[i:i+batch_size]], root)
+        items = critic_items(self.net.model, [_view(q, self.max_regions, style=self.text_style) for q in qars[i:i+batch_size]], root)
         a, b = _predict_items(self.net, items, batch_size); p.append(a); s.append(b)
         self.net.model.forget()
     s = np.concatenate(s) if s else np.zeros((0, 2))
-    return {'prediction': np.concatenate(p) if p else np.zeros(0), 'qa_score': 1 + 4*s[:, 0], 'rationale_score': 1 + 4*s[:, 1]}
+    if self.net.head_kind == 'lskd': s = 1 + 4*s
+    return {'prediction': np.concatenate(p) if p else np.zeros(0), 'qa_score': s[:, 0], 'rationale_score': s[:, 1]}
 
 # %% ../nbs/04_critic.ipynb #426f21d7
 @patch
