@@ -114,7 +114,8 @@ def test_readme_release_commands(tmp_path, tok):
     readme = (Path(__file__).parents[1]/'README.md').read_text()
     block = readme.split("### The authors' release (GPU users)")[1].split('```bash')[1].split('```')[0]
     cmds = [shlex.split(re.sub(r'#.*', '', c)) for c in block.replace('\\\n', ' ').strip().splitlines()]
-    assert [c[:2] for c in cmds] == [['lskd', 'convert-release']]*2 + [['lskd', 'evaluate']]*2 + [['lskd', 'critic']]
+    assert [c[:2] for c in cmds] == [['lskd', 'convert-release']]*2 + [['lskd', 'evaluate']]*2 + [['lskd', 'critic'], ['lskd', 'distill']]
+    from lskd.blip2 import build_tiny_blip2
     fix = Path(__file__).parent/'fixtures'
     for row in map(json.loads, open(fix/'lskd/corpus_release.jsonl')):     # the release rows' VG/VCR images, under one root
         (tmp_path/'images'/row['image']).parent.mkdir(parents=True, exist_ok=True)
@@ -127,17 +128,20 @@ def test_readme_release_commands(tmp_path, tok):
             'unified_vqa_critic_v2/checkpoint_best.pth': stand['critic'], 'eva_vit_g.pth': stand['eva_vit_g.pth'],
             'vcr1annots/val.jsonl': fix/'eval/vcr/val.jsonl', 'vcr1images': fix/'eval/images/vcr1images',
             'visualcomet/val_annots.json': fix/'eval/visualcomet/val_annots.json', 'corpus.jsonl': fix/'lskd/corpus_release.jsonl',
-            'images': tmp_path/'images', 'cuda': 'cpu'}
+            'images': tmp_path/'images', 'cuda': 'cpu', 'chatgpt_qar_filtered_threshold_0.8_1M.jsonl': fix/'lskd/corpus_release.jsonl',
+            'path=blip2-itm-vit-g': f"path={build_tiny_blip2(tmp_path/'blip2-itm-vit-g', tokenizer=tok)}"}
     def sub(a):
         name, eq, rest = a.rpartition('=')
-        if eq: return f'{name}={sub(rest)}'
-        return str(subs.get(a, tmp_path/a if a.startswith(('release/', 'results/', 'scored')) else a))
+        if eq and a not in subs: return f'{name}={sub(rest)}'
+        return str(subs.get(a, tmp_path/a if a.startswith(('release/', 'results/', 'scored', 'runs/')) else a))
     for c in cmds:
         argv = [sub(a) for a in c[1:]]
         if c[1] == 'convert-release': argv += ['--image-size', '64', '--vision-heads', '2', '--qformer-heads', '2']   # the tiny stand-ins
         if c[1] == 'evaluate': argv += ['--limit', '2', '--quiet']
+        if c[1] == 'distill': argv += ['--steps', '2', '--batch-size', '2', '--quiet']
         r = subprocess.run([sys.executable, '-m', 'lskd.cli', *argv], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (c, r.stderr[-2000:])
     assert json.loads((tmp_path/'results/vcr/results.json').read_text())['n_questions'] == 2
     assert (tmp_path/'results/visualcomet/results.json').exists()
+    assert json.loads((tmp_path/'runs/blip2_1M'/'model.json').read_text())['family'] == 'blip2'   # the trained student, a model folder
     assert sum(1 for _ in open(tmp_path/'scored'/'scored.jsonl')) == sum(1 for _ in open(fix/'lskd/corpus_release.jsonl'))
