@@ -16,7 +16,8 @@ from .models import ImageTextModel, Batch, pair_index, register_family, build_mo
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'tiny_blip2_config', 'bert_tokenizer', 'write_preprocessor', 'build_tiny_blip2',
            'Blip2Bundle', 'load_blip2', 'pixel_values', 'tokenize', 'image_embeds', 'itm_states', 'itm_logits',
-           'image_itc', 'text_itc', 'itc_similarity', 'Blip2ModelConfig', 'Tokens', 'Pixels', 'Blip2Family']
+           'image_itc', 'text_itc', 'itc_similarity', 'interpolate_pos_embed', 'resize_vision', 'Blip2ModelConfig',
+           'Tokens', 'Pixels', 'Blip2Family']
 
 # %% ../nbs/12_blip2.ipynb #d8efabf1
 def tiny_blip2_config(vocab_size=30523, **kw):
@@ -44,12 +45,12 @@ def bert_tokenizer(path=None):
     return tok
 
 # %% ../nbs/12_blip2.ipynb #ccc68c1f
-def write_preprocessor(path, size):
-    "Write the `preprocessor_config.json` of a BLIP-2 folder: `size` px, bicubic, CLIP mean and std (LAVIS's `blip_image_eval`)"
+def write_preprocessor(path, size, mean=CLIP_MEAN, std=CLIP_STD):
+    "Write the `preprocessor_config.json` of a BLIP-2 folder: `size` px, bicubic, `mean` and `std` (LAVIS's `blip_image_eval`)"
     (Path(path)/'preprocessor_config.json').write_text(json.dumps(
         {'image_processor_type': 'BlipImageProcessor', 'size': {'height': size, 'width': size}, 'do_resize': True,
          'resample': 3, 'do_rescale': True, 'rescale_factor': 1/255, 'do_normalize': True,
-         'image_mean': list(CLIP_MEAN), 'image_std': list(CLIP_STD), 'do_convert_rgb': True}, indent=1))
+         'image_mean': list(mean), 'image_std': list(std), 'do_convert_rgb': True}, indent=1))
 
 # %% ../nbs/12_blip2.ipynb #08d04efb
 def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
@@ -168,6 +169,24 @@ def itc_similarity(bundle,          # a `Blip2Bundle`
     img = image_itc(bundle, embeds)[pair_index(index, len(input_ids), embeds.device)]
     return (img @ text_itc(bundle, input_ids, attention_mask)[..., None]).squeeze(-1).max(1).values
 
+# %% ../nbs/12_blip2.ipynb #078afd01
+def interpolate_pos_embed(pe, grid):
+    "Position embeddings (1, 1+n*n, d) resized to a `grid` x `grid` patch grid, as LAVIS does"
+    n = round((pe.shape[1] - 1) ** 0.5)
+    if n == grid: return pe
+    tok = pe[:, 1:].float().reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    tok = F.interpolate(tok, size=(grid, grid), mode='bicubic', align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+    return torch.cat([pe[:, :1].float(), tok], 1)
+
+# %% ../nbs/12_blip2.ipynb #5175a6c6
+def resize_vision(model, size):
+    "Resize the ViT of a `Blip2ForImageTextRetrieval` to `size` px inputs (its position embeddings, its config)"
+    e = model.vision_model.embeddings; grid = size // e.patch_size
+    e.position_embedding = nn.Parameter(interpolate_pos_embed(e.position_embedding.data, grid).to(e.position_embedding.dtype))
+    e.image_size, e.num_patches, e.num_positions = size, grid*grid, grid*grid + 1
+    model.config.vision_config.image_size = size
+    return model
+
 # %% ../nbs/12_blip2.ipynb #efb6b815
 @dataclass
 class Blip2ModelConfig:
@@ -177,6 +196,7 @@ class Blip2ModelConfig:
     max_length: int = 128             # text tokens (the release's)
     freeze_vision: bool = True        # the ViT stays frozen (the release trains the Q-Former only)
     text_style: str = 'student'       # the text format it reads ('release' for the authors' converted student; lskd.core.TEXT_STYLES)
+    image_size: int|None = None       # input side: the ViT's position grid is resized to it on load, as LAVIS does (the release: 480); None: the folder's
     itc: bool = True                  # False: no trained ITC projections (the authors' critic), so ITC scores are NaN
 
 # %% ../nbs/12_blip2.ipynb #20387caa
@@ -204,6 +224,7 @@ class Blip2Family(ImageTextModel):
                                         "local_only=False, e.g. Salesforce/blip2-itm-vit-g); build a tiny one with lskd.blip2.build_tiny_blip2")
         self.bundle = load_blip2(c.path, device, c.local_only, dtype); self.bundle.max_length = c.max_length
         self.model = self.bundle.model
+        if c.image_size and c.image_size != self.bundle.size: resize_vision(self.model, c.image_size); self.bundle.size = c.image_size
         if c.freeze_vision: self.model.vision_model.requires_grad_(False)
         self.temp = nn.Parameter(torch.tensor(0.07, device=device))
     @property
@@ -278,8 +299,7 @@ def weights(self:Blip2Family): return {'temp': self.temp}
 def save(self:Blip2Family, folder, **extra):
     folder = Path(folder); hf = folder/'hf'
     self.model.save_pretrained(str(hf)); self.bundle.tokenizer.save_pretrained(str(hf))
-    pp = Path(str(self.config.path))/'preprocessor_config.json'
-    if pp.exists() and pp.resolve() != (hf/'preprocessor_config.json').resolve(): shutil.copy(pp, hf/'preprocessor_config.json')
+    write_preprocessor(hf, self.bundle.size, self.bundle.mean, self.bundle.std)
     config, self.config = self.config, replace(self.config, path=str(hf.resolve()))
     try: return ImageTextModel.save(self, folder, **extra)
     finally: self.config = config

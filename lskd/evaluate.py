@@ -17,15 +17,16 @@ from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jso
                        roc_auc, bootstrap, percentile_ci, repoint, swap_refs)
 
 # %% auto #0
-__all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'MC_TASKS', 'Task', 'EvalItem', 'item_order', 'ChanceScorer',
-           'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy', 'vcr_metrics',
-           'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt', 'visualcomet_metrics',
-           'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'questions', 'metric_intervals', 'compare',
-           'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock', 'person_refs', 'vc_flat',
-           'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item', 'transplant_refs',
-           'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics',
-           'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table',
-           'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig', 'run_students', 'separability', 'run_stage']
+__all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'BENCHMARK_KEYS', 'MC_TASKS', 'Task', 'EvalItem', 'item_order',
+           'ChanceScorer', 'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy',
+           'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt',
+           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'questions',
+           'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
+           'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item',
+           'transplant_refs', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing',
+           'pointing_metrics', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results',
+           'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig', 'check_benchmark',
+           'run_students', 'separability', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #95a9580f
 @dataclass
@@ -909,6 +910,22 @@ class EvaluateConfig:
     no_boxes: bool = True             # also score the distilled student without drawn boxes (the boxes' ablation)
     kept_only: bool = False           # questions from the critic-kept triples only (default: all triples of held-out images)
     on_bad_row: str = 'error'         # a bad corpus row: 'error' or 'record' (to evaluate/evaluate_errors.jsonl, and go on)
+    benchmarks: list = field(default_factory=list)   # also these files, every student: [{benchmark: vcr, annotations: ..., images: ..., instances: ..., limit: ...}]
+
+# %% ../nbs/06_evaluate.ipynb #fd3b0dd1
+BENCHMARK_KEYS = {'benchmark', 'annotations', 'images', 'instances', 'limit', 'name'}
+
+# %% ../nbs/06_evaluate.ipynb #4a23e858
+def check_benchmark(b, i=0):
+    "An `evaluate.benchmarks` entry, checked: its benchmark is known and its files exist"
+    where = f"evaluate.benchmarks[{i}]"
+    if not isinstance(b, dict) or b.get('benchmark') not in BENCHMARKS:
+        raise ValueError(f"{where}: needs benchmark: one of {', '.join(BENCHMARKS)} (got {b!r})")
+    if bad := sorted(set(b) - BENCHMARK_KEYS): raise ValueError(f"{where}: unknown key {bad[0]!r}; the keys are {', '.join(sorted(BENCHMARK_KEYS))}")
+    for k in ('annotations', 'images', 'instances'):
+        if b.get(k) is not None and not Path(b[k]).exists(): raise FileNotFoundError(f"{where}.{k}: {b[k]} not found")
+    if not b.get('annotations'): raise ValueError(f"{where}: needs annotations: the benchmark's file")
+    return b
 
 # %% ../nbs/06_evaluate.ipynb #8055aba9
 MC_TASKS = {'q2a': 'answer', 'qa2r': 'rationale'}    # task: the field its candidates replace
@@ -949,6 +966,7 @@ def run_stage(run_dir, cfg):
     from lskd.pipeline import stage_dir, write_stage_report, read_stage_report
     c = check_config(EvaluateConfig, cfg.get('evaluate'), 'evaluate')
     if bad := [t for t in c.tasks if t not in MC_TASKS]: raise ValueError(f"evaluate: unknown task {bad[0]!r}; known: {list(MC_TASKS)}")
+    benches = [check_benchmark(b, i) for i,b in enumerate(c.benchmarks)]
     seed, run_dir = cfg.get('seed', 0), Path(run_dir)
     out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
     held = split_heldout(read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), as_qar, on_bad=BadRows(c.on_bad_row, out/'evaluate_errors.jsonl')),
@@ -961,9 +979,11 @@ def run_stage(run_dir, cfg):
     if c.no_boxes and (run_dir/'distill'/'distilled'/'model.json').exists():
         nb = [f"distilled-no-boxes={run_dir/'distill'/'distilled'}"]
         jobs += [(b, f, o/'no-boxes', nb, False) for b,f,o,_,_ in jobs]
+    jobs = [(*j, root, {}) for j in jobs] + [(b['benchmark'], b['annotations'], out/b.get('name', b['benchmark']), studs, True, b.get('images'),
+                                              {'instances': b.get('instances'), 'limit': b.get('limit')}) for b in benches]
     allres, recs = [], {}
-    for b,f,o,ms,draw in jobs:
-        allres.append(evaluate(b, f, ms, root=root, out=o, draw=draw, seed=seed, progress=False))
+    for b,f,o,ms,draw,r,kw in jobs:
+        allres.append(evaluate(b, f, ms, root=r, out=o, draw=draw, seed=seed, progress=False, **kw))
         recs.update({(b, m['name']): _predictions(o, m['name']) for m in allres[-1]['models']})
     lines = separability(allres, recs) + _critic_line(run_dir)
     atomic_write(out/'results.md', results_table(allres).to_markdown() + '\n\n' + ''.join(f'- {l}\n' for l in lines))

@@ -16,7 +16,7 @@ from .core import QAR, Region, write_jsonl
 
 # %% auto #0
 __all__ = ['TOY_COLOURS', 'fake_reply', 'FakeTeacher', 'ToyTokenizer', 'ToyTextEncoder', 'ToyImageEncoder', 'random_image_item',
-           'random_text_item', 'toy_corpus', 'toy_pointing_corpus']
+           'random_text_item', 'toy_corpus', 'toy_pointing_corpus', 'tiny_tokenizer', 'build_tiny_vl']
 
 # %% ../nbs/15_testing.ipynb #1f063877
 def fake_reply(body):
@@ -245,3 +245,57 @@ def toy_pointing_corpus(folder, n_images=32, seed=0, size=(96, 48)):
         im.save(folder/f'toy{k:03}.png')
         rows += [q for i in range(3) for q in _toy_triples(f'toy{k:03}.png', regs, cols, i, (i + 1) % 3)]
     return write_jsonl(folder/'corpus.jsonl', rows)
+
+# %% ../nbs/15_testing.ipynb #5cf535ea
+def tiny_tokenizer(bert=False):
+    "A 30-word WordLevel tokenizer (BERT-style [CLS] ... [SEP] when `bert`) for tiny random VL models"
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    words = 'a the person man woman cup dog on in of with is what who where question answer : ? . , red blue'.split()
+    vocab = {w: i for i, w in enumerate(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '<s>', '</s>', '<image>'] + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token='[UNK]')); tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bert: tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]', special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]', cls_token='[CLS]',
+                                   sep_token='[SEP]', mask_token='[MASK]', bos_token='[CLS]' if bert else '<s>',
+                                   eos_token='[SEP]' if bert else '</s>')
+
+# %% ../nbs/15_testing.ipynb #8051de3e
+def build_tiny_vl(folder, seed=0):
+    "Tiny randomly initialised DETR, OWLv2, BLIP (captioner) and BLIP-2 (VQA) saved with save_pretrained under `folder`: `{name: path}`"
+    import torch, transformers as T
+    torch.manual_seed(seed)
+    d = Path(folder); d.mkdir(parents=True, exist_ok=True); out = {}
+    vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16)
+    # DETR (closed-set detector), with a tiny ResNet backbone (no timm)
+    cfg = T.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                       backbone_config=T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=['stage4']),
+                       d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                       encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, id2label={0: 'person', 1: 'cup'}, label2id={'person': 0, 'cup': 1})
+    T.DetrForObjectDetection(cfg).save_pretrained(d/'detr')
+    T.DetrImageProcessorPil(size={'shortest_edge': 64, 'longest_edge': 96}).save_pretrained(d/'detr'); out['detr'] = d/'detr'
+    # OWLv2 (open-vocabulary detector)
+    tok = tiny_tokenizer()
+    cfg = T.Owlv2Config(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         max_position_embeddings=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16),
+                        projection_dim=16)
+    T.Owlv2ForObjectDetection(cfg).save_pretrained(d/'owlv2')
+    T.Owlv2Processor(image_processor=T.Owlv2ImageProcessorPil(size={'height': 64, 'width': 64}), tokenizer=tok).save_pretrained(d/'owlv2'); out['owlv2'] = d/'owlv2'
+    # BLIP captioner
+    btok = tiny_tokenizer(bert=True)
+    cfg = T.BlipConfig(vision_config=vis, projection_dim=16,
+                       text_config=dict(vocab_size=len(btok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        max_position_embeddings=64, bos_token_id=btok.cls_token_id, eos_token_id=btok.sep_token_id,
+                                        pad_token_id=btok.pad_token_id, sep_token_id=btok.sep_token_id))
+    T.BlipForConditionalGeneration(cfg).save_pretrained(d/'blip')
+    T.BlipProcessor(image_processor=T.BlipImageProcessorPil(size={'height': 32, 'width': 32}), tokenizer=btok).save_pretrained(d/'blip'); out['blip'] = d/'blip'
+    # BLIP-2 with a tiny OPT language model (VQA)
+    tok = tiny_tokenizer(); tok.image_token = '<image>'
+    cfg = T.Blip2Config(vision_config=vis, num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids('<image>'),
+                        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, encoder_hidden_size=32, vocab_size=len(tok)),
+                        text_config=dict(model_type='opt', vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                         max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    T.Blip2ForConditionalGeneration(cfg).save_pretrained(d/'blip2')
+    T.Blip2Processor(image_processor=T.BlipImageProcessorPil(size={'height': 32, 'width': 32}), tokenizer=tok, num_query_tokens=4).save_pretrained(d/'blip2'); out['blip2'] = d/'blip2'
+    return out

@@ -477,9 +477,11 @@ ASK_SYSTEM = ("You cannot see an image, but you can ask about it. Given what is 
               "setting). Reply with the question only.")
 
 # %% ../nbs/01_verbalize.ipynb #084d9ff1
-def _clean_question(t):
+def _clean_question(t, max_words=40):
+    "The first line of an asker's reply, without a `Question:` prefix, up to its first `?`, at most `max_words` words"
     t = (t or '').strip().splitlines()[0] if (t or '').strip() else ''
     t = re.sub(r'^(question|q)\s*[:.\-]\s*', '', t.strip().strip('"'), flags=re.I).strip()
+    t = ' '.join(t[:t.index('?') + 1 if '?' in t else None].split()[:max_words])
     return t if not t or t.endswith('?') else t + '?'
 
 # %% ../nbs/01_verbalize.ipynb #9679cc5f
@@ -868,6 +870,12 @@ def main(argv=None):
     if r.errors or r.bad_rows: print(f'{r.errors} images failed, {r.bad_rows} annotation rows were bad: see {Path(a.out)/"verbalize_errors.jsonl"}')
     return 0
 
+# %% ../nbs/01_verbalize.ipynb #d44b845a
+def _first_error(out):
+    "The first line of `verbalize_errors.jsonl`, as `path: error: reason`"
+    e = next(read_jsonl(Path(out)/'verbalize_errors.jsonl'), {})
+    return f"{e.get('path')}: {e.get('error')}: {e.get('reason')}"
+
 # %% ../nbs/01_verbalize.ipynb #20c66a48
 def run_stage(run_dir, cfg):
     "Stage 1 of `lskd run`: verbalize the run's images into `run_dir/verbalize`; returns the stage report"
@@ -876,6 +884,7 @@ def run_stage(run_dir, cfg):
     src = data_path('sample/regions.jsonl') if cfg.get('images', 'sample') == 'sample' else cfg['images']
     res = verbalize(src, out, config=cfg.get('verbalize') or None, regions=cfg.get('regions'), progress=False)
     verbs = list(read_jsonl(out/'verbalizations.jsonl', Verbalization))
+    if not verbs and res.errors: raise RuntimeError(f"verbalize: every image failed ({res.errors} errors, the first: {_first_error(out)}); see {out/'verbalize_errors.jsonl'}")
     save_grid(verbs, res.root, out/'grid.png')
     return write_stage_report(run_dir, 'verbalize', ['verbalizations.jsonl', 'grid.png'], image_root=res.root,
                               counts={'images': len(verbs), 'regions': sum(len(v.image.regions) for v in verbs), 'errors': res.errors, 'bad_rows': res.bad_rows},
