@@ -495,7 +495,7 @@ def main(argv=None):
         s = distill(a.corpus, a.out, config, resume=a.resume, progress=not a.quiet)
     except (FileNotFoundError, ValueError, RegionRefError) as e:
         print(f'lskd distill: error: {e}', file=sys.stderr); return 1
-    print(json.dumps(s))
+    if int(os.environ.get('RANK', '0')) == 0: print(json.dumps(s))   # once, under torchrun / accelerate launch
     return 0
 
 # %% ../nbs/05_distill.ipynb #1aaf3487

@@ -114,12 +114,17 @@ def test_readme_release_commands(tmp_path, tok):
     readme = (Path(__file__).parents[1]/'README.md').read_text()
     block = readme.split("### The authors' release (GPU users)")[1].split('```bash')[1].split('```')[0]
     cmds = [shlex.split(re.sub(r'#.*', '', c)) for c in block.replace('\\\n', ' ').strip().splitlines()]
-    assert [c[:2] for c in cmds] == [['lskd', 'convert-release']]*2 + [['lskd', 'evaluate']]*2 + [['lskd', 'critic'], ['lskd', 'distill']]
+    assert [c[:2] for c in cmds] == ([['lskd', 'convert-release']]*2 + [['lskd', 'evaluate']]*2 + [['lskd', 'critic'], ['lskd', 'evaluate'], ['lskd', 'distill'],
+                                     ['accelerate', 'launch'], ['lskd', 'run']])
+    cmds = cmds[:-1]                                # the paper pipeline: tests/test_paper_config.py runs its tiny twin
     from lskd.blip2 import build_tiny_blip2
     fix = Path(__file__).parent/'fixtures'
     for row in map(json.loads, open(fix/'lskd/corpus_release.jsonl')):     # the release rows' VG/VCR images, under one root
         (tmp_path/'images'/row['image']).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 600, 3), dtype=np.uint8)).save(tmp_path/'images'/row['image'])
+    rows = [json.loads(l) for l in open(fix/'lskd/corpus_release.jsonl')]
+    with open(tmp_path/'corpus_1M.jsonl', 'w') as f:                    # the 1M corpus: its rows, four times over
+        for k in range(4): f.writelines(json.dumps({**r, 'index': 100*k + r['index']}) + '\n' for r in rows)
     stand = {}
     for kind, seed in (('student', 0), ('critic', 1)):
         ck, eva = runner_checkpoint(tiny_blip2(kind, tok, seed=seed), tmp_path/f'release_{kind}')
@@ -128,20 +133,53 @@ def test_readme_release_commands(tmp_path, tok):
             'unified_vqa_critic_v2/checkpoint_best.pth': stand['critic'], 'eva_vit_g.pth': stand['eva_vit_g.pth'],
             'vcr1annots/val.jsonl': fix/'eval/vcr/val.jsonl', 'vcr1images': fix/'eval/images/vcr1images',
             'visualcomet/val_annots.json': fix/'eval/visualcomet/val_annots.json', 'corpus.jsonl': fix/'lskd/corpus_release.jsonl',
-            'images': tmp_path/'images', 'cuda': 'cpu', 'chatgpt_qar_filtered_threshold_0.8_1M.jsonl': fix/'lskd/corpus_release.jsonl',
-            'path=blip2-itm-vit-g': f"path={build_tiny_blip2(tmp_path/'blip2-itm-vit-g', tokenizer=tok)}"}
+            'images': tmp_path/'images', 'cuda': 'cpu', 'sherlock/val_comparison.json': fix/'eval/sherlock/comparison.json',
+            'sherlock/val_instances.json': fix/'eval/sherlock/instances.json', 'sherlock/images': fix/'eval/images', 'chatgpt_qar_filtered_threshold_0.8_1M.jsonl': tmp_path/'corpus_1M.jsonl',
+            'path=blip2-itm-vit-g': f"path={build_tiny_blip2(tmp_path/'blip2-itm-vit-g', tokenizer=tok)}", 'image_size=480': 'image_size=96'}
     def sub(a):
         name, eq, rest = a.rpartition('=')
         if eq and a not in subs: return f'{name}={sub(rest)}'
         return str(subs.get(a, tmp_path/a if a.startswith(('release/', 'results/', 'scored', 'runs/')) else a))
     for c in cmds:
+        if c[0] == 'accelerate':     # 8 GPUs -> 2 CPU processes (gloo), the same launcher underneath
+            c = ['lskd', *c[c.index('lskd.cli') + 1:], '--device', 'cpu']; launch = ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '-m', 'lskd.cli']
+        else: launch = ['-m', 'lskd.cli']
         argv = [sub(a) for a in c[1:]]
         if c[1] == 'convert-release': argv += ['--image-size', '64', '--vision-heads', '2', '--qformer-heads', '2']   # the tiny stand-ins
         if c[1] == 'evaluate': argv += ['--limit', '2', '--quiet']
         if c[1] == 'distill': argv += ['--steps', '2', '--batch-size', '2', '--quiet']
-        r = subprocess.run([sys.executable, '-m', 'lskd.cli', *argv], capture_output=True, text=True, timeout=600)
+        r = subprocess.run([sys.executable, *launch, *argv], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (c, r.stderr[-2000:])
+        if c[1] == 'distill': summaries = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{')]; assert len(summaries) == 1, r.stdout
+    assert summaries[0]['processes'] == 2                                     # the last: the two-process run, reported once
     assert json.loads((tmp_path/'results/vcr/results.json').read_text())['n_questions'] == 2
     assert (tmp_path/'results/visualcomet/results.json').exists()
-    assert json.loads((tmp_path/'runs/blip2_1M'/'model.json').read_text())['family'] == 'blip2'   # the trained student, a model folder
+    for o in ('blip2_1M', 'blip2_1M_8gpu'):                                 # the trained students, model folders at 96 px
+        assert load_model(tmp_path/'runs'/o).bundle.size == 96
     assert sum(1 for _ in open(tmp_path/'scored'/'scored.jsonl')) == sum(1 for _ in open(fix/'lskd/corpus_release.jsonl'))
+
+def test_transformers_pitfalls(tmp_path, tok):
+    """The pitfalls users report for `Blip2ForImageTextRetrieval`: its own forward (`use_image_text_matching_head` True: ITM,
+    False: ITC) on a converted model agrees with the release; loaded in fp16 (the ViT in half, the Q-Former kept in fp32 by
+    transformers) it stays close to fp32, so a converted model is not the "0.5 for everything" of the fp16 report"""
+    from lskd.blip2 import load_blip2, tokenize
+    ref = tiny_blip2('student', tok, seed=4)
+    ck, eva = runner_checkpoint(ref, tmp_path/'r')
+    convert_release(ck, tmp_path/'s', vision=eva, arch=TINY, tokenizer=tok)
+    texts = _texts('release', 4); b = load_blip2(tmp_path/'s'/'hf'); pix = pixel_values(b, _images(4, 20))
+    ids, mask = tokenize(b, texts)
+    with torch.no_grad():
+        itm = torch.stack([b.model(pixel_values=pix[i:i+1], input_ids=ids[i:i+1], attention_mask=mask[i:i+1], use_image_text_matching_head=True)
+                           .logits_per_image.softmax(-1)[0, 1] for i in range(4)])
+        itc = b.model(pixel_values=pix, input_ids=ids, attention_mask=mask).logits_per_image.diagonal()
+    theirs = student_scores(ref, pix, texts)
+    d = _diffs({'itm': itm, 'itc': itc}, theirs); print('transformers forward vs release', d)
+    assert max(d.values()) <= 1e-4, d
+    h = load_blip2(tmp_path/'s'/'hf', dtype=torch.float16)
+    assert h.model.vision_model.embeddings.patch_embedding.weight.dtype == torch.float16 and h.model.qformer.layernorm.weight.dtype == torch.float32
+    try:
+        with torch.no_grad(): itm16 = torch.stack([h.model(pixel_values=pix[i:i+1].half(), input_ids=ids[i:i+1], attention_mask=mask[i:i+1],
+                                                           use_image_text_matching_head=True).logits_per_image.softmax(-1)[0, 1] for i in range(4)])
+    except RuntimeError as e: pytest.skip(f'fp16 does not run on this CPU: {e}')
+    print('fp16 vs release, max |ITM diff|', (itm16.float() - theirs['itm']).abs().max().item())
+    assert (itm16.float() - theirs['itm']).abs().max() <= 1e-2
