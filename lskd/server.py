@@ -12,7 +12,7 @@ from .core import sha256_file, atomic_path, atomic_write
 
 # %% auto #0
 __all__ = ['MODELS', 'DEFAULT_TEACHER', 'models_table', 'models_dir', 'get_spec', 'pip_download', 'is_verified', 'fetch_models',
-           'free_port', 'TeacherServer', 'fetch_models_main', 'serve_teacher_main']
+           'free_port', 'canonical_generate', 'llama_main', 'TeacherServer', 'fetch_models_main', 'serve_teacher_main']
 
 # %% ../nbs/09_server.ipynb #6606c4fd
 MODELS = {
@@ -199,6 +199,23 @@ def _stop_proc(proc, grace=10):
     try: proc.wait(grace)
     except subprocess.TimeoutExpired: proc.kill(); proc.wait()
 
+# %% ../nbs/09_server.ipynb #c6ea79af
+def canonical_generate(generate):
+    "Wrap `llama_cpp.Llama.generate`: a new prompt is evaluated from an empty cache up to its last token, which is evaluated alone"
+    def wrapped(self, tokens, *args, **kwargs):
+        tokens = list(tokens)
+        if len(tokens) > 1 and self._input_ids[:len(tokens)].tolist() != tokens: self.reset(); self.eval(tokens[:-1])
+        return generate(self, tokens, *args, **kwargs)
+    return wrapped
+
+# %% ../nbs/09_server.ipynb #5212f37d
+def llama_main():
+    "`python -m llama_cpp.server` (same flags), with `canonical_generate`"
+    import llama_cpp, llama_cpp.server.__main__ as server_main
+    llama_cpp.Llama.generate = canonical_generate(llama_cpp.Llama.generate)
+    print('lskd: canonical prompt evaluation (replies independent of earlier requests)', file=sys.stderr, flush=True)
+    server_main.main()
+
 # %% ../nbs/09_server.ipynb #dfaa72d6
 class TeacherServer:
     "Run `llama_cpp.server` on a GGUF file as a subprocess; a context manager"
@@ -211,6 +228,7 @@ class TeacherServer:
                  log_path=None, # server log file (default: a temporary file)
                  startup_timeout=180, # seconds to wait for the server to answer
                  python=None, # the Python that runs `llama_cpp.server` (default: this one)
+                 canonical=True, # replies independent of earlier requests (`canonical_generate`); False: llama.cpp's own prefix reuse
                  **server_args): # more server flags: `chat_format='chatml'` is `--chat_format chatml`
         self.model_path = Path(model_path).expanduser()
         if not self.model_path.is_file():
@@ -219,7 +237,7 @@ class TeacherServer:
         self.alias = alias or self.model_path.stem
         self.host,self.port,self.n_ctx,self.n_threads = host,port,n_ctx,n_threads
         self.log_path = Path(log_path) if log_path else None
-        self.startup_timeout,self.python,self.server_args = startup_timeout,python or sys.executable,server_args
+        self.startup_timeout,self.python,self.server_args,self.canonical = startup_timeout,python or sys.executable,server_args,canonical
         self.proc,self.startup_s = None,None
 
     @property
@@ -236,7 +254,8 @@ class TeacherServer:
 @patch
 def command(self:TeacherServer):
     "The argv that starts the server"
-    cmd = [self.python, '-m', 'llama_cpp.server', '--model', str(self.model_path), '--host', self.host,
+    run = ['-c', 'from lskd.server import llama_main; llama_main()'] if self.canonical else ['-m', 'llama_cpp.server']
+    cmd = [self.python, *run, '--model', str(self.model_path), '--host', self.host,
            '--port', str(self.port), '--n_ctx', str(self.n_ctx), '--n_threads', str(self.n_threads),
            '--model_alias', self.alias]
     for k,v in self.server_args.items(): cmd += [f'--{k}', str(v)]

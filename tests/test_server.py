@@ -210,3 +210,27 @@ def test_server_startup_timeout_stops_process(tmp_path):
     srv = TeacherServer(m, python=str(fake), startup_timeout=2)
     with pytest.raises(TimeoutError, match='loading forever'): srv.start()
     assert srv.proc.poll() is not None
+
+
+@pytest.mark.server
+def test_reply_does_not_depend_on_earlier_requests(tmp_path):
+    """The default teacher's reply to a request is the same after another prompt, after itself (a second sample of the
+    same prompt reuses its cache) and alone on a fresh server: a resumed run re-sends requests into another history"""
+    import openai
+    q = fetch_models('qwen2.5-coder-1.5b-instruct', progress=False)['qwen2.5-coder-1.5b-instruct']
+    A = 'Describe a busy kitchen in a restaurant at dinner time, with cooks and waiters. ' * 12
+    B = 'Write three questions about a person [0] holding a cup [1] next to a dog [2] in a park, with answers and reasons. ' * 8
+    def ask(srv, text, seed):
+        c = openai.OpenAI(base_url=srv.base_url, api_key='none')
+        return c.chat.completions.create(model='q', messages=[{'role': 'user', 'content': text}], seed=seed, temperature=0.8,
+                                         top_p=0.95, max_tokens=200).choices[0].message.content
+    def replies(canonical):
+        out = {}
+        with TeacherServer(q, alias='q', n_threads=2, log_path=tmp_path/f'{canonical}.log', canonical=canonical) as s:
+            ask(s, A, 1); out['after another prompt'] = ask(s, B, 7); out['after itself'] = ask(s, B, 7)
+        with TeacherServer(q, alias='q', n_threads=2, canonical=canonical) as s: out['alone'] = ask(s, B, 7)
+        return out
+    r = replies(True)
+    assert 'canonical prompt evaluation' in (tmp_path/'True.log').read_text()
+    assert r['after another prompt'] == r['after itself'] == r['alone'], r
+    # without canonical_generate (TeacherServer(canonical=False)) 'after itself' differed from 'alone' here (2026-12-02, nbs/09_server)
