@@ -3,7 +3,7 @@ a randomly initialised `Blip2ForImageTextRetrieval` shaped like Salesforce/blip2
 Q-Former trained, ITC + ITM). No checkpoint exists offline, so the weights are random: the speed and memory are the
 real model's, the losses are not.
 
-    python tests/bench_blip2.py [--device cuda] [--steps 30] [--batch-size 32] [--vision-layers 39] [--num-workers 0]
+    python tests/bench_blip2.py [--device cuda] [--steps 30] [--batch-size 32] [--vision-layers 39] [--num-workers 0] [--image-size 480]
 
 Prints one JSON line (run on a GPU: tests/gpu_check.sh says how).
 """
@@ -16,6 +16,7 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=int, default=32); ap.add_argument('--vision-layers', type=int, default=39)
     ap.add_argument('--qformer-layers', type=int, default=12); ap.add_argument('--mixed-precision', default='auto')
     ap.add_argument('--num-workers', type=int, default=0, help='data-loader workers drawing and normalising images')
+    ap.add_argument('--image-size', type=int, default=224, help="input side; 480 is the release's (the 224 px position grid resized, as LAVIS does)")
     a = ap.parse_args(argv)
     import torch
     from lskd.blip2 import tiny_blip2_config, bert_tokenizer, build_tiny_blip2
@@ -32,14 +33,14 @@ def main(argv=None):
     path = build_tiny_blip2(tmp/'blip2-itm-vit-g-random', tokenizer=tok, config=cfg)
     build_s = time.time() - t
     corpus = toy_corpus(tmp/'toy', n_per_image=64)
-    dc = DistillConfig(model='blip2', model_config={'path': str(path)}, steps=a.steps, batch_size=a.batch_size, images=str(tmp/'toy'),
+    dc = DistillConfig(model='blip2', model_config={'path': str(path), 'image_size': a.image_size}, steps=a.steps, batch_size=a.batch_size, images=str(tmp/'toy'),
                        device=a.device, save_every=a.steps, log_every=max(1, a.steps//10), lr=1e-5,
                        mixed_precision=a.mixed_precision, num_workers=a.num_workers)
     if a.device.startswith('cuda'): torch.cuda.reset_peak_memory_stats()
     t = time.time()
     s = distill(corpus, tmp/'run', dc, progress=False)
     s.update(wall_s=round(time.time() - t, 1), build_s=round(build_s, 1), batch_size=a.batch_size, num_workers=a.num_workers,
-             vision_layers=a.vision_layers, qformer_layers=a.qformer_layers,
+             vision_layers=a.vision_layers, qformer_layers=a.qformer_layers, image_size=a.image_size,
              peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, 1))
     if a.device.startswith('cuda'): s['peak_cuda_mb'] = round(torch.cuda.max_memory_allocated()/2**20, 1)
     print(json.dumps(s))

@@ -28,10 +28,11 @@ def keys(d, pre=''):
 def twin(paper, vl, itm, url):
     "The paper's run config with the tiny stand-ins"
     t = copy.deepcopy(paper); t.update(images='sample', regions=None, heldout=0.25)
+    dev = os.environ.get('LSKD_TEST_DEVICE', 'cpu')     # tests/gpu_release.sh: cuda (critic and distill take cuda when there is one)
     v = t['verbalize']
     for e in v['global'] + v['region']:
-        if e['name'] == 'caption': e.update(model=str(vl['blip2']), device='cpu', dtype=None)
-    v['qa'].update(answerer=str(vl['blip2']), rounds=1, device='cpu', dtype=None); v['qa']['asker'].update(model='fake', api_key_env='LSKD_TWIN_KEY')
+        if e['name'] == 'caption': e.update(model=str(vl['blip2']), device=dev, dtype=None)
+    v['qa'].update(answerer=str(vl['blip2']), rounds=1, device=dev, dtype=None); v['qa']['asker'].update(model='fake', api_key_env='LSKD_TWIN_KEY')
     v['qa']['asker']['base_url'] = url; v['batch_size'] = 4
     t['generate'].update(model='fake', base_url=url, api_key_env='LSKD_TWIN_KEY', samples=2, concurrency=2)
     t['critic'].update(model_config={**t['critic']['model_config'], 'path': str(itm), 'image_size': 96}, labels=None, threshold=0.0, epochs=1, batch_size=8)
