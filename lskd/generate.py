@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_generate.ipynb #10cd715e
 from __future__ import annotations
-import os, sys, json, time, random, sqlite3, hashlib, threading, argparse
+import os, sys, json, math, time, random, sqlite3, hashlib, threading, argparse
 import email.utils
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +19,8 @@ from .prompts import load_prompt, build_prompt, read_reply, reject_shares, respo
 # %% auto #0
 __all__ = ['TEACHERS', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache',
            'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'teacher_endpoint',
-           'Teacher', 'GenerationError', 'GenResult', 'generate', 'main', 'run_stage']
+           'Teacher', 'GenerationError', 'GenResult', 'generate', 'token_counter', 'Estimate', 'estimate', 'main',
+           'run_stage']
 
 # %% ../nbs/03_generate.ipynb #8a41564d
 TEACHERS = ('remote', 'local', 'fake')
@@ -464,6 +465,63 @@ def generate(verbalizations, out_dir, config=None, **overrides):
     elif (out/'failures.jsonl').exists(): (out/'failures.jsonl').unlink()
     return GenResult(status, summary, out)
 
+# %% ../nbs/03_generate.ipynb #c422dea1
+def token_counter(cfg):
+    "`(count(text) -> tokens, how they are counted)` for `cfg`'s teacher"
+    if cfg.teacher == 'local':
+        from lskd.server import MODELS, models_dir
+        f = models_dir(cfg.models_cache)/MODELS[cfg.local_model]['filename']
+        if f.exists():
+            import llama_cpp
+            llm = llama_cpp.Llama(str(f), vocab_only=True, verbose=False)
+            return (lambda t: len(llm.tokenize(t.encode(), add_bos=False, special=True))), f'{cfg.local_model} tokenizer'
+    return (lambda t: math.ceil(len(t)/4)), 'about 4 characters per token'
+
+# %% ../nbs/03_generate.ipynb #160ea994
+@dataclass
+class Estimate:
+    "What a generate run would send, counted before sending"
+    images: int                  # images with regions to ask about
+    requests: int                # images x samples
+    prompt_tokens: int           # billed by an API: every request's prompt
+    prompt_tokens_local: int     # processed by a local server: each image's prompt once
+    completion_tokens: int       # expected: tokens_per_triple x triples asked
+    completion_tokens_max: int   # at most: max_tokens per request
+    cost_usd: float|None         # at `cfg.prices` for the model (None: no price given)
+    wall_s: float|None           # at the given token rates (None: no rate given)
+    counted_with: str            # how tokens were counted
+    def _repr_html_(self):
+        rows = ''.join(f'<tr><td>{k}</td><td>{v:,}</td></tr>' if isinstance(v, int) else f'<tr><td>{k}</td><td>{v}</td></tr>' for k,v in asdict(self).items())
+        return f'<b>generate, before sending</b><table>{rows}</table>'
+
+# %% ../nbs/03_generate.ipynb #21e98623
+def _price(cfg):
+    "The `cfg.prices` entry of the model the run would talk to (as `teacher_endpoint` names it), or None"
+    model = {'local': cfg.local_model, 'fake': cfg.model or 'fake'}.get(cfg.teacher, cfg.model)
+    return (cfg.prices or {}).get(model)
+
+# %% ../nbs/03_generate.ipynb #21e6a9d9
+def estimate(verbalizations,              # verbalizations.jsonl
+             config=None,                 # a `GenerateConfig`, dict or YAML path
+             tokens_per_triple=52,        # completion tokens per asked triple (measured with the default prompt and teacher)
+             completion_tokens_per_s=None,  # the teacher's generation rate, for the wall time
+             prompt_tokens_per_s=None,    # its prompt-processing rate (local), for the wall time
+             **overrides):
+    "An `Estimate` of the requests, tokens, cost and time of `generate(verbalizations, ..., config)`, without sending"
+    cfg = GenerateConfig.load(config, **overrides); spec = load_prompt(cfg.prompt, **cfg.prompt_options)
+    count, how = token_counter(cfg); imgs = pt = 0; per_msg = 4     # chat-template tokens around each message
+    for i, verb in enumerate(read_jsonl(verbalizations, Verbalization)):
+        if cfg.max_images is not None and i >= cfg.max_images: break
+        try: pr = build_prompt(verb, spec)
+        except NoRegionsError: continue
+        imgs += 1; pt += sum(count(m['content']) + per_msg for m in pr.messages)
+    n, req = spec.n, imgs * cfg.samples
+    comp = req * min(cfg.max_tokens, n * tokens_per_triple)
+    pr_ = _price(cfg)
+    cost = (pt * cfg.samples * pr_.get('prompt', 0) + comp * pr_.get('completion', 0)) / 1e6 if pr_ else None
+    wall = comp / completion_tokens_per_s + (pt / prompt_tokens_per_s if prompt_tokens_per_s else 0) if completion_tokens_per_s else None
+    return Estimate(imgs, req, pt * cfg.samples, pt, comp, req * cfg.max_tokens, cost, wall, how)
+
 # %% ../nbs/03_generate.ipynb #a8cfcbe1
 def _parser():
     p = argparse.ArgumentParser(prog='lskd generate', description='verbalizations.jsonl -> corpus.jsonl through a teacher LLM '
@@ -483,6 +541,9 @@ def _parser():
     p.add_argument('--response-format', choices=list(RESPONSE_FORMATS) + ['auto'])
     p.add_argument('--cache', help='cache file (relative to OUT)'); p.add_argument('--no-cache', action='store_true')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--dry-run', action='store_true', help='send nothing: print the requests, tokens, cost (at --config prices) and time it would take, write OUT/estimate.json')
+    p.add_argument('--tokens-per-triple', type=float, default=52, help='--dry-run: expected completion tokens per asked triple')
+    p.add_argument('--tokens-per-s', type=float, help="--dry-run: the teacher's completion tokens/s, for the wall time")
     return p
 
 # %% ../nbs/03_generate.ipynb #dc4fb70b
@@ -500,6 +561,10 @@ def main(argv=None):
         if a.n: po['n'] = a.n
         if a.regions: po['regions'] = a.regions
         cfg.prompt_options = po
+        if a.dry_run:
+            e = estimate(a.verbalizations, cfg, a.tokens_per_triple, a.tokens_per_s)
+            Path(a.out).mkdir(parents=True, exist_ok=True); atomic_json(Path(a.out)/'estimate.json', asdict(e))
+            print(json.dumps(asdict(e), indent=1)); return 0
         res = generate(a.verbalizations, a.out, cfg)
     except GenerationError as e: print(f'lskd generate: {e}', file=sys.stderr); return 1
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as e: print(f'lskd generate: {e}', file=sys.stderr); return 1
@@ -516,7 +581,8 @@ def run_stage(run_dir, cfg):
     from lskd.pipeline import stage_dir, write_stage_report
     out = stage_dir(run_dir, 'generate')
     gcfg = GenerateConfig.load(cfg.get('generate') or None, progress=False)
-    res = generate(Path(run_dir)/'verbalize'/'verbalizations.jsonl', out, config=gcfg)
+    vpath = Path(run_dir)/'verbalize'/'verbalizations.jsonl'
+    res = generate(vpath, out, config=gcfg)
     if res.status != 'complete': raise RuntimeError(f"generation stopped: {res.status} ({out/'summary.json'})")
     s, sums = res.summary, {}
     if gcfg.teacher == 'local':       # the GGUF file was checked against this sha256 when fetched
@@ -526,4 +592,4 @@ def run_stage(run_dir, cfg):
                               counts={k: s[k] for k in ('images_done', 'accepted', 'triples_parsed', 'requests_sent', 'requests_cached', 'requests_failed')},
                               models=[s['model']], tokens={'prompt': s['prompt_tokens'], 'completion': s['completion_tokens']},
                               cost_usd=s['cost_usd'], parse_success_rate=s['parse_success_rate'], valid_ref_rate=s['valid_ref_rate'],
-                              rejected=s['rejected'])
+                              rejected=s['rejected'], estimate=asdict(estimate(vpath, gcfg)))   # what --dry-run said, beside what was sent

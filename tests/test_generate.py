@@ -288,3 +288,19 @@ def test_real_llama_cpp_server_end_to_end(tmp_path):
     n = len(list(read_jsonl(tmp_path/'o'/'corpus.jsonl'))) + len(list(read_jsonl(tmp_path/'o'/'rejects.jsonl')))
     assert n >= 1                          # something came back and was either accepted or rejected with a reason
     assert json.loads((tmp_path/'o'/'summary.json').read_text())['requests_sent'] == 0
+
+
+def test_dry_run_counts_before_sending(tmp_path, capsys):
+    "`lskd generate --dry-run`: requests, tokens, cost and time, and not one request sent; the counts match a real run's"
+    vp = write_jsonl(tmp_path/'v.jsonl', verbs(5))
+    cfg = tmp_path/'c.yaml'; cfg.write_text('prices: {fake: {prompt: 0.5, completion: 1.5}}\n')
+    with FakeTeacher() as ft:
+        assert main([str(vp), str(tmp_path/'dry'), '--config', str(cfg), '--base-url', ft.base_url, '--model', 'fake', '--samples', '2',
+                     '--dry-run', '--tokens-per-s', '25']) == 0
+        assert ft.requests == [] and not (tmp_path/'dry'/'corpus.jsonl').exists()
+        e = json.loads((tmp_path/'dry'/'estimate.json').read_text())
+        assert (e['images'], e['requests'], e['prompt_tokens']) == (5, 10, 2*e['prompt_tokens_local'])
+        assert e['cost_usd'] == pytest.approx((e['prompt_tokens']*0.5 + e['completion_tokens']*1.5)/1e6) and e['wall_s'] == pytest.approx(e['completion_tokens']/25)
+        res = generate(vp, tmp_path/'real', base_url=ft.base_url, model='fake', samples=2, progress=False)
+        assert res.summary['requests_sent'] == e['requests'] == len(ft.requests)
+    capsys.readouterr()
