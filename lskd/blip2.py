@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_blip2.ipynb #629cedb9
 from __future__ import annotations
-import json, shutil
+import json
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from pathlib import Path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, html, json, re, sys
 from dataclasses import dataclass, asdict
 from pathlib import Path
-import torch, torch.nn.functional as F
+import torch
 from .core import atomic_write
 from .blip2 import Blip2ModelConfig, bert_tokenizer, write_preprocessor, interpolate_pos_embed
 
@@ -99,21 +99,21 @@ def _drop_reason(k): return next((w for p,w in DROPPED.items() if re.fullmatch(p
 def map_release(sd, vis, grid):
     "`(model state, head state, report)` for checkpoint `sd` and ViT `vis`; the ViT's position grid resized to `grid`"
     model, heads, rep = {}, {}, {'used': 0, 'dropped': {}, 'unused': []}
-    def put(k, dest, t, v): dest[t] = v.float(); rep['used'] += 1
+    def put(dest, t, v): dest[t] = v.float(); rep['used'] += 1
     for k, v in sd.items():
         if k.startswith('visual_encoder.'): continue
-        if (t := rename(k, QFORMER_RULES)): put(k, model, t, v)
-        elif (t := rename(k, HEAD_RULES)): put(k, heads, t, v)
-        elif k == 'temp': put(k, heads, 'temp', v)
+        if (t := rename(k, QFORMER_RULES)): put(model, t, v)
+        elif (t := rename(k, HEAD_RULES)): put(heads, t, v)
+        elif k == 'temp': put(heads, 'temp', v)
         elif (why := _drop_reason(k)): rep['dropped'][k] = why
         else: rep['unused'].append(k)
     if 'Qformer.bert.embeddings.position_ids' in sd and not torch.equal(sd['Qformer.bert.embeddings.position_ids'].flatten().long(), torch.arange(sd['Qformer.bert.embeddings.position_ids'].numel())):
         raise ValueError("Qformer.bert.embeddings.position_ids is not 0..n-1: this checkpoint's positions cannot be dropped")
     for k, v in vis.items():
         if (b := re.fullmatch(r'blocks\.(\d+)\.attn\.([qv])_bias', k)):
-            if b.group(2) == 'q': put(k, model, f'vision_model.encoder.layers.{b.group(1)}.self_attn.qkv.bias', qkv_bias(v, vis[f'blocks.{b.group(1)}.attn.v_bias']))
+            if b.group(2) == 'q': put(model, f'vision_model.encoder.layers.{b.group(1)}.self_attn.qkv.bias', qkv_bias(v, vis[f'blocks.{b.group(1)}.attn.v_bias']))
             else: rep['used'] += 1
-        elif (t := rename(k, VISION_RULES)): put(k, model, 'vision_model.' + t, interpolate_pos_embed(v, grid) if k == 'pos_embed' else v)
+        elif (t := rename(k, VISION_RULES)): put(model, 'vision_model.' + t, interpolate_pos_embed(v, grid) if k == 'pos_embed' else v)
         else: rep['unused'].append('visual_encoder.' + k)
     return model, heads, rep
 
@@ -183,7 +183,7 @@ def convert_release(checkpoint,           # the release's checkpoint_best.pth (L
     model.load_state_dict({**state, **{k: torch.zeros_like(target[k]) for k in absent}}, strict=True)
     report = ConversionReport(kind=kind, checkpoint=str(checkpoint), vision=str(vision) if vision else 'in the checkpoint',
                               checkpoint_keys=len(sd), vision_keys=len(vis) if vision else 0, used=rep['used'], dropped=rep['dropped'],
-                              absent_in_release=absent, unused=rep['unused'], target_params=len(target), set_params=len(target),
+                              absent_in_release=absent, unused=rep['unused'], target_params=len(target),
                               image_size=arch.image_size, position_grid=f"{round((vis['pos_embed'].shape[1]-1)**.5)} -> {grid}")
     out = Path(out); mdir = out/'model' if kind == 'critic' else out
     _save_model(model, tok, mdir, heads.pop('temp', torch.tensor(0.07)), kind, report)
