@@ -16,7 +16,7 @@ from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jso
 from fastcore.basics import patch
 import shutil, torch.nn as nn
 from .models import load_model, model_settings
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, seed_all
 
 # %% auto #0
 __all__ = ['SYNTHETIC_KINDS', 'SYNTHETIC_LABELS', 'qar_key', 'Label', 'read_labels', 'current_labels', 'Consensus', 'consensus',
@@ -549,7 +549,7 @@ def train_critic(corpus,                    # JSONL path(s) of the triples (corp
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     tr_ex, tr_views, val, va_views = _critic_setup(corpus, labels, heldout, heldout_seed, max_regions, augment, seed,
                                                    BadRows(on_bad_row, out/'critic_errors.jsonl'))
-    torch.manual_seed(seed)
+    seed_all(seed)
     m = model if isinstance(model, nn.Module) else load_model(model, device or 'cpu', **(model_config or {}))
     if cache_dir: m.use_cache_dir(cache_dir)
     net = CriticNet(m)

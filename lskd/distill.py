@@ -15,7 +15,7 @@ from .core import (QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jso
                        parse_refs, region_by_id, open_image, image_path, visual_prompt, heldout_image, check_config,
                        atomic_path, atomic_write, as_qar, BadRows, skip_row, model_text, draw_order, repoint, swap_refs)
 from .models import load_model, build_model, model_settings
-from .train import TrainConfig, History, accelerator, fit, latest_checkpoint
+from .train import TrainConfig, History, accelerator, fit, latest_checkpoint, seed_all
 
 # %% auto #0
 __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
@@ -394,7 +394,7 @@ def distill(corpus,              # JSONL of the (filtered) corpus
     "Train a student on `corpus` (JSONL) into `out`; `config`: a `DistillConfig`, a dict or a YAML path; returns a summary"
     config = as_config(config, **kw); out, root = Path(out), config.images
     accel = accelerator(config)
-    torch.manual_seed(config.seed); random.seed(config.seed); np.random.seed(config.seed % 2**32)
+    seed_all(config.seed)
     model = student or make_student(config, accel.device)
     if config.lr is None: config = replace(config, lr=model.default_lr['student'])
     if accel.is_main_process: out.mkdir(parents=True, exist_ok=True); atomic_write(out/'config.json', json.dumps(config.to_dict(), indent=1))

@@ -354,7 +354,7 @@ def image_item(ie,                   # the image encoder (pools the region featu
 
 # %% ../nbs/11_fusion.ipynb #5fcce051
 @patch
-def images(self:FeatureCache, keys, make, batch_size=16, progress=False):
+def images(self:FeatureCache, keys, make, progress=False):
     "Per-image feature dicts for `keys`; `make(i)` -> (drawn image, boxes) is called only for uncached ones"
     if self.ie is None: raise ValueError("this FeatureCache has no image encoder")
     tag = (self.ie.name, list(self.ie.size)) + (('crop',) if self.crops else ()) + (('tags', self.tags, self.te.name) if self.tagger else ())
@@ -363,37 +363,30 @@ def images(self:FeatureCache, keys, make, batch_size=16, progress=False):
     for i,k in enumerate(ks): first.setdefault(k, i)
     got = {k: self._get(k) for k in first}
     todo = [i for k,i in first.items() if got[k] is None]        # each distinct drawing once
-    for s in tqdm(range(0, len(todo), batch_size), disable=not progress or not todo, desc='image features', leave=False):
-        idx = todo[s:s+batch_size]
-        made = [make(i) for i in idx]
-        with torch.no_grad():
-            fmap, sizes = self.ie.encode([im for im,_ in made], batch_size)
-            for j,(i,(im, boxes)) in enumerate(zip(idx, made)):
-                got[ks[i]] = self._put(ks[i], image_item(self.ie, fmap[j], sizes[j], boxes, self.dtype, im if self.crops else None, self.tagger))
+    for i in tqdm(todo, disable=not progress or not todo, desc='image features', leave=False):
+        im, boxes = make(i)
+        with torch.no_grad(): fmap, sizes = self.ie.encode([im])          # alone: the same features whatever is cached
+        got[ks[i]] = self._put(ks[i], image_item(self.ie, fmap[0], sizes[0], boxes, self.dtype, im if self.crops else None, self.tagger))
     return [got[k] for k in ks]
 
 # %% ../nbs/11_fusion.ipynb #44755abb
 @patch
-def texts(self:FeatureCache, texts, batch_size=64, progress=False):
+def texts(self:FeatureCache, texts, progress=False):
     "Per-text feature dicts (token states, mention ids, sentence embedding) for `texts`"
     if self.te is None: raise ValueError("this FeatureCache has no text encoder")
     texts = list(texts)
     ks = [_hash('txt', self.te.name, self.te.max_length, t) for t in texts]
     out = [self._get(k) for k in ks]
     key_of = dict(zip(texts, ks))
-    todo = sorted({t for t,o in zip(texts, out) if o is None}, key=lambda t: -len(t))
     done = {}
-    for s in tqdm(range(0, len(todo), batch_size), disable=not progress or not todo, desc='text features', leave=False):
-        chunk = todo[s:s+batch_size]
+    for t in tqdm(list(dict.fromkeys(t for t,o in zip(texts, out) if o is None)), disable=not progress, desc='text features', leave=False):
         with torch.no_grad():
-            h, mask = self.te.token_features(chunk)
-            refs = ref_token_ids(self.te.tokenizer, chunk, self.te.max_length)
-        mf = mask[..., None].to(h)
+            h, mask = self.te.token_features([t])              # alone: no padding, the same features whatever is cached
+            refs = ref_token_ids(self.te.tokenizer, [t], self.te.max_length)
+        n = int(mask[0].sum()); mf = mask[..., None].to(h)
         pooled = F.normalize((h*mf).sum(1)/mf.sum(1).clamp_min(1e-9), dim=-1)
-        for j,t in enumerate(chunk):
-            n = int(mask[j].sum())
-            done[t] = self._put(key_of[t], {'hidden': h[j, :n].to(self.dtype).contiguous(), 'refs': refs[j, :n].contiguous(),
-                                                      'pooled': pooled[j].float().contiguous()})
+        done[t] = self._put(key_of[t], {'hidden': h[0, :n].to(self.dtype).contiguous(), 'refs': refs[0, :n].contiguous(),
+                                        'pooled': pooled[0].float().contiguous()})
     return [o if o is not None else done[t] for t,o in zip(texts, out)]
 
 # %% ../nbs/11_fusion.ipynb #70dc1a6a

@@ -94,7 +94,7 @@ def request_key(body):
 
 # %% ../nbs/03_generate.ipynb #e24a3afb
 class ReplyCache:
-    "Successful teacher replies keyed by request hash, in SQLite"
+    "Successful teacher replies keyed by request hash, in SQLite; and a log of every request sent"
     def __init__(self, path):
         self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
@@ -103,6 +103,7 @@ class ReplyCache:
             self.db.execute('PRAGMA journal_mode=WAL')
             self.db.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, request TEXT, reply TEXT, '
                             'prompt_tokens INTEGER, completion_tokens INTEGER, seconds REAL, created REAL)')
+            self.db.execute('CREATE TABLE IF NOT EXISTS sent (key TEXT, time REAL)')
     def __len__(self):
         with self.lock: return self.db.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
 
@@ -121,6 +122,19 @@ def put(self:ReplyCache, key, body, reply, seconds=None):
                         (key, json.dumps(body, ensure_ascii=False), json.dumps(reply, ensure_ascii=False),
                          u.get('prompt_tokens'), u.get('completion_tokens'), seconds, time.time()))
 
+# %% ../nbs/03_generate.ipynb #240121a7
+@patch
+def log_sent(self:ReplyCache, key):
+    with self.lock, self.db: self.db.execute('INSERT INTO sent VALUES (?,?)', (key, time.time()))
+
+
+# %% ../nbs/03_generate.ipynb #556233ed
+@patch
+def sent(self:ReplyCache):
+    "How many times each request key was sent, over every attempt: `{key: count}`"
+    with self.lock: return dict(self.db.execute('SELECT key, COUNT(*) FROM sent GROUP BY key').fetchall())
+
+
 # %% ../nbs/03_generate.ipynb #ee73817e
 @patch
 def close(self:ReplyCache): self.db.close()
@@ -130,6 +144,7 @@ class NoCache:
     "A cache that keeps nothing"
     def get(self, key): return None
     def put(self, *a, **k): pass
+    def log_sent(self, key): pass
     def __len__(self): return 0
     def close(self): pass
 
@@ -147,9 +162,9 @@ class Meter:
         self.lock = threading.Lock()
     @property
     def tokens(self): return self.prompt_tokens + self.completion_tokens
+    def cost_of(self, prompt, completion): return (prompt*self.price.get('prompt', 0) + completion*self.price.get('completion', 0))/1e6
     @property
-    def cost(self):
-        return (self.prompt_tokens*self.price.get('prompt', 0) + self.completion_tokens*self.price.get('completion', 0))/1e6
+    def cost(self): return self.cost_of(self.prompt_tokens, self.completion_tokens)
 
 # %% ../nbs/03_generate.ipynb #7f126de5
 @patch
@@ -226,20 +241,20 @@ def _api_key(cfg, base_url):
 # %% ../nbs/03_generate.ipynb #43095a5e
 @contextmanager
 def teacher_endpoint(cfg, log_dir=None):
-    "`(base_url, model, api_key, flavour)` of the configured teacher, started for the block if local/fake"
+    "`(base_url, model, api_key, flavour, gone)` of the configured teacher, started for the block if local/fake"
     if cfg.teacher == 'remote':
         if not cfg.model: raise ValueError("config 'model' is required for teacher: remote (e.g. --model gpt-4o-mini)")
-        yield cfg.base_url, cfg.model, _api_key(cfg, cfg.base_url), None
+        yield cfg.base_url, cfg.model, _api_key(cfg, cfg.base_url), None, None
     elif cfg.teacher == 'fake':
         from lskd.testing import FakeTeacher      # a test double: imported for dry runs only
-        with FakeTeacher() as ft: yield ft.base_url, cfg.model or 'fake', 'sk-fake', 'openai'
+        with FakeTeacher() as ft: yield ft.base_url, cfg.model or 'fake', 'sk-fake', 'openai', None
     else:
         from lskd.server import fetch_models, TeacherServer
         name = cfg.local_model
         path = fetch_models(name, cache_dir=cfg.models_cache, progress=cfg.progress)[name]
         log = Path(log_dir)/'teacher_server.log' if log_dir else None
         with TeacherServer(path, alias=name, n_ctx=cfg.local_n_ctx, n_threads=cfg.local_n_threads, log_path=log) as srv:
-            yield srv.base_url, name, 'sk-local', 'none'
+            yield srv.base_url, name, 'sk-local', 'none', srv.exit_reason
 
 # %% ../nbs/03_generate.ipynb #4593d8b3
 class Teacher:
@@ -249,8 +264,10 @@ class Teacher:
                  model, # model name at the endpoint
                  cache, # `ReplyCache` or `NoCache`
                  meter, # the run's `Meter`
-                 flavour=None): # the endpoint's `response_format` spelling, if known (for `auto`)
+                 flavour=None, # the endpoint's `response_format` spelling, if known (for `auto`)
+                 gone=None): # `gone()`: why the endpoint is known to be gone, or None (`teacher_endpoint`)
         self.cfg, self.client, self.model, self.cache, self.meter = cfg, client, model, cache, meter
+        self.gone = gone
         f = cfg.response_format
         self.modes = [f] if f != 'auto' else ([flavour] if flavour else ['openai', 'llama_cpp', 'none'])
         self.mode_i, self.lock, self.abort = 0, threading.Lock(), None
@@ -260,6 +277,13 @@ class Teacher:
 @patch
 def _count(self:Teacher, k, n=1):
     with self.lock: self.stats[k] += n
+
+# %% ../nbs/03_generate.ipynb #2c4c08f1
+@patch
+def _retry(self:Teacher, e, wait):
+    self._count('retries')
+    if self.gone and (why := self.gone()): self.abort = why; raise RuntimeError(why)
+
 
 # %% ../nbs/03_generate.ipynb #ca4118ce
 @patch
@@ -273,8 +297,8 @@ def run(self:Teacher, prompt, seed):
         body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi]); key = request_key(body)
         if self.abort: raise RuntimeError(f'not sent: the run was aborted ({self.abort})')
         if self.meter.over_budget(): raise BudgetExceeded()
-        t0 = time.perf_counter()
-        try: r = send(self.client, body, self.cfg, on_retry=lambda e, w: self._count('retries'))
+        t0 = time.perf_counter(); self.cache.log_sent(key)
+        try: r = send(self.client, body, self.cfg, on_retry=self._retry)
         except Exception as e:
             import openai
             if 'response_format' in body and is_format_error(e) and mi + 1 < len(self.modes):
@@ -340,26 +364,29 @@ class GenResult:
 def _summary(cfg, # the run's `GenerateConfig`
              model, # the teacher's model name
              base_url, # its endpoint
-             c, # the run's Counter of images, jobs, replies and reject reasons
-             meter, # its `Meter`
+             c, # the run's Counter of images, jobs, replies, their tokens and reject reasons
+             meter, # its `Meter` (what was sent, and the prices)
              teacher, # its `Teacher` (requests sent, cached, retries; the response format)
              wall, # seconds the run took
              status, # complete | budget | failed
             ):
+    "`(summary, attempt)`: the corpus's figures, and what this call did"
     parsed = c['triples_parsed']
-    return dict(status=status, model=model, base_url=base_url, prompt=cfg.prompt, images=c['images'],
+    summary = dict(status=status, model=model, prompt=cfg.prompt, images=c['images'],
         images_done=c['images_done'], images_no_regions=c['no_regions'], requests=c['jobs'],
-        requests_sent=teacher.stats['sent'], requests_cached=teacher.stats['cached'],
-        requests_failed=c['failed'], requests_skipped_budget=c['budget_skipped'], retries=teacher.stats['retries'],
+        requests_failed=c['failed'], requests_skipped_budget=c['budget_skipped'],
         replies=c['replies'], parse_success_rate=round(c['parsed_ok']/c['replies'], 4) if c['replies'] else None,
         triples_parsed=parsed, valid_ref_rate=round(1 - c['reject_bad_region']/parsed, 4) if parsed else None,
         accepted=c['accepted'], triples_per_image=round(c['accepted']/c['images_done'], 4) if c['images_done'] else 0.0,
         rejected={k[7:]: v for k,v in c.items() if k.startswith('reject_')},
         reject_shares=reject_shares(c['accepted'], Counter({k[7:]: v for k,v in c.items() if k.startswith('reject_') and k != 'reject_no_regions'})),
-        prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens, cost_usd=round(meter.cost, 6),
-        completion_tokens_per_s=round(meter.completion_tokens/wall, 2) if wall else None,
-        request_seconds=round(teacher.stats['seconds'], 3), wall_s=round(wall, 3),
-        response_format=teacher.modes[teacher.mode_i])
+        prompt_tokens=c['tokens_prompt'], completion_tokens=c['tokens_completion'],
+        cost_usd=round(meter.cost_of(c['tokens_prompt'], c['tokens_completion']), 6), response_format=teacher.modes[teacher.mode_i])
+    attempt = dict(base_url=base_url, requests_sent=teacher.stats['sent'], requests_cached=teacher.stats['cached'],
+        retries=teacher.stats['retries'], sent_prompt_tokens=meter.prompt_tokens, sent_completion_tokens=meter.completion_tokens,
+        sent_cost_usd=round(meter.cost, 6), completion_tokens_per_s=round(meter.completion_tokens/wall, 2) if wall else None,
+        request_seconds=round(teacher.stats['seconds'], 3), wall_s=round(wall, 3))
+    return summary, attempt
 
 # %% ../nbs/03_generate.ipynb #50769838
 def _process(verb, # the image's `Verbalization`
@@ -406,10 +433,10 @@ def generate(verbalizations, out_dir, config=None, **overrides):
     atomic_write(out/'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False))    # names of env vars only, no secrets
     cache = ReplyCache(out/cfg.cache) if cfg.cache else NoCache()
     c, failures, t0 = Counter(), [], time.perf_counter()
-    with teacher_endpoint(cfg, out) as (base_url, model, key, flavour):
+    with teacher_endpoint(cfg, out) as (base_url, model, key, flavour, gone):
         client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
         meter = Meter(cfg.prices, model, cfg.budget_usd, cfg.budget_tokens)
-        teacher = Teacher(cfg, client, model, cache, meter, flavour)
+        teacher = Teacher(cfg, client, model, cache, meter, flavour, gone)
         outs, writing = _Outputs(out), True
         ex = ThreadPoolExecutor(cfg.concurrency)
         def finish_image(item):
@@ -417,7 +444,9 @@ def generate(verbalizations, out_dir, config=None, **overrides):
             verb, prompt, futs = item
             replies, ok = [], True
             for j, seed, f in (futs if prompt is not None else []):
-                try: r, rk = f.result(); replies.append((j, seed, r, rk))
+                try:
+                    r, rk = f.result(); replies.append((j, seed, r, rk)); u = r.get('usage') or {}
+                    c['tokens_prompt'] += int(u.get('prompt_tokens') or 0); c['tokens_completion'] += int(u.get('completion_tokens') or 0)
                 except BudgetExceeded: c['budget_skipped'] += 1; ok = False
                 except Exception as e:
                     c['failed'] += 1; ok = False
@@ -452,9 +481,10 @@ def generate(verbalizations, out_dir, config=None, **overrides):
             outs.close(); cache.close()
         status = 'failed' if failures else 'complete' if c['images_done'] == n_total else 'budget'
         wall = time.perf_counter() - t0
-        summary = _summary(cfg, model, base_url, c, meter, teacher, wall, status)
+        summary, attempt = _summary(cfg, model, base_url, c, meter, teacher, wall, status)
     if status == 'complete': outs.finish()
     atomic_json(out/'summary.json', summary)
+    with open(out/'attempts.jsonl', 'a') as f: f.write(json.dumps(dict(status=status, **attempt)) + '\n')
     if failures:
         write_jsonl(out/'failures.jsonl', failures)
         lines = '\n'.join(f"  {f['image']} sample {f['sample']}: {f['error']}" for f in failures[:10])
@@ -463,7 +493,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
                               f"{teacher.stats['sent']} replies of this run are cached, so rerunning the same command "
                               f"retries only what is missing:\n{lines}{more}")
     elif (out/'failures.jsonl').exists(): (out/'failures.jsonl').unlink()
-    return GenResult(status, summary, out)
+    return GenResult(status, {**summary, **attempt}, out)
 
 # %% ../nbs/03_generate.ipynb #c422dea1
 def token_counter(cfg):
@@ -589,7 +619,7 @@ def run_stage(run_dir, cfg):
         from lskd.server import MODELS
         if gcfg.local_model in MODELS: sums = {gcfg.local_model: MODELS[gcfg.local_model]['sha256']}
     return write_stage_report(run_dir, 'generate', list(OUTPUTS) + ['summary.json'], model_sha256=sums,
-                              counts={k: s[k] for k in ('images_done', 'accepted', 'triples_parsed', 'requests_sent', 'requests_cached', 'requests_failed')},
+                              counts={k: s[k] for k in ('images_done', 'accepted', 'triples_parsed', 'requests', 'replies', 'requests_failed')},
                               models=[s['model']], tokens={'prompt': s['prompt_tokens'], 'completion': s['completion_tokens']},
                               cost_usd=s['cost_usd'], parse_success_rate=s['parse_success_rate'], valid_ref_rate=s['valid_ref_rate'],
                               rejected=s['rejected'], estimate=asdict(estimate(vpath, gcfg)))   # what --dry-run said, beside what was sent

@@ -321,6 +321,15 @@ def stop(self:TeacherServer, grace=10):
     "Stop the server: SIGTERM, then SIGKILL after `grace` seconds"
     if self.proc is not None: _stop_proc(self.proc, grace)
 
+# %% ../nbs/09_server.ipynb #7334cf32
+@patch
+def exit_reason(self:TeacherServer):
+    "Why the started server is gone (its exit code and log tail), or None while it runs"
+    if self.proc is None or self.proc.poll() is None: return None
+    rc = self.proc.returncode; sig = f' (signal {-rc}: llama.cpp crashed)' if rc < 0 else ''
+    return f"the local teacher server exited with code {rc}{sig} (log {self.log_path}):\n{self.log_tail(10)}"
+
+
 # %% ../nbs/09_server.ipynb #ab9e9708
 @patch
 def client(self:TeacherServer, **kwargs):

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from .core import write_jsonl
 
 # %% auto #0
-__all__ = ['TrainConfig', 'get_lr', 'optimizer', 'rng_state', 'set_rng_state', 'optimizer_tensors', 'load_optimizer_tensors',
-           'trainable', 'save_checkpoint', 'finish_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'History',
-           'mixed_precision', 'accelerator', 'Loop', 'fit']
+__all__ = ['TrainConfig', 'get_lr', 'optimizer', 'seed_all', 'rng_state', 'set_rng_state', 'optimizer_tensors',
+           'load_optimizer_tensors', 'trainable', 'save_checkpoint', 'finish_checkpoint', 'latest_checkpoint',
+           'load_checkpoint', 'History', 'mixed_precision', 'accelerator', 'Loop', 'fit']
 
 # %% ../nbs/16_train.ipynb #b3af4eff
 @dataclass
@@ -65,6 +65,12 @@ def optimizer(named_params, config):
     lr = lambda s: get_lr(s, config.steps, config.warmup_, config.lr_, config.min_lr_) / config.lr_
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr)
 
+# %% ../nbs/16_train.ipynb #931eb522
+def seed_all(seed):
+    "Seed Python's `random`, NumPy and torch (all devices)"
+    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+
 # %% ../nbs/16_train.ipynb #d4029cf2
 def rng_state(generator):
     "Every random state a training step touches: `(tensors, JSON-able)`"
@@ -101,7 +107,8 @@ def load_optimizer_tensors(opt, t, groups):
 def trainable(module): "Named parameters that train"; return {k: p for k,p in module.named_parameters() if p.requires_grad}
 
 # %% ../nbs/16_train.ipynb #d3694010
-def save_checkpoint(folder, module, opt, sched, generator, step, position, history, rank=0, is_main=True):
+def save_checkpoint(folder, module, opt, sched, generator, step, position, history, rank=0, is_main=True,
+                    acc=None):   # `{'values': {name: sum}, 'steps': n}` logged since the last history record
     "Write `folder/checkpoints/.step-NNNNNN.tmp` (weights and state from the main process, every process its RNG); `(tmp, final)`"
     from safetensors.torch import save_file
     ck = Path(folder)/'checkpoints'; final = ck/f'step-{step:06d}'; tmp = ck/f'.step-{step:06d}.tmp'
@@ -110,7 +117,8 @@ def save_checkpoint(folder, module, opt, sched, generator, step, position, histo
     if is_main:
         save_file({k: p.detach().contiguous().cpu() for k,p in trainable(module).items()}, str(tmp/'weights.safetensors'))
         t, groups = optimizer_tensors(opt)
-        meta = {'param_groups': groups, 'scheduler': sched.state_dict(), 'step': step, 'position': position, 'history': history}
+        meta = {'param_groups': groups, 'scheduler': sched.state_dict(), 'step': step, 'position': position, 'history': history,
+                'acc': acc or {'values': {}, 'steps': 0}}
         save_file(t, str(tmp/'state.safetensors'), metadata={k: json.dumps(v, default=float) for k,v in meta.items()})
     return tmp, final
 
@@ -138,7 +146,7 @@ def _read(path):
 
 # %% ../nbs/16_train.ipynb #ea03a1ea
 def load_checkpoint(ck, module, opt, sched, generator, rank=0):
-    "Restore a checkpoint into `module`, `opt`, `sched`, `generator`; `(step, position, history)`"
+    "Restore a checkpoint into `module`, `opt`, `sched`, `generator`; `(step, position, history, acc)`"
     ck = Path(ck); w, _ = _read(ck/'weights.safetensors'); params = trainable(module)
     bad = sorted(set(w) ^ set(params)) + sorted(k for k in set(w) & set(params) if w[k].shape != params[k].shape)
     if bad: raise ValueError(f"checkpoint {ck} does not fit this model (differs in {bad[:5]}); was it made with other settings?")
@@ -149,7 +157,7 @@ def load_checkpoint(ck, module, opt, sched, generator, rank=0):
     r = ck/f'rng-{rank}.safetensors'
     if r.exists(): t, j = _read(r); set_rng_state(t, j['state'], generator)
     else: warnings.warn(f"{ck} has no random state for process {rank}: the run continues, but not bit-exactly")
-    return st['step'], st['position'], st['history']
+    return st['step'], st['position'], st['history'], st.get('acc') or {'values': {}, 'steps': 0}
 
 # %% ../nbs/16_train.ipynb #bc507374
 class History(list):
@@ -262,7 +270,8 @@ def checkpoint(self:Loop):
     "Write this step's checkpoint (every process its random state), then move it into place"
     a = self.accel
     tmp, final = save_checkpoint(self.out, self.module, self.opt, self.sched, self.gen, self.step, list(self.position),
-                                 list(self.history), a.process_index, a.is_main_process)
+                                 list(self.history), a.process_index, a.is_main_process,
+                                 acc={'values': self.acc, 'steps': self.n_acc})
     a.wait_for_everyone()
     if a.is_main_process: finish_checkpoint(tmp, final, self.config.keep_checkpoints)
     a.wait_for_everyone()
@@ -276,7 +285,8 @@ def fit(module, data, config, out, accel=None, resume=False, progress=True, desc
     opt, sched = optimizer(trainable(module), config)
     L = Loop(module, module, opt, sched, torch.Generator().manual_seed(config.seed + 1), accel, config, Path(out))
     if resume and (ck := latest_checkpoint(out)):
-        L.step, L.position, h = load_checkpoint(ck, module, opt, sched, L.gen, accel.process_index); L.history = History(h)
+        L.step, L.position, h, acc = load_checkpoint(ck, module, opt, sched, L.gen, accel.process_index)
+        L.history, L.acc, L.n_acc = History(h), dict(acc['values']), acc['steps']   # the record in progress goes on
     L.net, L.opt = accel.prepare(module, opt)
     batches, bar = iter(data(L.position)), tqdm(total=config.steps, initial=L.step, desc=desc, disable=not progress or not accel.is_main_process)
     L.net.train()

@@ -785,7 +785,9 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
         flush()
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_json(out_dir/'verbalize_run.json', {'root': res.root, 'config': cfg.to_dict(), 'config_hash': chash,
-        'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'bad_rows': res.bad_rows, 'seconds': res.seconds})
+        'images': res.written + res.skipped, 'errors': res.errors, 'bad_rows': res.bad_rows})
+    with open(out_dir/'attempts.jsonl', 'a') as f:   # what this call did: a resumed run's files stay those of an uninterrupted one
+        f.write(json.dumps({'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds}) + '\n')
     return res
 
 # %% ../nbs/01_verbalize.ipynb #f12a8ea5

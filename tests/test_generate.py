@@ -44,11 +44,13 @@ def test_outputs_and_rerun_sends_nothing(vfile, tmp_path, fake):
     assert len(rows) == len(corpus) and isinstance(rows[0]['question'], list) and rows[0]['region_all'] == [0, 1]
     s = json.loads((tmp_path/'o'/'summary.json').read_text())
     assert s['parse_success_rate'] == 1.0 and s['prompt_tokens'] > 0 and s['completion_tokens'] > 0
-    files = {p.name: p.read_bytes() for p in (tmp_path/'o').glob('*.jsonl')}
+    outputs = lambda: {p.name: p.read_bytes() for p in (tmp_path/'o').iterdir() if p.suffix in ('.jsonl', '.json') and p.stem not in ('attempts', 'progress')}
+    files = outputs()
     res2 = run(vfile, tmp_path/'o', fake, samples=2)
     assert len(fake.requests) == 12 and res2['requests_sent'] == 0 and res2['requests_cached'] == 12
-    assert res2['completion_tokens'] == 0                                              # nothing spent on a rerun
-    assert {p.name: p.read_bytes() for p in (tmp_path/'o').glob('*.jsonl')} == files
+    assert res2['sent_completion_tokens'] == 0 and res2['completion_tokens'] == res['completion_tokens'] > 0   # nothing spent on a rerun
+    assert outputs() == files and 'summary.json' in files                                # the summary too: the corpus's figures
+    assert [json.loads(l)['requests_sent'] for l in (tmp_path/'o'/'attempts.jsonl').read_text().splitlines()] == [12, 0]
     # a changed sampling parameter is a different request
     run(vfile, tmp_path/'o', fake, samples=2, temperature=0.3)
     assert len(fake.requests) == 24
@@ -153,7 +155,7 @@ def test_budget_cap_stops_cleanly_and_resumes(vfile, tmp_path, fake):
     n0 = len(fake.requests)
     res = run(vfile, tmp_path/'o', fake, concurrency=1, prices=prices, budget_usd=2.5*one)
     assert res.status == 'budget' and res['requests_sent'] == 3 and len(fake.requests) - n0 == 3
-    assert res['cost_usd'] >= 2.5*one and res['images_done'] == 3
+    assert res['sent_cost_usd'] >= 2.5*one and res['images_done'] == 3
     assert len(list(read_jsonl(tmp_path/'o'/'corpus.jsonl.partial'))) == res['accepted'] > 0
     assert not (tmp_path/'o'/'corpus.jsonl').exists()
     # CLI: exit code 3 when stopped by the budget; then finishing without a cap sends only the rest
@@ -238,8 +240,8 @@ def test_kill_and_resume_gives_identical_corpus(tmp_path):
         assert ft.ok - 3*3 <= cached <= ft.ok    # at most the replies in flight at each kill are lost
         n_before = len(ft.requests)
         assert subprocess.run([sys.executable, '-c', CHILD] + args, capture_output=True).returncode == 0
-        summary = json.loads((tmp_path/'k'/'summary.json').read_text())
-        assert summary['requests_cached'] == cached and summary['requests_sent'] == 28 - cached
+        attempts = [json.loads(l) for l in (tmp_path/'k'/'attempts.jsonl').read_text().splitlines()]
+        assert len(attempts) == 1 and attempts[-1]['requests_cached'] == cached and attempts[-1]['requests_sent'] == 28 - cached   # killed calls write none
         assert len(ft.requests) - n_before == 28 - cached
         ref = generate(vfile, tmp_path/'ref', dict(QUICK, base_url=ft.base_url, samples=2, concurrency=1))
         assert ref.status == 'complete'
@@ -287,7 +289,7 @@ def test_real_llama_cpp_server_end_to_end(tmp_path):
     for f in ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl', 'summary.json'): assert (tmp_path/'o'/f).exists()
     n = len(list(read_jsonl(tmp_path/'o'/'corpus.jsonl'))) + len(list(read_jsonl(tmp_path/'o'/'rejects.jsonl')))
     assert n >= 1                          # something came back and was either accepted or rejected with a reason
-    assert json.loads((tmp_path/'o'/'summary.json').read_text())['requests_sent'] == 0
+    assert json.loads((tmp_path/'o'/'attempts.jsonl').read_text().splitlines()[-1])['requests_sent'] == 0
 
 
 def test_dry_run_counts_before_sending(tmp_path, capsys):
