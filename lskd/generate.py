@@ -484,7 +484,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
         summary, attempt = _summary(cfg, model, base_url, c, meter, teacher, wall, status)
     if status == 'complete': outs.finish()
     atomic_json(out/'summary.json', summary)
-    with open(out/'attempts.jsonl', 'a') as f: f.write(json.dumps(dict(status=status, **attempt)) + '\n')
+    write_jsonl(out/'attempts.jsonl', [dict(status=status, **attempt)], append=True)
     if failures:
         write_jsonl(out/'failures.jsonl', failures)
         lines = '\n'.join(f"  {f['image']} sample {f['sample']}: {f['error']}" for f in failures[:10])

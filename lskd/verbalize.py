@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (Region, ImageRecord, Verbalization, Description, QAPair, JsonlWriter, read_jsonl,
                        read_vcr, vcr_image, xywh2xyxy, open_image, image_path, render_refs, draw_regions,
-                       check_config, atomic_json, vcr_meta_record, vcr_item, bad_row, BadRows, reject)
+                       check_config, atomic_json, write_jsonl, vcr_meta_record, vcr_item, bad_row, BadRows, reject)
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref', 'stage_images',
@@ -786,8 +786,8 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_json(out_dir/'verbalize_run.json', {'root': res.root, 'config': cfg.to_dict(), 'config_hash': chash,
         'images': res.written + res.skipped, 'errors': res.errors, 'bad_rows': res.bad_rows})
-    with open(out_dir/'attempts.jsonl', 'a') as f:   # what this call did: a resumed run's files stay those of an uninterrupted one
-        f.write(json.dumps({'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds}) + '\n')
+    write_jsonl(out_dir/'attempts.jsonl', [{'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds}],
+                append=True)   # what this call did: a resumed run's files stay those of an uninterrupted one
     return res
 
 # %% ../nbs/01_verbalize.ipynb #f12a8ea5

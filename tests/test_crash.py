@@ -2,7 +2,7 @@
 process tree at random points in the stages, `lskd run --resume` after each, every file compared with an
 uninterrupted run's, teacher requests counted. The short variant (CI, ~5 min): SmolLM2-135M, 4 images, one kill at
 a random time in each of verbalize, generate, critic and distill, and one in critic and in distill as each writes a
-checkpoint (mid-training). The full one (`pytest --slow`, ~30 min): the default teacher, every
+checkpoint (mid-training). The full one (`pytest --slow`, ~20 min): the default teacher, every
 stage, 12 kills at random times and 2 at checkpoints, and two uninterrupted runs that must agree with each other too."""
 import json, subprocess, sys
 from pathlib import Path
