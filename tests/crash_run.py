@@ -112,7 +112,7 @@ def progress_of(run_dir, stage):
 
 def crash_chain(work, params, plan, man, log):
     "Kill at each point of `plan`, resuming after each; then resume to the end. The list of kills"
-    kills, run_dir = [], work/'runs'/RUN
+    kills, run_dir, prev = [], work/'runs'/RUN, {}
     shutil.rmtree(run_dir, ignore_errors=True)
     args = ['run', '--runs-dir', work/'runs', '--run-id', RUN, *params]
     for i, (stage, u) in enumerate(plan):
@@ -124,10 +124,10 @@ def crash_chain(work, params, plan, man, log):
         if u == CHECKPOINT:                      # the moment a new checkpoint is in place
             ckpts = lambda: {p for p in (run_dir/stage).glob('**/checkpoints/step-*') if p.is_dir()}
             before = ckpts()
-            while not ckpts() - before and r.proc.poll() is None: time.sleep(0.01)
-        else:
-            delay = u*man['stages'][stage]['seconds']
-            while time.monotonic() - t < delay and r.proc.poll() is None: time.sleep(0.02)
+            while not ckpts() - before and r.proc.poll() is None and r.stage() == stage: time.sleep(0.01)
+        else:                                    # a resumed stage goes on from where it was: wait for the rest of the way to u
+            delay = max(0.0, u - prev.get(stage, 0.0))*man['stages'][stage]['seconds']; prev[stage] = u
+            while time.monotonic() - t < delay and r.proc.poll() is None and r.stage() == stage: time.sleep(0.02)
         k.update(stage=r.stage(), seconds_in=round(time.monotonic() - t, 1))
         if r.proc.poll() is not None: k.update(killed=False, why=f'the run ended (rc {r.proc.returncode})')
         else:
