@@ -1,6 +1,8 @@
 # nbdev 2's template: everything is read from settings.ini
 from configparser import ConfigParser
-import setuptools, shlex
+import setuptools, shlex, shutil
+from pathlib import Path
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
@@ -20,7 +22,20 @@ dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 
+class build_py_with_files(build_py):
+    "Copy data/ and the notebooks into the built package (lskd/_assets): a wheel runs `lskd run` without a checkout"
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False): return     # an editable install reads them from the checkout
+        dst = Path(self.build_lib)/cfg['lib_path']/'_assets'
+        shutil.rmtree(dst, ignore_errors=True)
+        skip = shutil.ignore_patterns('.ipynb_checkpoints', '__pycache__', '*.pyc')
+        shutil.copytree('data', dst/'data', ignore=skip)
+        (dst/'nbs').mkdir(parents=True)
+        for nb in sorted(Path(cfg['nbs_path']).glob('*.ipynb')): shutil.copy2(nb, dst/'nbs'/nb.name)
+
 setuptools.setup(
+    cmdclass = {'build_py': build_py_with_files},
     name = cfg['lib_name'],
     license = lic[0],
     classifiers = [

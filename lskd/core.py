@@ -17,13 +17,13 @@ __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS
            'ImageRecord', 'image_path', 'open_image', 'image_record', 'region_by_id', 'parse_refs', 'render_refs',
            'check_refs', 'remap_text', 'RegionMap', 'draw_order', 'release_text', 'model_text', 'tokens_to_text',
            'text_to_tokens', 'Description', 'QAPair', 'Verbalization', 'QAR', 'swap_ids', 'repoint_target', 'repoint',
-           'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json', 'write_progress', 'progress_line',
+           'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json', 'write_progress', 'progress_line', 'Progress',
            'TornLineError', 'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'reject', 'skip_row',
            'read_jsonl', 'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap',
-           'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout', 'secret_keys', 'read_config',
+           'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout', 'shipped', 'secret_keys', 'read_config',
            'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item',
            'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex',
-           'outline_width', 'draw_regions', 'visual_prompt', 'refs_html', 'record_html', 'show']
+           'outline_width', 'draw_regions', 'visual_prompt', 'png_bytes', 'refs_html', 'record_html', 'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -450,12 +450,47 @@ def write_progress(path, done, total, unit, seconds, **counts):
 def _duration(s): return f'{s/3600:.1f} h' if s >= 5400 else f'{s/60:.0f} min' if s >= 90 else f'{s:.0f} s'
 
 def progress_line(p):
-    "'12/48 images, 140 triples, 0.31 images/s, ETA 2 min' from a progress dict `p`"
+    "'12/48 images, 140 triples, 0.31 images/s, ETA 2 min' from a progress dict `p` (its `task`, if any, first)"
     rate = p['done']/p['seconds'] if p['seconds'] > 0 else 0
-    extra = ''.join(f', {v} {k}' for k,v in p.items() if k not in ('done', 'total', 'unit', 'seconds'))
+    extra = ''.join(f', {v} {k}' for k,v in p.items() if k not in ('done', 'total', 'unit', 'seconds', 'task'))
     eta = f", ETA {_duration((p['total'] - p['done'])/rate)}" if rate > 0 and p['total'] and p['done'] < p['total'] else ''
     speed = f"{rate:.2f} {p['unit']}/s" if rate >= 0.1 or not rate else f"{60*rate:.2f} {p['unit']}/min"
-    return f"{p['done']}/{p['total']} {p['unit']}{extra}, {speed}{eta}"
+    return (f"{p['task']}: " if p.get('task') else '') + f"{p['done']}/{p['total']} {p['unit']}{extra}, {speed}{eta}"
+
+# %% ../nbs/00_core.ipynb #957ec27c
+class Progress:
+    "A progress bar (tqdm, when `show`) that also writes its count to `path` (a `progress.json`) every `every` seconds"
+    def __init__(self, total, unit='it', path=None, task=None, show=True, initial=0, every=1.0):
+        from tqdm.auto import tqdm
+        import time
+        self.bar = tqdm(total=total, initial=initial, desc=task, unit=unit, disable=not show)
+        self.n, self.total, self.unit, self.path, self.task, self.every = initial, total, unit, path, task, every
+        self.clock, self.counts = time.perf_counter, {}
+        self.t0 = self.last = self.clock()
+        if path: self.write()
+    def __enter__(self): return self
+    def __exit__(self, *a): self.close()
+
+# %% ../nbs/00_core.ipynb #6929250c
+@patch
+def write(self:Progress):
+    "Write the count now"
+    self.last = self.clock()
+    write_progress(self.path, self.n, self.total, self.unit, self.last - self.t0, **({'task': self.task} if self.task else {}), **self.counts)
+
+# %% ../nbs/00_core.ipynb #13fd6be7
+@patch
+def update(self:Progress, k=1, **counts):
+    "`k` more done; `counts` (e.g. `loss=0.41`) shown beside the count"
+    self.n += k; self.counts.update(counts); self.bar.update(k)
+    if counts: self.bar.set_postfix(counts, refresh=False)
+    if self.path and self.clock() - self.last >= self.every: self.write()
+
+# %% ../nbs/00_core.ipynb #20e6e30f
+@patch
+def close(self:Progress):
+    if self.path: self.write()
+    self.bar.close()
 
 # %% ../nbs/00_core.ipynb #472cb610
 class TornLineError(ValueError):
@@ -654,6 +689,16 @@ def split_heldout(items, frac, seed=0, image=lambda x: x.image):
     train, held = [], []
     for x in items: (held if heldout_image(image(x), frac, seed) else train).append(x)
     return train, held
+
+# %% ../nbs/00_core.ipynb #d1315713
+def shipped(name=''):
+    "Path of `name` (`data/...`, `nbs/...`) among lskd's files: inside the package (a wheel), else beside it (a checkout)"
+    import lskd
+    pkg = Path(lskd.__file__).resolve().parent
+    if (pkg/'_assets'/name).exists(): return pkg/'_assets'/name
+    if (pkg.parent/'settings.ini').exists() and (pkg.parent/name).exists(): return pkg.parent/name
+    raise FileNotFoundError(f"{name!r} is not among lskd's files: neither in {pkg/'_assets'} (a wheel) nor in a checkout "
+                            f"at {pkg.parent}; reinstall lskd (pip install .)")
 
 # %% ../nbs/00_core.ipynb #344554da
 SECRET_KEY = re.compile(r'(^|_)(api_?key|secret(_?key)?|token|password|passwd)$', re.I)
@@ -890,8 +935,11 @@ def _thumb(image, regions, max_size=360):
     return draw_regions(im, scaled, labels=True, ids=[r.id for r in regions])
 
 # %% ../nbs/00_core.ipynb #3d35d636
-def _png_b64(im):
-    b = io.BytesIO(); im.save(b, format='PNG'); return base64.b64encode(b.getvalue()).decode()
+def png_bytes(im):
+    "A PIL image as PNG bytes (for widgets and HTML)"
+    b = io.BytesIO(); im.save(b, format='PNG'); return b.getvalue()
+
+def _png_b64(im): return base64.b64encode(png_bytes(im)).decode()
 
 # %% ../nbs/00_core.ipynb #6f8ee170
 def refs_html(text, colors):

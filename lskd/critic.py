@@ -12,7 +12,7 @@ import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, as_qar, BadRows, check_field, is_text, is_number, write_jsonl, open_image, image_path,
                        draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl,
-                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs)
+                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs, check_box, png_bytes)
 from fastcore.basics import patch
 import shutil, torch.nn as nn
 from .models import load_model, model_settings
@@ -20,16 +20,26 @@ from .train import TrainConfig, fit, seed_all
 
 # %% auto #0
 __all__ = ['SYNTHETIC_KINDS', 'SYNTHETIC_LABELS', 'qar_key', 'Label', 'read_labels', 'current_labels', 'Consensus', 'consensus',
-           'LabelSession', 'label_widget', 'swap_part', 'negate', 'contradict', 'synthetic_negatives', 'critic_view',
-           'CriticNet', 'critic_items', 'collate', 'Example', 'labelled_examples', 'binary_metrics', 'threshold_curve',
-           'threshold_for_precision', 'plot_thresholds', 'critic_loss', 'train_critic', 'auc_by_kind', 'save_critic',
-           'Critic', 'FilterReport', 'score_corpus', 'write_synthetic', 'label_terminal', 'main', 'CriticConfig',
-           'run_stage']
+           'fix_boxes', 'LabelSession', 'box_fixes', 'label_widget', 'swap_part', 'negate', 'contradict',
+           'synthetic_negatives', 'critic_view', 'CriticNet', 'critic_items', 'collate', 'Example', 'labelled_examples',
+           'binary_metrics', 'threshold_curve', 'threshold_for_precision', 'plot_thresholds', 'critic_loss',
+           'train_critic', 'auc_by_kind', 'save_critic', 'Critic', 'FilterReport', 'score_corpus', 'write_synthetic',
+           'label_terminal', 'main', 'CriticConfig', 'run_stage']
 
 # %% ../nbs/04_critic.ipynb #9164708b
 def qar_key(q):
     "Stable identity of a triple: its `id`, else a hash of its image and text"
     return q.id or 'h' + hashlib.sha1(json.dumps([q.image, q.question, q.answer, q.rationale]).encode()).hexdigest()[:16]
+
+# %% ../nbs/04_critic.ipynb #cb26c77c
+def _check_fixes(boxes, name):
+    "`{region id: [x1, y1, x2, y2]}` checked, ids as ints; an error names the label and the region"
+    if not isinstance(boxes, dict): raise ValueError(f"{name}: boxes {boxes!r} is not a mapping of region ids to boxes")
+    out = {}
+    for k, b in boxes.items():
+        if isinstance(k, bool) or not re.fullmatch(r'\d+', str(k)): raise ValueError(f"{name}: boxes: {k!r} is not a region id")
+        out[int(k)] = list(check_box(b, name=f'{name}: fixed box of region {k}'))
+    return out
 
 # %% ../nbs/04_critic.ipynb #a4a7f77c
 @dataclass
@@ -44,6 +54,7 @@ class Label:
     kind: str|None = None
     undo: bool = False
     time: float|None = None
+    boxes: dict|None = None       # fixed regions: {region id: [x1, y1, x2, y2]}, the annotator's correction of a bad box
     def __post_init__(self):
         check_field(self.key, lambda v: is_text(v) and v, 'label key', 'a non-empty string')
         check_field(self.annotator, is_text, f'label of {self.key}: annotator', 'text')
@@ -53,6 +64,7 @@ class Label:
         for k in ('qa', 'rationale'):
             v = getattr(self, k)
             if v is not None and (int(v) != v or not 1 <= v <= 5): raise ValueError(f"label of {self.key}: {k} rating {v!r} is not an integer 1-5")
+        if self.boxes is not None: self.boxes = _check_fixes(self.boxes, f'label of {self.key}')
 
 # %% ../nbs/04_critic.ipynb #95577a7b
 @patch
@@ -90,13 +102,14 @@ class Consensus:
     yes: int
     synthetic: bool
     kind: str|None = None
+    boxes: dict = field(default_factory=dict)    # the regions people fixed: {region id: box}
 
 # %% ../nbs/04_critic.ipynb #07323f5d
 def _mean(xs): xs = [x for x in xs if x is not None]; return sum(xs)/len(xs) if xs else None
 
 # %% ../nbs/04_critic.ipynb #27b997c5
 def consensus(labels):
-    "`{key: Consensus}` from a list of `Label`s (majority vote; human labels override synthetic ones)"
+    "`{key: Consensus}` from a list of `Label`s (majority vote; human labels override synthetic ones; the latest fix of each box wins)"
     by = defaultdict(list)
     for l in current_labels(labels).values(): by[l.key].append(l)
     out = {}
@@ -106,9 +119,20 @@ def consensus(labels):
         votes = [l.accept for l in use if l.accept is not None]
         yes = sum(votes)
         acc = None if 2*yes == len(votes) else 2*yes > len(votes)
+        fixes = {}
+        for l in sorted(use, key=lambda l: l.time or 0): fixes.update(l.boxes or {})
         out[key] = Consensus(key, acc, _mean([l.qa for l in use]), _mean([l.rationale for l in use]), len(use), yes,
-                             not human, None if human else use[0].kind)
+                             not human, None if human else use[0].kind, fixes)
     return out
+
+# %% ../nbs/04_critic.ipynb #d6f34e46
+def fix_boxes(q, boxes):
+    "`q` with the regions in `boxes` ({id: box}) moved to their fixed boxes; an error names a region the triple lacks"
+    if not boxes: return q
+    if bad := sorted(set(boxes) - {r.id for r in q.regions}):
+        raise ValueError(f"triple {qar_key(q)} ({q.image}): a fixed box names region {bad[0]}, which it does not have "
+                         f"(regions {[r.id for r in q.regions]})")
+    return replace(q, regions=[replace(r, box=tuple(boxes[r.id])) if r.id in boxes else r for r in q.regions])
 
 # %% ../nbs/04_critic.ipynb #b8146627
 class LabelSession:
@@ -121,7 +145,7 @@ class LabelSession:
         last = {l.key: n for n,l in enumerate(mine) if not l.undo}
         self.history = sorted((k for k,_ in cur), key=last.get)    # undo stack: labelled triples, oldest first
         self.queue = [k for k in self.items if (k, annotator) not in cur]
-        self.qa = self.rationale = None
+        self.qa = self.rationale = None; self.boxes = {}     # ratings and fixed boxes of the label about to be given
         self.writer, self.message = None, ''
     def __repr__(self): return f"LabelSession({self.annotator!r}, {self.progress_text})"
 
@@ -148,10 +172,10 @@ def close(self:LabelSession):
 def _label(self:LabelSession, accept):
     if not self.queue: self.message = 'nothing left to label'; return None
     key = self.queue.pop(0)
-    l = Label(key, accept, self.qa, self.rationale, self.annotator, time=round(time.time(), 3))
+    l = Label(key, accept, self.qa, self.rationale, self.annotator, time=round(time.time(), 3), boxes=self.boxes or None)
     self._write(l); self.history.append(key)
-    self.qa = self.rationale = None
-    self.message = f"{'accepted' if accept else 'rejected'} {key}"
+    self.qa = self.rationale = None; n_fixed, self.boxes = len(self.boxes), {}
+    self.message = f"{'accepted' if accept else 'rejected'} {key}" + (f' ({n_fixed} box{"es" if n_fixed > 1 else ""} fixed)' if n_fixed else '')
     return l
 
 # %% ../nbs/04_critic.ipynb #aaa054d5
@@ -165,7 +189,7 @@ def reject(self:LabelSession): return self._label(False)
 # %% ../nbs/04_critic.ipynb #718e6c15
 @patch
 def skip(self:LabelSession):
-    if self.queue: self.queue.append(self.queue.pop(0)); self.message = 'skipped'
+    if self.queue: self.queue.append(self.queue.pop(0)); self.boxes = {}; self.message = 'skipped'
 
 # %% ../nbs/04_critic.ipynb #6389614a
 @patch
@@ -184,6 +208,17 @@ def undo(self:LabelSession):
 def rate(self:LabelSession, part, n):
     if n is not None and not (isinstance(n, int) and 1 <= n <= 5): raise ValueError(f"{part} rating must be 1-5 or None, got {n!r}")
     setattr(self, part, n)
+
+# %% ../nbs/04_critic.ipynb #4096b8fe
+@patch
+def fix_box(self:LabelSession, region, box):
+    "Fix the box of `region` (an id) of the current triple; written with the next accept or reject"
+    q = self.current
+    if q is None: raise ValueError('nothing left to label')
+    if region not in {r.id for r in q.regions}: raise ValueError(f"triple {qar_key(q)} has no region {region} (regions {[r.id for r in q.regions]})")
+    self.boxes[region] = list(check_box(box, name=f'fixed box of region {region}'))
+    self.message = f'region [{region}] moved to {tuple(round(v) for v in self.boxes[region])}'
+    return self.message
 
 # %% ../nbs/04_critic.ipynb #34211e08
 @patch
@@ -208,11 +243,27 @@ def _repr_html_(self:LabelSession):
     body = q._repr_html_(self.root) if q is not None else '<b>All triples are labelled.</b>'
     return f'<div><small>{html.escape(self.progress_text)}</small>{body}</div>'
 
+# %% ../nbs/04_critic.ipynb #ad450297
+def box_fixes(regions, bboxes, tol=0.5):
+    "`{region id: box}` for the boxes of `BBoxWidget.bboxes` (labelled `[i] ...`) that moved more than `tol` pixels from `regions`"
+    orig, out = {r.id: r.box for r in regions}, {}
+    for b in bboxes:
+        m = re.match(r'\[(\d+)\]', str(b.get('label', '')))
+        if not m or int(m.group(1)) not in orig: continue
+        x, y, w, h = (float(b[k]) for k in ('x', 'y', 'width', 'height'))
+        box = (min(x, x + w), min(y, y + h), max(x, x + w), max(y, y + h))
+        i = int(m.group(1))
+        if max(abs(a - o) for a, o in zip(box, orig[i])) > tol: out[i] = [round(v, 1) for v in box]
+        else: out.pop(i, None)
+    return out
+
 # %% ../nbs/04_critic.ipynb #e63fe423
 def label_widget(session):
     "An ipywidgets labelling tool for `session` (a `LabelSession`)"
     import ipywidgets as W
+    from jupyter_bbox_widget import BBoxWidget
     view, status = W.HTML(), W.HTML()
+    canvas = BBoxWidget(hide_buttons=True, layout=W.Layout(max_width='520px'))
     opts = [('-', None)] + [(str(i), i) for i in range(1, 6)]
     qa = W.ToggleButtons(options=opts, description='QA', style={'button_width': '32px'})
     ra = W.ToggleButtons(options=opts, description='rationale', style={'button_width': '32px'})
@@ -226,21 +277,30 @@ def label_widget(session):
         busy.append(1)
         q = session.current
         view.value = q._repr_html_(session.root) if q is not None else '<b>All triples are labelled.</b>'
+        if q is not None and getattr(canvas, 'triple', None) is not q:
+            canvas.triple = q; canvas.image_bytes = png_bytes(open_image(q.image, session.root))
+            canvas.classes = [f'[{r.id}] {r.label}' for r in q.regions]
+            canvas.bboxes = [dict(x=r.box[0], y=r.box[1], width=r.box[2]-r.box[0], height=r.box[3]-r.box[1], label=f'[{r.id}] {r.label}') for r in q.regions]
         qa.value, ra.value, bar.value = session.qa, session.rationale, session.n_done
         status.value = f'{html.escape(session.progress_text)} <i>{html.escape(session.message)}</i>'
         busy.pop()
-    def act(f): return lambda *_: (f(), refresh())
+    def take_fixes():
+        if session.current is not None:
+            for i, b in box_fixes(session.current.regions, canvas.bboxes).items(): session.fix_box(i, b)
+    def act(f): return lambda *_: ((take_fixes() if f in (session.accept, session.reject) else None), f(), refresh())
     for n,b in btn.items(): b.on_click(act(getattr(session, n)))
     def on_rate(part): return lambda ch: None if busy else (session.rate(part, ch['new']), refresh())
     qa.observe(on_rate('qa'), 'value'); ra.observe(on_rate('rationale'), 'value')
     def on_key(ch):
         if busy or not ch['new']: return
-        for k in ch['new']: session.key(k)
+        for k in ch['new']:
+            if k.lower() in 'ayrn': take_fixes()
+            session.key(k)
         busy.append(1); keys.value = ''; busy.pop(); refresh()
     keys.observe(on_key, 'value')
     refresh()
-    w = W.VBox([view, qa, ra, W.HBox(list(btn.values())), keys, W.HBox([bar, status])])
-    w.label_session, w.key_box, w.label_buttons, w.rating_buttons = session, keys, btn, (qa, ra)
+    w = W.VBox([W.HBox([view, canvas]), qa, ra, W.HBox(list(btn.values())), keys, W.HBox([bar, status])]).add_class('lskd-label')
+    w.label_session, w.key_box, w.label_buttons, w.rating_buttons, w.canvas = session, keys, btn, (qa, ra), canvas
     return w
 
 # %% ../nbs/04_critic.ipynb #29738ad8
@@ -381,9 +441,9 @@ def _unit(r): return float('nan') if r is None else (r - 1)/4
 
 # %% ../nbs/04_critic.ipynb #02e41953
 def labelled_examples(corpus, labels):
-    "`Example`s for the triples of `corpus` that have a decided label"
+    "`Example`s for the triples of `corpus` that have a decided label, with the boxes people fixed"
     cons = consensus(labels)
-    out = [Example(q, int(c.accept), _unit(c.qa), _unit(c.rationale), c.synthetic, c.kind)
+    out = [Example(fix_boxes(q, c.boxes), int(c.accept), _unit(c.qa), _unit(c.rationale), c.synthetic, c.kind)
            for q in corpus if (c := cons.get(qar_key(q))) is not None and c.accept is not None]
     if cons and not out:
         raise ValueError(f"none of the {len(cons)} labelled triples is in the corpus ({len(corpus)} triples): labels are "

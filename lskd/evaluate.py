@@ -14,7 +14,7 @@ from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jso
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
                        lskd_row_to_qar, REF_RE, split_heldout, check_config, atomic_write,
                        draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record,
-                       roc_auc, bootstrap, percentile_ci, repoint, swap_refs)
+                       roc_auc, bootstrap, percentile_ci, repoint, swap_refs, Progress)
 
 # %% auto #0
 __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'BENCHMARK_KEYS', 'MC_TASKS', 'Task', 'EvalItem', 'item_order',
@@ -982,9 +982,11 @@ def run_stage(run_dir, cfg):
     jobs = [(*j, root, {}) for j in jobs] + [(b['benchmark'], b['annotations'], out/b.get('name', b['benchmark']), studs, True, b.get('images'),
                                               {'instances': b.get('instances'), 'limit': b.get('limit')}) for b in benches]
     allres, recs = [], {}
+    bar = Progress(len(jobs), 'evaluations', out/'progress.json', 'evaluate', show=False)
     for b,f,o,ms,draw,r,kw in jobs:
         allres.append(evaluate(b, f, ms, root=r, out=o, draw=draw, seed=seed, progress=False, **kw))
-        recs.update({(b, m['name']): _predictions(o, m['name']) for m in allres[-1]['models']})
+        recs.update({(b, m['name']): _predictions(o, m['name']) for m in allres[-1]['models']}); bar.update(1)
+    bar.close()
     lines = separability(allres, recs) + _critic_line(run_dir)
     atomic_write(out/'results.md', results_table(allres).to_markdown() + '\n\n' + ''.join(f'- {l}\n' for l in lines))
     results_chart(allres).save(out/'results.png')

@@ -11,12 +11,12 @@ from collections import Counter
 from PIL import Image
 from fastcore.basics import patch
 from .core import (QAR, Verbalization, Region, ImageRecord, Description, read_jsonl, write_jsonl, open_image,
-                       draw_regions, visual_prompt, refs_html, region_color, region_by_id, check_config, model_text)
+                       draw_regions, visual_prompt, refs_html, region_color, region_by_id, check_config, model_text, png_bytes)
 from .pipeline import read_stage_report
 
 # %% auto #0
-__all__ = ['RunView', 'matplotlib_sample', 'demo_run', 'rank', 'ask_teacher', 'Inspector', 'PointAndAsk', 'InspectConfig',
-           'run_stage']
+__all__ = ['RunView', 'matplotlib_sample', 'demo_run', 'rank', 'ask_teacher', 'Inspector', 'PointAndAsk', 'drawn_regions',
+           'region_bboxes', 'drawn_verbalization', 'DrawAndAsk', 'InspectConfig', 'run_stage']
 
 # %% ../nbs/07_inspect.ipynb #dc50fcb1
 def _report(run_dir, stage): return read_stage_report(run_dir, stage) or {}
@@ -219,9 +219,8 @@ def ask_teacher(client,            # an OpenAI-compatible client
 
 # %% ../nbs/07_inspect.ipynb #d2cca6ef
 def _png_widget(im):
-    import ipywidgets as W, io
-    b = io.BytesIO(); im.save(b, format='PNG')
-    return W.Image(value=b.getvalue(), format='png')
+    import ipywidgets as W
+    return W.Image(value=png_bytes(im), format='png')
 
 # %% ../nbs/07_inspect.ipynb #70124d6c
 class Inspector:
@@ -237,7 +236,7 @@ class Inspector:
         self.toggles = W.HBox(); self.pic = W.Image(format='png'); self.verb = W.HTML(); self.trip = W.HTML()
         for w in (self.image, self.score, self.source, self.kept): w.observe(self.update, names='value')
         self.ui = W.VBox([W.HBox([self.image, self.source, self.kept]), self.score, self.toggles,
-                          W.HBox([self.pic, W.VBox([self.verb, self.trip])])])
+                          W.HBox([self.pic, W.VBox([self.verb, self.trip])])]).add_class('lskd-inspector')
         self.set_image()
         self.image.observe(self.set_image, names='value')
 
@@ -267,8 +266,7 @@ def selected_triples(self:Inspector):
 @patch
 def update(self:Inspector, *_):
     if not self.image.value: return
-    import io
-    b = io.BytesIO(); self.rv.image_view(self.image.value, self.shown()).save(b, format='PNG'); self.pic.value = b.getvalue()
+    self.pic.value = png_bytes(self.rv.image_view(self.image.value, self.shown()))
     self.verb.value = self.rv.verb_html(self.image.value)
     ts = self.selected_triples()
     self.trip.value = f'<b>{len(ts)} triples</b>' + ''.join(self.rv.triple_html(q) for q in ts)
@@ -291,7 +289,7 @@ class PointAndAsk:
         self.go = W.Button(description='Rank'); self.go.on_click(self.ask)
         self.pick = W.HBox(); self.pic = W.Image(format='png'); self.out = W.HTML()
         self.image.observe(self.set_image, names='value'); self.set_image()
-        self.ui = W.VBox([self.image, self.pick, W.HBox([self.pic, W.VBox([self.question, self.cands, self.go, self.out])])])
+        self.ui = W.VBox([self.image, self.pick, W.HBox([self.pic, W.VBox([self.question, self.cands, self.go, self.out])])]).add_class('lskd-point-and-ask')
 
 # %% ../nbs/07_inspect.ipynb #5e487db9
 @patch
@@ -312,8 +310,7 @@ def toggle(self:PointAndAsk, i, on):
 # %% ../nbs/07_inspect.ipynb #17b085f0
 @patch
 def redraw(self:PointAndAsk):
-    import io
-    b = io.BytesIO(); self.rv.image_view(self.image.value, set(self.order) or set()).save(b, format='PNG'); self.pic.value = b.getvalue()
+    self.pic.value = png_bytes(self.rv.image_view(self.image.value, set(self.order)))
 
 # %% ../nbs/07_inspect.ipynb #f5327fd5
 @patch
@@ -336,6 +333,87 @@ def ask(self:PointAndAsk, *_):
 # %% ../nbs/07_inspect.ipynb #d3ec72c5
 @patch
 def _ipython_display_(self:PointAndAsk):
+    from IPython.display import display; display(self.ui)
+
+# %% ../nbs/07_inspect.ipynb #ad49a0fd
+def drawn_regions(bboxes,     # boxes from `BBoxWidget.bboxes`: dicts with x, y, width, height, label
+                  size=None): # the image's (width, height): boxes are clipped to it
+    "Regions `[0]..[k-1]` from boxes drawn on an image, in drawing order; an error names a box that is empty or outside"
+    from lskd.core import check_box
+    out = []
+    for i, b in enumerate(bboxes):
+        x, y, w, h = (float(b[k]) for k in ('x', 'y', 'width', 'height'))
+        if w < 0: x, w = x + w, -w
+        if h < 0: y, h = y + h, -h
+        box = check_box((x, y, x + w, y + h), size, f'drawn box [{i}]')
+        out.append(Region(i, tuple(round(v, 1) for v in box), b.get('label') or 'region'))
+    return out
+
+# %% ../nbs/07_inspect.ipynb #ea45808c
+def region_bboxes(regions):
+    "`BBoxWidget` boxes (x, y, width, height, label) for `regions`, in their order"
+    return [dict(x=r.box[0], y=r.box[1], width=r.box[2] - r.box[0], height=r.box[3] - r.box[1], label=r.label or 'region')
+            for r in regions]
+
+# %% ../nbs/07_inspect.ipynb #9b1770c5
+def drawn_verbalization(path, size, regions, verb=None):
+    "A `Verbalization` of the image at `path` with the drawn `regions`; the globals of `verb` (the run's) when given"
+    return Verbalization(ImageRecord(str(path), int(size[0]), int(size[1]), list(regions)),
+                         globals=list(verb.globals) if verb is not None else [], meta={'regions': 'drawn'})
+
+# %% ../nbs/07_inspect.ipynb #f8752cf7
+class DrawAndAsk:
+    "Draw boxes on an image, ask a question about them, see the student's ranking (and the teacher's answer)"
+    def __init__(self, scorer, image, rv=None, teacher=None, regions=(), classes=('person', 'object', 'animal', 'food', 'vehicle')):
+        import ipywidgets as W
+        from jupyter_bbox_widget import BBoxWidget
+        self.scorer, self.rv, self.teacher = scorer, rv, teacher
+        self.path = image; self.img = open_image(image, rv.root if rv is not None else None)
+        self.verb = rv.verbs.get(image) if rv is not None else None
+        labels = list(dict.fromkeys([*classes, *(r.label for r in regions if r.label)]))
+        self.canvas = BBoxWidget(image_bytes=png_bytes(self.img), classes=labels, bboxes=region_bboxes(regions), hide_buttons=True)
+        self.question = W.Text(placeholder='e.g. Why is [0] holding [1]?', description='question', layout=W.Layout(width='420px'))
+        self.cands = W.Textarea(placeholder='one candidate answer per line', description='answers', layout=W.Layout(width='420px'))
+        self.go = W.Button(description='Rank', button_style='primary'); self.go.on_click(self.ask)
+        self.listing, self.out = W.HTML(), W.HTML()
+        self.canvas.observe(self.redraw, names='bboxes'); self.redraw()
+        self.ui = W.HBox([self.canvas, W.VBox([self.listing, self.question, self.cands, self.go, self.out])]).add_class('lskd-draw-and-ask')
+
+# %% ../nbs/07_inspect.ipynb #de62b099
+@patch
+def regions(self:DrawAndAsk): return drawn_regions(self.canvas.bboxes, self.img.size)
+
+# %% ../nbs/07_inspect.ipynb #62253a71
+@patch
+def redraw(self:DrawAndAsk, *_):
+    try: rs = self.regions()
+    except ValueError as e: self.listing.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return
+    cs = {r.id: region_color(r.id) for r in rs}
+    items = ''.join(f'<li>{refs_html(f"[{r.id}]", cs)} {html.escape(r.label)} <small>{tuple(round(v) for v in r.box)}</small></li>' for r in rs)
+    self.listing.value = f'<b>{len(rs)} regions</b> <small>(drawing order)</small><ul>{items}</ul>' if rs else '<i>draw a box on the photo: it becomes [0]</i>'
+
+# %% ../nbs/07_inspect.ipynb #e1404574
+@patch
+def ask(self:DrawAndAsk, *_):
+    cands = [c.strip() for c in self.cands.value.splitlines() if c.strip()]
+    try:
+        rs = self.regions()
+        if not rs: raise ValueError('no regions: draw a box on the photo first')
+        res = rank(self.scorer, self.img, rs, [r.id for r in rs], self.question.value, cands)
+    except Exception as e: self.out.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return
+    cs = {r.id: region_color(r.id) for r in rs}
+    rows = ''.join(f'<tr><td>{n+1}</td><td>{refs_html(c, cs)}</td><td>{itm:.3f}</td><td>{itc:.3f}</td></tr>' for n,(c, itm, itc) in enumerate(res))
+    t = ''
+    if self.teacher:
+        v = drawn_verbalization(self.path, self.img.size, rs, self.verb)
+        try: t = f'<p><b>teacher</b>: {refs_html(ask_teacher(*self.teacher, v, [r.id for r in rs], self.question.value), cs)}</p>'
+        except Exception as e: t = f'<p style="color:#a00">teacher: {html.escape(str(e))}</p>'
+    self.out.value = f'<table class="lskd-ranking"><tr><th>#</th><th>answer</th><th>ITM</th><th>ITC</th></tr>{rows}</table>{t}'
+    return res
+
+# %% ../nbs/07_inspect.ipynb #dabd7904
+@patch
+def _ipython_display_(self:DrawAndAsk):
     from IPython.display import display; display(self.ui)
 
 # %% ../nbs/07_inspect.ipynb #36e8b43d

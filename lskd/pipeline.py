@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .core import atomic_json, check_config, secret_keys, set_key, parse_override, progress_line, write_progress
+from .core import atomic_json, check_config, secret_keys, set_key, parse_override, progress_line, write_progress, shipped
 
 # %% auto #0
 __all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'PATH_KEYS', 'SKIP_FLAGS', 'run_config', 'stage_config_class',
@@ -99,9 +99,9 @@ def _pkg_dir():
 
 # %% ../nbs/13_pipeline.ipynb #52ff1cd5
 def data_path(name=''):
-    "Path of `name` in lskd's `data/` folder (of the checkout lskd is installed from)"
-    p = _pkg_dir().parent/'data'/name
-    if not p.exists(): raise FileNotFoundError(f"{p} not found: lskd's data/ comes with a checkout of the repository (pip install -e .)")
+    "Path of `name` in lskd's `data/` folder (a checkout's, or the one inside an installed wheel)"
+    p = shipped('data')/name
+    if not p.exists(): raise FileNotFoundError(f"{p} not found in lskd's data/ ({shipped('data')})")
     return p
 
 # %% ../nbs/13_pipeline.ipynb #8520de08
@@ -164,25 +164,40 @@ def _run(self:PeakRSS):
 
 # %% ../nbs/13_pipeline.ipynb #c3916edf
 class ProgressMonitor:
-    "Context manager printing `stage`'s `progress.json` (at `path`) through `log` while the stage runs"
-    def __init__(self, stage, path, log=None, every=30., interval=1.):
-        self.stage, self.path, self.log, self.every, self.interval = stage, Path(path), log or _say, every, interval
-        self.shown, self.last, self._stop = None, 0., threading.Event()
+    "Context manager showing `stage`'s progress (the newest `progress.json` under its folder `path`) while it runs"
+    def __init__(self, stage, path, log=None, live=None, step=5, interval=1.):
+        self.stage, self.path, self.log, self.step, self.interval = stage, Path(path), log or _say, step, interval
+        if live is None and sys.stdout.isatty(): live = lambda s: (sys.stdout.write(s), sys.stdout.flush())
+        self.live = live or None                 # writes raw text: one line rewritten in place
+        self.shown, self.mark, self._stop = None, None, threading.Event()
     def __enter__(self): self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
-    def __exit__(self, *a): self._stop.set(); self._t.join(); self.show(force=True)
+    def __exit__(self, *a):
+        self._stop.set(); self._t.join()
+        if self.live and self.shown is not None: self.live('\r\x1b[K')
+        self.shown = None; self.show(force=True)
     def _run(self):
         while not self._stop.wait(self.interval): self.show()
 
 # %% ../nbs/13_pipeline.ipynb #f8b9e3d8
 @patch
+def latest(self:ProgressMonitor):
+    "The newest progress dict under the stage's folder (or the file `path`), or None"
+    fs = [self.path] if self.path.suffix == '.json' else list(self.path.rglob('progress.json')) if self.path.is_dir() else []
+    for f in sorted((f for f in fs if f.exists()), key=lambda f: -f.stat().st_mtime):
+        try: return json.loads(f.read_text())
+        except (OSError, ValueError): continue
+
+# %% ../nbs/13_pipeline.ipynb #dc21f7ae
+@patch
 def show(self:ProgressMonitor, force=False):
-    "Print the progress if it changed (and `every` seconds passed, unless `force`)"
-    try: p = json.loads(self.path.read_text())
-    except (OSError, ValueError): return
-    if p == self.shown or not (force or time.monotonic() - self.last >= self.every): return
-    self.shown, self.last = p, time.monotonic()
-    try: self.log(f'{self.stage}: {progress_line(p)}')
-    except (KeyError, TypeError, ZeroDivisionError): pass
+    "Show the progress if it changed: in place when live, else when another `step` percent is done (always when `force`)"
+    p = self.latest()
+    if p is None or p == self.shown: return
+    try: line, mark = f'{self.stage}: {progress_line(p)}', (p.get('task'), int(100*p['done']/p['total']//self.step) if p['total'] else 0)
+    except (KeyError, TypeError, ZeroDivisionError): return
+    if self.live and not force: self.live(f'\r[lskd run] {line}\x1b[K')
+    elif force or mark != self.mark: self.log(line)
+    self.shown, self.mark = p, mark
 
 # %% ../nbs/13_pipeline.ipynb #1eca4516
 class StageFailed(RuntimeError):
@@ -190,15 +205,14 @@ class StageFailed(RuntimeError):
 
 # %% ../nbs/13_pipeline.ipynb #a9e91818
 def notebooks_dir(path=None):
-    "The folder of the stage notebooks: `path`, `$LSKD_NOTEBOOKS`, or `nbs/` beside the `lskd` package"
-    p = Path(path or os.environ.get('LSKD_NOTEBOOKS') or _pkg_dir().parent/'nbs')
+    "The folder of the stage notebooks: `path`, `$LSKD_NOTEBOOKS`, or the `nbs/` lskd ships (`lskd.core.shipped`)"
+    p = Path(path or os.environ.get('LSKD_NOTEBOOKS') or shipped('nbs'))
     if not (p/STAGES['verbalize'][0]).exists():
-        raise FileNotFoundError(f"stage notebooks not found in {p}: run from a checkout of lskd (pip install -e .) "
-                                "or set LSKD_NOTEBOOKS to its nbs/ folder")
+        raise FileNotFoundError(f"stage notebooks not found in {p}: unset LSKD_NOTEBOOKS, or point it at lskd's nbs/ folder")
     return p
 
 # %% ../nbs/13_pipeline.ipynb #2ee0a348
-SKIP_FLAGS = ('slow', 'gpu', 'server')    # settings.ini's tst_flags
+SKIP_FLAGS = ('slow', 'gpu', 'server', 'checkout')    # settings.ini's tst_flags, and cells that read the checkout's tests/
 
 def _flags(source): return {f for l in source.splitlines() if l.startswith('#|') for f in l[2:].split() if f.isidentifier()}
 
@@ -286,7 +300,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
     if bad := [s for s in names if s not in STAGES]: raise ValueError(f"unknown stage {bad[0]!r}; stages are {list(STAGES)}")
     if resume: man['config'] = cfg
     else: run_dir.mkdir(parents=True); man = new_manifest(run_id, cfg); man['stages_requested'] = names
-    run_dir = run_dir.resolve(); nbs = notebooks_dir(nbs)
+    run_dir = run_dir.resolve(); nbs = notebooks_dir(nbs); man['notebooks'] = str(nbs)
     (run_dir/'notebooks').mkdir(exist_ok=True)
     (run_dir/'config.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
     atomic_json(run_dir/'manifest.json', man)
@@ -299,7 +313,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
         atomic_json(run_dir/'manifest.json', man)
         t0 = time.perf_counter()
         try:
-            with PeakRSS() as mem, ProgressMonitor(s, run_dir/s/'progress.json', log):
+            with PeakRSS() as mem, ProgressMonitor(s, run_dir/s, log):
                 run_notebook(s, nbs/nb, run_dir/'notebooks'/nb, dict(run_dir=str(run_dir), run_cfg=cfg, stage=s),
                              cwd=nbs, progress=progress, timeout=timeout)
         except BaseException as e:

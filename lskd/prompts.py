@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import html as _html
 import yaml
-import lskd
 from .core import (Verbalization, ImageRecord, Region, Description, QAPair, QAR, RegionMap, parse_refs,
-                       RegionRefError)
+                       RegionRefError, shipped)
 from .verbalize import select_regions, box_phrase
 
 # %% auto #0
@@ -40,7 +39,7 @@ PROMPT_OPTIONS = dict(
 def prompt_dirs():
     "Folders searched for named prompts: `$LSKD_PROMPTS`, then lskd's `data/prompts`"
     env = [Path(p) for p in os.environ.get('LSKD_PROMPTS', '').split(os.pathsep) if p]
-    return env + [Path(lskd.__file__).resolve().parent.parent/'data'/'prompts']
+    return env + [shipped('data')/'prompts']
 
 # %% ../nbs/02_prompts.ipynb #9df0e245
 def find_prompt(name):

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from fastcore.basics import patch
-from tqdm.auto import tqdm
-from .core import write_jsonl
+from .core import write_jsonl, Progress
 
 # %% auto #0
 __all__ = ['TrainConfig', 'get_lr', 'optimizer', 'seed_all', 'rng_state', 'set_rng_state', 'optimizer_tensors',
@@ -280,7 +279,7 @@ def checkpoint(self:Loop):
 def fit(module, data, config, out, accel=None, resume=False, progress=True, desc='train',
         evaluate=None,   # `evaluate() -> dict` of held-out figures, called every `eval_every` steps and at the end
         eval_every=None, size=len):   # size(inputs): examples in a micro-batch (for examples/s)
-    "Train `module` on `data(position)` -> `(position, inputs)` with `config`, checkpointing into `out` (`resume`: from the newest checkpoint there, if any); the `History`"
+    "Train `module` on `data(position)` -> `(position, inputs)` with `config`, checkpointing into `out` (`resume`: from the newest checkpoint there, if any), the count in `out/progress.json`; the `History`"
     accel = accel or accelerator(config)
     opt, sched = optimizer(trainable(module), config)
     L = Loop(module, module, opt, sched, torch.Generator().manual_seed(config.seed + 1), accel, config, Path(out))
@@ -288,14 +287,16 @@ def fit(module, data, config, out, accel=None, resume=False, progress=True, desc
         L.step, L.position, h, acc = load_checkpoint(ck, module, opt, sched, L.gen, accel.process_index)
         L.history, L.acc, L.n_acc = History(h), dict(acc['values']), acc['steps']   # the record in progress goes on
     L.net, L.opt = accel.prepare(module, opt)
-    batches, bar = iter(data(L.position)), tqdm(total=config.steps, initial=L.step, desc=desc, disable=not progress or not accel.is_main_process)
+    main = accel.is_main_process; Path(out).mkdir(parents=True, exist_ok=True)
+    batches = iter(data(L.position))
+    bar = Progress(config.steps, 'steps', Path(out)/'progress.json' if main else None, desc, show=progress and main, initial=L.step)
     L.net.train()
     while L.step < config.steps:
         L.micro_batches(batches, size); L.optimizer_step()
-        if L.due(config.log_every): L.log(); bar.set_postfix(loss=f"{L.history[-1]['loss']:.3f}")
+        if L.due(config.log_every): L.log()
         if evaluate and L.due(eval_every): L.held_out(evaluate)
         if L.due(config.save_every): L.checkpoint()
-        bar.update(1)
+        bar.update(1, **({'loss': round(L.history[-1]['loss'], 4)} if L.history else {}))
     bar.close()
     L.history.seconds, L.history.examples = time.time() - L.t0, L.n_ex * accel.num_processes
     if accel.is_main_process: write_jsonl(Path(out)/'history.jsonl', L.history)

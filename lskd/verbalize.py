@@ -9,11 +9,10 @@ import numpy as np
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from PIL import Image
-from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (Region, ImageRecord, Verbalization, Description, QAPair, JsonlWriter, read_jsonl,
                        read_vcr, vcr_image, xywh2xyxy, open_image, image_path, render_refs, draw_regions,
-                       check_config, atomic_json, write_jsonl, vcr_meta_record, vcr_item, bad_row, BadRows, reject)
+                       check_config, atomic_json, write_jsonl, vcr_meta_record, vcr_item, bad_row, BadRows, reject, Progress)
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref', 'stage_images',
@@ -755,7 +754,7 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
     if limit is not None: items = items[:limit]
     done = done_keys(vpath)
     res, bs, t0 = VerbalizeResult(out_dir, root=str(Path(root).resolve()) if root else '', bad_rows=bad.n), batch_size or cfg.batch_size, time.perf_counter()
-    with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, tqdm(total=len(items), disable=not progress, desc='verbalize') as bar:
+    with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, Progress(len(items), 'images', out_dir/'progress.json', 'verbalize', progress) as bar:
         def fail(path, e, stage):
             err.write({'path': str(path), 'stage': stage, 'error': type(e).__name__, 'reason': str(e)}); res.errors += 1
         batch = []

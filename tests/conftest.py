@@ -10,6 +10,8 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'server: end-to-end test with a real local teacher LLM server')
     # `slow`: minutes to an hour (the full crash test); skipped unless `--slow` or LSKD_SLOW=1
     config.addinivalue_line('markers', 'slow: long test, skipped unless --slow or LSKD_SLOW=1')
+    # `browser`: JupyterLab + headless Chromium (tests/test_browser.py); runs by default, skipped where no browser is installed
+    config.addinivalue_line('markers', 'browser: widgets driven in a real JupyterLab by headless Chromium')
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption('--slow') or os.environ.get('LSKD_SLOW') == '1': return
