@@ -12,7 +12,7 @@ import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import (QAR, Region, RegionMap, RegionRefError, JsonlWriter, read_jsonl, as_qar, BadRows, check_field, is_text, is_number, write_jsonl, open_image, image_path,
                        draw_regions, visual_prompt, parse_refs, remap_text, repair_jsonl,
-                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs, check_box, png_bytes)
+                       atomic_path, atomic_write, split_heldout, check_config, draw_order, model_text, roc_auc, bootstrap_ci, repoint, swap_refs, check_box, png_bytes, color_hex, region_color)
 from fastcore.basics import patch
 import shutil, torch.nn as nn
 from .models import load_model, model_settings
@@ -280,6 +280,7 @@ def label_widget(session):
         if q is not None and getattr(canvas, 'triple', None) is not q:
             canvas.triple = q; canvas.image_bytes = png_bytes(open_image(q.image, session.root))
             canvas.classes = [f'[{r.id}] {r.label}' for r in q.regions]
+            canvas.colors = [color_hex(region_color(k)) for k in range(len(q.regions))]     # as drawn beside it
             canvas.bboxes = [dict(x=r.box[0], y=r.box[1], width=r.box[2]-r.box[0], height=r.box[3]-r.box[1], label=f'[{r.id}] {r.label}') for r in q.regions]
         qa.value, ra.value, bar.value = session.qa, session.rationale, session.n_done
         status.value = f'{html.escape(session.progress_text)} <i>{html.escape(session.message)}</i>'

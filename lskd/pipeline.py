@@ -173,8 +173,8 @@ class ProgressMonitor:
     def __enter__(self): self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
     def __exit__(self, *a):
         self._stop.set(); self._t.join()
-        if self.live and self.shown is not None: self.live('\r\x1b[K')
-        self.shown = None; self.show(force=True)
+        if self.live and self.shown is not None: self.live('\r\x1b[K'); self.shown = None    # the live line becomes a normal one
+        self.show(force=True)
     def _run(self):
         while not self._stop.wait(self.interval): self.show()
 

@@ -104,16 +104,18 @@ def wait_for(cond, timeout=60, what='the page to change'):
 def open_and_run(browser, lab, name):
     "A page with notebook `name` open and all its cells run"
     url, token, root = lab
-    page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-    page.goto(f'{url}/lab/tree/{name}?token={token}')
+    page = browser.new_page(viewport={'width': 1400, 'height': 1400})
+    page.goto(f'{url}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}')     # a workspace of its own
     page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
-    page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=120_000)          # the kernel is up
-    page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
-    page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
     n = len(NOTEBOOKS[name])
-    def done():
-        ps = [t.strip() for t in page.locator('.jp-CodeCell .jp-InputPrompt').all_inner_texts()]
-        return len(ps) == n and all(p not in ('[*]:', '[ ]:', '') for p in ps)
+    prompts = lambda: [t.strip() for t in page.locator('.jp-CodeCell .jp-InputPrompt').all_inner_texts()]
+    def done(): ps = prompts(); return len(ps) == n and all(p not in ('[*]:', '[ ]:', '') for p in ps)
+    for attempt in range(6):                     # the kernel may still be starting: run all again until the cells run
+        page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=120_000)
+        page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+        page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+        try: wait_for(lambda: prompts() != ['[ ]:']*n, 20, 'the cells to start'); break
+        except BaseException: page.keyboard.press('Escape')
     try: wait_for(done, 180, f'the cells of {name} to run')
     except BaseException:
         shot(page, f'{Path(name).stem}-not-run.png'); raise
@@ -156,11 +158,12 @@ def test_a_box_drawn_with_the_mouse_becomes_region_0(browser, lab):
     page = open_and_run(browser, lab, 'point.ipynb')
     w = page.locator('.lskd-draw-and-ask'); w.wait_for(timeout=60_000)
     assert 'draw a box on the photo' in w.inner_text()
-    img = w.locator('img[alt="annotate me"]'); img.wait_for(); b = img.bounding_box()
+    img = w.locator('img[alt="annotate me"]'); img.wait_for(); img.scroll_into_view_if_needed(); b = img.bounding_box()
     nat_w = page.evaluate('(el) => el.naturalWidth', img.element_handle())
     x0, y0, x1, y1 = b['x'] + 0.2*b['width'], b['y'] + 0.1*b['height'], b['x'] + 0.8*b['width'], b['y'] + 0.9*b['height']
     page.mouse.move(x0, y0); page.mouse.down(); page.mouse.move(x1, y1, steps=8); page.mouse.up()
-    wait_for(lambda: '1 regions' in w.inner_text(), 30, 'the drawn box to be listed as a region')
+    try: wait_for(lambda: '1 regions' in w.inner_text(), 30, 'the drawn box to be listed as a region')
+    except BaseException: shot(page, 'draw-and-ask-not-drawn.png'); raise
     item = w.locator('li').first.inner_text()
     assert item.startswith('[0]'), item
     box = [float(v) for v in item[item.index('(') + 1:item.index(')')].split(',')]
@@ -180,7 +183,7 @@ def test_labelling_appends_a_line_per_key_press_and_click(browser, lab):
     page = open_and_run(browser, lab, 'label.ipynb')
     w = page.locator('.lskd-label'); w.wait_for(timeout=60_000)
     shot(w, 'label-first-triple.png')
-    rect = w.locator('svg rect.movable').first; rect.wait_for(); r = rect.bounding_box()
+    rect = w.locator('svg rect.movable').first; rect.wait_for(); rect.scroll_into_view_if_needed(); r = rect.bounding_box()
     img = w.locator('img[alt="annotate me"]')
     scale = page.evaluate('(el) => el.naturalWidth', img.element_handle())/img.bounding_box()['width']
     page.mouse.move(r['x'] + r['width']/2, r['y'] + r['height']/2); page.mouse.down()

@@ -10,6 +10,11 @@ FAST = ['-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.st
 NOT_SOURCE = shutil.ignore_patterns('.git', '.venv', 'venv', 'build', 'dist', 'runs', '*.egg-info', '__pycache__', '.lskd_cache',
                                     '.pytest_cache', '_assets', '.ipynb_checkpoints')
 
+def clean_env(venv):
+    "The environment of a user of the venv: no PYTHONPATH or lskd variables pointing into a checkout"
+    env = {k: v for k, v in os.environ.items() if k not in ('LSKD_NOTEBOOKS', 'LSKD_PROMPTS', 'PYTHONPATH', 'VIRTUAL_ENV')}
+    return {**env, 'PATH': f"{venv/'bin'}:{env.get('PATH', '')}"}
+
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):
     "A wheel built from a copy of the source tree (pip wheel, no dependencies)"
@@ -44,16 +49,17 @@ def venv(wheel, tmp_path_factory):
 
 def test_installed_lskd_is_the_wheel_not_the_checkout(venv):
     r = subprocess.run([venv/'bin'/'python', '-c', 'import lskd, lskd.core as c; print(lskd.__file__); print(c.shipped("nbs"))'],
-                       capture_output=True, text=True, cwd='/', timeout=120)
+                       capture_output=True, text=True, cwd='/', env=clean_env(venv), timeout=120)
     f, nbs = r.stdout.split()
     assert str(venv) in f and not f.startswith(str(REPO)), r.stdout + r.stderr
     assert nbs.endswith('lskd/_assets/nbs') and str(venv) in nbs
 
+@pytest.mark.slow
 def test_lskd_run_from_any_folder(venv, tmp_path):
-    "Every stage, in an empty folder far from the checkout, with the fake teacher"
+    """Every stage, in an empty folder far from the checkout, with the fake teacher.
+    Marked slow: its one run so far (2026-12-03, beside a full pipeline run) did not finish in 20 min; not yet shown to pass"""
     work = tmp_path/'anywhere'; work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ('LSKD_NOTEBOOKS', 'LSKD_PROMPTS', 'PYTHONPATH', 'VIRTUAL_ENV')}
-    env['PATH'] = f"{venv/'bin'}:{env.get('PATH', '')}"
+    env = clean_env(venv)
     with FakeTeacher() as ft:
         r = subprocess.run([venv/'bin'/'lskd', 'run', '--run-id', 'w', '-p', 'generate.teacher=remote', '-p', f'generate.base_url={ft.base_url}',
                             '-p', 'generate.model=fake', *FAST], capture_output=True, text=True, cwd=work, env=env, timeout=1200)
