@@ -5,7 +5,7 @@
 # %% ../nbs/16_train.ipynb #428c8ea5
 from __future__ import annotations
 import json, math, os, random, shutil, time, warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .core import write_jsonl, Progress
 
 # %% auto #0
-__all__ = ['TrainConfig', 'get_lr', 'optimizer', 'seed_all', 'rng_state', 'set_rng_state', 'optimizer_tensors',
+__all__ = ['TrainConfig', 'get_lr', 'optimizer', 'seed_all', 'deterministic', 'rng_state', 'set_rng_state', 'optimizer_tensors',
            'load_optimizer_tensors', 'trainable', 'save_checkpoint', 'finish_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'History', 'mixed_precision', 'accelerator', 'Loop', 'fit']
 
@@ -69,6 +69,15 @@ def seed_all(seed):
     "Seed Python's `random`, NumPy and torch (all devices)"
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
+
+# %% ../nbs/16_train.ipynb #d8140d0a
+@contextmanager
+def deterministic(on:bool=True): # use torch's deterministic kernels inside the block
+    "Deterministic torch algorithms inside the block (warn, not fail, where an op has none); the previous setting after"
+    was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try: yield
+    finally: torch.use_deterministic_algorithms(was, warn_only=warn)
 
 # %% ../nbs/16_train.ipynb #d4029cf2
 def rng_state(generator):
@@ -291,12 +300,13 @@ def fit(module, data, config, out, accel=None, resume=False, progress=True, desc
     batches = iter(data(L.position))
     bar = Progress(config.steps, 'steps', Path(out)/'progress.json' if main else None, desc, show=progress and main, initial=L.step)
     L.net.train()
-    while L.step < config.steps:
-        L.micro_batches(batches, size); L.optimizer_step()
-        if L.due(config.log_every): L.log()
-        if evaluate and L.due(eval_every): L.held_out(evaluate)
-        if L.due(config.save_every): L.checkpoint()
-        bar.update(1, **({'loss': round(L.history[-1]['loss'], 4)} if L.history else {}))
+    with deterministic(accel.device.type == 'cpu'):
+        while L.step < config.steps:
+            L.micro_batches(batches, size); L.optimizer_step()
+            if L.due(config.log_every): L.log()
+            if evaluate and L.due(eval_every): L.held_out(evaluate)
+            if L.due(config.save_every): L.checkpoint()
+            bar.update(1, **({'loss': round(L.history[-1]['loss'], 4)} if L.history else {}))
     bar.close()
     L.history.seconds, L.history.examples = time.time() - L.t0, L.n_ex * accel.num_processes
     if accel.is_main_process: write_jsonl(Path(out)/'history.jsonl', L.history)
