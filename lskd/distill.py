@@ -402,7 +402,7 @@ def distill(corpus,              # JSONL of the (filtered) corpus
     val = heldout_examples(corpus, config) if config.heldout or config.val_corpus else None
     before = _heldout_acc(model, val, root) if val and not (resume and latest_checkpoint(out)) else None
     history = fit(StudentNet(model), _data(corpus, config, accel, model, root), config, out, accel, resume, progress,
-                  desc=f'distill ({model.family})', size=lambda inp: len(inp['same']))
+                  desc=f'{out.name} ({model.family})', size=lambda inp: len(inp['same']))
     summary = {'model': model.family, 'steps': config.steps, 'examples_per_s': round(history.examples / max(1e-9, history.seconds), 2),
                'final_loss': history[-1]['loss'] if history else None, 'device': str(accel.device),
                'mixed_precision': accel.mixed_precision, 'processes': accel.num_processes}

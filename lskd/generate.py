@@ -19,8 +19,8 @@ from .prompts import load_prompt, build_prompt, read_reply, reject_shares, respo
 # %% auto #0
 __all__ = ['TEACHERS', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache',
            'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'teacher_endpoint',
-           'Teacher', 'GenerationError', 'GenResult', 'generate', 'token_counter', 'Estimate', 'estimate', 'main',
-           'run_stage']
+           'Teacher', 'GenerationError', 'GenResult', 'LiveCount', 'generate', 'token_counter', 'Estimate', 'estimate',
+           'main', 'run_stage']
 
 # %% ../nbs/03_generate.ipynb #8a41564d
 TEACHERS = ('remote', 'local', 'fake')
@@ -418,6 +418,21 @@ def _done(item):
     "Whether the jobs of a pending image `(verb, prompt, futures)` are all finished"
     return item[1] is None or all(f.done() for *_, f in item[2])
 
+# %% ../nbs/03_generate.ipynb #f11c00bb
+class LiveCount:
+    "A generate run's live `progress.json`: requests answered (sent or cached), images written, triples, completion tokens/s"
+    def __init__(self, path, requests, images, teacher, meter, counts, every=1.0):
+        self.path, self.requests, self.images, self.teacher, self.meter, self.c, self.every = path, requests, images, teacher, meter, counts, every
+        self.t0, self.last, self.lock = time.perf_counter(), -math.inf, threading.Lock()
+    def __call__(self, fut=None, force=False):
+        "Write the counts (a done-callback takes the future; `force`: even within `every` s of the last write)"
+        with self.lock:
+            now = time.perf_counter()
+            if not force and now - self.last < self.every: return
+            self.last, dt, s = now, now - self.t0, self.teacher.stats
+            write_progress(self.path, s['sent'] + s['cached'], self.requests, 'requests', dt, images=f"{self.c['images_done']}/{self.images}",
+                           triples=self.c['accepted'], **{'tokens/s': round(self.meter.completion_tokens/dt, 1) if dt > 0 else 0.0})
+
 # %% ../nbs/03_generate.ipynb #6472b00f
 def generate(verbalizations, out_dir, config=None, **overrides):
     "Generate the QAR corpus for `verbalizations` (a JSONL path) into `out_dir` with `config` (a `GenerateConfig`, dict or YAML path) and `overrides`; returns a `GenResult`"
@@ -438,6 +453,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
         meter = Meter(cfg.prices, model, cfg.budget_usd, cfg.budget_tokens)
         teacher = Teacher(cfg, client, model, cache, meter, flavour, gone)
         outs, writing = _Outputs(out), True
+        live = LiveCount(out/'progress.json', n_total*cfg.samples, n_total, teacher, meter, c)
         ex = ThreadPoolExecutor(cfg.concurrency)
         def finish_image(item):
             nonlocal writing
@@ -458,8 +474,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
                 c['reject_no_regions'] += 1
             else: outs.write(*_process(verb, prompt, spec, replies, c, model))
             c['images_done'] += 1
-            write_progress(out/'progress.json', c['images_done'], n_total, 'images', time.perf_counter() - t0, triples=c['accepted'],
-                           requests=teacher.stats['sent'])
+            live(force=True)
         try:
             with tqdm(total=n_total, desc='generate', disable=not cfg.progress) as bar:
                 pending = deque()
@@ -471,6 +486,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
                         futs = [(j, s, ex.submit(teacher.run, prompt, s)) for j in range(cfg.samples)
                                 for s in [request_seed(cfg.seed, k, j)]]
                         c['jobs'] += len(futs)
+                        for *_, f in futs: f.add_done_callback(live)
                     except NoRegionsError as e: prompt, futs = None, str(e); c['no_regions'] += 1
                     pending.append((verb, prompt, futs))
                     while len(pending) > 2*cfg.concurrency or (pending and _done(pending[0])):

@@ -193,6 +193,7 @@ def show(self:ProgressMonitor, force=False):
     "Show the progress if it changed: in place when live, else when another `step` percent is done (always when `force`)"
     p = self.latest()
     if p is None or p == self.shown: return
+    if p.get('task') == self.stage: p = {k:v for k,v in p.items() if k != 'task'}   # 'verbalize: 3/8 images', not 'verbalize: verbalize: ...'
     try: line, mark = f'{self.stage}: {progress_line(p)}', (p.get('task'), int(100*p['done']/p['total']//self.step) if p['total'] else 0)
     except (KeyError, TypeError, ZeroDivisionError): return
     if self.live and not force: self.live(f'\r[lskd run] {line}\x1b[K')
