@@ -452,7 +452,7 @@ def _duration(s): return f'{s/3600:.1f} h' if s >= 5400 else f'{s/60:.0f} min' i
 def progress_line(p):
     "'12/48 images, 140 triples, 0.31 images/s, ETA 2 min' from a progress dict `p` (its `task`, if any, first)"
     rate = p['done']/p['seconds'] if p['seconds'] > 0 else 0
-    extra = ''.join(f', {v} {k}' for k,v in p.items() if k not in ('done', 'total', 'unit', 'seconds', 'task'))
+    extra = ''.join(f', {k} {v}' if k == 'loss' else f', {v} {k}' for k,v in p.items() if k not in ('done', 'total', 'unit', 'seconds', 'task'))   # 'loss 0.5', '140 triples'
     eta = f", ETA {_duration((p['total'] - p['done'])/rate)}" if rate > 0 and p['total'] and p['done'] < p['total'] else ''
     speed = f"{rate:.2f} {p['unit']}/s" if rate >= 0.1 or not rate else f"{60*rate:.2f} {p['unit']}/min"
     return (f"{p['task']}: " if p.get('task') else '') + f"{p['done']}/{p['total']} {p['unit']}{extra}, {speed}{eta}"

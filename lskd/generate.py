@@ -17,15 +17,17 @@ from .core import Verbalization, read_jsonl, write_jsonl, JsonlWriter, qar_to_ls
 from .prompts import load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 
 # %% auto #0
-__all__ = ['TEACHERS', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache',
-           'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'teacher_endpoint',
-           'Teacher', 'GenerationError', 'GenResult', 'LiveCount', 'generate', 'token_counter', 'Estimate', 'estimate',
-           'main', 'run_stage']
+__all__ = ['TEACHERS', 'CHOICES', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache',
+           'NoCache', 'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send',
+           'teacher_endpoint', 'asks_n', 'Teacher', 'split_choices', 'GenerationError', 'GenResult', 'LiveCount',
+           'generate', 'token_counter', 'Estimate', 'estimate', 'main', 'run_stage']
 
 # %% ../nbs/03_generate.ipynb #8a41564d
 TEACHERS = ('remote', 'local', 'fake')
 
 # %% ../nbs/03_generate.ipynb #e4307e21
+CHOICES = ('auto', 'n', 'separate')
+
 @dataclass
 class GenerateConfig:
     "The generate stage's configuration (the `generate` section of a run's config)"
@@ -39,7 +41,8 @@ class GenerateConfig:
     models_cache: str|None = None    # teacher: local, where models are fetched to (None: the default cache)
     prompt: str = 'v1'               # a folder in data/prompts (or a path)
     prompt_options: dict = field(default_factory=dict)   # overrides of the prompt's options, e.g. {n: 5, regions: people}
-    samples: int = 1                 # requests per image (different seeds)
+    samples: int = 1                 # replies per image (different seeds)
+    choices: str = 'auto'            # n: an image's samples in one request (`n`: its prompt sent and billed once) | separate: a request per sample | auto: n where the endpoint answers it (not local: llama.cpp ignores n)
     temperature: float = 0.8         # sampling temperature
     top_p: float = 0.95              # nucleus sampling
     max_tokens: int = 600            # completion tokens per request at most
@@ -61,6 +64,7 @@ class GenerateConfig:
         if self.teacher not in TEACHERS: raise ValueError(f"teacher must be remote, local or fake, not {self.teacher!r}")
         if self.response_format not in RESPONSE_FORMATS + ('auto',):
             raise ValueError(f"response_format must be one of {RESPONSE_FORMATS + ('auto',)}, not {self.response_format!r}")
+        if self.choices not in CHOICES: raise ValueError(f"choices must be one of {CHOICES}, not {self.choices!r}")
         local = self.teacher == 'local'
         if self.concurrency is None: self.concurrency = 1 if local else 4
         if self.timeout is None: self.timeout = 900.0 if local else 120.0
@@ -79,10 +83,11 @@ def request_seed(seed, image_key, sample):
     return int(hashlib.sha256(f'{seed}:{image_key}:{sample}'.encode()).hexdigest()[:8], 16) & 0x7fffffff
 
 # %% ../nbs/03_generate.ipynb #4271ea92
-def request_body(cfg, prompt, model, seed, fmt):
-    "The chat-completions body for `prompt` with response-format flavour `fmt`"
+def request_body(cfg, prompt, model, seed, fmt, n=1):
+    "The chat-completions body for `prompt` with response-format flavour `fmt` (`n` > 1: that many choices)"
     body = dict(model=model, messages=prompt.messages, temperature=cfg.temperature, top_p=cfg.top_p,
                 max_tokens=cfg.max_tokens, seed=seed, **cfg.extra_body)
+    if n > 1: body['n'] = n
     rf = response_format(fmt, prompt.n)
     if rf is not None: body['response_format'] = rf
     return body
@@ -256,6 +261,9 @@ def teacher_endpoint(cfg, log_dir=None):
         with TeacherServer(path, alias=name, n_ctx=cfg.local_n_ctx, n_threads=cfg.local_n_threads, log_path=log) as srv:
             yield srv.base_url, name, 'sk-local', 'none', srv.exit_reason
 
+# %% ../nbs/03_generate.ipynb #763f17a7
+def asks_n(cfg): "Whether `cfg` asks for an image's samples in one request (`n` choices)"; return cfg.samples > 1 and (cfg.choices == 'n' or (cfg.choices == 'auto' and cfg.teacher != 'local'))
+
 # %% ../nbs/03_generate.ipynb #4593d8b3
 class Teacher:
     "Sends jobs to one endpoint, through the cache, within the budget"
@@ -272,6 +280,7 @@ class Teacher:
         self.modes = [f] if f != 'auto' else ([flavour] if flavour else ['openai', 'llama_cpp', 'none'])
         self.mode_i, self.lock, self.abort = 0, threading.Lock(), None
         self.stats = Counter()
+        self.n_ok = asks_n(cfg)         # an image's samples in one request, until the endpoint shows it ignores `n`
 
 # %% ../nbs/03_generate.ipynb #bcf1174e
 @patch
@@ -287,14 +296,14 @@ def _retry(self:Teacher, e, wait):
 
 # %% ../nbs/03_generate.ipynb #ca4118ce
 @patch
-def run(self:Teacher, prompt, seed):
-    "`(reply dict, request key)` for `prompt` sampled with `seed`"
+def run(self:Teacher, prompt, seed, n=1):
+    "`(reply dict, request key)` for `prompt` sampled with `seed` (`n` choices)"
     for mode in self.modes[self.mode_i:]:           # any spelling already answered?
-        body = request_body(self.cfg, prompt, self.model, seed, mode); key = request_key(body)
+        body = request_body(self.cfg, prompt, self.model, seed, mode, n); key = request_key(body)
         if (r := self.cache.get(key)) is not None: self._count('cached'); return r, key
     while True:
         mi = self.mode_i
-        body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi]); key = request_key(body)
+        body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi], n); key = request_key(body)
         if self.abort: raise RuntimeError(f'not sent: the run was aborted ({self.abort})')
         if self.meter.over_budget(): raise BudgetExceeded()
         t0 = time.perf_counter(); self.cache.log_sent(key)
@@ -311,6 +320,22 @@ def run(self:Teacher, prompt, seed):
         self.meter.add(r.get('usage')); self._count('sent'); self._count('seconds', dt)
         self.cache.put(key, body, r, dt)
         return r, key
+
+# %% ../nbs/03_generate.ipynb #1423f89e
+def split_choices(r): "The replies, one per choice, of an `n`-choice reply `r` (its usage on the first)"; return [dict(r, choices=[ch], usage=r.get('usage') if i == 0 else {}) for i,ch in enumerate(r.get('choices') or [])]
+
+# %% ../nbs/03_generate.ipynb #e4aa0ee9
+@patch
+def sample(self:Teacher, prompt, image_key, js):
+    "`[(j, seed, reply, request key)]` for samples `js` of image `image_key`"
+    seeds = [request_seed(self.cfg.seed, image_key, j) for j in js]
+    if len(js) > 1 and self.n_ok:
+        r, key = self.run(prompt, seeds[0], n=len(js))
+        got = [(j, seeds[0], x, key) for j,x in zip(js, split_choices(r))]
+        if len(got) < len(js): self.n_ok = False; self._count('n_ignored')
+    else: got = [(js[0], seeds[0], *self.run(prompt, seeds[0]))]
+    self._count('samples', len(got))
+    return got + [x for j in js[len(got):] for x in self.sample(prompt, image_key, [j])]
 
 # %% ../nbs/03_generate.ipynb #032d7015
 OUTPUTS = ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl')
@@ -381,7 +406,8 @@ def _summary(cfg, # the run's `GenerateConfig`
         rejected={k[7:]: v for k,v in c.items() if k.startswith('reject_')},
         reject_shares=reject_shares(c['accepted'], Counter({k[7:]: v for k,v in c.items() if k.startswith('reject_') and k != 'reject_no_regions'})),
         prompt_tokens=c['tokens_prompt'], completion_tokens=c['tokens_completion'],
-        cost_usd=round(meter.cost_of(c['tokens_prompt'], c['tokens_completion']), 6), response_format=teacher.modes[teacher.mode_i])
+        cost_usd=round(meter.cost_of(c['tokens_prompt'], c['tokens_completion']), 6), response_format=teacher.modes[teacher.mode_i],
+        choices='n' if asks_n(cfg) and not teacher.stats['n_ignored'] else 'separate')
     attempt = dict(base_url=base_url, requests_sent=teacher.stats['sent'], requests_cached=teacher.stats['cached'],
         retries=teacher.stats['retries'], sent_prompt_tokens=meter.prompt_tokens, sent_completion_tokens=meter.completion_tokens,
         sent_cost_usd=round(meter.cost, 6), completion_tokens_per_s=round(meter.completion_tokens/wall, 2) if wall else None,
@@ -420,9 +446,9 @@ def _done(item):
 
 # %% ../nbs/03_generate.ipynb #f11c00bb
 class LiveCount:
-    "A generate run's live `progress.json`: requests answered (sent or cached), images written, triples, completion tokens/s"
-    def __init__(self, path, requests, images, teacher, meter, counts, every=1.0):
-        self.path, self.requests, self.images, self.teacher, self.meter, self.c, self.every = path, requests, images, teacher, meter, counts, every
+    "A generate run's live `progress.json`: samples answered (sent or cached) of all, images written, triples, requests sent, completion tokens/s"
+    def __init__(self, path, samples, images, teacher, meter, counts, every=1.0):
+        self.path, self.samples, self.images, self.teacher, self.meter, self.c, self.every = path, samples, images, teacher, meter, counts, every
         self.t0, self.last, self.lock = time.perf_counter(), -math.inf, threading.Lock()
     def __call__(self, fut=None, force=False):
         "Write the counts (a done-callback takes the future; `force`: even within `every` s of the last write)"
@@ -430,8 +456,8 @@ class LiveCount:
             now = time.perf_counter()
             if not force and now - self.last < self.every: return
             self.last, dt, s = now, now - self.t0, self.teacher.stats
-            write_progress(self.path, s['sent'] + s['cached'], self.requests, 'requests', dt, images=f"{self.c['images_done']}/{self.images}",
-                           triples=self.c['accepted'], **{'tokens/s': round(self.meter.completion_tokens/dt, 1) if dt > 0 else 0.0})
+            write_progress(self.path, s['samples'], self.samples, 'samples', dt, images=f"{self.c['images_done']}/{self.images}",
+                           triples=self.c['accepted'], requests=s['sent'], **{'tokens/s': round(self.meter.completion_tokens/dt, 1) if dt > 0 else 0.0})
 
 # %% ../nbs/03_generate.ipynb #6472b00f
 def generate(verbalizations, out_dir, config=None, **overrides):
@@ -459,14 +485,15 @@ def generate(verbalizations, out_dir, config=None, **overrides):
             nonlocal writing
             verb, prompt, futs = item
             replies, ok = [], True
-            for j, seed, f in (futs if prompt is not None else []):
+            for js, f in (futs if prompt is not None else []):
                 try:
-                    r, rk = f.result(); replies.append((j, seed, r, rk)); u = r.get('usage') or {}
-                    c['tokens_prompt'] += int(u.get('prompt_tokens') or 0); c['tokens_completion'] += int(u.get('completion_tokens') or 0)
+                    for j, seed, r, rk in f.result():
+                        replies.append((j, seed, r, rk)); u = r.get('usage') or {}
+                        c['tokens_prompt'] += int(u.get('prompt_tokens') or 0); c['tokens_completion'] += int(u.get('completion_tokens') or 0)
                 except BudgetExceeded: c['budget_skipped'] += 1; ok = False
                 except Exception as e:
                     c['failed'] += 1; ok = False
-                    failures.append(dict(image=verb.image.path, sample=j, error=f'{type(e).__name__}: {e}'[:500]))
+                    failures.append(dict(image=verb.image.path, sample=js[0] if len(js) == 1 else js, error=f'{type(e).__name__}: {e}'[:500]))
             writing = writing and ok
             if not writing: return
             if prompt is None:
@@ -483,10 +510,10 @@ def generate(verbalizations, out_dir, config=None, **overrides):
                     c['images'] += 1
                     try:
                         prompt, k = build_prompt(verb, spec), verb.image.id or verb.image.path
-                        futs = [(j, s, ex.submit(teacher.run, prompt, s)) for j in range(cfg.samples)
-                                for s in [request_seed(cfg.seed, k, j)]]
+                        groups = [list(range(cfg.samples))] if teacher.n_ok else [[j] for j in range(cfg.samples)]
+                        futs = [(js, ex.submit(teacher.sample, prompt, k, js)) for js in groups]
                         c['jobs'] += len(futs)
-                        for *_, f in futs: f.add_done_callback(live)
+                        for _, f in futs: f.add_done_callback(live)
                     except NoRegionsError as e: prompt, futs = None, str(e); c['no_regions'] += 1
                     pending.append((verb, prompt, futs))
                     while len(pending) > 2*cfg.concurrency or (pending and _done(pending[0])):
@@ -528,11 +555,11 @@ def token_counter(cfg):
 class Estimate:
     "What a generate run would send, counted before sending"
     images: int                  # images with regions to ask about
-    requests: int                # images x samples
+    requests: int                # images (choices: n), else images x samples
     prompt_tokens: int           # billed by an API: every request's prompt
     prompt_tokens_local: int     # processed by a local server: each image's prompt once
     completion_tokens: int       # expected: tokens_per_triple x triples asked
-    completion_tokens_max: int   # at most: max_tokens per request
+    completion_tokens_max: int   # at most: max_tokens per sample
     cost_usd: float|None         # at `cfg.prices` for the model (None: no price given)
     wall_s: float|None           # at the given token rates (None: no rate given)
     counted_with: str            # how tokens were counted
@@ -561,12 +588,13 @@ def estimate(verbalizations,              # verbalizations.jsonl
         try: pr = build_prompt(verb, spec)
         except NoRegionsError: continue
         imgs += 1; pt += sum(count(m['content']) + per_msg for m in pr.messages)
-    n, req = spec.n, imgs * cfg.samples
-    comp = req * min(cfg.max_tokens, n * tokens_per_triple)
+    n, per = spec.n, 1 if asks_n(cfg) else cfg.samples        # prompts sent per image
+    req = imgs * per
+    comp = imgs * cfg.samples * min(cfg.max_tokens, n * tokens_per_triple)
     pr_ = _price(cfg)
-    cost = (pt * cfg.samples * pr_.get('prompt', 0) + comp * pr_.get('completion', 0)) / 1e6 if pr_ else None
+    cost = (pt * per * pr_.get('prompt', 0) + comp * pr_.get('completion', 0)) / 1e6 if pr_ else None
     wall = comp / completion_tokens_per_s + (pt / prompt_tokens_per_s if prompt_tokens_per_s else 0) if completion_tokens_per_s else None
-    return Estimate(imgs, req, pt * cfg.samples, pt, comp, req * cfg.max_tokens, cost, wall, how)
+    return Estimate(imgs, req, pt * per, pt, comp, imgs * cfg.samples * cfg.max_tokens, cost, wall, how)
 
 # %% ../nbs/03_generate.ipynb #a8cfcbe1
 def _parser():
@@ -585,6 +613,7 @@ def _parser():
                 ('concurrency', int), ('timeout', float), ('max-retries', int), ('budget-usd', float),
                 ('budget-tokens', int), ('max-images', int)]: p.add_argument(f'--{k}', type=t)
     p.add_argument('--response-format', choices=list(RESPONSE_FORMATS) + ['auto'])
+    p.add_argument('--choices', choices=CHOICES, help="an image's samples in one request with n choices (n), a request each (separate), or n where the endpoint answers it (auto)")
     p.add_argument('--cache', help='cache file (relative to OUT)'); p.add_argument('--no-cache', action='store_true')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.add_argument('--dry-run', action='store_true', help='send nothing: print the requests, tokens, cost (at --config prices) and time it would take, write OUT/estimate.json')
@@ -598,7 +627,7 @@ def main(argv=None):
     a = _parser().parse_args(argv)
     ov = {k: getattr(a, k) for k in ('teacher', 'base_url', 'model', 'api_key_env', 'local_model', 'prompt', 'samples',
           'temperature', 'top_p', 'max_tokens', 'seed', 'concurrency', 'timeout', 'max_retries', 'budget_usd',
-          'budget_tokens', 'max_images', 'response_format', 'cache')}
+          'budget_tokens', 'max_images', 'response_format', 'choices', 'cache')}
     try:
         cfg = GenerateConfig.load(a.config, **ov)
         if a.no_cache: cfg.cache = None

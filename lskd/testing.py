@@ -67,20 +67,23 @@ def do_POST(self:_Handler):
     if srv.formats is not None and rf is not None and rf not in srv.formats:
         return self._json(srv.format_status, {'error': {'message': f'response_format type {rf!r} is not supported', 'type': 'invalid_request_error'}})
     if srv.latency: time.sleep(srv.latency)
-    content = srv.reply(body)
+    n = int(body.get('n') or 1) if srv.n_choices else 1
+    contents = [srv.reply(body if i == 0 else {**body, 'seed': f"{body.get('seed')}.{i}"}) for i in range(n)]
     pt = sum(len(m['content'].split()) for m in body.get('messages', []))
-    ct = len(content.split())
+    ct = sum(len(t.split()) for t in contents)
     srv._done()
     self._json(200, {'id': 'fake-' + request_key(body)[:12], 'object': 'chat.completion', 'created': 0,
                      'model': body.get('model', 'fake'),
-                     'choices': [{'index': 0, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': content}}],
+                     'choices': [{'index': i, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': t}} for i,t in enumerate(contents)],
                      'usage': {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}})
 
 # %% ../nbs/15_testing.ipynb #69ac9fed
 class FakeTeacher:
     "An OpenAI-compatible fake chat endpoint on 127.0.0.1 (a context manager)"
-    def __init__(self, reply=fake_reply, latency=0.0, port=0, formats=None, format_status=400):
+    def __init__(self, reply=fake_reply, latency=0.0, port=0, formats=None, format_status=400,
+                 n_choices=True): # honour a request's `n` (False: one choice, as llama.cpp's server)
         self.reply, self.latency, self.port, self.formats, self.format_status = reply, latency, port, formats, format_status
+        self.n_choices = n_choices
         self.requests, self.headers, self.times, self.faults, self.ok = [], [], [], deque(), 0
         self.lock, self.httpd = threading.Lock(), None
     @property

@@ -7,7 +7,7 @@ from lskd.core import Verbalization, ImageRecord, Region, Description, QAPair, Q
 from lskd.generate import generate, main, GenerationError, request_key, ReplyCache
 from lskd.testing import FakeTeacher, fake_reply
 
-QUICK = dict(teacher='remote', model='fake', progress=False, backoff=0.01, timeout=10)
+QUICK = dict(teacher='remote', model='fake', progress=False, backoff=0.01, timeout=10, choices='separate')   # a request per sample (n: below)
 
 
 def verbs(n, people=2):
@@ -54,6 +54,29 @@ def test_outputs_and_rerun_sends_nothing(vfile, tmp_path, fake):
     # a changed sampling parameter is a different request
     run(vfile, tmp_path/'o', fake, samples=2, temperature=0.3)
     assert len(fake.requests) == 24
+
+
+# ---------- n choices per request ----------
+
+def test_n_choices_send_each_prompt_once(vfile, tmp_path, fake):
+    res = run(vfile, tmp_path/'n', fake, samples=3, choices='auto')
+    assert res['requests_sent'] == 6 == len(fake.requests) and all(r['n'] == 3 for r in fake.requests) and res['choices'] == 'n'
+    sep = run(vfile, tmp_path/'s', fake, samples=3)
+    assert res['replies'] == sep['replies'] == 18 and sep['requests_sent'] == 18
+    assert res['prompt_tokens'] * 3 == sep['prompt_tokens']                        # the prompt billed once per image, not per sample
+    files = {p.name: p.read_bytes() for p in (tmp_path/'n').glob('*.jsonl') if p.stem != 'attempts'}
+    res2 = run(vfile, tmp_path/'n', fake, samples=3, choices='auto')
+    assert res2['requests_sent'] == 0 and res2['requests_cached'] == 6
+    assert files == {p.name: p.read_bytes() for p in (tmp_path/'n').glob('*.jsonl') if p.stem != 'attempts'}
+
+def test_endpoint_that_ignores_n_falls_back_to_a_request_per_sample(vfile, tmp_path):
+    with FakeTeacher(n_choices=False) as ft:
+        res = run(vfile, tmp_path/'n', ft, samples=3, choices='auto', concurrency=1)
+        assert res['choices'] == 'separate' and 'n' in ft.requests[0] and not any('n' in r for r in ft.requests[1:])
+        assert res['requests_sent'] == 18 == len(ft.requests)
+        sep = run(vfile, tmp_path/'s', ft, samples=3)
+    drop = lambda q: {**q.to_dict(), 'meta': {k: v for k, v in q.meta.items() if k != 'request'}}
+    assert [drop(q) for q in read_jsonl(tmp_path/'n'/'corpus.jsonl', QAR)] == [drop(q) for q in read_jsonl(tmp_path/'s'/'corpus.jsonl', QAR)]
 
 
 def test_seeds_differ_per_image_and_sample(vfile, tmp_path, fake):
@@ -225,12 +248,13 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def test_kill_and_resume_gives_identical_corpus(tmp_path):
+@pytest.mark.parametrize('choices,total,kills', [('separate', 28, (2, 9, 17)), ('n', 14, (1, 5, 9))])
+def test_kill_and_resume_gives_identical_corpus(tmp_path, choices, total, kills):
     vfile = write_jsonl(tmp_path/'v.jsonl', verbs(14, people=3))
     with FakeTeacher(latency=0.15) as ft:
         args = [str(vfile), str(tmp_path/'k'), '--base-url', ft.base_url, '--model', 'fake', '--quiet',
-                '--samples', '2', '--concurrency', '3']
-        for kill_after in (2, 9, 17):                          # kill three times at different points
+                '--samples', '2', '--concurrency', '3', '--choices', choices]
+        for kill_after in kills:                          # kill three times at different points
             proc = subprocess.Popen([sys.executable, '-c', CHILD] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while ft.ok < kill_after and proc.poll() is None: time.sleep(0.01)
             proc.send_signal(signal.SIGKILL); proc.wait()
@@ -241,9 +265,9 @@ def test_kill_and_resume_gives_identical_corpus(tmp_path):
         n_before = len(ft.requests)
         assert subprocess.run([sys.executable, '-c', CHILD] + args, capture_output=True).returncode == 0
         attempts = [json.loads(l) for l in (tmp_path/'k'/'attempts.jsonl').read_text().splitlines()]
-        assert len(attempts) == 1 and attempts[-1]['requests_cached'] == cached and attempts[-1]['requests_sent'] == 28 - cached   # killed calls write none
-        assert len(ft.requests) - n_before == 28 - cached
-        ref = generate(vfile, tmp_path/'ref', dict(QUICK, base_url=ft.base_url, samples=2, concurrency=1))
+        assert len(attempts) == 1 and attempts[-1]['requests_cached'] == cached and attempts[-1]['requests_sent'] == total - cached   # killed calls write none
+        assert len(ft.requests) - n_before == total - cached
+        ref = generate(vfile, tmp_path/'ref', dict(QUICK, base_url=ft.base_url, samples=2, concurrency=1, choices=choices))
         assert ref.status == 'complete'
     for name in ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl'):
         assert (tmp_path/'k'/name).read_bytes() == (tmp_path/'ref'/name).read_bytes(), name
@@ -292,17 +316,18 @@ def test_real_llama_cpp_server_end_to_end(tmp_path):
     assert json.loads((tmp_path/'o'/'attempts.jsonl').read_text().splitlines()[-1])['requests_sent'] == 0
 
 
-def test_dry_run_counts_before_sending(tmp_path, capsys):
+@pytest.mark.parametrize('choices,requests,billed', [('separate', 10, 2), ('n', 5, 1)])
+def test_dry_run_counts_before_sending(tmp_path, capsys, choices, requests, billed):
     "`lskd generate --dry-run`: requests, tokens, cost and time, and not one request sent; the counts match a real run's"
     vp = write_jsonl(tmp_path/'v.jsonl', verbs(5))
     cfg = tmp_path/'c.yaml'; cfg.write_text('prices: {fake: {prompt: 0.5, completion: 1.5}}\n')
     with FakeTeacher() as ft:
         assert main([str(vp), str(tmp_path/'dry'), '--config', str(cfg), '--base-url', ft.base_url, '--model', 'fake', '--samples', '2',
-                     '--dry-run', '--tokens-per-s', '25']) == 0
+                     '--choices', choices, '--dry-run', '--tokens-per-s', '25']) == 0
         assert ft.requests == [] and not (tmp_path/'dry'/'corpus.jsonl').exists()
         e = json.loads((tmp_path/'dry'/'estimate.json').read_text())
-        assert (e['images'], e['requests'], e['prompt_tokens']) == (5, 10, 2*e['prompt_tokens_local'])
+        assert (e['images'], e['requests'], e['prompt_tokens']) == (5, requests, billed*e['prompt_tokens_local'])
         assert e['cost_usd'] == pytest.approx((e['prompt_tokens']*0.5 + e['completion_tokens']*1.5)/1e6) and e['wall_s'] == pytest.approx(e['completion_tokens']/25)
-        res = generate(vp, tmp_path/'real', base_url=ft.base_url, model='fake', samples=2, progress=False)
+        res = generate(vp, tmp_path/'real', base_url=ft.base_url, model='fake', samples=2, choices=choices, progress=False)
         assert res.summary['requests_sent'] == e['requests'] == len(ft.requests)
     capsys.readouterr()

@@ -44,7 +44,7 @@ def test_run_writes_every_stage_and_a_manifest(run):
     assert {m['name'] for m in res['models']} == {'base', 'distilled', 'no-critic'} and res['n_questions'] >= 2
     assert 'distilled' in r.stdout and 'report:' in r.stdout                 # the table and where the report is
     import re                                                               # the teacher stage's progress, from generate/progress.json
-    assert re.search(r'\[lskd run\] generate: (\d+)/\1 images, \d+ triples, \d+ requests, [\d.]+ images/(s|min)', r.stdout), r.stdout
+    assert re.search(r'\[lskd run\] generate: (\d+)/\1 samples, (\d+)/\2 images, \d+ triples, \d+ requests, [\d.]+ tokens/s, [\d.]+ samples/(s|min)', r.stdout), r.stdout
     md = (d/'evaluate/results.md').read_text()                             # one table: MC and pointing, rates with intervals and n
     assert 'pointing accuracy (itm)' in md and 'mc accuracy (itm)' in md and '| n (mc) |' in md and 'distilled - base, accuracy (itm)' in md and 'separable' in md, md
     pt = json.loads((d/'evaluate/pointing/results.json').read_text())
