@@ -328,12 +328,12 @@ def split_choices(r): "The replies, one per choice, of an `n`-choice reply `r` (
 @patch
 def sample(self:Teacher, prompt, image_key, js):
     "`[(j, seed, reply, request key)]` for samples `js` of image `image_key`"
-    seeds = [request_seed(self.cfg.seed, image_key, j) for j in js]
+    seed = request_seed(self.cfg.seed, image_key, js[0])
     if len(js) > 1 and self.n_ok:
-        r, key = self.run(prompt, seeds[0], n=len(js))
-        got = [(j, seeds[0], x, key) for j,x in zip(js, split_choices(r))]
+        r, key = self.run(prompt, seed, n=len(js))
+        got = [(j, seed, x, key) for j,x in zip(js, split_choices(r))]
         if len(got) < len(js): self.n_ok = False; self._count('n_ignored')
-    else: got = [(js[0], seeds[0], *self.run(prompt, seeds[0]))]
+    else: got = [(js[0], seed, *self.run(prompt, seed))]
     self._count('samples', len(got))
     return got + [x for j in js[len(got):] for x in self.sample(prompt, image_key, [j])]
 
@@ -407,7 +407,7 @@ def _summary(cfg, # the run's `GenerateConfig`
         reject_shares=reject_shares(c['accepted'], Counter({k[7:]: v for k,v in c.items() if k.startswith('reject_') and k != 'reject_no_regions'})),
         prompt_tokens=c['tokens_prompt'], completion_tokens=c['tokens_completion'],
         cost_usd=round(meter.cost_of(c['tokens_prompt'], c['tokens_completion']), 6), response_format=teacher.modes[teacher.mode_i],
-        choices='n' if asks_n(cfg) and not teacher.stats['n_ignored'] else 'separate')
+        choices='n' if teacher.n_ok else 'separate')
     attempt = dict(base_url=base_url, requests_sent=teacher.stats['sent'], requests_cached=teacher.stats['cached'],
         retries=teacher.stats['retries'], sent_prompt_tokens=meter.prompt_tokens, sent_completion_tokens=meter.completion_tokens,
         sent_cost_usd=round(meter.cost, 6), completion_tokens_per_s=round(meter.completion_tokens/wall, 2) if wall else None,
@@ -588,13 +588,12 @@ def estimate(verbalizations,              # verbalizations.jsonl
         try: pr = build_prompt(verb, spec)
         except NoRegionsError: continue
         imgs += 1; pt += sum(count(m['content']) + per_msg for m in pr.messages)
-    n, per = spec.n, 1 if asks_n(cfg) else cfg.samples        # prompts sent per image
-    req = imgs * per
-    comp = imgs * cfg.samples * min(cfg.max_tokens, n * tokens_per_triple)
+    per, asked = 1 if asks_n(cfg) else cfg.samples, imgs * cfg.samples      # prompts sent per image; samples asked
+    req, comp = imgs * per, asked * min(cfg.max_tokens, spec.n * tokens_per_triple)
     pr_ = _price(cfg)
     cost = (pt * per * pr_.get('prompt', 0) + comp * pr_.get('completion', 0)) / 1e6 if pr_ else None
     wall = comp / completion_tokens_per_s + (pt / prompt_tokens_per_s if prompt_tokens_per_s else 0) if completion_tokens_per_s else None
-    return Estimate(imgs, req, pt * per, pt, comp, imgs * cfg.samples * cfg.max_tokens, cost, wall, how)
+    return Estimate(imgs, req, pt * per, pt, comp, asked * cfg.max_tokens, cost, wall, how)
 
 # %% ../nbs/03_generate.ipynb #a8cfcbe1
 def _parser():
