@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image, vcr_item, BadRows, skip_row,
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
-                       lskd_row_to_qar, REF_RE, split_heldout, check_config, atomic_write,
+                       lskd_row_to_qar, REF_RE, heldout_image, check_config, atomic_write,
                        draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record,
                        roc_auc, bootstrap, percentile_ci, repoint, swap_refs, Progress)
 
@@ -23,10 +23,10 @@ __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'BENCHMARK_KEYS',
            'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'questions',
            'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
            'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item',
-           'transplant_refs', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item', 'load_pointing',
-           'pointing_metrics', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate', 'load_results',
-           'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig', 'check_benchmark',
-           'run_students', 'separability', 'run_stage']
+           'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item',
+           'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate',
+           'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig',
+           'check_benchmark', 'run_students', 'separability', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #95a9580f
 @dataclass
@@ -512,6 +512,17 @@ def transplant_refs(text, targets):
     m = {r: targets[i % len(targets)] for i,r in enumerate(refs)}
     return REF_RE.sub(lambda x: f'[{m[int(x.group(1))]}]', text)
 
+# %% ../nbs/06_evaluate.ipynb #66d385e8
+class Others:
+    "The `field` texts of `qars` other than the `i`-th as `(image, text)`, refs transplanted onto `targets` when read"
+    def __init__(self, qars, i, field, targets, any_image=False):
+        self.qars, self.i, self.field, self.targets, self.any_image = qars, i, field, targets, any_image
+    def __len__(self): return len(self.qars) - 1
+    def __getitem__(self, j):
+        if not 0 <= j < len(self): raise IndexError(j)
+        o = self.qars[j + (j >= self.i)]
+        return ('' if self.any_image else o.image, transplant_refs(getattr(o, self.field), self.targets))
+
 # %% ../nbs/06_evaluate.ipynb #2a7f2787
 def build_mc(qars, n_candidates=4, seed=0, field='answer'):
     "Generic MC rows from `QAR`s: the right `field` plus distractors from other triples"
@@ -522,10 +533,10 @@ def build_mc(qars, n_candidates=4, seed=0, field='answer'):
         rng = _seeded(seed, q.id or i, q.image)
         targets = list(q.region) + [r for r in q.region_all if r not in q.region]
         right = getattr(q, field)
-        pool = [(o.image, transplant_refs(getattr(o, field), targets)) for j,o in enumerate(qars) if j != i]
+        pool = Others(qars, i, field, targets)
         negs = _negatives(pool, rng, n_candidates - 1, q.image, [right])
         if len(negs) < n_candidates - 1:   # too few other images: allow the same image
-            negs += _negatives([('', t) for _,t in pool], rng, n_candidates - 1 - len(negs), q.image, [right] + negs)
+            negs += _negatives(Others(qars, i, field, targets, any_image=True), rng, n_candidates - 1 - len(negs), q.image, [right] + negs)
         cands = [right] + negs
         order = rng.sample(range(len(cands)), len(cands))
         row = dict(id=q.id or f'{i}', image=q.image, regions=[r.to_dict() for r in q.regions], question=q.question,
@@ -549,8 +560,7 @@ def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LS
         yield from itertools.islice(read_jsonl(path, lambda d: mc_item(d, next(n)), on_bad=on_bad), limit); return
     if not {'question', 'answer', 'rationale'} <= set(first):
         raise ValueError(f"{path}: rows are neither MC rows (image, regions, question, candidates, label) nor corpus triples")
-    qars = list(read_jsonl(path, as_qar, on_bad=on_bad))
-    if heldout is not None: qars = split_heldout(qars, heldout, heldout_seed)[1]
+    qars = [q for q in read_jsonl(path, as_qar, on_bad=on_bad) if heldout is None or heldout_image(q.image, heldout, heldout_seed)]
     for k, d in enumerate(build_mc(qars, n_candidates, seed)[:limit]):
         it = mc_item(d, k); it.tasks[0].meta['n_requested'] = n_candidates
         yield it
@@ -580,9 +590,9 @@ def pointing_qars(path, root=None, heldout=None, heldout_seed=0, on_bad=None):
     if 'img_fn' in first and 'metadata_fn' in first: its = list(load_vcr(path, root, on_bad=on_bad))
     elif 'candidates' in first: its = list(load_mc(path, on_bad=on_bad))
     else: its = None
-    if its is None: qs = list(read_jsonl(path, as_qar, on_bad=on_bad))
-    else: qs = [QAR(it.image, *({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS), regions=it.regions, id=it.id) for it in its]
-    return split_heldout(qs, heldout, heldout_seed)[1] if heldout is not None else qs
+    if its is None: qs = read_jsonl(path, as_qar, on_bad=on_bad)
+    else: qs = (QAR(it.image, *({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS), regions=it.regions, id=it.id) for it in its)
+    return [q for q in qs if heldout is None or heldout_image(q.image, heldout, heldout_seed)]
 
 # %% ../nbs/06_evaluate.ipynb #780e9c99
 def _fields(q): return {k: getattr(q, k) for k in TEXT_FIELDS if getattr(q, k)}
@@ -969,8 +979,8 @@ def run_stage(run_dir, cfg):
     benches = [check_benchmark(b, i) for i,b in enumerate(c.benchmarks)]
     seed, run_dir = cfg.get('seed', 0), Path(run_dir)
     out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
-    held = split_heldout(read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), as_qar, on_bad=BadRows(c.on_bad_row, out/'evaluate_errors.jsonl')),
-                        cfg.get('heldout', 0.25), seed)[1]
+    rows = read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), as_qar, on_bad=BadRows(c.on_bad_row, out/'evaluate_errors.jsonl'))
+    held = [q for q in rows if heldout_image(q.image, cfg.get('heldout', 0.25), seed)]   # the held-out rows only: memory grows with them, not the corpus
     if len(held) < 2: raise ValueError(f"only {len(held)} triples on held-out images: generate more (more images or generate.samples)")
     mc = write_jsonl(out/'heldout_mc.jsonl', [r for t in c.tasks for r in build_mc(held, c.n_candidates, seed, MC_TASKS[t])])
     triples = write_jsonl(out/'heldout_triples.jsonl', held)

@@ -255,7 +255,7 @@ def _triples_in(obj):
     return None
 
 # %% ../nbs/02_prompts.ipynb #31935214
-_dec = json.JSONDecoder()
+_dec = json.JSONDecoder(strict=False)
 _PLAIN_RE = re.compile(r'(?:^|\n)\W*(?:Q(?:uestion)?)\s*\d*\s*[:.]\s*(?P<q>.+?)\s*\n\W*(?:A(?:nswer)?)\s*\d*\s*[:.]\s*(?P<a>.+?)'
                        r'\s*\n\W*(?:R(?:ationale)?|Reason)\s*\d*\s*[:.]\s*(?P<r>.+?)\s*(?=\n|$)', re.I)
 

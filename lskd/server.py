@@ -4,15 +4,17 @@
 
 # %% ../nbs/09_server.ipynb #625a3d9c
 from __future__ import annotations
-import os, re, sys, time, json, shutil, signal, socket, hashlib, tarfile, zipfile, tempfile
+import os, re, sys, math, time, json, shutil, signal, socket, hashlib, tarfile, zipfile, tempfile
 import argparse, subprocess, weakref, urllib.request, urllib.error
 from pathlib import Path
+import numpy as np
 from fastcore.basics import patch
 from .core import sha256_file, atomic_path, atomic_write
 
 # %% auto #0
 __all__ = ['MODELS', 'DEFAULT_TEACHER', 'models_table', 'models_dir', 'get_spec', 'pip_download', 'is_verified', 'fetch_models',
-           'free_port', 'canonical_generate', 'llama_main', 'TeacherServer', 'fetch_models_main', 'serve_teacher_main']
+           'free_port', 'canonical_generate', 'GrammarLast', 'grammar_last', 'llama_main', 'TeacherServer',
+           'fetch_models_main', 'serve_teacher_main']
 
 # %% ../nbs/09_server.ipynb #6606c4fd
 MODELS = {
@@ -208,12 +210,63 @@ def canonical_generate(generate):
         return generate(self, tokens, *args, **kwargs)
     return wrapped
 
+# %% ../nbs/09_server.ipynb #3011b762
+class GrammarLast:
+    "A sampler for `llama_cpp.Llama`: the `chain` first, then the grammar sampler `grammar` on its one token (all tokens if refused)"
+    def __init__(self, chain, # a `llama_cpp._internals.LlamaSampler` without the grammar
+                 grammar, # a `llama_sampler` pointer (`llama_sampler_init_grammar`), freed with this object
+                 n_vocab):
+        import llama_cpp
+        self.chain, self.grammar, self.n_vocab, self.refused = chain, grammar, n_vocab, 0
+        self._free = llama_cpp.llama_sampler_free   # kept: at interpreter exit __del__ can no longer import
+    def __del__(self):
+        if self.grammar is not None: self._free(self.grammar); self.grammar = None
+
+# %% ../nbs/09_server.ipynb #55e9e692
+def _token_array(logits, ids):
+    "A `llama_token_data_array` over `ids` with their `logits` (numpy arrays), and its backing buffer"
+    import ctypes, llama_cpp
+    buf = (llama_cpp.llama_token_data * len(ids))()
+    a = np.ctypeslib.as_array(ctypes.cast(buf, ctypes.POINTER(ctypes.c_int32)), shape=(len(ids), 3))
+    a[:, 0] = ids; a[:, 1] = logits.astype(np.float32).view(np.int32); a[:, 2] = 0
+    return llama_cpp.llama_token_data_array(buf, len(ids), -1, False), buf
+
+# %% ../nbs/09_server.ipynb #95567438
+@patch
+def sample(self:GrammarLast, ctx, idx=-1):
+    "The next token, from the logits at batch position `idx` of `ctx` (a `LlamaContext`), accepted by the grammar"
+    import ctypes, llama_cpp as L
+    tok = L.llama_sampler_sample(self.chain.sampler, ctx.ctx, idx)
+    logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
+    one, _b = _token_array(logits[[tok]], np.array([tok]))
+    L.llama_sampler_apply(self.grammar, ctypes.byref(one))
+    if math.isinf(one.data[0].logit):   # refused: the grammar over every token, then the chain
+        self.refused += 1
+        full, _b = _token_array(logits, np.arange(self.n_vocab))
+        L.llama_sampler_apply(self.grammar, ctypes.byref(full)); L.llama_sampler_apply(self.chain.sampler, ctypes.byref(full))
+        tok = full.data[full.selected].id; L.llama_sampler_accept(self.chain.sampler, tok)
+    L.llama_sampler_accept(self.grammar, tok)
+    return tok
+
+# %% ../nbs/09_server.ipynb #00be054c
+def grammar_last(init_sampler):
+    "Wrap `llama_cpp.Llama._init_sampler`: a request with a grammar gets a `GrammarLast` sampler"
+    def wrapped(self, *args, grammar=None, **kwargs):
+        chain = init_sampler(self, *args, grammar=None, **kwargs)
+        if grammar is None: return chain
+        import llama_cpp
+        g = llama_cpp.llama_sampler_init_grammar(self._model.vocab, grammar._grammar.encode(), grammar._root.encode())
+        return GrammarLast(chain, g, self._n_vocab)
+    return wrapped
+
 # %% ../nbs/09_server.ipynb #5212f37d
-def llama_main():
-    "`python -m llama_cpp.server` (same flags), with `canonical_generate`"
+def llama_main(grammar='last'): # 'last': `grammar_last`; 'first': llama-cpp-python's grammar-first chain
+    "`python -m llama_cpp.server` (same flags), with `canonical_generate`, and `grammar_last` unless `grammar='first'`"
     import llama_cpp, llama_cpp.server.__main__ as server_main
+    if grammar not in ('last', 'first'): raise ValueError(f"grammar must be 'last' or 'first', not {grammar!r}")
     llama_cpp.Llama.generate = canonical_generate(llama_cpp.Llama.generate)
-    print('lskd: canonical prompt evaluation (replies independent of earlier requests)', file=sys.stderr, flush=True)
+    if grammar == 'last': llama_cpp.Llama._init_sampler = grammar_last(llama_cpp.Llama._init_sampler)
+    print(f'lskd: canonical prompt evaluation (replies independent of earlier requests), grammar {grammar}', file=sys.stderr, flush=True)
     server_main.main()
 
 # %% ../nbs/09_server.ipynb #dfaa72d6
@@ -229,6 +282,7 @@ class TeacherServer:
                  startup_timeout=180, # seconds to wait for the server to answer
                  python=None, # the Python that runs `llama_cpp.server` (default: this one)
                  canonical=True, # replies independent of earlier requests (`canonical_generate`); False: llama.cpp's own prefix reuse
+                 grammar='last', # with `canonical`: 'last' samples as llama.cpp's server does (`GrammarLast`), 'first' as llama-cpp-python
                  **server_args): # more server flags: `chat_format='chatml'` is `--chat_format chatml`
         self.model_path = Path(model_path).expanduser()
         if not self.model_path.is_file():
@@ -237,7 +291,7 @@ class TeacherServer:
         self.alias = alias or self.model_path.stem
         self.host,self.port,self.n_ctx,self.n_threads = host,port,n_ctx,n_threads
         self.log_path = Path(log_path) if log_path else None
-        self.startup_timeout,self.python,self.server_args,self.canonical = startup_timeout,python or sys.executable,server_args,canonical
+        self.startup_timeout,self.python,self.server_args,self.canonical,self.grammar = startup_timeout,python or sys.executable,server_args,canonical,grammar
         self.proc,self.startup_s = None,None
 
     @property
@@ -254,7 +308,7 @@ class TeacherServer:
 @patch
 def command(self:TeacherServer):
     "The argv that starts the server"
-    run = ['-c', 'from lskd.server import llama_main; llama_main()'] if self.canonical else ['-m', 'llama_cpp.server']
+    run = ['-c', f'from lskd.server import llama_main; llama_main({self.grammar!r})'] if self.canonical else ['-m', 'llama_cpp.server']
     cmd = [self.python, *run, '--model', str(self.model_path), '--host', self.host,
            '--port', str(self.port), '--n_ctx', str(self.n_ctx), '--n_threads', str(self.n_threads),
            '--model_alias', self.alias]

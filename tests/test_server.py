@@ -234,3 +234,27 @@ def test_reply_does_not_depend_on_earlier_requests(tmp_path):
     assert 'canonical prompt evaluation' in (tmp_path/'True.log').read_text()
     assert r['after another prompt'] == r['after itself'] == r['alone'], r
     # without canonical_generate (TeacherServer(canonical=False)) 'after itself' differed from 'alone' here (2026-12-02, nbs/09_server)
+
+
+@pytest.mark.server
+def test_grammar_last_sampling_keeps_the_schema(smol_path, monkeypatch):
+    """`grammar_last`: the grammar judges the chain's token and, when it refuses it, the whole vocabulary. SmolLM2 writes
+    nonsense, so the grammar must step in (refusals > 0), and the reply still parses with the schema's keys, the same twice"""
+    import llama_cpp
+    from lskd.server import grammar_last, GrammarLast, canonical_generate
+    monkeypatch.setattr(llama_cpp.Llama, '_init_sampler', grammar_last(llama_cpp.Llama._init_sampler))
+    monkeypatch.setattr(llama_cpp.Llama, 'generate', canonical_generate(llama_cpp.Llama.generate))   # as in llama_main
+    llm = llama_cpp.Llama(str(smol_path), n_ctx=512, n_threads=1, verbose=False)
+    schema = {'type': 'object', 'required': ['question', 'answer'], 'additionalProperties': False, 'properties': {
+        'question': {'type': 'string', 'maxLength': 40}, 'answer': {'type': 'string', 'maxLength': 40}}}
+    def ask():
+        r = llm.create_chat_completion([{'role': 'user', 'content': 'Write a poem about the sea.'}], max_tokens=120, temperature=0.8,
+                                       seed=3, response_format={'type': 'json_object', 'schema': schema})
+        return r['choices'][0]['message']['content'], llm._sampler
+    (a, s), (b, _) = ask(), ask()
+    assert isinstance(s, GrammarLast) and s.refused > 0
+    # strict=False: llama-cpp-python's JSON grammar lets raw control characters into strings (its `char` rule is `[^"\\]`)
+    assert set(json.loads(a, strict=False)) == {'question', 'answer'} and a == b
+    # without a grammar the chain is llama-cpp-python's own
+    llm.create_chat_completion([{'role': 'user', 'content': 'Hi'}], max_tokens=4, seed=1)
+    assert not isinstance(llm._sampler, GrammarLast)
