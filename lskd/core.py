@@ -19,11 +19,12 @@ __all__ = ['REF_RE', 'TEXT_FIELDS', 'TEXT_STYLES', 'SECRET_KEY', 'RELEASE_COLORS
            'text_to_tokens', 'Description', 'QAPair', 'Verbalization', 'QAR', 'swap_ids', 'repoint_target', 'repoint',
            'swap_refs', 'atomic_path', 'atomic_write', 'atomic_json', 'write_progress', 'progress_line', 'Progress',
            'TornLineError', 'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'reject', 'skip_row',
-           'read_jsonl', 'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap',
-           'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout', 'shipped', 'secret_keys', 'read_config',
-           'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item',
-           'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color', 'color_hex',
-           'outline_width', 'draw_regions', 'visual_prompt', 'png_bytes', 'refs_html', 'record_html', 'show']
+           'read_jsonl', 'Passes', 'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'sha256_file', 'roc_auc', 'bootstrap',
+           'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout', 'heldout_only', 'shipped', 'secret_keys',
+           'read_config', 'check_config', 'set_key', 'parse_override', 'lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row',
+           'vcr_item', 'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata', 'vcr_to_qar', 'region_color',
+           'color_hex', 'outline_width', 'draw_regions', 'visual_prompt', 'png_bytes', 'refs_html', 'record_html',
+           'show']
 
 # %% ../nbs/00_core.ipynb #005ee74f
 class BadBoxError(ValueError):
@@ -568,6 +569,12 @@ def read_jsonl(path, cls=None, strict=False, on_bad=None):
                 except Exception as e: bad(bad_row(path, n, d, e), raw); continue       # whatever breaks on a row names it
             yield d
 
+# %% ../nbs/00_core.ipynb #15ca942f
+class Passes:
+    "Iterable again and again: pass `k` (0, 1, ...) iterates `make(k)`"
+    def __init__(self, make): self.make, self.k = make, 0
+    def __iter__(self): self.k += 1; return iter(self.make(self.k - 1))
+
 # %% ../nbs/00_core.ipynb #a6661168
 def _to_jsonable(o): return o.to_dict() if hasattr(o, 'to_dict') else o
 
@@ -689,6 +696,11 @@ def split_heldout(items, frac, seed=0, image=lambda x: x.image):
     train, held = [], []
     for x in items: (held if heldout_image(image(x), frac, seed) else train).append(x)
     return train, held
+
+# %% ../nbs/00_core.ipynb #65917a61
+def heldout_only(items, frac, seed=0, image=lambda x: x.image):
+    "The `items` on held-out images (`heldout_image`), lazily, in order; `frac` None: every item"
+    return (x for x in items if frac is None or heldout_image(image(x), frac, seed))
 
 # %% ../nbs/00_core.ipynb #d1315713
 def shipped(name=''):

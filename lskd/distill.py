@@ -526,7 +526,7 @@ def run_stage(run_dir, cfg):
     out = stage_dir(run_dir, 'distill'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
     d = {k: v for k,v in asdict(c).items() if k != 'variants'}
     config = as_config(d, images=root, seed=seed if c.seed is None else c.seed)
-    make_student(config).save(out/'base', summary={'steps': 0})
+    seed_all(config.seed); make_student(config).save(out/'base', summary={'steps': 0})   # the students' own init: the same in every process
     summaries, counts = {}, {}
     for v in c.variants:
         train, _ = split_heldout(read_jsonl(Path(run_dir)/STUDENT_SOURCES[v], as_qar, on_bad=BadRows(c.on_bad_row, out/'distill_errors.jsonl')), heldout, seed)

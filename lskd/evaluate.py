@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #be875c5b
 from __future__ import annotations
-import argparse, hashlib, html, importlib, itertools, inspect, io, json, math, random, re, sys, time, warnings
+import argparse, collections, hashlib, html, importlib, itertools, inspect, io, json, math, random, re, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jsonl, write_jsonl, read_vcr, vcr_image, vcr_item, BadRows, skip_row,
                        tokens_to_text, visual_prompt, open_image, image_path, parse_refs, xywh2xyxy,
-                       lskd_row_to_qar, REF_RE, heldout_image, check_config, atomic_write,
+                       lskd_row_to_qar, REF_RE, heldout_only, Passes, check_config, atomic_write,
                        draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, as_qar, vcr_meta_record,
                        roc_auc, bootstrap, percentile_ci, repoint, swap_refs, Progress)
 
@@ -20,7 +20,7 @@ from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jso
 __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'BENCHMARK_KEYS', 'MC_TASKS', 'Task', 'EvalItem', 'item_order',
            'ChanceScorer', 'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy',
            'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt',
-           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'questions',
+           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'slim', 'questions',
            'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
            'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item',
            'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item',
@@ -254,26 +254,30 @@ def mc_metrics(records):
 
 # %% ../nbs/06_evaluate.ipynb #6e565b41
 def chance_levels(benchmark, items):
-    "`{metric: expected percent}` of uniform guessing on `items`"
-    per = {}
+    "`{metric: expected percent}` of uniform guessing on `items`, read once (a stream will do)"
+    acc, n_req = {}, 0                              # (what, task): [sum of chances, count]
+    def add(k, v): a = acc.setdefault(k, [0.0, 0]); a[0] += v; a[1] += 1
     for it in items:
-        for t in it.tasks: per.setdefault(t.name, []).append(1/len(t.candidates))
-    allv = [v for xs in per.values() for v in xs]
+        for t in it.tasks:
+            add(('task', t.name), 1/len(t.candidates)); n_req = max(n_req, t.meta.get('n_requested', len(t.candidates)))
+            if benchmark == 'visualcomet': add(('recall', t.name), len(t.meta['golds'])/len(t.candidates))
+        if benchmark == 'vcr': add(('q2ar', ''), 1/len(it.tasks[0].candidates)/len(it.tasks[1].candidates))
+    def mean(what, task=None):
+        vs = [v for (w, t), v in acc.items() if w == what and task in (None, t)]
+        s, c = sum(v[0] for v in vs), sum(v[1] for v in vs)
+        return 100*s/c if c else float('nan')
+    tasks = sorted(t for w, t in acc if w == 'task')
     if benchmark == 'sherlock': return {'comparison': 0.0}
-    if benchmark == 'pointing': return {'accuracy': 50.0, 'auc': 50.0, **{k: 50.0 for k in sorted(per)}}
-    if benchmark == 'vcr':
-        return dict(q2a=_mean(per.get('q2a', [])), qa2r=_mean(per.get('qa2r', [])),
-                    q2ar=_mean([1/len(it.tasks[0].candidates)/len(it.tasks[1].candidates) for it in items]))
-    if benchmark == 'visualcomet':
-        rec = {}
-        for it in items:
-            for t in it.tasks: rec.setdefault(t.name, []).append(len(t.meta['golds'])/len(t.candidates))
-        n = max(t.meta['n_requested'] for it in items for t in it.tasks)
-        return {f'recall@{n}': _mean([v for xs in rec.values() for v in xs]), **{k: _mean(v) for k,v in sorted(rec.items())}}
-    if benchmark == 'visualcomet-single':
-        n = max(t.meta.get('n_requested', len(t.candidates)) for it in items for t in it.tasks)
-        return {f'acc@{n}': _mean(allv), **{k: _mean(v) for k,v in sorted(per.items())}}
-    return {'accuracy': _mean(allv), **({k: _mean(v) for k,v in sorted(per.items())} if len(per) > 1 else {})}
+    if benchmark == 'pointing': return {'accuracy': 50.0, 'auc': 50.0, **{k: 50.0 for k in tasks}}
+    if benchmark == 'vcr': return dict(q2a=mean('task', 'q2a'), qa2r=mean('task', 'qa2r'), q2ar=mean('q2ar'))
+    if benchmark == 'visualcomet': return {f'recall@{n_req}': mean('recall'), **{k: mean('recall', k) for k in tasks}}
+    if benchmark == 'visualcomet-single': return {f'acc@{n_req}': mean('task'), **{k: mean('task', k) for k in tasks}}
+    return {'accuracy': mean('task'), **({k: mean('task', k) for k in tasks} if len(tasks) > 1 else {})}
+
+# %% ../nbs/06_evaluate.ipynb #122ac5b5
+def slim(r, meta=False):
+    "What a metric reads of score record `r`: its id, task, label and scores (and its `meta`, for a benchmark whose metrics read it)"
+    return dict(id=r['id'], task=r['task'], label=r['label'], scores=r['scores'], **({'meta': r['meta']} if meta else {}))
 
 # %% ../nbs/06_evaluate.ipynb #6f95575e
 def questions(records):
@@ -514,36 +518,33 @@ def transplant_refs(text, targets):
 
 # %% ../nbs/06_evaluate.ipynb #66d385e8
 class Others:
-    "The `field` texts of `qars` other than the `i`-th as `(image, text)`, refs transplanted onto `targets` when read"
-    def __init__(self, qars, i, field, targets, any_image=False):
-        self.qars, self.i, self.field, self.targets, self.any_image = qars, i, field, targets, any_image
-    def __len__(self): return len(self.qars) - 1
+    "The texts of `pool` ([(image, text)], one per triple) other than the `i`-th as `(image, text)`, refs transplanted onto `targets` when read"
+    def __init__(self, pool, i, targets, any_image=False):
+        self.pool, self.i, self.targets, self.any_image = pool, i, targets, any_image
+    def __len__(self): return len(self.pool) - 1
     def __getitem__(self, j):
         if not 0 <= j < len(self): raise IndexError(j)
-        o = self.qars[j + (j >= self.i)]
-        return ('' if self.any_image else o.image, transplant_refs(getattr(o, self.field), self.targets))
+        im, t = self.pool[j + (j >= self.i)]
+        return ('' if self.any_image else im, transplant_refs(t, self.targets))
 
 # %% ../nbs/06_evaluate.ipynb #2a7f2787
 def build_mc(qars, n_candidates=4, seed=0, field='answer'):
-    "Generic MC rows from `QAR`s: the right `field` plus distractors from other triples"
-    qars = list(qars)
-    if len(qars) < 2: raise ValueError(f"building MC questions needs at least 2 triples, got {len(qars)}")
-    rows = []
+    "Generic MC rows, streamed, from `QAR`s (a list or `lskd.core.Passes`: read twice, first for the distractor pool): the right `field` plus distractors from other triples"
+    pool = [(sys.intern(q.image), getattr(q, field)) for q in qars]     # (image, text) per triple: all that is kept
+    if len(pool) < 2: raise ValueError(f"building MC questions needs at least 2 triples, got {len(pool)}")
     for i, q in enumerate(qars):
         rng = _seeded(seed, q.id or i, q.image)
         targets = list(q.region) + [r for r in q.region_all if r not in q.region]
         right = getattr(q, field)
-        pool = Others(qars, i, field, targets)
-        negs = _negatives(pool, rng, n_candidates - 1, q.image, [right])
+        negs = _negatives(Others(pool, i, targets), rng, n_candidates - 1, q.image, [right])
         if len(negs) < n_candidates - 1:   # too few other images: allow the same image
-            negs += _negatives(Others(qars, i, field, targets, any_image=True), rng, n_candidates - 1 - len(negs), q.image, [right] + negs)
+            negs += _negatives(Others(pool, i, targets, any_image=True), rng, n_candidates - 1 - len(negs), q.image, [right] + negs)
         cands = [right] + negs
         order = rng.sample(range(len(cands)), len(cands))
         row = dict(id=q.id or f'{i}', image=q.image, regions=[r.to_dict() for r in q.regions], question=q.question,
                    candidates=[cands[j] for j in order], label=order.index(0), task='q2a' if field == 'answer' else 'qa2r', source='lskd-heldout')
         if field == 'rationale': row['answer'] = q.answer
-        rows.append(row)
-    return rows
+        yield row
 
 # %% ../nbs/06_evaluate.ipynb #362e1f18
 def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LSKD rows), jsonl
@@ -554,14 +555,14 @@ def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LS
             heldout=None,     # from a corpus: only its held-out images, this fraction (None: all)
             heldout_seed=0,   # seed of the held-out split
             on_bad=None):     # what to do with a bad row (`lskd.core.BadRows`; None: raise)
-    "`EvalItem`s from a generic MC jsonl, or built from a corpus jsonl (`build_mc`)"
+    "`EvalItem`s, streamed, from a generic MC jsonl, or built from a corpus jsonl (`build_mc`: the corpus is read twice, its texts kept)"
     first, n = next(read_jsonl(path, on_bad=skip_row), {}), itertools.count()
     if not isinstance(first, dict) or 'candidates' in first:
         yield from itertools.islice(read_jsonl(path, lambda d: mc_item(d, next(n)), on_bad=on_bad), limit); return
     if not {'question', 'answer', 'rationale'} <= set(first):
         raise ValueError(f"{path}: rows are neither MC rows (image, regions, question, candidates, label) nor corpus triples")
-    qars = [q for q in read_jsonl(path, as_qar, on_bad=on_bad) if heldout is None or heldout_image(q.image, heldout, heldout_seed)]
-    for k, d in enumerate(build_mc(qars, n_candidates, seed)[:limit]):
+    qars = Passes(lambda k: heldout_only(read_jsonl(path, as_qar, on_bad=on_bad if k == 0 else skip_row), heldout, heldout_seed))
+    for k, d in enumerate(itertools.islice(build_mc(qars, n_candidates, seed), limit)):
         it = mc_item(d, k); it.tasks[0].meta['n_requested'] = n_candidates
         yield it
 
@@ -584,15 +585,15 @@ def _gold(it, k=-1): t = it.tasks[k]; return t.candidates[t.label]
 
 # %% ../nbs/06_evaluate.ipynb #5c3973b1
 def pointing_qars(path, root=None, heldout=None, heldout_seed=0, on_bad=None):
-    "The right texts of a localized file as `QAR`s: a corpus (lskd or released rows), VCR annotations, or MC rows"
+    "The right texts of a localized file as `QAR`s, streamed: a corpus (lskd or released rows), VCR annotations, or MC rows"
     first = next(read_jsonl(path, on_bad=skip_row), {})
     if not isinstance(first, dict): first = {}
-    if 'img_fn' in first and 'metadata_fn' in first: its = list(load_vcr(path, root, on_bad=on_bad))
-    elif 'candidates' in first: its = list(load_mc(path, on_bad=on_bad))
+    if 'img_fn' in first and 'metadata_fn' in first: its = load_vcr(path, root, on_bad=on_bad)
+    elif 'candidates' in first: its = load_mc(path, on_bad=on_bad)
     else: its = None
     if its is None: qs = read_jsonl(path, as_qar, on_bad=on_bad)
     else: qs = (QAR(it.image, *({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS), regions=it.regions, id=it.id) for it in its)
-    return [q for q in qs if heldout is None or heldout_image(q.image, heldout, heldout_seed)]
+    return heldout_only(qs, heldout, heldout_seed)
 
 # %% ../nbs/06_evaluate.ipynb #780e9c99
 def _fields(q): return {k: getattr(q, k) for k in TEXT_FIELDS if getattr(q, k)}
@@ -619,8 +620,8 @@ def load_pointing(path,            # a corpus (lskd or released rows), VCR annot
                   heldout=None,    # only the held-out images of the file, this fraction (None: all)
                   heldout_seed=0,  # seed of the held-out split
                   on_bad=None):    # what to do with a bad row (`lskd.core.BadRows`; None: raise)
-    "Pointing `EvalItem`s (`pointing_item`) of the right texts in `path` (`pointing_qars`)"
-    for n,q in enumerate(pointing_qars(path, root, heldout, heldout_seed, on_bad)[:limit]):
+    "Pointing `EvalItem`s, streamed (`pointing_item`) of the right texts in `path` (`pointing_qars`)"
+    for n,q in enumerate(itertools.islice(pointing_qars(path, root, heldout, heldout_seed, on_bad), limit)):
         if (it := pointing_item(q, n, seed)) is not None: yield it
 
 # %% ../nbs/06_evaluate.ipynb #b6c64fad
@@ -647,14 +648,15 @@ class Benchmark:
     load: object
     metrics: object
     description: str = ''
+    meta: bool = False   # its metrics read each record's `meta` (kept in memory beside the scores)
 
 # %% ../nbs/06_evaluate.ipynb #d8ad4651
 BENCHMARKS = {b.name: b for b in [
     Benchmark('vcr', load_vcr, vcr_metrics, 'VCR val: Q->A, QA->R, Q->AR accuracy'),
-    Benchmark('sherlock', load_sherlock, sherlock_metrics, 'Sherlock comparison: pairwise agreement with human ratings'),
-    Benchmark('visualcomet', load_visualcomet, visualcomet_metrics, 'VisualCOMET, official ranking (run_rank.py random_50): mean recall@50'),
+    Benchmark('sherlock', load_sherlock, sherlock_metrics, 'Sherlock comparison: pairwise agreement with human ratings', meta=True),
+    Benchmark('visualcomet', load_visualcomet, visualcomet_metrics, 'VisualCOMET, official ranking (run_rank.py random_50): mean recall@50', meta=True),
     Benchmark('visualcomet-single', load_visualcomet_single, visualcomet_single_metrics,
-              'VisualCOMET, one right inference vs 49 of its relation from other images: Acc@50 (ablation)'),
+              'VisualCOMET, one right inference vs 49 of its relation from other images: Acc@50 (ablation)', meta=True),
     Benchmark('mc', load_mc, mc_metrics, 'localized multiple choice (generic jsonl or a held-out corpus)'),
     Benchmark('pointing', load_pointing, pointing_metrics, 'pointing: right texts against re-pointed and swapped mentions')]}
 
@@ -694,6 +696,21 @@ def split_model(m):
 # %% ../nbs/06_evaluate.ipynb #cd9f8d48
 def _safe(name): return re.sub(r'[^\w.+-]+', '_', name)
 
+# %% ../nbs/06_evaluate.ipynb #c2b59d05
+def _survey(items, s):
+    "`items` passed through, counted into `s`: questions, tasks, fewest and most candidates, tasks short of their requested number"
+    for it in items:
+        s['questions'] += 1
+        for t in it.tasks:
+            c = len(t.candidates); s['tasks'] += 1; s['min'] = min(s.get('min', c), c); s['max'] = max(s.get('max', c), c)
+            if c < t.meta.get('n_requested', 0): s['short'] += 1; s['short_min'] = min(s.get('short_min', c), c); s.setdefault('requested', t.meta['n_requested'])
+        yield it
+
+# %% ../nbs/06_evaluate.ipynb #03e93b75
+def _kept(records, into, meta=False):
+    "`records` passed through, the `slim` form of each appended to `into`"
+    for r in records: into.append(slim(r, meta)); yield r
+
 # %% ../nbs/06_evaluate.ipynb #bc0bd979
 def evaluate(benchmark,          # a name in `BENCHMARKS`
              annotations,        # the benchmark's annotation file
@@ -722,35 +739,36 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
     if benchmark == 'mc': kw['n_candidates'] = n_candidates or 4
     if benchmark in ('mc', 'pointing'): kw.update(seed=seed, heldout=heldout, heldout_seed=heldout_seed)
     if benchmark in ('vcr', 'mc', 'pointing'): kw['on_bad'] = BadRows(on_bad_row, Path(out)/'evaluate_errors.jsonl' if out else None)
-    items = list(b.load(annotations, **kw))
-    if not items: raise ValueError(f"{annotations}: no questions to evaluate" + (": no text can point elsewhere (the pointing test needs "
-                                   "texts about images with two or more regions)" if benchmark == 'pointing' else ''))
-    counts = [len(t.candidates) for i in items for t in i.tasks]
-    short = [(len(t.candidates), t.meta['n_requested']) for i in items for t in i.tasks if len(t.candidates) < t.meta.get('n_requested', 0)]
-    if short:
-        warnings.warn(f"{annotations}: {len(short)} of {len(counts)} questions have fewer than {short[0][1]} candidates "
-                      f"(as few as {min(c for c,_ in short)}): the file has too few distinct texts to sample from")
+    def load(k): return b.load(annotations, **{**kw, **({'on_bad': skip_row} if k and 'on_bad' in kw else {})})   # pass k; bad rows reported on the first
+    s = dict(questions=0, tasks=0, short=0)
+    chance = chance_levels(benchmark, _survey(load(0), s))     # pass 0: counts; then one pass per model: items are streamed
+    if not s['questions']: raise ValueError(f"{annotations}: no questions to evaluate" + (": no text can point elsewhere (the pointing test needs "
+                                            "texts about images with two or more regions)" if benchmark == 'pointing' else ''))
+    if s['short']:
+        warnings.warn(f"{annotations}: {s['short']} of {s['tasks']} questions have fewer than {s['requested']} candidates "
+                      f"(as few as {s['short_min']}): the file has too few distinct texts to sample from")
     files = [dict(path=str(annotations), sha256=sha256_file(annotations))]
     if instances: files.append(dict(path=str(instances), sha256=sha256_file(instances)))
     res = dict(benchmark=benchmark, description=b.description, data=files, images=str(root) if root else None,
-               n_questions=len(items), n_tasks=len(counts), candidates=dict(min=min(counts), max=max(counts)),
+               n_questions=s['questions'], n_tasks=s['tasks'], candidates=dict(min=s['min'], max=s['max']),
                settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed),
-               chance=chance_levels(benchmark, items), models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+               chance=chance, models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if out: Path(out).mkdir(parents=True, exist_ok=True)
     names, recs_of = set(), {}
-    for m in models:
+    for k, m in enumerate(models, 1):
         name, spec = split_model(m)
         if name in names: raise ValueError(f"two models are named {name!r}; name them with NAME=SPEC")
         names.add(name)
         scorer = load_scorer(spec, **model_kw)
-        t0 = time.time()
-        recs = list(score_items(scorer, items, root, draw, text_style, image_batch=image_batch, progress=progress))
+        t0, recs = time.time(), []
+        scored = _kept(score_items(scorer, load(k), root, draw, text_style, image_batch=image_batch, progress=progress), recs, b.meta)
+        if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', scored)      # written as scored
+        else: collections.deque(scored, maxlen=0)
         entry = dict(name=name, spec=spec if isinstance(spec, str) else repr(spec), scorer=getattr(scorer, 'name', type(scorer).__name__),
                      metrics=b.metrics(recs), n=len(recs), units=len(questions(recs)), intervals=metric_intervals(b.metrics, recs, seed=seed),
                      seconds=round(time.time() - t0, 3))
         if benchmark == 'sherlock': res['human_agreement'] = human_agreement(recs)
         res['models'].append(entry); recs_of[name] = recs
-        if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', recs)
     order = list(recs_of)
     res['comparisons'] = [dict(a=m, b=order[0], **c) for m in order[1:] for c in compare(b.metrics, recs_of[m], recs_of[order[0]], seed=seed)]
     if out:
@@ -947,19 +965,20 @@ def run_students(run_dir):
     return sorted(names, key=lambda n: n != 'base')
 
 # %% ../nbs/06_evaluate.ipynb #952f5553
-def separability(results, records, against='base', metrics=('accuracy', 'auc')):
-    "`verdict` lines of every model against `against` in each results dict (`records`: `{(benchmark, model): records}`)"
-    lines = []
+def separability(results, records=None, against='base', metrics=('accuracy', 'auc')):
+    "`verdict` lines of every model against `against` in each results dict: its own comparisons, else computed from `records` (`{(benchmark, model): records}`)"
+    lines, records = [], records or {}
     for r in results:
         b = BENCHMARKS[r['benchmark']]
         for m in r['models']:
-            if m['name'] == against or (r['benchmark'], against) not in records: continue
-            cs = compare(b.metrics, records[r['benchmark'], m['name']], records[r['benchmark'], against])
-            lines += [f"{r['benchmark']}: " + verdict(dict(c, a=m['name'], b=against)) for c in cs if c['metric'] in metrics]
+            cs = [c for c in r.get('comparisons', []) if c['a'] == m['name'] and c['b'] == against]
+            if not cs and m['name'] != against and {(r['benchmark'], against), (r['benchmark'], m['name'])} <= set(records):
+                cs = [dict(c, a=m['name'], b=against) for c in compare(b.metrics, records[r['benchmark'], m['name']], records[r['benchmark'], against])]
+            lines += [f"{r['benchmark']}: " + verdict(c) for c in cs if c['metric'] in metrics]
     return lines
 
 # %% ../nbs/06_evaluate.ipynb #48b9e062
-def _predictions(folder, name): return list(read_jsonl(Path(folder)/f'predictions_{_safe(name)}.jsonl'))
+def _predictions(folder, name, meta=False): return [slim(r, meta) for r in read_jsonl(Path(folder)/f'predictions_{_safe(name)}.jsonl')]
 
 # %% ../nbs/06_evaluate.ipynb #47e5edaf
 def _critic_line(run_dir):
@@ -980,10 +999,10 @@ def run_stage(run_dir, cfg):
     seed, run_dir = cfg.get('seed', 0), Path(run_dir)
     out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
     rows = read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), as_qar, on_bad=BadRows(c.on_bad_row, out/'evaluate_errors.jsonl'))
-    held = [q for q in rows if heldout_image(q.image, cfg.get('heldout', 0.25), seed)]   # the held-out rows only: memory grows with them, not the corpus
-    if len(held) < 2: raise ValueError(f"only {len(held)} triples on held-out images: generate more (more images or generate.samples)")
-    mc = write_jsonl(out/'heldout_mc.jsonl', [r for t in c.tasks for r in build_mc(held, c.n_candidates, seed, MC_TASKS[t])])
-    triples = write_jsonl(out/'heldout_triples.jsonl', held)
+    triples = write_jsonl(out/'heldout_triples.jsonl', heldout_only(rows, cfg.get('heldout', 0.25), seed))   # streamed: memory keeps no row
+    if (n := sum(1 for _ in read_jsonl(triples))) < 2: raise ValueError(f"only {n} triples on held-out images: generate more (more images or generate.samples)")
+    held = Passes(lambda k: read_jsonl(triples, as_qar))
+    mc = write_jsonl(out/'heldout_mc.jsonl', (r for t in c.tasks for r in build_mc(held, c.n_candidates, seed, MC_TASKS[t])))
     studs = [f"{s}={run_dir/'distill'/s}" for s in run_students(run_dir)]
     jobs = [('mc', mc, out, studs, True)] + ([('pointing', triples, out/'pointing', studs, True)] if c.pointing else [])
     if c.no_boxes and (run_dir/'distill'/'distilled'/'model.json').exists():
@@ -991,13 +1010,16 @@ def run_stage(run_dir, cfg):
         jobs += [(b, f, o/'no-boxes', nb, False) for b,f,o,_,_ in jobs]
     jobs = [(*j, root, {}) for j in jobs] + [(b['benchmark'], b['annotations'], out/b.get('name', b['benchmark']), studs, True, b.get('images'),
                                               {'instances': b.get('instances'), 'limit': b.get('limit')}) for b in benches]
-    allres, recs = [], {}
+    allres, lines, base = [], [], {}
     bar = Progress(len(jobs), 'evaluations', out/'progress.json', 'evaluate', show=False)
     for b,f,o,ms,draw,r,kw in jobs:
         allres.append(evaluate(b, f, ms, root=r, out=o, draw=draw, seed=seed, progress=False, **kw))
-        recs.update({(b, m['name']): _predictions(o, m['name']) for m in allres[-1]['models']}); bar.update(1)
+        names = [m['name'] for m in allres[-1]['models']]
+        if 'base' in names: base[b] = _predictions(o, 'base', BENCHMARKS[b].meta)     # kept for the ablations that follow (no boxes)
+        recs = {(b, n): _predictions(o, n, BENCHMARKS[b].meta) for n in names if 'base' not in names and b in base}
+        lines += separability(allres[-1:], {**recs, **({(b, 'base'): base[b]} if recs else {})}); bar.update(1)
     bar.close()
-    lines = separability(allres, recs) + _critic_line(run_dir)
+    lines += _critic_line(run_dir)
     atomic_write(out/'results.md', results_table(allres).to_markdown() + '\n\n' + ''.join(f'- {l}\n' for l in lines))
     results_chart(allres).save(out/'results.png')
     return write_stage_report(run_dir, 'evaluate', ['results.json', 'results.md', 'results.png', 'heldout_mc.jsonl'],

@@ -17,10 +17,10 @@ from .core import Verbalization, read_jsonl, write_jsonl, JsonlWriter, qar_to_ls
 from .prompts import load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 
 # %% auto #0
-__all__ = ['TEACHERS', 'CHOICES', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache',
-           'NoCache', 'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send',
-           'teacher_endpoint', 'asks_n', 'Teacher', 'split_choices', 'GenerationError', 'GenResult', 'LiveCount',
-           'generate', 'token_counter', 'Estimate', 'estimate', 'main', 'run_stage']
+__all__ = ['TEACHERS', 'CHOICES', 'OUTPUTS', 'GenerateConfig', 'request_seed', 'request_body', 'request_key', 'image_key',
+           'sample_bodies', 'ReplyCache', 'NoCache', 'BudgetExceeded', 'Meter', 'retry_after', 'is_format_error',
+           'is_retryable', 'send', 'teacher_endpoint', 'asks_n', 'Teacher', 'split_choices', 'GenerationError',
+           'GenResult', 'LiveCount', 'generate', 'token_counter', 'Estimate', 'estimate', 'main', 'run_stage']
 
 # %% ../nbs/03_generate.ipynb #8a41564d
 TEACHERS = ('remote', 'local', 'fake')
@@ -96,6 +96,17 @@ def request_body(cfg, prompt, model, seed, fmt, n=1):
 def request_key(body):
     "sha256 of the canonical JSON of a request body"
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(',', ':')).encode()).hexdigest()
+
+# %% ../nbs/03_generate.ipynb #088dc831
+def image_key(verb):
+    "The key of `verb`'s image that its request seeds are drawn from (`request_seed`): its id, else its path"
+    return verb.image.id or verb.image.path
+
+# %% ../nbs/03_generate.ipynb #fff7ce71
+def sample_bodies(verb, spec, cfg, model, fmt):
+    "The request bodies of `verb`'s `cfg.samples` samples, one request each, with prompt `spec` and response-format flavour `fmt`"
+    prompt, k = build_prompt(verb, spec), image_key(verb)
+    return [request_body(cfg, prompt, model, request_seed(cfg.seed, k, j), fmt) for j in range(cfg.samples)]
 
 # %% ../nbs/03_generate.ipynb #e24a3afb
 class ReplyCache:
@@ -424,7 +435,7 @@ def _process(verb, # the image's `Verbalization`
             ):
     "QARs and rejects of one image from its `[(sample, seed, reply, key)]`"
     seen, qars, rejects = set(), [], []
-    key = verb.image.id or verb.image.path
+    key = image_key(verb)
     for j, seed, r, rk in replies:
         c['replies'] += 1
         ch = (r.get('choices') or [{}])[0]
@@ -509,7 +520,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
                     if i >= n_total or meter.over_budget() or teacher.abort: break
                     c['images'] += 1
                     try:
-                        prompt, k = build_prompt(verb, spec), verb.image.id or verb.image.path
+                        prompt, k = build_prompt(verb, spec), image_key(verb)
                         groups = [list(range(cfg.samples))] if teacher.n_ok else [[j] for j in range(cfg.samples)]
                         futs = [(js, ex.submit(teacher.sample, prompt, k, js)) for js in groups]
                         c['jobs'] += len(futs)

@@ -12,11 +12,11 @@ from fastcore.basics import patch
 from .core import atomic_json, check_config, secret_keys, set_key, parse_override, progress_line, write_progress, shipped
 
 # %% auto #0
-__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'PATH_KEYS', 'SKIP_FLAGS', 'run_config', 'stage_config_class',
+__all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_KEYS', 'PATH_KEYS', 'SKIP_FLAGS', 'CODE_FLAGS', 'run_config', 'stage_config_class',
            'check_run_config', 'absolute_paths', 'data_path', 'new_run_id', 'stage_dir', 'write_stage_report',
            'read_stage_report', 'stage_done', 'PeakRSS', 'ProgressMonitor', 'StageFailed', 'notebooks_dir',
-           'stage_notebook', 'run_notebook', 'git_commit', 'new_manifest', 'run_pipeline', 'run_summary', 'parser',
-           'main']
+           'stage_code', 'stage_notebook', 'run_notebook', 'git_commit', 'new_manifest', 'run_pipeline', 'run_summary',
+           'parser', 'main']
 
 # %% ../nbs/13_pipeline.ipynb #06c6998b
 STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
@@ -214,16 +214,24 @@ def notebooks_dir(path=None):
 
 # %% ../nbs/13_pipeline.ipynb #2ee0a348
 SKIP_FLAGS = ('slow', 'gpu', 'server', 'checkout')    # settings.ini's tst_flags, and cells that read the checkout's tests/
+CODE_FLAGS = ('export', 'exporti', 'exports', 'default_exp')   # the cells nbdev_export makes the module of
 
 def _flags(source): return {f for l in source.splitlines() if l.startswith('#|') for f in l[2:].split() if f.isidentifier()}
 
-def stage_notebook(nb, skip=SKIP_FLAGS):
-    "The notebook `nb` as a stage runs it: code cells flagged `#| slow` (`gpu`, `server`) become a note"
+def stage_code(c):
+    "Does a stage run code cell `c` without `--examples`: the module's code, the parameters, or a cell that reads `run_dir`"
+    return bool(_flags(c.source) & set(CODE_FLAGS)) or 'parameters' in c.metadata.get('tags', []) or 'run_dir' in c.source
+
+# %% ../nbs/13_pipeline.ipynb #f4bdde0f
+def stage_notebook(nb, skip=SKIP_FLAGS, examples=False):
+    "The notebook `nb` as a stage runs it: code cells flagged `#| slow` (`gpu`, `server`) become a note; examples are not run unless `examples`"
     import nbformat
     node = nbformat.read(str(nb), as_version=4)
     for i,c in enumerate(node.cells):
-        if c.cell_type == 'code' and (f := _flags(c.source) & set(skip)):
+        if c.cell_type != 'code': continue
+        if f := _flags(c.source) & set(skip):
             node.cells[i] = nbformat.v4.new_markdown_cell(f"*A `#| {sorted(f)[0]}` cell of the source notebook, not run by `lskd run`.*")
+        elif not examples and not stage_code(c): c.metadata['tags'] = [*c.metadata.get('tags', []), 'skip-execution']
     return node
 
 # %% ../nbs/13_pipeline.ipynb #265eec00
@@ -234,11 +242,12 @@ def run_notebook(stage,                   # the stage's name, for messages
                  cwd,                     # working directory of the kernel
                  progress=False,          # show papermill's per-cell progress bar
                  timeout=None,            # per-cell timeout in seconds (None: none)
-                 kernel_name='python3'):  # the Jupyter kernel
+                 kernel_name='python3',   # the Jupyter kernel
+                 examples=False):         # also run the notebook's examples (`stage_notebook`)
     "Execute the notebook `nb` (its `stage_notebook`) with papermill into `out_nb`; `StageFailed` names the failing cell"
     import papermill as pm
     try:
-        pm.execute_notebook(stage_notebook(nb), str(out_nb), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
+        pm.execute_notebook(stage_notebook(nb, examples=examples), str(out_nb), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
                             progress_bar=progress, log_output=False, execution_timeout=timeout)
     except pm.PapermillExecutionError as e:
         src = ''
@@ -282,6 +291,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
                  nbs=None,         # the folder of the stage notebooks (see `notebooks_dir`)
                  progress=False,   # show papermill's per-cell progress bar
                  timeout=None,     # per-cell timeout in seconds
+                 examples=False,   # also run each stage notebook's examples (`stage_notebook`)
                  overrides=(),     # `key=value` overrides applied to the configuration
                  log=_say):        # called with each progress message
     "Run the stages (all, or `stages`) into `runs_dir/<run-id>`; returns the run folder"
@@ -316,7 +326,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
         try:
             with PeakRSS() as mem, ProgressMonitor(s, run_dir/s, log):
                 run_notebook(s, nbs/nb, run_dir/'notebooks'/nb, dict(run_dir=str(run_dir), run_cfg=cfg, stage=s),
-                             cwd=nbs, progress=progress, timeout=timeout)
+                             cwd=nbs, progress=progress, timeout=timeout, examples=examples)
         except BaseException as e:
             man['stages'][s].update(status='failed', seconds=round(time.perf_counter()-t0, 1), error=str(e).splitlines()[0])
             atomic_json(run_dir/'manifest.json', man)
@@ -359,6 +369,7 @@ def parser():
     p.add_argument('--notebooks', help='folder of the stage notebooks (default: nbs/ of this checkout)')
     p.add_argument('--timeout', type=int, default=None, help='per-cell timeout in seconds')
     p.add_argument('--progress', action='store_true', help="show papermill's per-cell progress bar")
+    p.add_argument('--examples', action='store_true', help="also run each stage notebook's examples (its demos and tests; about 10 s a stage)")
     p.add_argument('--print-config', action='store_true', help='print the configuration and exit')
     return p
 
@@ -371,7 +382,7 @@ def main(argv=None):
         cfg = run_config(a.config) if a.config or not a.resume else None
         run_dir = run_pipeline(cfg, runs_dir=a.runs_dir, run_id=a.run_id, resume=a.resume, overrides=a.param,
                                stages=a.stages.split(',') if a.stages else None, nbs=a.notebooks,
-                               progress=a.progress, timeout=a.timeout)
+                               progress=a.progress, timeout=a.timeout, examples=a.examples)
     except StageFailed as e:
         print(f'lskd run: {e}', file=sys.stderr); return 1
     except (FileNotFoundError, FileExistsError, ValueError) as e:

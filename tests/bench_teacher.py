@@ -28,11 +28,10 @@ def direct(base_url, model, bodies):
 
 def bodies_of(verbs, cfg, model):
     "The request bodies lskd sends for `verbs` (one per sample; the local server ignores n)"
-    from lskd.generate import request_body, request_seed
-    from lskd.prompts import load_prompt, build_prompt
+    from lskd.generate import sample_bodies
+    from lskd.prompts import load_prompt
     spec = load_prompt(cfg.prompt, **cfg.prompt_options)
-    return [request_body(cfg, build_prompt(v, spec), model, request_seed(cfg.seed, v.image.id or v.image.path, j), 'llama_cpp')
-            for v in verbs for j in range(cfg.samples)]
+    return [b for v in verbs for b in sample_bodies(v, spec, cfg, model, 'llama_cpp')]
 
 def main(argv=None):
     ap = argparse.ArgumentParser()

@@ -6,7 +6,8 @@ uninterrupted run of the same configuration, file by file.
 
 1. A reference run (uninterrupted; with `--twice`, two, which must agree with each other too).
 2. A kill plan: one point per stage, then the rest spread over generate, critic, distill and evaluate, each a
-   random fraction of the reference's time in that stage; with `--at-checkpoint`, also critic and distill the moment
+   random fraction of the reference's time in that stage (or, when the crashed run is faster than the reference, the
+   moment the stage's progress shows it nearly done, so the kill still lands in the stage); with `--at-checkpoint`, also critic and distill the moment
    they write a new checkpoint (mid-training: the resume must continue from it exactly).
 3. One run killed at each point in turn, the whole process tree at once (the `lskd run` process, its papermill
    kernel and the llama.cpp server, which run in sessions of their own), each kill followed by `--resume`.
@@ -40,7 +41,7 @@ def lskd_exe():
 class Run:
     "`lskd run ...` in a session of its own, its stdout read line by line into `lines`"
     def __init__(self, args, log):
-        self.log, self.lines = log, []
+        self.log, self.lines, self.started = log, [], time.time()
         self.proc = subprocess.Popen([lskd_exe(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
         self.t = threading.Thread(target=self._read, daemon=True); self.t.start()
@@ -103,6 +104,15 @@ def kill_plan(man, n, rng, lo=0.05, at_checkpoint=False):
     return sorted(pts, key=lambda p: (stages.index(p[0]), 1.0 if p[1] == CHECKPOINT else p[1]))
 
 
+def nearly_done(path, since):
+    "Whether the stage's own `progress.json` (written after `since`) shows all but its last unit done, or all done (the\n    stage writing its outputs): a run faster than the reference (warm caches) is killed then, not let finish the stage"
+    try:
+        if path.stat().st_mtime < since: return False
+        p = json.loads(path.read_text())
+    except (OSError, ValueError): return False
+    return p.get('total', 0) >= 1 and p.get('done', 0) >= max(p['total'] - 1, 1)
+
+
 def progress_of(run_dir, stage):
     "The stage's own progress at the kill, e.g. '12/30 requests' (from progress.json)"
     try: p = json.loads((run_dir/stage/'progress.json').read_text())
@@ -127,7 +137,9 @@ def crash_chain(work, params, plan, man, log):
             while not ckpts() - before and r.proc.poll() is None and r.stage() == stage: time.sleep(0.01)
         else:                                    # a resumed stage goes on from where it was: wait for the rest of the way to u
             delay = max(0.0, u - prev.get(stage, 0.0))*man['stages'][stage]['seconds']; prev[stage] = u
-            while time.monotonic() - t < delay and r.proc.poll() is None and r.stage() == stage: time.sleep(0.02)
+            while (time.monotonic() - t < delay and r.proc.poll() is None and r.stage() == stage
+                   and not nearly_done(run_dir/stage/'progress.json', r.started)): time.sleep(0.02)
+            k['when'] = 'time' if time.monotonic() - t >= delay else 'nearly done'
         k.update(stage=r.stage(), seconds_in=round(time.monotonic() - t, 1))
         if r.proc.poll() is not None: k.update(killed=False, why=f'the run ended (rc {r.proc.returncode})')
         else:

@@ -5,7 +5,7 @@ import pytest
 from lskd.testing import FakeTeacher
 
 SECRET = 'sk-lskd-test-SECRET-3f9a0c7e1b2d4c6a8e0f'
-FAST = ['-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']
+FAST = ['-p', 'generate.samples=2', '-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']   # 2 of the fake teacher's 6-triple replies per image: a third of the default's questions
 
 def lskd(*args, env=None, timeout=900):
     exe = shutil.which('lskd', path=str(Path(sys.executable).parent)) or shutil.which('lskd') or pytest.fail('the lskd console script is not installed (pip install -e .)')
@@ -47,6 +47,9 @@ def test_run_writes_every_stage_and_a_manifest(run):
     assert re.search(r'\[lskd run\] generate: (\d+)/\1 samples, (\d+)/\2 images, \d+ triples, \d+ requests, [\d.]+ tokens/s, [\d.]+ samples/(s|min)', r.stdout), r.stdout
     md = (d/'evaluate/results.md').read_text()                             # one table: MC and pointing, rates with intervals and n
     assert 'pointing accuracy (itm)' in md and 'mc accuracy (itm)' in md and '| n (mc) |' in md and 'distilled - base, accuracy (itm)' in md and 'separable' in md, md
+    nb = json.loads((d/'notebooks/01_verbalize.ipynb').read_text())          # the examples are in the executed copy, not run
+    ex = [c for c in nb['cells'] if c['cell_type'] == 'code' and 'skip-execution' in c['metadata'].get('tags', [])]
+    assert len(ex) > 20 and all(c['execution_count'] is None and not c['outputs'] for c in ex)
     pt = json.loads((d/'evaluate/pointing/results.json').read_text())
     assert pt['benchmark'] == 'pointing' and all(m['n'] > 0 and 'accuracy' in m['intervals']['itm'] for m in pt['models'])
 
@@ -84,6 +87,13 @@ def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path
     man = json.loads((d/'manifest.json').read_text())
     assert 'verbalize: done already, skipped' in r.stdout and list(man['stages']) == ['verbalize', 'generate'], r.stdout
     assert man['stages']['generate']['status'] == 'done' and not (d/'critic').exists()
+
+def test_examples_run_when_asked(tmp_path):
+    r = lskd('run', '--runs-dir', tmp_path, '--run-id', 'ex', '--stages', 'verbalize', '--examples')
+    assert r.returncode == 0, r.stderr[-2000:]
+    nb = json.loads((tmp_path/'ex/notebooks/01_verbalize.ipynb').read_text())
+    code = [c for c in nb['cells'] if c['cell_type'] == 'code']
+    assert not any('skip-execution' in c['metadata'].get('tags', []) for c in code) and all(c['execution_count'] for c in code)
 
 def test_usage_errors(tmp_path):
     r = lskd('run', '--runs-dir', tmp_path, '-p', 'generate.n_triples')
