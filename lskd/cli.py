@@ -10,7 +10,7 @@ import sys, importlib
 
 # %% ../nbs/10_cli.ipynb #0dfea2fc
 COMMANDS = {
-    'fetch-models':  ('lskd.server', 'fetch_models_main', 'download, join and checksum the offline teacher LLMs (GGUF)'),
+    'fetch-models':  ('lskd.server', 'fetch_models_main', 'download and checksum the offline models: teacher LLMs (GGUF) and the COCO detector'),
     'serve-teacher': ('lskd.server', 'serve_teacher_main', 'run the local OpenAI-compatible teacher server'),
     'verbalize':     ('lskd.verbalize', 'main', 'images -> verbalizations.jsonl'),
     'generate':      ('lskd.generate', 'main', 'verbalizations.jsonl -> corpus.jsonl through the teacher'),

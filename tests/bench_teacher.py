@@ -1,14 +1,16 @@
 """The teacher stage side by side on one local server (issue: the teacher stage at the machine's limit).
 
-    python tests/bench_teacher.py VERBALIZATIONS [--images 2] [--samples 3] [--model qwen2.5-coder-1.5b-instruct] [--out DIR]
+    python tests/bench_teacher.py VERBALIZATIONS [--images 2] [--samples 6] [--setups separate n] [--grammars last] [--out DIR]
 
-For each sampler of lskd's llama.cpp server (`grammar='first'`, llama-cpp-python's chain, as before; `grammar='last'`,
-`lskd.server.GrammarLast`, now) it starts one server and, on it, one after the other:
+For each setup, a `choices` way of asking (`separate`: a request per sample, as lskd's local teacher did before;
+`n`: an image's samples in one request, decoded together by `lskd.server.n_choices`) and a sampler of lskd's llama.cpp
+server (`grammar='first'`, llama-cpp-python's chain; `grammar='last'`, `lskd.server.GrammarLast`), it starts one
+server and, on it, one after the other:
 1. `lskd.generate.generate` on the first `--images` images of VERBALIZATIONS (the embedded default's prompt, a fresh
    cache), `--samples` replies each;
 2. the same work as direct requests: the very bodies lskd sent (built with lskd.generate.request_body and
    request_seed), sent one by one with the openai client and nothing else (no cache, no parsing, no files).
-It prints, per sampler: prompt and completion tokens per accepted triple, seconds per accepted triple, the cost of
+It prints, per setup: prompt and completion tokens per accepted triple, seconds per accepted triple, the cost of
 1,000 accepted triples at PRICE (USD per 1M prompt / completion tokens, default gpt-4o-mini's list price, 0.15 / 0.60:
 what the same tokens would cost on that API; on the local server they cost nothing), and lskd's throughput over
 direct requests (completion tokens per second, lskd / direct). It also checks that the direct replies are lskd's.
@@ -18,27 +20,29 @@ import argparse, json, sys, time
 from pathlib import Path
 
 def direct(base_url, model, bodies):
-    "Send `bodies` one by one; (seconds, completion tokens, replies)"
+    "Send `bodies` one by one; (seconds, completion tokens, replies: the texts of each body's choices)"
     import openai
     cl = openai.OpenAI(base_url=base_url, api_key='none', max_retries=0, timeout=3600)
     t, ct, out = time.perf_counter(), 0, []
     for b in bodies:
-        r = cl.chat.completions.create(**b); ct += r.usage.completion_tokens; out.append(r.choices[0].message.content)
+        r = cl.chat.completions.create(**b); ct += r.usage.completion_tokens; out.append([c.message.content for c in r.choices])
     return time.perf_counter() - t, ct, out
 
 def bodies_of(verbs, cfg, model):
-    "The request bodies lskd sends for `verbs` (one per sample; the local server ignores n)"
-    from lskd.generate import sample_bodies
-    from lskd.prompts import load_prompt
+    "The request bodies lskd sends for `verbs`: one per sample (choices separate), or one per image with `n` (choices n)"
+    from lskd.generate import sample_bodies, request_body, request_seed, image_key, asks_n
+    from lskd.prompts import load_prompt, build_prompt
     spec = load_prompt(cfg.prompt, **cfg.prompt_options)
+    if asks_n(cfg): return [request_body(cfg, build_prompt(v, spec), model, request_seed(cfg.seed, image_key(v), 0), 'llama_cpp', n=cfg.samples) for v in verbs]
     return [b for v in verbs for b in sample_bodies(v, spec, cfg, model, 'llama_cpp')]
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument('verbalizations'); ap.add_argument('--images', type=int, default=2); ap.add_argument('--samples', type=int, default=3)
+    ap.add_argument('verbalizations'); ap.add_argument('--images', type=int, default=2); ap.add_argument('--samples', type=int, default=6)
     ap.add_argument('--model', default='qwen2.5-coder-1.5b-instruct'); ap.add_argument('--out', default='/tmp/lskd-bench-teacher')
     ap.add_argument('--price', type=float, nargs=2, default=[0.15, 0.60], metavar=('PROMPT', 'COMPLETION'))
-    ap.add_argument('--grammars', nargs='+', default=['first', 'last'])
+    ap.add_argument('--grammars', nargs='+', default=['last'])
+    ap.add_argument('--setups', nargs='+', default=['separate', 'n'], help='choices: separate (a request per sample), n (one per image)')
     a = ap.parse_args(argv)
     from lskd.core import read_jsonl, Verbalization, write_jsonl
     from lskd.generate import generate, GenerateConfig, ReplyCache, request_key
@@ -48,12 +52,13 @@ def main(argv=None):
     verbs = list(read_jsonl(a.verbalizations, Verbalization))[:a.images]
     vpath = write_jsonl(out/'verbalizations.jsonl', verbs)
     g = {**DEFAULT_CONFIG['generate'], 'samples': a.samples, 'response_format': 'llama_cpp', 'teacher': 'remote',
-         'choices': 'separate', 'concurrency': 1}   # the local teacher's way: llama-cpp-python's server drops n, answers one at a time
+         'concurrency': 1, 'timeout': 3600}   # the local teacher's way: the server answers one request at a time (an n-choice request takes minutes)
     path = fetch_models(a.model, progress=False)[a.model]
     rows = []
-    for gr in a.grammars:
-        with TeacherServer(path, alias='teacher', n_threads=2, log_path=out/f'server-{gr}.log', grammar=gr) as srv:
-            run = out/f'lskd-{gr}'
+    for gr, ch in [(gr, ch) for gr in a.grammars for ch in a.setups]:
+        g['choices'] = ch
+        with TeacherServer(path, alias='teacher', n_threads=2, log_path=out/f'server-{gr}-{ch}.log', grammar=gr) as srv:
+            run = out/f'lskd-{gr}-{ch}'
             t = time.perf_counter()
             res = generate(vpath, run, dict(g, base_url=srv.base_url, model='teacher', cache=f'cache-{time.time_ns()}.sqlite'))
             lskd_s = time.perf_counter() - t; s = res.summary
@@ -61,18 +66,18 @@ def main(argv=None):
             bodies = bodies_of(verbs, cfg, 'teacher')
             d_s, d_ct, d_replies = direct(srv.base_url, 'teacher', bodies)
         cache = ReplyCache(next(run.glob('cache-*.sqlite')))
-        lskd_replies = [(cache.get(request_key(b)) or {}).get('choices', [{}])[0].get('message', {}).get('content') for b in bodies]
+        lskd_replies = [[c.get('message', {}).get('content') for c in (cache.get(request_key(b)) or {}).get('choices', [])] for b in bodies]
         acc, pt, ct = s['accepted'], s['prompt_tokens'], s['completion_tokens']
-        r = dict(grammar=gr, images=len(verbs), samples=a.samples, requests=s['requests_sent'], accepted=acc, prompt_tokens=pt,
+        r = dict(grammar=gr, choices=ch, images=len(verbs), samples=a.samples, requests=s['requests_sent'], accepted=acc, prompt_tokens=pt,
                  completion_tokens=ct, lskd_s=round(lskd_s, 1), direct_s=round(d_s, 1), direct_completion_tokens=d_ct,
                  prompt_tokens_per_triple=round(pt/acc, 1), completion_tokens_per_triple=round(ct/acc, 1), s_per_triple=round(lskd_s/acc, 2),
                  usd_per_1000_triples=round(1000*(pt*a.price[0] + ct*a.price[1])/1e6/acc, 4),
-                 throughput_vs_direct=round((ct/lskd_s)/(d_ct/d_s), 3), direct_replies_equal_lskd=f'{sum(map(str.__eq__, d_replies, lskd_replies))}/{len(bodies)}')
+                 throughput_vs_direct=round((ct/lskd_s)/(d_ct/d_s), 3), direct_replies_equal_lskd=f'{sum(d == l for d, l in zip(d_replies, lskd_replies))}/{len(bodies)}')
         rows.append(r); print(json.dumps(r), flush=True)
     print(f'\nprice: {a.price[0]} / {a.price[1]} USD per 1M prompt / completion tokens\n')
-    print('| sampler | accepted | prompt tok / triple | completion tok / triple | s / triple | USD / 1k triples | lskd / direct throughput |')
-    print('|---|---|---|---|---|---|---|')
-    for r in rows: print(f"| grammar {r['grammar']} | {r['accepted']} | {r['prompt_tokens_per_triple']} | {r['completion_tokens_per_triple']} | "
+    print('| choices | sampler | requests | accepted | prompt tok / triple | completion tok / triple | s / triple | USD / 1k triples | lskd / direct throughput |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for r in rows: print(f"| {r['choices']} | grammar {r['grammar']} | {r['requests']} | {r['accepted']} | {r['prompt_tokens_per_triple']} | {r['completion_tokens_per_triple']} | "
                          f"{r['s_per_triple']} | {r['usd_per_1000_triples']} | {r['throughput_vs_direct']} |")
 
 if __name__ == '__main__': main()

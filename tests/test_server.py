@@ -258,3 +258,36 @@ def test_grammar_last_sampling_keeps_the_schema(smol_path, monkeypatch):
     # without a grammar the chain is llama-cpp-python's own
     llm.create_chat_completion([{'role': 'user', 'content': 'Hi'}], max_tokens=4, seed=1)
     assert not isinstance(llm._sampler, GrammarLast)
+
+
+def test_keep_n_keeps_n_in_the_request_dump():
+    "llama-cpp-python's endpoint dumps the request without `n`; `keep_n` (as in llama_main) keeps it, and only it"
+    from llama_cpp.server.types import CreateChatCompletionRequest
+    from lskd.server import keep_n
+    body = CreateChatCompletionRequest(messages=[{'role': 'user', 'content': 'hi'}], n=4, user='u')
+    d = keep_n(CreateChatCompletionRequest.model_dump)(body, exclude={'n', 'user'})
+    assert d['n'] == 4 and 'user' not in d
+    assert 'n' not in CreateChatCompletionRequest.model_dump(body, exclude={'n'})
+
+
+@pytest.mark.server
+def test_n_choices_decoded_together(smol_path, tmp_path):
+    """lskd's server answers `n`: n choices in one reply, each under the schema, the prompt counted once; the same reply
+    when asked again and after another request (a fresh context per request); a plain llama-cpp-python server answers one"""
+    schema = {'type': 'object', 'required': ['question', 'answer'], 'properties': {
+        'question': {'type': 'string', 'maxLength': 40}, 'answer': {'type': 'string', 'maxLength': 40}}}
+    def ask(cl, n, text='A question and answer about a dog, as JSON.'):
+        return cl.chat.completions.create(model='s', n=n, seed=11, max_tokens=80, temperature=0.9, top_p=0.95,
+            messages=[{'role': 'user', 'content': text}], response_format={'type': 'json_object', 'schema': schema})
+    with TeacherServer(smol_path, alias='s', n_ctx=1024, n_threads=1, log_path=tmp_path/'s.log') as srv:
+        cl = srv.client()
+        one, a = ask(cl, 1), ask(cl, 3)
+        texts = [c.message.content for c in a.choices]
+        assert len(texts) == 3 and len(set(texts)) > 1, texts
+        assert all(set(json.loads(t, strict=False)) == {'question', 'answer'} for t in texts)
+        assert a.usage.prompt_tokens == one.usage.prompt_tokens
+        assert a.usage.completion_tokens >= 3   # every choice wrote something
+        ask(cl, 2, 'Something else entirely, as JSON.')
+        assert [c.message.content for c in ask(cl, 3).choices] == texts
+    with TeacherServer(smol_path, alias='s', n_ctx=1024, n_threads=1, canonical=False) as srv:
+        assert len(ask(srv.client(), 3).choices) == 1    # llama-cpp-python's own server drops n
