@@ -16,8 +16,8 @@ from .models import ImageTextModel, Batch, register_family, build_model
 
 # %% auto #0
 __all__ = ['INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'ref_token_ids', 'sincos_2d', 'FusionBlock', 'FusedModel',
-           'FeatureCache', 'crop_features', 'sentence_embeddings', 'Tagger', 'image_item', 'load_encoders',
-           'FusedFamily']
+           'context_means', 'FeatureCache', 'crop_features', 'sentence_embeddings', 'Tagger', 'image_item',
+           'load_encoders', 'FusedFamily']
 
 # %% ../nbs/11_fusion.ipynb #20c42c75
 INPUTS = ('text', 'boxes', 'regions')
@@ -40,11 +40,14 @@ class FusionConfig:
     image_size: int = 224      # the image encoder's input size
     regions_from: str = 'pool' # region features: 'pool' (the feature map inside each box) or 'crop' (each box's crop encoded at image_size)
     region_tags: int = 0       # with 'crop': each region also gets its top-k class names as a text embedding (0: none)
+    tag_tokens: bool = True    # with region_tags: add the tags to the region tokens (learnt)
+    tag_prior: float = 0.      # with region_tags, >0: add w*cos(the words around [i], region i's tags) to the ITM logit, w = tag_prior * a parameter from 0
     def __post_init__(self):
         if self.inputs not in INPUTS: raise ValueError(f"FusionConfig.inputs={self.inputs!r}: expected one of {INPUTS}")
         if self.dim % self.heads: raise ValueError(f"FusionConfig.dim={self.dim} is not divisible by heads={self.heads}")
         if self.regions_from not in ('pool', 'crop'): raise ValueError(f"FusionConfig.regions_from={self.regions_from!r}: expected 'pool' or 'crop'")
         if self.region_tags and self.regions_from != 'crop': raise ValueError("FusionConfig.region_tags needs regions_from='crop'")
+        if self.tag_prior and not self.region_tags: raise ValueError("FusionConfig.tag_prior needs region_tags (k > 0) and regions_from='crop'")
         self.encoders = tuple(self.encoders)
 
 # %% ../nbs/11_fusion.ipynb #8eee0875
@@ -172,6 +175,7 @@ class FusedModel(nn.Module):
         self.blocks = nn.ModuleList(FusionBlock(d, c.heads, c.dropout, cross) for _ in range(c.layers))
         self.norm = nn.LayerNorm(d)
         self.itm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
+        if c.tag_prior: self.prior_w = nn.Parameter(torch.zeros(()))   # the tag prior's weight: 0, so an untrained model ignores it
         self.txt_itc = nn.Linear(c.txt_dim, c.itc_dim)
         if cross: self.img_itc = nn.Linear(d, c.itc_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1/0.07)))
@@ -189,7 +193,7 @@ def _region_tokens(self:FusedModel, img: ImageFeats):
     "Region tokens (B,R,dim)"
     R = img.regions.shape[1]
     r = self.reg_proj(img.regions) + self.box_proj(img.boxes) + self.kind.weight[1] + self._rid(torch.arange(R, device=img.regions.device))[None]
-    return r + self.txt_proj(img.tags) if self.config.region_tags and img.tags is not None else r
+    return r + self.txt_proj(img.tags) if self.config.region_tags and self.config.tag_tokens and img.tags is not None else r
 
 # %% ../nbs/11_fusion.ipynb #3ae8ac62
 @patch
@@ -212,7 +216,7 @@ def _mentions(self:FusedModel, regs, region_mask, refs):
 # %% ../nbs/11_fusion.ipynb #a4e09365
 @patch
 def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
-    "Fused vector (N,dim) for text j paired with image `index[j]` (default: j)"
+    "Fused vector (N,dim) for text j paired with image `index[j]` (default: j); with `tag_prior`, (N,dim+1): the prior last"
     x = self.txt_proj(txt.hidden) + self._rid(txt.refs) * (txt.refs >= 0)[..., None]
     x_pad = ~txt.mask
     keys = k_pad = None
@@ -224,14 +228,42 @@ def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
         if self.config.inputs == 'regions' and self.config.mention_features: x = x + self._mentions(self._region_tokens(img)[idx], img.region_mask[idx], txt.refs)
     for b in self.blocks: x = b(x, x_pad, keys, k_pad)
     m = txt.mask[..., None].to(x)
-    return self.norm((x*m).sum(1) / m.sum(1).clamp_min(1))
+    f = self.norm((x*m).sum(1) / m.sum(1).clamp_min(1))
+    return torch.cat([f, self._prior(img, txt, index)[:, None]], -1) if self.config.tag_prior else f
+
+# %% ../nbs/11_fusion.ipynb #94457197
+def context_means(h, mask, w=6):
+    "(N,T,D): the mean of the unpadded rows of `h` (N,T,D) within `w` positions of each position"
+    m = mask[:, None].to(h); hm = h.transpose(1, 2) * m
+    s = F.avg_pool1d(hm, 2*w + 1, 1, w, count_include_pad=True); n = F.avg_pool1d(m, 2*w + 1, 1, w, count_include_pad=True)
+    return (s / n.clamp_min(1e-9)).transpose(1, 2)
+
+# %% ../nbs/11_fusion.ipynb #c43e30fd
+@patch
+def _prior(self:FusedModel, img: ImageFeats, txt: TextFeats, index=None):
+    "(N,): mean over the mention tokens of text j of cos(its context, the tags of the region it names), on image `index[j]`"
+    if img is None or img.tags is None: return txt.hidden.new_zeros(len(txt))
+    idx = torch.arange(len(txt), device=img.tags.device) if index is None else torch.as_tensor(index, dtype=torch.long, device=img.tags.device)
+    tags = F.normalize(img.tags[idx], dim=-1)
+    R = tags.shape[1]; r = txt.refs.clamp(0, R - 1)
+    ok = (txt.refs >= 0) & (txt.refs < R) & img.region_mask[idx].gather(1, r)
+    cos = (F.normalize(context_means(txt.hidden, txt.mask), dim=-1) * tags.gather(1, r[..., None].expand(-1, -1, tags.shape[-1]))).sum(-1)
+    return (cos * ok).sum(1) / ok.sum(1).clamp_min(1)
+
+# %% ../nbs/11_fusion.ipynb #2aee0680
+@patch
+def itm(self:FusedModel, f):
+    "ITM logits (N,2) of fused vectors `f` (`_fuse`)"
+    if not self.config.tag_prior: return self.itm_head(f)
+    d = self.config.dim
+    return self.itm_head(f[:, :d]) + torch.stack([torch.zeros_like(f[:, d]), self.config.tag_prior * self.prior_w * f[:, d]], -1)
 
 # %% ../nbs/11_fusion.ipynb #214522f5
 @patch
 def forward(self:FusedModel, img, txt, index=None):
-    "`{'itm': logits (N,2), 'fused': (N,dim)}`"
+    "`{'itm': logits (N,2), 'fused': (N,dim) (+1 with `tag_prior`)}`"
     f = self._fuse(img, txt, index)
-    return {'itm': self.itm_head(f), 'fused': f}
+    return {'itm': self.itm(f), 'fused': f}
 
 # %% ../nbs/11_fusion.ipynb #d4bd6deb
 @patch
@@ -420,7 +452,7 @@ class FusedFamily(ImageTextModel):
         self.cache = FeatureCache(ie, te, cache_dir, crops=c.regions_from == 'crop', tags=c.region_tags)
         self.to(device)
     @property
-    def joint_dim(self): return self.config.dim
+    def joint_dim(self): return self.config.dim + (1 if self.config.tag_prior else 0)
 
 # %% ../nbs/11_fusion.ipynb #6d14bfac
 @patch
@@ -462,7 +494,7 @@ def joint(self:FusedFamily, img, txt, index=None): return self.net._fuse(img, tx
 
 # %% ../nbs/11_fusion.ipynb #e3b1b273
 @patch
-def itm_head(self:FusedFamily, joint): return self.net.itm_head(joint)
+def itm_head(self:FusedFamily, joint): return self.net.itm(joint)
 
 # %% ../nbs/11_fusion.ipynb #b844e629
 @patch

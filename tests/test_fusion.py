@@ -98,3 +98,18 @@ def test_scorer_with_real_encoders():
     assert enc.grid.shape == (1, 49, 1280) and enc.regions.shape == (1, 2, 1280)
     out = sc.score(enc, [0, 0], ['[0] wears a uniform.', '[1] are medals.'])
     assert out['itm'].shape == (2,)
+
+
+def test_tag_prior_points_by_colour():
+    "With the tag prior alone (ITM head zeroed), the toy family prefers '[i] is red' where region i is the red crop"
+    fam = build_model('fused', encoders=('toy-image', 'toy-text'), dim=32, heads=2, regions_from='crop', region_tags=1, tag_prior=50.)
+    assert fam.joint_dim == 33
+    im = Image.new('RGB', (128, 64), 'red'); im.paste((0, 0, 255), (64, 0, 128, 64))
+    boxes = [(0, 0, 64, 64), (64, 0, 128, 64)]
+    enc = fam.encode_images([draw_regions(im, boxes)], [boxes])
+    texts = ['[0] is red .', '[1] is red .', '[1] is blue .', '[0] is blue .']
+    s0 = fam.score(enc, [0]*4, texts)['itm']
+    with torch.no_grad(): fam.net.prior_w.fill_(.02); fam.net.itm_head[-1].weight.zero_(); fam.net.itm_head[-1].bias.zero_()
+    fam.eval(); s = fam.score(enc, [0]*4, texts)['itm']
+    assert s[0] > s[1] and s[2] > s[3], s.tolist()
+    assert not torch.allclose(s0, s)
