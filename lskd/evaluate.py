@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #be875c5b
 from __future__ import annotations
-import argparse, collections, hashlib, html, importlib, itertools, inspect, io, json, math, random, re, sys, time, warnings
+import argparse, array, collections, hashlib, html, importlib, itertools, inspect, io, json, math, random, re, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,13 +20,13 @@ from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jso
 __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'BENCHMARK_KEYS', 'MC_TASKS', 'Task', 'EvalItem', 'item_order',
            'ChanceScorer', 'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy',
            'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt',
-           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'slim', 'questions',
-           'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
-           'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item',
-           'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item',
-           'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate',
-           'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig',
-           'check_benchmark', 'run_students', 'separability', 'run_stage']
+           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'Slim', 'slim',
+           'questions', 'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path',
+           'load_sherlock', 'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet',
+           'load_visualcomet_single', 'mc_item', 'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus',
+           'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer',
+           'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table', 'Chart', 'results_chart',
+           'parser', 'main', 'EvaluateConfig', 'check_benchmark', 'run_students', 'separability', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #95a9580f
 @dataclass
@@ -275,9 +275,19 @@ def chance_levels(benchmark, items):
     return {'accuracy': mean('task'), **({k: mean('task', k) for k in tasks} if len(tasks) > 1 else {})}
 
 # %% ../nbs/06_evaluate.ipynb #122ac5b5
-def slim(r, meta=False):
+class Slim:
     "What a metric reads of score record `r`: its id, task, label and scores (and its `meta`, for a benchmark whose metrics read it)"
-    return dict(id=r['id'], task=r['task'], label=r['label'], scores=r['scores'], **({'meta': r['meta']} if meta else {}))
+    __slots__ = ('id', 'task', 'label', 'scores', 'meta')
+    def __init__(self, r, meta=False):
+        self.id, self.task, self.label, self.meta = r['id'], sys.intern(r['task']), r['label'], r['meta'] if meta else None
+        self.scores = {sys.intern(k): array.array('d', v) for k,v in r['scores'].items()}
+    def __getitem__(self, k):
+        if k == 'meta' and self.meta is None: raise KeyError("meta: not kept (slim(r, meta=True) keeps it)")
+        return getattr(self, k)
+    def __repr__(self): return f"Slim(id={self.id!r}, task={self.task!r}, label={self.label}, scores={ {k: list(v) for k,v in self.scores.items()} })"
+
+# %% ../nbs/06_evaluate.ipynb #b3b9c9eb
+def slim(r, meta=False): "The `Slim` of score record `r`"; return Slim(r, meta)
 
 # %% ../nbs/06_evaluate.ipynb #6f95575e
 def questions(records):

@@ -288,6 +288,7 @@ def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler set
     "`[(token ids, finish reason)]` of `len(seeds)` sequences decoded together after one evaluation of `prompt`"
     import llama_cpp as L
     n, prompt, stops = len(seeds), list(prompt), [s.encode() for s in stop or ()]
+    w = max(map(len, stops), default=0) + 1   # tokens that can hold a stop string and the token before it
     ctx, batch = n_context(llm, len(prompt) + n*max_tokens + 8, n), L.llama_batch_init(max(llm.n_batch, n), 0, n)
     try:
         for i in range(0, len(prompt) - 1, llm.n_batch):   # the prompt but its last token, on sequence 0
@@ -305,7 +306,7 @@ def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler set
                 cur[s] = t = samplers[s].sample(ctx, i)
                 if L.llama_vocab_is_eog(llm._model.vocab, t): end[s] = 'stop'; continue
                 out[s].append(t)
-                if stops and any(x in llm.detokenize(out[s]) for x in stops): end[s] = 'stop'
+                if stops and any(x in llm.detokenize(out[s][-w:]) for x in stops): end[s] = 'stop'   # a stop string just completed lies in the last w tokens (each at least a byte)
                 elif len(out[s]) >= max_tokens: end[s] = 'length'
         return list(zip(out, end))
     finally: L.llama_batch_free(batch); ctx.close()

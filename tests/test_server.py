@@ -270,6 +270,20 @@ def test_keep_n_keeps_n_in_the_request_dump():
     assert 'n' not in CreateChatCompletionRequest.model_dump(body, exclude={'n'})
 
 
+
+def test_n_choices_unbatched_requests_ask_once_per_choice():
+    "A request the batched decoder does not serve (logprobs, streaming, logit bias, mirostat) is asked once per choice, seeds seed+i"
+    from lskd.server import n_chat_completion
+    asked = []
+    def create(llm, seed=None, **kw):
+        asked.append((seed, kw))
+        return dict(id='c', object='chat.completion', created=0, model='m', usage=dict(prompt_tokens=7, completion_tokens=seed % 10, total_tokens=0),
+                    choices=[dict(index=0, message=dict(role='assistant', content=f'seed {seed}'), logprobs=None, finish_reason='stop')])
+    r = n_chat_completion(create, None, 3, seed=21, logprobs=True, messages=[{'role': 'user', 'content': 'hi'}])
+    assert [s for s, _ in asked] == [21, 22, 23] and all(kw['logprobs'] for _, kw in asked)
+    assert [(c['index'], c['message']['content']) for c in r['choices']] == [(0, 'seed 21'), (1, 'seed 22'), (2, 'seed 23')]
+    assert r['usage'] == dict(prompt_tokens=7, completion_tokens=1 + 2 + 3, total_tokens=13)   # the prompt counted once
+
 @pytest.mark.server
 def test_n_choices_decoded_together(smol_path, tmp_path):
     """lskd's server answers `n`: n choices in one reply, each under the schema, the prompt counted once; the same reply
@@ -289,5 +303,9 @@ def test_n_choices_decoded_together(smol_path, tmp_path):
         assert a.usage.completion_tokens >= 3   # every choice wrote something
         ask(cl, 2, 'Something else entirely, as JSON.')
         assert [c.message.content for c in ask(cl, 3).choices] == texts
+        cut = cl.chat.completions.create(model='s', n=2, seed=11, max_tokens=80, temperature=0.9, stop=['"answer"'],
+            messages=[{'role': 'user', 'content': 'A question and answer about a dog, as JSON.'}], response_format={'type': 'json_object', 'schema': schema})
+        assert all(c.finish_reason == 'stop' and c.message.content.replace(' ', '').startswith('{"question"') and '"answer"' not in c.message.content
+                   for c in cut.choices), [(c.finish_reason, c.message.content) for c in cut.choices]   # stopped by the stop string
     with TeacherServer(smol_path, alias='s', n_ctx=1024, n_threads=1, canonical=False) as srv:
         assert len(ask(srv.client(), 3).choices) == 1    # llama-cpp-python's own server drops n
