@@ -20,13 +20,13 @@ from .core import (sha256_file, QAR, Region, RegionMap, RegionRefError, read_jso
 __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'BENCHMARK_KEYS', 'MC_TASKS', 'Task', 'EvalItem', 'item_order',
            'ChanceScorer', 'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy',
            'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt',
-           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'Slim', 'slim',
-           'questions', 'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path',
-           'load_sherlock', 'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet',
-           'load_visualcomet_single', 'mc_item', 'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus',
-           'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer',
-           'load_scorer', 'split_model', 'evaluate', 'load_results', 'Table', 'results_table', 'Chart', 'results_chart',
-           'parser', 'main', 'EvaluateConfig', 'check_benchmark', 'run_students', 'separability', 'run_stage']
+           'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'Slim', 'questions',
+           'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
+           'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item',
+           'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item',
+           'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model', 'evaluate',
+           'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser', 'main', 'EvaluateConfig',
+           'check_benchmark', 'run_students', 'separability', 'run_stage']
 
 # %% ../nbs/06_evaluate.ipynb #95a9580f
 @dataclass
@@ -282,12 +282,9 @@ class Slim:
         self.id, self.task, self.label, self.meta = r['id'], sys.intern(r['task']), r['label'], r['meta'] if meta else None
         self.scores = {sys.intern(k): array.array('d', v) for k,v in r['scores'].items()}
     def __getitem__(self, k):
-        if k == 'meta' and self.meta is None: raise KeyError("meta: not kept (slim(r, meta=True) keeps it)")
+        if k == 'meta' and self.meta is None: raise KeyError("meta: not kept (Slim(r, meta=True) keeps it)")
         return getattr(self, k)
     def __repr__(self): return f"Slim(id={self.id!r}, task={self.task!r}, label={self.label}, scores={ {k: list(v) for k,v in self.scores.items()} })"
-
-# %% ../nbs/06_evaluate.ipynb #b3b9c9eb
-def slim(r, meta=False): "The `Slim` of score record `r`"; return Slim(r, meta)
 
 # %% ../nbs/06_evaluate.ipynb #6f95575e
 def questions(records):
@@ -718,8 +715,8 @@ def _survey(items, s):
 
 # %% ../nbs/06_evaluate.ipynb #03e93b75
 def _kept(records, into, meta=False):
-    "`records` passed through, the `slim` form of each appended to `into`"
-    for r in records: into.append(slim(r, meta)); yield r
+    "`records` passed through, the `Slim` of each appended to `into`"
+    for r in records: into.append(Slim(r, meta)); yield r
 
 # %% ../nbs/06_evaluate.ipynb #bc0bd979
 def evaluate(benchmark,          # a name in `BENCHMARKS`
@@ -988,7 +985,7 @@ def separability(results, records=None, against='base', metrics=('accuracy', 'au
     return lines
 
 # %% ../nbs/06_evaluate.ipynb #48b9e062
-def _predictions(folder, name, meta=False): return [slim(r, meta) for r in read_jsonl(Path(folder)/f'predictions_{_safe(name)}.jsonl')]
+def _predictions(folder, name, meta=False): return [Slim(r, meta) for r in read_jsonl(Path(folder)/f'predictions_{_safe(name)}.jsonl')]
 
 # %% ../nbs/06_evaluate.ipynb #47e5edaf
 def _critic_line(run_dir):

@@ -219,7 +219,7 @@ def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
     "Fused vector (N,dim) for text j paired with image `index[j]` (default: j); with `tag_prior`, (N,dim+1): the prior last"
     x = self.txt_proj(txt.hidden) + self._rid(txt.refs) * (txt.refs >= 0)[..., None]
     x_pad = ~txt.mask
-    keys = k_pad = None
+    keys = k_pad = idx = None
     if self.config.inputs != 'text':
         if img is None: raise ValueError(f"this FusedModel (inputs={self.config.inputs!r}) needs image features")
         keys, k_pad = self._keys(img)
@@ -229,7 +229,7 @@ def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
     for b in self.blocks: x = b(x, x_pad, keys, k_pad)
     m = txt.mask[..., None].to(x)
     f = self.norm((x*m).sum(1) / m.sum(1).clamp_min(1))
-    return torch.cat([f, self._prior(img, txt, index)[:, None]], -1) if self.config.tag_prior else f
+    return torch.cat([f, self._prior(img, txt, idx)[:, None]], -1) if self.config.tag_prior else f
 
 # %% ../nbs/11_fusion.ipynb #94457197
 def context_means(h, mask, w=6):
@@ -240,14 +240,12 @@ def context_means(h, mask, w=6):
 
 # %% ../nbs/11_fusion.ipynb #c43e30fd
 @patch
-def _prior(self:FusedModel, img: ImageFeats, txt: TextFeats, index=None):
-    "(N,): mean over the mention tokens of text j of cos(its context, the tags of the region it names), on image `index[j]`"
+def _prior(self:FusedModel, img: ImageFeats, txt: TextFeats, idx=None):
+    "(N,): mean over the mention tokens of text j of cos(its context, the tags of the region it names), on image `idx[j]` (default: j)"
     if img is None or img.tags is None: return txt.hidden.new_zeros(len(txt))
-    idx = torch.arange(len(txt), device=img.tags.device) if index is None else torch.as_tensor(index, dtype=torch.long, device=img.tags.device)
-    tags = F.normalize(img.tags[idx], dim=-1)
-    R = tags.shape[1]; r = txt.refs.clamp(0, R - 1)
-    ok = (txt.refs >= 0) & (txt.refs < R) & img.region_mask[idx].gather(1, r)
-    cos = (F.normalize(context_means(txt.hidden, txt.mask), dim=-1) * tags.gather(1, r[..., None].expand(-1, -1, tags.shape[-1]))).sum(-1)
+    tags, mask = (img.tags, img.region_mask) if idx is None else (img.tags[idx], img.region_mask[idx])
+    t = self._mentions(F.normalize(tags, dim=-1), mask, txt.refs); ok = t.any(-1)     # unit tags at mention tokens, zeros elsewhere
+    cos = (F.normalize(context_means(txt.hidden, txt.mask), dim=-1) * t).sum(-1)
     return (cos * ok).sum(1) / ok.sum(1).clamp_min(1)
 
 # %% ../nbs/11_fusion.ipynb #2aee0680

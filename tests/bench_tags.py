@@ -24,7 +24,7 @@ def main(regfile=None, root=None):
     taggers = {k: Tagger(ie, te, k) for k in (1, 5, 20)}
     res = {}
     for r in recs:
-        regs = [g for g in r.regions]
+        regs = r.regions
         if len(regs) < 2 or not all(g.description for g in regs): continue
         img = open_image(resolve_ref(r.path, root)); boxes = [list(g.box) for g in regs]
         with torch.no_grad():

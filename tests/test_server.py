@@ -270,7 +270,6 @@ def test_keep_n_keeps_n_in_the_request_dump():
     assert 'n' not in CreateChatCompletionRequest.model_dump(body, exclude={'n'})
 
 
-
 def test_n_choices_unbatched_requests_ask_once_per_choice():
     "A request the batched decoder does not serve (logprobs, streaming, logit bias, mirostat) is asked once per choice, seeds seed+i"
     from lskd.server import n_chat_completion
@@ -283,6 +282,7 @@ def test_n_choices_unbatched_requests_ask_once_per_choice():
     assert [s for s, _ in asked] == [21, 22, 23] and all(kw['logprobs'] for _, kw in asked)
     assert [(c['index'], c['message']['content']) for c in r['choices']] == [(0, 'seed 21'), (1, 'seed 22'), (2, 'seed 23')]
     assert r['usage'] == dict(prompt_tokens=7, completion_tokens=1 + 2 + 3, total_tokens=13)   # the prompt counted once
+
 
 @pytest.mark.server
 def test_n_choices_decoded_together(smol_path, tmp_path):
