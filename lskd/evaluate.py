@@ -275,16 +275,21 @@ def chance_levels(benchmark, items):
     return {'accuracy': mean('task'), **({k: mean('task', k) for k in tasks} if len(tasks) > 1 else {})}
 
 # %% ../nbs/06_evaluate.ipynb #122ac5b5
+class _NotKept:
+    "The `meta` of a `Slim` that did not keep it: reading it names the fix"
+    def __getitem__(self, k): raise KeyError("meta: not kept (Slim(r, meta=True) keeps it)")
+    def get(self, k, default=None): return self[k]
+
 class Slim:
     "What a metric reads of score record `r`: its id, task, label and scores (and its `meta`, for a benchmark whose metrics read it)"
     __slots__ = ('id', 'task', 'label', 'scores', 'meta')
+    __getitem__ = object.__getattribute__     # read like a dict, at attribute speed (bootstrap intervals read it millions of times)
     def __init__(self, r, meta=False):
-        self.id, self.task, self.label, self.meta = r['id'], sys.intern(r['task']), r['label'], r['meta'] if meta else None
+        self.id, self.task, self.label, self.meta = r['id'], sys.intern(r['task']), r['label'], r['meta'] if meta else _NOT_KEPT
         self.scores = {sys.intern(k): array.array('d', v) for k,v in r['scores'].items()}
-    def __getitem__(self, k):
-        if k == 'meta' and self.meta is None: raise KeyError("meta: not kept (Slim(r, meta=True) keeps it)")
-        return getattr(self, k)
     def __repr__(self): return f"Slim(id={self.id!r}, task={self.task!r}, label={self.label}, scores={ {k: list(v) for k,v in self.scores.items()} })"
+
+_NOT_KEPT = _NotKept()
 
 # %% ../nbs/06_evaluate.ipynb #6f95575e
 def questions(records):
@@ -718,6 +723,12 @@ def _kept(records, into, meta=False):
     "`records` passed through, the `Slim` of each appended to `into`"
     for r in records: into.append(Slim(r, meta)); yield r
 
+# %% ../nbs/06_evaluate.ipynb #07cbe205
+def _share(scorer, pool):
+    "`scorer`, sharing frozen parts with the first model of `pool` that allows it (else added to `pool`)"
+    if not any(getattr(scorer, 'share', lambda o: False)(o) for o in pool): pool.append(scorer)
+    return scorer
+
 # %% ../nbs/06_evaluate.ipynb #bc0bd979
 def evaluate(benchmark,          # a name in `BENCHMARKS`
              annotations,        # the benchmark's annotation file
@@ -735,6 +746,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
              image_batch=8,      # items whose images are encoded in one call
              progress=True,      # show progress bars
              on_bad_row='error', # a bad row (VCR, MC, corpus): 'error' (raise, naming it) or 'record' (to out/evaluate_errors.jsonl, and go on)
+             shared=None,        # models loaded before (a list, added to): a model shares their frozen encoders and feature cache where it can
              **model_kw):        # passed to `load_scorer` (e.g. `device`)
     "Evaluate `models` zero-shot on `benchmark`; returns the results dict (also written to `out`)"
     if benchmark not in BENCHMARKS: raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {list(BENCHMARKS)}")
@@ -761,12 +773,13 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
                settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed),
                chance=chance, models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if out: Path(out).mkdir(parents=True, exist_ok=True)
-    names, recs_of = set(), {}
+    names, recs_of, shared = set(), {}, [] if shared is None else shared
     for k, m in enumerate(models, 1):
         name, spec = split_model(m)
         if name in names: raise ValueError(f"two models are named {name!r}; name them with NAME=SPEC")
         names.add(name)
         scorer = load_scorer(spec, **model_kw)
+        _share(scorer, shared)
         t0, recs = time.time(), []
         scored = _kept(score_items(scorer, load(k), root, draw, text_style, image_batch=image_batch, progress=progress), recs, b.meta)
         if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', scored)      # written as scored
@@ -1017,10 +1030,10 @@ def run_stage(run_dir, cfg):
         jobs += [(b, f, o/'no-boxes', nb, False) for b,f,o,_,_ in jobs]
     jobs = [(*j, root, {}) for j in jobs] + [(b['benchmark'], b['annotations'], out/b.get('name', b['benchmark']), studs, True, b.get('images'),
                                               {'instances': b.get('instances'), 'limit': b.get('limit')}) for b in benches]
-    allres, lines, base = [], [], {}
+    allres, lines, base, pool = [], [], {}, []
     bar = Progress(len(jobs), 'evaluations', out/'progress.json', 'evaluate', show=False)
     for b,f,o,ms,draw,r,kw in jobs:
-        allres.append(evaluate(b, f, ms, root=r, out=o, draw=draw, seed=seed, progress=False, **kw))
+        allres.append(evaluate(b, f, ms, root=r, out=o, draw=draw, seed=seed, progress=False, shared=pool, **kw))
         names = [m['name'] for m in allres[-1]['models']]
         if 'base' in names: base[b] = _predictions(o, 'base', BENCHMARKS[b].meta)     # kept for the ablations that follow (no boxes)
         recs = {(b, n): _predictions(o, n, BENCHMARKS[b].meta) for n in names if 'base' not in names and b in base}

@@ -474,6 +474,22 @@ def use_cache_dir(self:FusedFamily, folder): self.cache = FeatureCache(*self.fro
 @patch
 def forget(self:FusedFamily): self.cache.mem.clear(); return self
 
+# %% ../nbs/11_fusion.ipynb #fc549a25
+@patch(as_prop=True)
+def signature(self:FeatureCache):
+    "What decides the features: the encoders, their settings, crops and tags, the folder"
+    dev = lambda e: str(getattr(e, 'device', 'cpu'))
+    ie, te = self.ie, self.te
+    return (ie and (ie.name, list(ie.size), dev(ie)), te and (te.name, te.max_length, dev(te)), self.crops, self.tags, str(self.folder))
+
+# %% ../nbs/11_fusion.ipynb #18cf73f1
+@patch
+def share(self:FusedFamily, other):
+    "Use `other`'s frozen encoders and feature cache when both compute the same features; whether it did"
+    ok = isinstance(other, FusedFamily) and other.cache is not self.cache and other.cache.signature == self.cache.signature
+    if ok: self.frozen, self.cache = other.frozen, other.cache
+    return ok
+
 # %% ../nbs/11_fusion.ipynb #d4a1de4f
 @patch
 def collate_images(self:FusedFamily, items): return ImageFeats.collate(items).to(self.device)

@@ -147,6 +147,12 @@ def use_cache_dir(self:ImageTextModel, folder): "Keep cached features in `folder
 @patch
 def forget(self:ImageTextModel): "Empty in-memory caches"; return self
 
+# %% ../nbs/14_models.ipynb #15ed0466
+@patch
+def share(self:ImageTextModel, other):
+    "Use `other`'s frozen parts and feature cache where both compute the same features (families that cache); whether it did"
+    return False
+
 # %% ../nbs/14_models.ipynb #7403bdaa
 @patch
 def weights(self:ImageTextModel): "The tensors a checkpoint keeps"; return self.state_dict()

@@ -13,8 +13,8 @@ from .core import sha256_file, atomic_path, atomic_write
 
 # %% auto #0
 __all__ = ['MODELS', 'DEFAULT_TEACHER', 'DETECTOR', 'models_table', 'models_dir', 'get_spec', 'pip_download', 'is_verified',
-           'fetch_models', 'free_port', 'canonical_generate', 'GrammarLast', 'grammar_last', 'seq_batch', 'n_context',
-           'batched_generate', 'n_chat_completion', 'n_choices', 'keep_n', 'llama_main', 'TeacherServer',
+           'fetch_models', 'free_port', 'canonical_generate', 'GrammarLast', 'grammar_last', 'seq_batch', 'KVPrefix',
+           'n_context', 'batched_generate', 'n_chat_completion', 'n_choices', 'keep_n', 'llama_main', 'TeacherServer',
            'fetch_models_main', 'serve_teacher_main']
 
 # %% ../nbs/09_server.ipynb #6606c4fd
@@ -267,6 +267,34 @@ def seq_batch(batch, items):
     for i,(t,p,s,lg) in enumerate(items):
         batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, p, 1, lg; batch.seq_id[i][0] = s
 
+# %% ../nbs/09_server.ipynb #6212834b
+class KVPrefix:
+    "A context kept between `batched_generate` calls, and the prompt tokens its sequence 0 holds in whole `n_batch` chunks"
+    def __init__(self): self.ctx, self.n_ctx, self.n_seq, self.tokens, self.hit = None, 0, 0, [], 0
+    def __repr__(self): return f"KVPrefix({len(self.tokens)} prompt tokens kept, {self.hit} reused by the last call)"
+    def close(self):
+        if self.ctx is not None: self.ctx.close()
+        self.ctx, self.tokens = None, []
+
+# %% ../nbs/09_server.ipynb #bf0fd223
+@patch
+def take(self:KVPrefix, llm, prompt, n_ctx, n_seq):
+    "`(context, k)`: a context of at least `n_ctx` cells for `n_seq` sequences whose sequence 0 holds `prompt[:k]` (the chunks it shares)"
+    import llama_cpp as L
+    B, k = llm.n_batch, 0
+    if self.ctx is None or self.n_seq != n_seq or self.n_ctx < n_ctx:
+        n_ctx = -(-n_ctx//2048)*2048                     # room to spare: the next prompt may be a little longer
+        self.close(); self.ctx, self.n_ctx, self.n_seq = n_context(llm, n_ctx, n_seq), n_ctx, n_seq
+    else:
+        while k + B <= min(len(self.tokens), len(prompt) - 1) and self.tokens[k:k + B] == prompt[k:k + B]: k += B
+        mem = L.llama_get_memory(self.ctx.ctx)
+        if not k: L.llama_memory_clear(mem, True)
+        else:
+            L.llama_memory_seq_rm(mem, -1, k, -1)                                  # every sequence, from position k on
+            for s in range(1, n_seq): L.llama_memory_seq_rm(mem, s, -1, -1)       # the other sequences entirely
+    self.tokens, self.hit = list(prompt[:k]), k
+    return self.ctx, k
+
 # %% ../nbs/09_server.ipynb #c0b5b6b8
 def n_context(llm, # a `llama_cpp.Llama`: its weights and context settings (threads, batch)
               n_ctx, # KV cells, for all sequences together
@@ -284,16 +312,20 @@ def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler set
                      seeds, # a seed per sequence: as many sequences as seeds
                      max_tokens=256, # most tokens per sequence
                      stop=(), # stop strings
+                     prefix=None, # a `KVPrefix` kept between calls (None: a fresh context, closed at the end)
                      **sampling): # `Llama._init_sampler` settings: temp, top_p, top_k, min_p, grammar, ...
     "`[(token ids, finish reason)]` of `len(seeds)` sequences decoded together after one evaluation of `prompt`"
     import llama_cpp as L
     n, prompt, stops = len(seeds), list(prompt), [s.encode() for s in stop or ()]
     w = max(map(len, stops), default=0) + 1   # tokens that can hold a stop string and the token before it
-    ctx, batch = n_context(llm, len(prompt) + n*max_tokens + 8, n), L.llama_batch_init(max(llm.n_batch, n), 0, n)
+    own, prefix, B = prefix is None, prefix or KVPrefix(), llm.n_batch
+    batch = L.llama_batch_init(max(B, n), 0, n)
     try:
-        for i in range(0, len(prompt) - 1, llm.n_batch):   # the prompt but its last token, on sequence 0
-            seq_batch(batch, [(t, i + k, 0, False) for k,t in enumerate(prompt[i:min(i + llm.n_batch, len(prompt) - 1)])])
+        ctx, start = prefix.take(llm, prompt, len(prompt) + n*max_tokens + 8, n)
+        for i in range(start, len(prompt) - 1, B):   # the prompt but its last token, on sequence 0, in chunks of B from 0
+            seq_batch(batch, [(t, i + k, 0, False) for k,t in enumerate(prompt[i:min(i + B, len(prompt) - 1)])])
             if L.llama_decode(ctx.ctx, batch): raise RuntimeError('llama_decode failed on the prompt')
+        prefix.tokens = prompt[:(len(prompt) - 1)//B*B]   # its whole chunks (a part chunk is a batch another prompt may not repeat)
         for s in range(1, n): L.llama_memory_seq_cp(L.llama_get_memory(ctx.ctx), 0, s, -1, -1)
         samplers = []
         for sd in seeds: llm._seed = sd; samplers.append(llm._init_sampler(**sampling))
@@ -309,7 +341,10 @@ def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler set
                 if stops and any(x in llm.detokenize(out[s][-w:]) for x in stops): end[s] = 'stop'   # a stop string just completed lies in the last w tokens (each at least a byte)
                 elif len(out[s]) >= max_tokens: end[s] = 'length'
         return list(zip(out, end))
-    finally: L.llama_batch_free(batch); ctx.close()
+    except BaseException: prefix.close(); raise
+    finally:
+        L.llama_batch_free(batch)
+        if own: prefix.close()
 
 # %% ../nbs/09_server.ipynb #fb4a4e12
 _BATCHED = dict(temperature='temp', top_p='top_p', top_k='top_k', min_p='min_p', typical_p='typical_p', repeat_penalty='repeat_penalty',
@@ -322,6 +357,7 @@ def n_chat_completion(create, # the unwrapped `Llama.create_chat_completion`
                       llm, # the `llama_cpp.Llama`
                       n, # choices
                       seed=None, # choice i is drawn with `seed + i`
+                      prefix=None, # a `KVPrefix` kept between requests (None: a fresh context)
                       **kw): # the chat completion request
     "An OpenAI chat completion dict with `n` choices"
     import random
@@ -340,7 +376,8 @@ def n_chat_completion(create, # the unwrapped `Llama.create_chat_completion`
     try: r = create(llm, seed=seed, **kw)
     finally: del llm.create_completion
     p = got['prompt']; mt = got.get('max_tokens') or llm.n_ctx() - len(p)
-    outs = batched_generate(llm, p, seeds, max_tokens=mt, stop=got.get('stop') or (), **{v: got[k] for k,v in _BATCHED.items() if got.get(k) is not None})
+    outs = batched_generate(llm, p, seeds, max_tokens=mt, stop=got.get('stop') or (), prefix=prefix, **{v: got[k] for k,v in _BATCHED.items() if got.get(k) is not None})
+    if prefix: print(f'lskd: {n} choices, prompt {len(p)} tokens, {prefix.hit} of them kept from the last request', file=sys.stderr, flush=True)
     texts = [_cut(llm.detokenize(o).decode('utf-8', errors='ignore'), got.get('stop')) for o,_ in outs]
     ct = sum(len(o) for o,_ in outs)
     return dict(r, choices=[dict(index=i, message=dict(role='assistant', content=t), logprobs=None, finish_reason=e) for i,(t,(_,e)) in enumerate(zip(texts, outs))],
@@ -355,11 +392,12 @@ def _cut(text, stop):
 
 # %% ../nbs/09_server.ipynb #e8100609
 def n_choices(create):
-    "Wrap `llama_cpp.Llama.create_chat_completion`: `n > 1` choices decoded together (`n_chat_completion`)"
+    "Wrap `llama_cpp.Llama.create_chat_completion`: `n > 1` choices decoded together (`n_chat_completion`), prompt chunks kept (`KVPrefix`)"
     def wrapped(self, *args, n=None, **kwargs):
         if not n or n <= 1: return create(self, *args, **kwargs)
         if len(args) > 1: raise TypeError('with n > 1, pass create_chat_completion its options by name')
-        return n_chat_completion(create, self, n, **dict(zip(['messages'], args)), **kwargs)
+        kv = self.__dict__.setdefault('lskd_prefix', KVPrefix())   # this model's own: prompt chunks kept between requests
+        return n_chat_completion(create, self, n, prefix=kv, **dict(zip(['messages'], args)), **kwargs)
     return wrapped
 
 def keep_n(model_dump):

@@ -5,7 +5,7 @@ import pytest
 from lskd.testing import FakeTeacher
 
 SECRET = 'sk-lskd-test-SECRET-3f9a0c7e1b2d4c6a8e0f'
-FAST = ['-p', 'generate.samples=2', '-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']   # 2 of the fake teacher's 6-triple replies per image: a third of the default's questions
+FAST = ['-p', 'generate.samples=2', '-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']   # 2 of the fake teacher's 3-triple replies per image: a third of the default's questions
 
 def lskd(*args, env=None, timeout=900):
     exe = shutil.which('lskd', path=str(Path(sys.executable).parent)) or shutil.which('lskd') or pytest.fail('the lskd console script is not installed (pip install -e .)')
@@ -116,3 +116,14 @@ def test_config_checked_before_any_stage(tmp_path):
     assert not any(tmp_path.iterdir())                                              # no run folder was made
     r = lskd('run', '--help')
     assert 'generate.samples=3' in r.stdout and 'n_triples' not in r.stdout
+
+
+def test_offline_full_config_is_the_default_at_twice_its_size():
+    "data/configs/offline-full.yaml is a valid run config: the default but for the teacher's triples per choice and the students' steps"
+    from lskd.pipeline import run_config, check_run_config
+    from lskd.distill import DistillStageConfig
+    full, default = check_run_config(run_config(Path(__file__).parents[1]/'data'/'configs'/'offline-full.yaml')), run_config()
+    assert (full['generate']['prompt_options']['n'], default['generate']['prompt_options']['n']) == (6, 3)
+    assert (full['distill']['steps'], DistillStageConfig().steps) == (300, 150) and 'steps' not in default['distill']
+    others = lambda c: {k: v for k,v in c.items() if k != 'distill'} | {'generate': {k: v for k,v in c['generate'].items() if k != 'prompt_options'}}
+    assert others(full) == others(default)

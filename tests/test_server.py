@@ -1,5 +1,5 @@
 "Tests of lskd.server: fetching/checking GGUF models and the local OpenAI-compatible teacher server"
-import hashlib, json, os, signal, subprocess, sys, time, urllib.request, zipfile
+import hashlib, json, os, re, signal, subprocess, sys, time, urllib.request, zipfile
 from pathlib import Path
 import pytest
 from lskd import server
@@ -309,3 +309,21 @@ def test_n_choices_decoded_together(smol_path, tmp_path):
                    for c in cut.choices), [(c.finish_reason, c.message.content) for c in cut.choices]   # stopped by the stop string
     with TeacherServer(smol_path, alias='s', n_ctx=1024, n_threads=1, canonical=False) as srv:
         assert len(ask(srv.client(), 3).choices) == 1    # llama-cpp-python's own server drops n
+
+
+@pytest.mark.server
+def test_prompt_chunks_kept_between_requests(smol_path, tmp_path):
+    """lskd's server keeps the whole prompt chunks (n_batch tokens from position 0) that a request with n choices shares
+    with the previous one, says so in its log, and replies exactly as a fresh server, which keeps nothing"""
+    head = 'You write commonsense questions about the regions of an image, and answer them with a reason. ' * 6
+    A, B = head + 'Regions: [0] a dog running, [1] a ball.', head + 'Regions: [0] a cat asleep, [1] a sofa.'
+    def ask(srv, text):
+        r = srv.client().chat.completions.create(model='s', n=2, seed=5, max_tokens=30, temperature=0.9, top_p=0.95,
+                                                 messages=[{'role': 'user', 'content': text}])
+        return [c.message.content for c in r.choices]
+    with TeacherServer(smol_path, alias='s', n_ctx=1024, n_threads=1, n_batch=32, log_path=tmp_path/'kept.log') as srv:
+        ask(srv, A); kept = ask(srv, B); again = ask(srv, B)
+    hits = [int(h) for h in re.findall(r'prompt \d+ tokens, (\d+) of them kept', (tmp_path/'kept.log').read_text())]
+    assert hits[0] == 0 and hits[1] >= 64 and hits[1] % 32 == 0 and hits[2] >= hits[1], hits
+    with TeacherServer(smol_path, alias='s', n_ctx=1024, n_threads=1, n_batch=32) as srv: fresh = ask(srv, B)
+    assert kept == again == fresh, (kept, again, fresh)
