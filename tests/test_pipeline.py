@@ -124,6 +124,6 @@ def test_offline_full_config_is_the_default_at_twice_its_size():
     from lskd.distill import DistillStageConfig
     full, default = check_run_config(run_config(Path(__file__).parents[1]/'data'/'configs'/'offline-full.yaml')), run_config()
     assert (full['generate']['prompt_options']['n'], default['generate']['prompt_options']['n']) == (6, 3)
-    assert (full['distill']['steps'], DistillStageConfig().steps) == (300, 150) and 'steps' not in default['distill']
+    assert (full['distill']['steps'], DistillStageConfig().steps) == (300, 100) and 'steps' not in default['distill']
     others = lambda c: {k: v for k,v in c.items() if k != 'distill'} | {'generate': {k: v for k,v in c['generate'].items() if k != 'prompt_options'}}
     assert others(full) == others(default)
