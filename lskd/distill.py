@@ -506,7 +506,7 @@ if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())  
 @dataclass
 class DistillStageConfig(DistillConfig):
     "The `distill` section of a run's configuration: `DistillConfig` plus the students to train"
-    steps: int = 100                  # the embedded default's size (a 2-core laptop): ~50 passes over its ~60 training triples
+    steps: int = 100                  # the embedded default's size (a 2-core laptop): ~25 passes (batches of 16) over its ~60 training triples
     batch_size: int = 16
     save_every: int = 100
     seed: int|None = None             # None: the run's seed
