@@ -1,4 +1,4 @@
-"""Benchmark of the BLIP-2 student at the release's size: examples/s and peak memory of `lskd.distill` training
+"""Benchmark of the BLIP-2 student at the release's size: examples/s and peak memory of `lskd.stages.distill` training
 a randomly initialised `Blip2ForImageTextRetrieval` shaped like Salesforce/blip2-itm-vit-g (ViT-g/14 frozen, 12-layer
 Q-Former trained, ITC + ITM). No checkpoint exists offline, so the weights are random: the speed and memory are the
 real model's, the losses are not.
@@ -19,8 +19,8 @@ def main(argv=None):
     ap.add_argument('--image-size', type=int, default=224, help="input side; 480 is the release's (the 224 px position grid resized, as LAVIS does)")
     a = ap.parse_args(argv)
     import torch
-    from lskd.blip2 import tiny_blip2_config, bert_tokenizer, build_tiny_blip2
-    from lskd.distill import DistillConfig, distill
+    from lskd.models.blip2 import tiny_blip2_config, bert_tokenizer, build_tiny_blip2
+    from lskd.stages.distill import DistillConfig, distill
     from lskd.testing import toy_corpus
     tmp = Path(tempfile.mkdtemp(prefix='lskd-bench-blip2-'))
     tok = bert_tokenizer()
@@ -33,7 +33,7 @@ def main(argv=None):
     path = build_tiny_blip2(tmp/'blip2-itm-vit-g-random', tokenizer=tok, config=cfg)
     build_s = time.time() - t
     corpus = toy_corpus(tmp/'toy', n_per_image=64)
-    dc = DistillConfig(model='blip2', model_config={'path': str(path), 'image_size': a.image_size}, steps=a.steps, batch_size=a.batch_size, images=str(tmp/'toy'),
+    dc = DistillConfig(model='blip2', model_config={'path': str(path), 'image_size': a.image_size}, steps=a.steps, batch_size=a.batch_size, image_root=str(tmp/'toy'),
                        device=a.device, save_every=a.steps, log_every=max(1, a.steps//10), lr=1e-5,
                        mixed_precision=a.mixed_precision, num_workers=a.num_workers)
     if a.device.startswith('cuda'): torch.cuda.reset_peak_memory_stats()

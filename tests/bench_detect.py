@@ -1,4 +1,4 @@
-"""Figures for the offline COCO detectors (lskd.detect) vs OpenCV's HOG people detector on the 20 COCO photos
+"""Figures for the offline COCO detectors (lskd.models.detect) vs OpenCV's HOG people detector on the 20 COCO photos
 of people in shared/data/coco_people (not shipped), against the hand-checked boxes in
 tests/fixtures/coco_people_regions.jsonl: recall of person boxes at IoU 0.5, share of photos with at least
 one region, recall of the other hand-checked boxes of COCO classes, labels found, images/s on CPU.
@@ -10,9 +10,10 @@ import argparse, collections, json, os, sys, time
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
-from lskd.core import Region
-from lskd.verbalize import HogPeople, select_regions
-from lskd.detect import NanoDet, CenterNet, COCO_LABELS
+from lskd.data.records import Region
+from lskd.stages.verbalize import HogPeople
+from lskd.data.geometry import select_regions
+from lskd.models.detect import NanoDet, CenterNet, COCO_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIASES = {'bat': 'baseball bat'}  # hand-checked labels that name a COCO class differently

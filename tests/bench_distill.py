@@ -10,7 +10,7 @@ from pathlib import Path
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--corpus'); ap.add_argument('--images'); ap.add_argument('--val-corpus')
-    ap.add_argument('--heldout', type=float, default=0.0, help='images of the corpus held out (lskd.core.heldout_image) for retrieval accuracy')
+    ap.add_argument('--heldout', type=float, default=0.0, help='images of the corpus held out (lskd.data.stats.heldout_image) for retrieval accuracy')
     ap.add_argument('--steps', type=int, default=300); ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--device', default='cpu'); ap.add_argument('--toy', action='store_true', help='toy encoders')
     ap.add_argument('--threads', type=int, default=1); ap.add_argument('--out'); ap.add_argument('--lr', type=float)
@@ -18,14 +18,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
-    from lskd.distill import DistillConfig, distill
+    from lskd.stages.distill import DistillConfig, distill
     from lskd.testing import toy_corpus
     tmp = Path(tempfile.mkdtemp(prefix='lskd-bench-'))
     corpus, images = a.corpus, a.images
     if corpus is None: corpus, images = toy_corpus(tmp/'toy', n_per_image=64), str(tmp/'toy')
     kw = dict(model_config={'encoders': ['toy-image', 'toy-text']}) if a.toy else {}
     if a.lr: kw['lr'] = a.lr
-    cfg = DistillConfig(steps=a.steps, batch_size=a.batch_size, images=images, device=a.device, val_corpus=a.val_corpus, heldout=a.heldout,
+    cfg = DistillConfig(steps=a.steps, batch_size=a.batch_size, image_root=images, device=a.device, val_corpus=a.val_corpus, heldout=a.heldout,
                         save_every=a.steps, log_every=max(1, a.steps//20), seed=a.seed, **kw)
     if a.device.startswith('cuda'): torch.cuda.reset_peak_memory_stats()
     t = time.time()

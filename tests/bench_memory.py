@@ -7,9 +7,9 @@ templated triple about two regions of image i % 8 whose words carry i, so no two
 (2 epochs on 400 rows) and a student (30 steps) are trained once. Then each (stage, rows) runs in a fresh Python
 process and reports its peak RSS (ru_maxrss, the process alone; torch and both encoders included):
 
-- score:    `lskd.critic.score_corpus` of all rows (scored.jsonl + filtered.jsonl)
-- distill:  `lskd.distill.distill`, 30 steps of batch 16 over the whole corpus (it scans and shuffles every row)
-- evaluate: `lskd.evaluate.evaluate('mc', corpus, heldout=0.25)`: q2a questions from every held-out row, 4 candidates
+- score:    `lskd.stages.critic.score_corpus` of all rows (scored.jsonl + filtered.jsonl)
+- distill:  `lskd.stages.distill.distill`, 30 steps of batch 16 over the whole corpus (it scans and shuffles every row)
+- evaluate: `lskd.stages.evaluate.evaluate('mc', corpus, heldout=0.25)`: q2a questions from every held-out row, 4 candidates
 
 Peak RSS is the child's VmHWM (/proc/self/status), which starts afresh at exec (ru_maxrss does not: Linux carries the
 parent's high-water mark over a fork + exec). `--toy` trains both models on lskd.testing's toy encoders instead of
@@ -26,7 +26,8 @@ def words(i): "`i` as distinct words, e.g. 'bravo alpha kilo'"; return ' '.join(
 
 def make_corpus(path, n, recs):
     "Write `n` synthetic triples over the image records `recs` to `path`"
-    from lskd.core import JsonlWriter, QAR
+    from lskd.io.jsonl import JsonlWriter
+    from lskd.data.records import QAR
     with JsonlWriter(path) as w:
         for i in range(n):
             r = recs[i % len(recs)]; regs = r.regions[:3]; a, b = regs[0].id, regs[-1].id; w_ = words(i)
@@ -40,19 +41,19 @@ def vm_hwm():
 
 def setup(work, toy=False):
     "Stage the sample photos, train the small critic and student once; returns (image root, critic folder, student folder)"
-    from lskd.verbalize import load_annotations, stage_images
-    from lskd.pipeline import data_path
+    from lskd.stages.verbalize import load_annotations, stage_images
+    from lskd.io.files import data_path
     root = work/'images'; done = work/'setup.json'
     if done.exists(): return json.loads(done.read_text())
     recs = stage_images(list(load_annotations(data_path('sample/regions.jsonl')).values()), root)
     (work/'recs.json').write_text(json.dumps([r.to_dict() for r in recs]))
     small = make_corpus(work/'small.jsonl', 400, recs)
-    from lskd.critic import write_synthetic, train_critic
+    from lskd.stages.critic import write_synthetic, train_critic
     syn = write_synthetic(small, work/'critic_data')
     mc = {'encoders': ['toy-image', 'toy-text']} if toy else None
-    train_critic([small, syn['synthetic']], syn['labels'], work/'critic', model_config=mc, epochs=2, root=str(root), progress=False)
-    from lskd.distill import distill
-    distill(small, work/'student', dict(steps=30, batch_size=16, images=str(root), save_every=30, **({'model_config': mc} if toy else {})), progress=False)
+    train_critic([small, syn['synthetic']], syn['labels'], work/'critic', model_config=mc, epochs=2, image_root=str(root), progress=False)
+    from lskd.stages.distill import distill
+    distill(small, work/'student', dict(steps=30, batch_size=16, image_root=str(root), save_every=30, **({'model_config': mc} if toy else {})), progress=False)
     s = dict(root=str(root), critic=str(work/'critic'), student=str(work/'student'), toy=toy)
     done.write_text(json.dumps(s)); return s
 
@@ -60,15 +61,15 @@ def child(stage, corpus, out, s):
     "Run one stage in this process; its figures"
     t = time.time()
     if stage == 'score':
-        from lskd.critic import Critic, score_corpus
-        score_corpus(Critic.load(s['critic']), corpus, out, root=s['root'], resume=False, progress=False)
+        from lskd.stages.critic import Critic, score_corpus
+        score_corpus(Critic.load(s['critic']), corpus, out, image_root=s['root'], resume=False, progress=False)
     elif stage == 'distill':
-        from lskd.distill import distill
+        from lskd.stages.distill import distill
         mc = {'model_config': {'encoders': ['toy-image', 'toy-text']}} if s['toy'] else {}
-        distill(corpus, out, dict(steps=30, batch_size=16, images=s['root'], save_every=30, **mc), progress=False)
+        distill(corpus, out, dict(steps=30, batch_size=16, image_root=s['root'], save_every=30, **mc), progress=False)
     elif stage == 'evaluate':
-        from lskd.evaluate import evaluate
-        r = evaluate('mc', corpus, [f"student={s['student']}"], root=s['root'], out=out, heldout=0.25, progress=False)
+        from lskd.stages.evaluate import evaluate
+        r = evaluate('mc', corpus, [f"student={s['student']}"], image_root=s['root'], out=out, heldout=0.25, progress=False)
     return dict(wall_s=round(time.time() - t, 1), peak_rss_mib=round(vm_hwm(), 1))
 
 def main(argv=None):
@@ -92,7 +93,7 @@ def main(argv=None):
     for n in a.rows:
         corpus = work/f'corpus_{n}.jsonl'
         if not corpus.exists():
-            from lskd.core import ImageRecord
+            from lskd.data.records import ImageRecord
             recs = recs or [ImageRecord.from_dict(r) for r in json.loads((work/'recs.json').read_text())]
             make_corpus(corpus, n, recs)
         for st in a.stages:

@@ -1,4 +1,4 @@
-"""Probe of the tag prior's bridge (lskd.fusion.Tagger) before any training: can EfficientNet-Lite0's ImageNet head,
+"""Probe of the tag prior's bridge (lskd.models.fusion.Tagger) before any training: can EfficientNet-Lite0's ImageNet head,
 read through MiniLM, tell which region a hand-written description is about?
 
     python tests/bench_tags.py [REGIONS.jsonl [IMAGE_ROOT]]     # default: lskd's sample regions (data/sample/regions.jsonl)
@@ -11,11 +11,11 @@ classes of the region's crop (`crop`) or of the 7x7 map pooled inside its box (`
 and j share a label. Pairs share regions, so they are not independent draws: a probe, not an interval.
 """
 import itertools, sys, torch
-from lskd.backbones import ImageEncoder, TextEncoder
-from lskd.core import open_image
-from lskd.fusion import Tagger, crop_features, sentence_embeddings
-from lskd.pipeline import data_path
-from lskd.verbalize import load_annotations, resolve_ref
+from lskd.models.backbones import ImageEncoder, TextEncoder
+from lskd.data.records import open_image
+from lskd.models.fusion import Tagger, crop_features, sentence_embeddings
+from lskd.io.files import data_path
+from lskd.stages.verbalize import load_annotations, resolve_ref
 
 def main(regfile=None, root=None):
     torch.set_num_threads(2)

@@ -3,12 +3,12 @@
     python tests/bench_teacher.py VERBALIZATIONS [--images 2] [--samples 6] [--setups separate n] [--grammars last] [--out DIR]
 
 For each setup, a `choices` way of asking (`separate`: a request per sample, as lskd's local teacher did before;
-`n`: an image's samples in one request, decoded together by `lskd.server.n_choices`) and a sampler of lskd's llama.cpp
-server (`grammar='first'`, llama-cpp-python's chain; `grammar='last'`, `lskd.server.GrammarLast`), it starts one
+`n`: an image's samples in one request, decoded together by `lskd.teacher.server.n_choices`) and a sampler of lskd's llama.cpp
+server (`grammar='first'`, llama-cpp-python's chain; `grammar='last'`, `lskd.teacher.server.GrammarLast`), it starts one
 server and, on it, one after the other:
-1. `lskd.generate.generate` on the first `--images` images of VERBALIZATIONS (the embedded default's prompt, a fresh
+1. `lskd.stages.generate.generate` on the first `--images` images of VERBALIZATIONS (the embedded default's prompt, a fresh
    cache), `--samples` replies each;
-2. the same work as direct requests: the very bodies lskd sent (built with lskd.generate.request_body and
+2. the same work as direct requests: the very bodies lskd sent (built with lskd.teacher.client.request_body and
    request_seed), sent one by one with the openai client and nothing else (no cache, no parsing, no files).
 It prints, per setup: prompt and completion tokens per accepted triple, seconds per accepted triple, the cost of
 1,000 accepted triples at PRICE (USD per 1M prompt / completion tokens, default gpt-4o-mini's list price, 0.15 / 0.60:
@@ -30,8 +30,9 @@ def direct(base_url, model, bodies):
 
 def bodies_of(verbs, cfg, model):
     "The request bodies lskd sends for `verbs`: one per sample (choices separate), or one per image with `n` (choices n)"
-    from lskd.generate import sample_bodies, request_body, request_seed, image_key, asks_n
-    from lskd.prompts import load_prompt, build_prompt
+    from lskd.stages.generate import sample_bodies, image_key, asks_n
+    from lskd.teacher.client import request_body, request_seed
+    from lskd.teacher.prompts import load_prompt, build_prompt
     spec = load_prompt(cfg.prompt, **cfg.prompt_options)
     if asks_n(cfg): return [request_body(cfg, build_prompt(v, spec), model, request_seed(cfg.seed, image_key(v), 0), 'llama_cpp', n=cfg.samples) for v in verbs]
     return [b for v in verbs for b in sample_bodies(v, spec, cfg, model, 'llama_cpp')]
@@ -44,10 +45,12 @@ def main(argv=None):
     ap.add_argument('--grammars', nargs='+', default=['last'])
     ap.add_argument('--setups', nargs='+', default=['separate', 'n'], help='choices: separate (a request per sample), n (one per image)')
     a = ap.parse_args(argv)
-    from lskd.core import read_jsonl, Verbalization, write_jsonl
-    from lskd.generate import generate, GenerateConfig, ReplyCache, request_key
-    from lskd.pipeline import DEFAULT_CONFIG
-    from lskd.server import fetch_models, TeacherServer
+    from lskd.io.jsonl import read_jsonl, write_jsonl
+    from lskd.data.records import Verbalization
+    from lskd.stages.generate import generate, GenerateConfig
+    from lskd.teacher.client import ReplyCache, request_key
+    from lskd.app.pipeline import DEFAULT_CONFIG
+    from lskd.teacher.server import fetch_models, TeacherServer
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     verbs = list(read_jsonl(a.verbalizations, Verbalization))[:a.images]
     vpath = write_jsonl(out/'verbalizations.jsonl', verbs)

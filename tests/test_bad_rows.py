@@ -3,7 +3,8 @@ writes the row to the stage's errors file and goes on. Regions JSONL, COCO, VCR,
 import json, shutil
 from pathlib import Path
 import pytest
-from lskd.core import QAR, Region, write_jsonl, read_jsonl
+from lskd.data.records import QAR, Region
+from lskd.io.jsonl import write_jsonl, read_jsonl
 from test_pipeline import lskd
 
 EVAL = Path(__file__).parent/'fixtures'/'eval'
@@ -50,9 +51,9 @@ def _corpus(p):
 
 def test_corpus_rows_in_evaluate_are_named_then_recorded(tmp_path):
     c = _corpus(tmp_path/'corpus.jsonl')
-    r = lskd('evaluate', '--benchmark', 'mc', '--annotations', c, '--images', MOVIE, '--model', 'chance', '--out', tmp_path/'o', '--quiet')
+    r = lskd('evaluate', '--benchmark', 'mc', '--annotations', c, '--image-root', MOVIE, '--model', 'chance', '--out', tmp_path/'o', '--quiet')
     assert r.returncode == 2 and f'{c}:7: image img1.jpg:' in r.stderr and '[7]' in r.stderr, r.stderr
-    r = lskd('evaluate', '--benchmark', 'mc', '--annotations', c, '--images', MOVIE, '--model', 'chance', '--out', tmp_path/'o', '--quiet',
+    r = lskd('evaluate', '--benchmark', 'mc', '--annotations', c, '--image-root', MOVIE, '--model', 'chance', '--out', tmp_path/'o', '--quiet',
              '--on-bad-row', 'record')
     assert r.returncode == 0, r.stderr
     errs = list(read_jsonl(tmp_path/'o'/'evaluate_errors.jsonl'))
@@ -64,14 +65,14 @@ def test_vcr_bad_item_is_named(tmp_path):
     src = [json.loads(l) for l in (EVAL/'vcr'/'val.jsonl').read_text().splitlines() if l.strip()]
     bad = {k: v for k, v in src[0].items() if k != 'question'}
     write_jsonl(tmp_path/'val.jsonl', [src[0], bad])
-    r = lskd('evaluate', '--benchmark', 'vcr', '--annotations', tmp_path/'val.jsonl', '--images', EVAL/'images'/'vcr1images',
+    r = lskd('evaluate', '--benchmark', 'vcr', '--annotations', tmp_path/'val.jsonl', '--image-root', EVAL/'images'/'vcr1images',
              '--model', 'chance', '--out', tmp_path/'o', '--quiet')
     assert r.returncode == 2 and f"{tmp_path/'val.jsonl'}:2: image {src[0]['img_fn']}: item " in r.stderr and "missing ['question']" in r.stderr, r.stderr
 
 def test_distill_records_each_bad_row_once(tmp_path):
     c = _corpus(tmp_path/'corpus.jsonl')
-    r = lskd('distill', c, tmp_path/'s', '--model', 'bow', '--images', MOVIE, '--steps', '6', '--batch-size', '4', '--quiet')
-    assert r.returncode == 1 and f'{c}:7: image img1.jpg:' in r.stderr, r.stderr[-2000:]
-    r = lskd('distill', c, tmp_path/'s2', '--model', 'bow', '--images', MOVIE, '--steps', '6', '--batch-size', '4', '--quiet', '--on-bad-row', 'record')
+    r = lskd('distill', c, tmp_path/'s', '--model', 'bow', '--image-root', MOVIE, '--steps', '6', '--batch-size', '4', '--quiet')
+    assert r.returncode == 2 and f'{c}:7: image img1.jpg:' in r.stderr, r.stderr[-2000:]      # bad input: 2, as in every command
+    r = lskd('distill', c, tmp_path/'s2', '--model', 'bow', '--image-root', MOVIE, '--steps', '6', '--batch-size', '4', '--quiet', '--on-bad-row', 'record')
     assert r.returncode == 0, r.stderr[-2000:]
     assert [e['line'] for e in read_jsonl(tmp_path/'s2'/'distill_errors.jsonl')] == [7, 8, 9]     # 6 steps of 4 = 4 epochs, recorded once

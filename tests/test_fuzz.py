@@ -5,10 +5,12 @@ image/annotation), and in record mode it never fails and the errors file has the
 import copy, json, math, random
 from pathlib import Path
 import pytest
-from lskd.core import BadRowError, BadRows, as_qar, read_jsonl, QAR, Region
-from lskd.verbalize import load_annotations
-from lskd.evaluate import load_vcr
-from lskd.critic import Label, read_labels
+from lskd.io.jsonl import BadRowError, BadRows, read_jsonl
+from lskd.data.formats import as_qar
+from lskd.data.records import QAR, Region
+from lskd.stages.verbalize import load_annotations
+from lskd.stages.evaluate import load_vcr
+from lskd.stages.critic import Label, read_labels
 
 FIX = Path(__file__).parent/'fixtures'
 ROOT = FIX/'eval'/'images'/'vcr1images'

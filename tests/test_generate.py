@@ -1,11 +1,13 @@
-"""Tests of lskd.generate against a fake OpenAI-compatible server (retries, timeouts, cache, resume after a kill,
+"""Tests of lskd.stages.generate against a fake OpenAI-compatible server (retries, timeouts, cache, resume after a kill,
 budget, rejects) and one end-to-end run through a real local llama.cpp server (marked `server`)."""
 import json, os, signal, subprocess, sys, time, sqlite3
 from pathlib import Path
 import pytest
-from lskd.core import Verbalization, ImageRecord, Region, Description, QAPair, QAR, read_jsonl, write_jsonl
-from lskd.generate import generate, main, GenerationError, request_key, ReplyCache
-from lskd.testing import FakeTeacher, fake_reply
+from lskd.data.records import Verbalization, ImageRecord, Region, Description, QAPair, QAR
+from lskd.io.jsonl import read_jsonl, write_jsonl
+from lskd.stages.generate import generate, main, GenerationError
+from lskd.teacher.client import request_key, ReplyCache
+from lskd.teacher.fake import FakeTeacher, fake_reply
 
 QUICK = dict(teacher='remote', model='fake', progress=False, backoff=0.01, timeout=10, choices='separate')   # a request per sample (n: below)
 
@@ -243,7 +245,7 @@ def test_concurrency_is_bounded(vfile, tmp_path):
 
 CHILD = '''
 import sys
-from lskd.generate import main
+from lskd.stages.generate import main
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -275,16 +277,16 @@ def test_kill_and_resume_gives_identical_corpus(tmp_path, choices, total, kills)
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--teacher', 'fake', '--quiet']) == 1
+    assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--teacher', 'fake', '--quiet']) == 2
     assert 'verbalizations not found' in capsys.readouterr().err
     bad = tmp_path/'c.yaml'; bad.write_text('temprature: 1\n')
-    assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--config', str(bad)]) == 1
+    assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--config', str(bad)]) == 2
     assert "unknown key 'temprature'; the valid keys of generate are:" in capsys.readouterr().err
 
 
 def test_cli_dispatch(vfile, tmp_path):
-    "`lskd generate ...` reaches lskd.generate.main through the CLI table"
-    r = subprocess.run([sys.executable, '-c', 'import sys; from lskd.cli import main; sys.exit(main(sys.argv[1:]))',
+    "`lskd generate ...` reaches lskd.stages.generate.main through the CLI table"
+    r = subprocess.run([sys.executable, '-c', 'import sys; from lskd.app.cli import main; sys.exit(main(sys.argv[1:]))',
                         'generate', str(vfile), str(tmp_path/'o'), '--teacher', 'fake', '--quiet', '--max-images', '2'],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -297,16 +299,16 @@ def test_cli_dispatch(vfile, tmp_path):
 @pytest.mark.server
 def test_real_llama_cpp_server_end_to_end(tmp_path):
     pytest.importorskip('llama_cpp')
-    from lskd.server import fetch_models, TeacherServer
+    from lskd.teacher.server import fetch_models, TeacherServer
     name = 'smollm2-135m-instruct'
     path = fetch_models(name, progress=False)[name]
     vfile = write_jsonl(tmp_path/'v.jsonl', verbs(2))
     with TeacherServer(path, alias=name, log_path=tmp_path/'server.log') as srv:
         res = generate(vfile, tmp_path/'o', dict(teacher='remote', base_url=srv.base_url, model=name, max_tokens=48,
-                                                 concurrency=2, timeout=120, progress=False, prompt_options={'n': 2}))
+                                                 concurrency=2, timeout=120, progress=False, prompt_options={'triples': 2}))
         # the same through the CLI, into the same folder: all cached
         assert main([str(vfile), str(tmp_path/'o'), '--base-url', srv.base_url, '--model', name, '--max-tokens', '48',
-                     '--concurrency', '2', '--n', '2', '--quiet']) == 0
+                     '--concurrency', '2', '--triples', '2', '--quiet']) == 0
     assert res.status == 'complete' and res['requests_sent'] == 2 and res['replies'] == 2
     assert res['prompt_tokens'] > 100 and res['completion_tokens'] > 0
     assert res['response_format'] in ('llama_cpp', 'openai', 'none')

@@ -1,9 +1,11 @@
-"One held-out split by image (lskd.core.heldout_image) for the critic, `lskd distill` and `lskd evaluate`"
+"One held-out split by image (lskd.data.stats.heldout_image) for the critic, `lskd distill` and `lskd evaluate`"
 import json, subprocess, sys
 from pathlib import Path
 import pytest
 from PIL import Image
-from lskd.core import QAR, Region, write_jsonl, read_jsonl, heldout_image
+from lskd.data.records import QAR, Region
+from lskd.io.jsonl import write_jsonl, read_jsonl
+from lskd.data.stats import heldout_image
 
 N_IMAGES, FRAC = 40, 0.25
 
@@ -22,7 +24,7 @@ def corpus(tmp_path_factory):
     return write_jsonl(d/'corpus.jsonl', rows), d
 
 def run(*args):
-    r = subprocess.run([sys.executable, '-m', 'lskd.cli', *map(str, args)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, '-m', 'lskd.app.cli', *map(str, args)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -31,27 +33,27 @@ def test_distill_and_evaluate_hold_out_exactly_the_same_images(corpus, tmp_path)
     images = sorted({q['image'] for q in read_jsonl(path)})
     expected = {i for i in images if heldout_image(i, FRAC)}
     assert 4 <= len(expected) <= 16                                   # the fixture holds out a real share
-    run('distill', path, tmp_path/'s', '--model-config', 'encoders=[toy-image,toy-text]', '--steps', '2', '--batch-size', '8', '--images', root,
-        '--val-frac', FRAC, '--quiet')
+    run('distill', path, tmp_path/'s', '--model-config', 'encoders=[toy-image,toy-text]', '--steps', '2', '--batch-size', '8', '--image-root', root,
+        '--heldout', FRAC, '--quiet')
     summary = json.loads((tmp_path/'s'/'model.json').read_text())['summary']
     assert set(summary['heldout']['images']) == expected
-    run('evaluate', '--benchmark', 'mc', '--annotations', path, '--heldout', FRAC, '--images', root,
+    run('evaluate', '--benchmark', 'mc', '--annotations', path, '--heldout', FRAC, '--image-root', root,
         '--model', 'student=' + str(tmp_path/'s'), '--out', tmp_path/'e', '--quiet')
     evaluated = {r['image'] for r in read_jsonl(tmp_path/'e'/'predictions_student.jsonl')}
     assert evaluated == expected
 
 def test_distill_trains_on_none_of_the_heldout_images(corpus):
-    from lskd.distill import CorpusStream
+    from lskd.stages.distill import CorpusStream
     path, _ = corpus
     seen = {q.image for _,q in CorpusStream(path, batch_size=4, heldout=FRAC).rows(0)}
     assert seen and not any(heldout_image(i, FRAC) for i in seen)
     assert len(seen) + sum(heldout_image(f'photos/{k:03}.png', FRAC) for k in range(N_IMAGES)) == N_IMAGES
 
 def test_critic_validates_on_the_same_heldout_images(corpus, tmp_path):
-    from lskd.critic import train_critic, write_synthetic, qar_key
+    from lskd.stages.critic import train_critic, write_synthetic, qar_key
     path, root = corpus
     write_synthetic(path, tmp_path)
-    rep = train_critic([path, tmp_path/'synthetic.jsonl'], tmp_path/'labels.jsonl', tmp_path/'c', epochs=1, root=root,
+    rep = train_critic([path, tmp_path/'synthetic.jsonl'], tmp_path/'labels.jsonl', tmp_path/'c', epochs=1, image_root=root,
                        heldout=FRAC, model='bow', progress=False)
     qars = {qar_key(q): q.image for q in read_jsonl(path, QAR)}
     val_images = {qars[k] for k in rep['val_keys'] if k in qars}

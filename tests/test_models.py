@@ -1,9 +1,10 @@
-"lskd.models: one interface, one checkpoint format, a registry; a family added in one class trains as critic and as student and evaluates"
+"lskd.models.core: one interface, one checkpoint format, a registry; a family added in one class trains as critic and as student and evaluates"
 import json, pytest, torch
 from pathlib import Path
 from PIL import Image
-from lskd.core import QAR, Region, write_jsonl, read_jsonl
-from lskd.models import ImageTextModel, FAMILIES, build_model, load_model, register_family, family_class
+from lskd.data.records import QAR, Region
+from lskd.io.jsonl import write_jsonl, read_jsonl
+from lskd.models.core import ImageTextModel, FAMILIES, build_model, load_model, register_family, family_class
 from lskd.testing import toy_corpus
 
 torch.set_num_threads(1)
@@ -34,18 +35,18 @@ def test_registry_names_families_and_refuses_non_models():
 
 def test_a_new_family_trains_as_critic_and_as_student_and_evaluates(toy, tmp_path):
     "The bow family: critic (train, load, score), student (distill, held-out retrieval above chance), `lskd evaluate` by folder"
-    from lskd.critic import train_critic, write_synthetic, Critic
-    from lskd.distill import distill, DistillConfig
-    from lskd.evaluate import evaluate
+    from lskd.stages.critic import train_critic, write_synthetic, Critic
+    from lskd.stages.distill import distill, DistillConfig
+    from lskd.stages.evaluate import evaluate
     corpus, root = toy
     write_synthetic(corpus, tmp_path/'syn')
     rep = train_critic([corpus, tmp_path/'syn'/'synthetic.jsonl'], tmp_path/'syn'/'labels.jsonl', tmp_path/'critic', model='bow',
-                       epochs=3, root=root, heldout=0.5, progress=False)
+                       epochs=3, image_root=root, heldout=0.5, progress=False)
     assert rep['model']['family'] == 'bow' and len(rep['history']) == 3
     p = Critic.load(tmp_path/'critic').predict(list(read_jsonl(corpus, QAR))[:4], root=root)['prediction']
     assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()
-    s = distill(corpus, tmp_path/'student', DistillConfig(model='bow', steps=60, batch_size=8, lr=3e-3, images=str(root), val_corpus=str(corpus),
+    s = distill(corpus, tmp_path/'student', DistillConfig(model='bow', steps=60, batch_size=8, lr=3e-3, image_root=str(root), val_corpus=str(corpus),
                                                            log_every=10, save_every=30), progress=False)
     assert s['model'] == 'bow' and s['heldout']['after']['itc'] > s['heldout']['after']['chance'], s['heldout']
-    res = evaluate('mc', corpus, ['base=bow', f"student={tmp_path/'student'}"], root=root, heldout=0.99, progress=False)
+    res = evaluate('mc', corpus, ['base=bow', f"student={tmp_path/'student'}"], image_root=root, heldout=0.99, progress=False)
     assert [m['name'] for m in res['models']] == ['base', 'student'] and res['n_questions'] == 24

@@ -7,9 +7,10 @@ fixtures, and sizes (steps, rounds, threshold: a random critic keeps nothing at 
 import copy, json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
-from lskd.testing import FakeTeacher, build_tiny_vl
-from lskd.blip2 import build_tiny_blip2
-from lskd.pipeline import run_config, check_run_config, STAGES
+from lskd.teacher.fake import FakeTeacher
+from lskd.testing import build_tiny_vl
+from lskd.models.blip2 import build_tiny_blip2
+from lskd.app.pipeline import run_config, check_run_config, STAGES
 
 ROOT = Path(__file__).parents[1]; FIX = ROOT/'tests'/'fixtures'/'eval'
 PAPER = ROOT/'data'/'configs'/'paper.yaml'
@@ -37,9 +38,9 @@ def twin(paper, vl, itm, url):
     t['generate'].update(model='fake', base_url=url, api_key_env='LSKD_TWIN_KEY', samples=2, concurrency=2)
     t['critic'].update(model_config={**t['critic']['model_config'], 'path': str(itm), 'image_size': 96}, labels=None, threshold=0.0, epochs=1, batch_size=8)
     t['distill'].update(model_config={**t['distill']['model_config'], 'path': str(itm), 'image_size': 96}, steps=2, batch_size=4, save_every=1, num_workers=0)
-    fix = {'vcr': dict(annotations=FIX/'vcr/val.jsonl', images=FIX/'images/vcr1images'),
-           'sherlock': dict(annotations=FIX/'sherlock/comparison.json', instances=FIX/'sherlock/instances.json', images=FIX/'images'),
-           'visualcomet': dict(annotations=FIX/'visualcomet/val_annots.json', images=FIX/'images/vcr1images')}
+    fix = {'vcr': dict(annotations=FIX/'vcr/val.jsonl', image_root=FIX/'images/vcr1images'),
+           'sherlock': dict(annotations=FIX/'sherlock/comparison.json', instances=FIX/'sherlock/instances.json', image_root=FIX/'images'),
+           'visualcomet': dict(annotations=FIX/'visualcomet/val_annots.json', image_root=FIX/'images/vcr1images')}
     for b in t['evaluate']['benchmarks']: b.update({k: str(p) for k, p in fix[b['benchmark']].items()}, limit=2)
     return t
 

@@ -2,7 +2,7 @@
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from lskd.testing import FakeTeacher
+from lskd.teacher.fake import FakeTeacher
 
 SECRET = 'sk-lskd-test-SECRET-3f9a0c7e1b2d4c6a8e0f'
 FAST = ['-p', 'generate.samples=2', '-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']   # 2 of the fake teacher's 3-triple replies per image: a third of the default's questions
@@ -43,11 +43,15 @@ def test_run_writes_every_stage_and_a_manifest(run):
     res = json.loads((d/'evaluate/results.json').read_text())
     assert {m['name'] for m in res['models']} == {'base', 'distilled', 'no-critic'} and res['n_questions'] >= 2
     assert 'distilled' in r.stdout and 'report:' in r.stdout                 # the table and where the report is
+    assert 'Kernel is running over TCP' not in r.stdout + r.stderr            # no kernel start-up chatter
+    out = r.stdout.splitlines(); i = next(i for i,l in enumerate(out) if l.startswith('model '))
+    table = out[i:next(j for j in range(i, len(out)) if out[j].startswith('(itm scores'))]
+    assert len(table) == 5 and max(map(len, table)) <= 100, table         # the compact table: base, 2 students, no boxes; a terminal shows it whole
     import re                                                               # the teacher stage's progress, from generate/progress.json
     assert re.search(r'\[lskd run\] generate: (\d+)/\1 samples, (\d+)/\2 images, \d+ triples, \d+ requests, [\d.]+ tokens/s, [\d.]+ samples/(s|min)', r.stdout), r.stdout
     md = (d/'evaluate/results.md').read_text()                             # one table: MC and pointing, rates with intervals and n
     assert 'pointing accuracy (itm)' in md and 'mc accuracy (itm)' in md and '| n (mc) |' in md and 'distilled - base, accuracy (itm)' in md and 'separable' in md, md
-    nb = json.loads((d/'notebooks/01_verbalize.ipynb').read_text())          # the examples are in the executed copy, not run
+    nb = json.loads((d/'notebooks/40_verbalize.ipynb').read_text())          # the examples are in the executed copy, not run
     ex = [c for c in nb['cells'] if c['cell_type'] == 'code' and 'skip-execution' in c['metadata'].get('tags', [])]
     assert len(ex) > 20 and all(c['execution_count'] is None and not c['outputs'] for c in ex)
     pt = json.loads((d/'evaluate/pointing/results.json').read_text())
@@ -74,12 +78,12 @@ def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path
              '-p', 'generate.teacher=remote', '-p', 'generate.base_url=http://127.0.0.1:9/v1', '-p', 'generate.model=x',
              '-p', 'generate.max_retries=0', '-p', 'generate.timeout=5')
     assert r.returncode == 1
-    assert 'stage generate failed in notebook 03_generate.ipynb, cell' in r.stderr and 'Traceback' not in r.stderr
+    assert 'stage generate failed in notebook 41_generate.ipynb, cell' in r.stderr and 'Traceback' not in r.stderr
     d = tmp_path/'bad'
     assert (d/'verbalize/verbalizations.jsonl').exists() and (d/'verbalize/stage.json').exists()
     man = json.loads((d/'manifest.json').read_text())
     assert man['stages']['verbalize']['status'] == 'done' and man['stages']['generate']['status'] == 'failed'
-    assert (d/'notebooks/03_generate.ipynb').exists()
+    assert (d/'notebooks/41_generate.ipynb').exists()
     # --resume runs the stages the run was started with (verbalize done, generate again), not the whole pipeline
     with FakeTeacher() as ft:
         r = lskd('run', '--runs-dir', tmp_path, '--resume', 'bad', '-p', f'generate.base_url={ft.base_url}')
@@ -91,7 +95,7 @@ def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path
 def test_examples_run_when_asked(tmp_path):
     r = lskd('run', '--runs-dir', tmp_path, '--run-id', 'ex', '--stages', 'verbalize', '--examples')
     assert r.returncode == 0, r.stderr[-2000:]
-    nb = json.loads((tmp_path/'ex/notebooks/01_verbalize.ipynb').read_text())
+    nb = json.loads((tmp_path/'ex/notebooks/40_verbalize.ipynb').read_text())
     code = [c for c in nb['cells'] if c['cell_type'] == 'code']
     assert not any('skip-execution' in c['metadata'].get('tags', []) for c in code) and all(c['execution_count'] for c in code)
 
@@ -120,10 +124,10 @@ def test_config_checked_before_any_stage(tmp_path):
 
 def test_offline_full_config_is_the_default_at_twice_its_size():
     "data/configs/offline-full.yaml is a valid run config: the default but for the teacher's triples per choice and the students' steps"
-    from lskd.pipeline import run_config, check_run_config
-    from lskd.distill import DistillStageConfig
+    from lskd.app.pipeline import run_config, check_run_config
     full, default = check_run_config(run_config(Path(__file__).parents[1]/'data'/'configs'/'offline-full.yaml')), run_config()
-    assert (full['generate']['prompt_options']['n'], default['generate']['prompt_options']['n']) == (6, 3)
-    assert (full['distill']['steps'], DistillStageConfig().steps) == (300, 100) and 'steps' not in default['distill']
+    assert (full['generate']['prompt_options']['triples'], default['generate']['prompt_options']['triples']) == (6, 3)
+    assert (full['distill']['steps'], default['distill']['steps']) == (300, 100)
     others = lambda c: {k: v for k,v in c.items() if k != 'distill'} | {'generate': {k: v for k,v in c['generate'].items() if k != 'prompt_options'}}
+    assert {k: v for k,v in full['distill'].items() if k != 'steps'} == {k: v for k,v in default['distill'].items() if k != 'steps'}
     assert others(full) == others(default)

