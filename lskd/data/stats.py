@@ -12,10 +12,10 @@ __all__ = ['roc_auc', 'bootstrap_indices', 'bootstrap', 'percentile_ci', 'bootst
 # %% ../../nbs/14_data_stats.ipynb #f130204b
 def roc_auc(p, y):
     "ROC-AUC of scores `p` for binary labels `y` (NaN if one class is missing)"
-    from sklearn.metrics import roc_auc_score
-    y = np.asarray(y, dtype=int)
-    if y.size == 0 or y.min() == y.max(): return float('nan')
-    return float(roc_auc_score(y, np.asarray(p, dtype=float)))
+    from scipy.stats import rankdata
+    y = np.asarray(y, dtype=bool); npos = int(y.sum()); nneg = y.size - npos
+    if npos == 0 or nneg == 0: return float('nan')
+    return float((rankdata(np.asarray(p, dtype=float))[y].sum() - npos*(npos + 1)/2) / (npos*nneg))
 
 # %% ../../nbs/14_data_stats.ipynb #813d317a
 def bootstrap_indices(n, n_boot=1000, seed=0):
