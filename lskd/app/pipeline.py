@@ -78,7 +78,7 @@ def stage_config_class(stage):
 
 # %% ../../nbs/50_pipeline.ipynb #edaf07a0
 def check_run_config(cfg):
-    "Raise a `ValueError` naming the first bad key of the run configuration `cfg`; returns `cfg`"
+    "Raise a `ValueError` naming the first bad key of the run configuration `cfg`; returns `cfg`, its values read as their types (`'1e-5'` -> 1e-05)"
     if bad := secret_keys(cfg):
         k = bad[0].rsplit('.', 1)[-1]
         raise ValueError(f"{bad[0]} is named like a secret; secrets never go in a run's config (it is copied into the run "
@@ -89,9 +89,11 @@ def check_run_config(cfg):
     for k,t in TOP_TYPES.items():
         if k in cfg: cfg[k] = check_value(t, cfg[k], k)
     for s in STAGES:
-        if k := next((k for k in RUN_OWNED if k in (cfg.get(s) or {})), None):
+        sec = cfg.get(s) or {}
+        if k := next((k for k in RUN_OWNED if k in sec), None):
             raise ValueError(f"{s}.{k} is set once for the whole run, at the top level (heldout, seed): every stage holds out the same images")
-    for s in STAGES: check_config(stage_config_class(s), cfg.get(s), s)
+        c = check_config(stage_config_class(s), sec, s)
+        if sec: cfg[s] = {k: getattr(c, k if hasattr(c, k) else k + '_') for k in sec}    # as read (YAML's text '1e-5': 1e-05); `global`: global_
     return cfg
 
 # %% ../../nbs/50_pipeline.ipynb #aa98f9fa

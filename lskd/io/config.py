@@ -2,7 +2,7 @@
 
 # %% ../../nbs/03_io_config.ipynb #2a617332
 from __future__ import annotations
-import os, re, argparse, functools, inspect, typing
+import os, re, argparse, functools, inspect, types, typing
 from dataclasses import dataclass, asdict, fields, MISSING
 from pathlib import Path
 from typing import Annotated, Literal, Union, get_args, get_origin
@@ -63,7 +63,7 @@ def describe(t):
             return f"{describe(args[0])} in [{b['ge']}, {b.get('le', b.get('lt'))}{']' if 'le' in b else ')'}"
         return ' '.join([describe(args[0])] + [f'{_BOUNDS[k]} {v}' for k,v in b.items()])
     if o is Literal: return 'one of ' + ', '.join(map(repr, args))
-    if o in (Union, getattr(__import__('types'), 'UnionType', Union)):
+    if o in (Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         return ' or '.join(describe(a) for a in rest) + (' or null' if len(rest) < len(args) else '')
     return _WORDS.get(o or t, getattr(t, '__name__', str(t)))
@@ -82,7 +82,8 @@ def check_value(t, v, where):
 @functools.lru_cache(maxsize=None)
 def field_types(cls):
     "`{field name: type}` of the dataclass `cls`, with `Annotated` ranges kept"
-    return {f.name: t for f in fields(cls) for t in [typing.get_type_hints(cls, include_extras=True)[f.name]]}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: hints[f.name] for f in fields(cls)}
 
 # %% ../../nbs/03_io_config.ipynb #4d3818ba
 def check_config(cls, d, section):
@@ -132,7 +133,7 @@ def _default(f): return f.default if f.default is not MISSING else f.default_fac
 def _bare(t):
     "The plain type under `Annotated` and `X|None`"
     if get_origin(t) is Annotated: return _bare(get_args(t)[0])
-    if get_origin(t) in (Union, getattr(__import__('types'), 'UnionType', Union)):
+    if get_origin(t) in (Union, types.UnionType):
         rest = [a for a in get_args(t) if a is not type(None)]
         return _bare(rest[0]) if len(rest) == 1 else t
     return t
@@ -164,7 +165,8 @@ def config_overrides(args,     # parsed arguments (`argparse.Namespace`)
     for f in fields(cls):
         v = getattr(args, f.name, None)
         if f.name in skip or v is None: continue
-        out[f.name] = yaml.safe_load(v) if isinstance(v, str) and _bare(ts[f.name]) not in (str, Literal) and get_origin(_bare(ts[f.name])) is not Literal else v
+        b = _bare(ts[f.name]); text = b is str or get_origin(b) is Literal
+        out[f.name] = yaml.safe_load(v) if isinstance(v, str) and not text else v
     return out
 
 # %% ../../nbs/03_io_config.ipynb #fb7a9e77
