@@ -79,7 +79,8 @@ def test_majority_of_annotators_and_humans_win():
 def test_widget_without_browser(tmp_path, world):
     d, qs = world
     w = label_widget(LabelSession(qs[:3], tmp_path/'l.jsonl', 'ann', root=d))
-    view, canvas = w.children[0].children
+    canvas, side = w.children[0].children                           # the photo first, at its own aspect ratio (lskd.data.draw.beside)
+    view = side.children[0]
     assert 'data:image/png;base64' in view.value                  # the image with its regions
     assert canvas is w.canvas and [b['label'][:3] for b in canvas.bboxes] == [f'[{r.id}]' for r in qs[0].regions]   # its boxes, to fix
     w.key_box.value = '3'; w.key_box.value = '5'; w.key_box.value = 'a'
