@@ -18,7 +18,8 @@ from ..io.runs import new_run_id, read_stage_report, write_stage_report
 __all__ = ['STAGES', 'DEFAULT_CONFIG', 'TOP_TYPES', 'TOP_KEYS', 'RUN_OWNED', 'PATH_KEYS', 'SKIP_FLAGS', 'CODE_FLAGS',
            'SUMMARY_COLUMNS', 'run_config', 'stage_config_class', 'check_run_config', 'absolute_paths', 'stage_done',
            'PeakRSS', 'ProgressMonitor', 'StageFailed', 'notebooks_dir', 'stage_code', 'stage_notebook', 'run_notebook',
-           'git_commit', 'new_manifest', 'run_pipeline', 'results_summary', 'run_summary', 'parser', 'main']
+           'git_commit', 'new_manifest', 'skip_done', 'run_pipeline', 'results_summary', 'run_summary', 'parser',
+           'main']
 
 # %% ../../nbs/50_pipeline.ipynb #06c6998b
 STAGES = {   # stage: (notebook, outputs every run must leave, its config dataclass)
@@ -263,6 +264,16 @@ def new_manifest(run_id, cfg):
 # %% ../../nbs/50_pipeline.ipynb #608069e8
 def _say(msg): print(f'[lskd run] {msg}', flush=True)
 
+# %% ../../nbs/50_pipeline.ipynb #ac268841
+def skip_done(man, run_dir, stage):
+    "Mark `stage`, complete on resume, in the manifest `man` (its entry rebuilt from its report if the run died before recording it); the entry"
+    e = man['stages'].setdefault(stage, {})
+    if e.get('status') != 'done':
+        rep = read_stage_report(run_dir, stage) or {}
+        e.update(status='done', notebook=f'notebooks/{STAGES[stage][0]}', **{k: v for k,v in rep.items() if k not in ('stage', 'status')})
+    e['skipped_on_resume'] = True
+    return e
+
 # %% ../../nbs/50_pipeline.ipynb #f8bd86cd
 def run_pipeline(config=None,      # the run configuration (None: `run_config()`; on resume, the run's own)
                  runs_dir='runs',  # the folder of the runs
@@ -298,7 +309,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
     atomic_json(run_dir/'manifest.json', man)
     for s in names:
         if resume and stage_done(run_dir, s):
-            log(f'{s}: done already, skipped'); man['stages'].setdefault(s, {})['skipped_on_resume'] = True; continue
+            log(f'{s}: done already, skipped'); skip_done(man, run_dir, s); continue
         nb = STAGES[s][0]
         log(f'{s}: running {nb}')
         man['stages'][s] = dict(status='running', notebook=f'notebooks/{nb}')
