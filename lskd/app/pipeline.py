@@ -7,10 +7,11 @@ from __future__ import annotations
 import copy, json, os, re, subprocess, sys, time, threading, secrets, argparse, platform
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable, Iterable, cast
 import yaml
 from fastcore.basics import patch
 from ..io.files import atomic_json, shipped
-from ..io.config import check_config, check_value, secret_keys, set_key, parse_override, Fraction
+from ..io.config import check_config, check_value, secret_keys, set_key, parse_override, Fraction, Config
 from ..io.progress import progress_line, write_progress
 from ..io.runs import new_run_id, read_stage_report, write_stage_report
 
@@ -48,9 +49,9 @@ DEFAULT_CONFIG = {
 }
 
 # %% ../../nbs/50_pipeline.ipynb #2645d2ef
-def run_config(path=None, overrides=()):
+def run_config(path:str|Path|None=None, overrides:Iterable[str|tuple[str, Any]]=()) -> dict[str, Any]:
     "The run configuration: `DEFAULT_CONFIG` updated from the YAML file `path`, then from `overrides` (unchecked)"
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
     if path:
         p = Path(path)
         if not p.exists(): raise FileNotFoundError(f"config file not found: {p}")
@@ -71,15 +72,16 @@ TOP_KEYS = tuple(TOP_TYPES)
 RUN_OWNED = ('heldout', 'heldout_seed')   # the held-out split: the run's, never a section's
 
 # %% ../../nbs/50_pipeline.ipynb #daeb8949
-def stage_config_class(stage):
+def stage_config_class(stage:str) -> type[Config]:
     "The config dataclass of `stage` (imported on demand: stage modules import torch)"
     import importlib
     mod, _, name = STAGES[stage][2].partition(':')
     return getattr(importlib.import_module(mod), name)
 
 # %% ../../nbs/50_pipeline.ipynb #edaf07a0
-def check_run_config(cfg):
+def check_run_config(cfg:dict[str, Any]) -> dict[str, Any]:
     "Raise a `ValueError` naming the first bad key of the run configuration `cfg`; returns `cfg`, its values read as their types (`'1e-5'` -> 1e-05)"
+    k: str|None
     if bad := secret_keys(cfg):
         k = bad[0].rsplit('.', 1)[-1]
         raise ValueError(f"{bad[0]} is named like a secret; secrets never go in a run's config (it is copied into the run "
@@ -100,7 +102,7 @@ def check_run_config(cfg):
 # %% ../../nbs/50_pipeline.ipynb #aa98f9fa
 PATH_KEYS = ('images', 'regions')
 
-def absolute_paths(cfg, base=None):
+def absolute_paths(cfg:dict[str, Any], base:str|Path|None=None) -> dict[str, Any]:
     "`cfg` with its relative `PATH_KEYS` that exist under `base` (default: the current directory) made absolute"
     base = Path(base or Path.cwd())
     for k in PATH_KEYS:
@@ -113,7 +115,7 @@ def _pkg_dir():
     import lskd; return Path(lskd.__file__).resolve().parent
 
 # %% ../../nbs/50_pipeline.ipynb #af74d0dc
-def stage_done(run_dir, stage):
+def stage_done(run_dir:str|Path, stage:str) -> bool:
     "Whether `stage` finished in `run_dir` and all its declared outputs are still there"
     r = read_stage_report(run_dir, stage)
     if not r or r.get('status') != 'done': return False
@@ -123,14 +125,14 @@ def stage_done(run_dir, stage):
 # %% ../../nbs/50_pipeline.ipynb #84069bad
 class PeakRSS:
     "Context manager recording the peak RSS (MiB) of this process and its descendants"
-    def __init__(self, interval=0.2): self.interval, self.peak, self._stop = interval, 0., threading.Event()
-    def __enter__(self):
+    def __init__(self, interval:float=0.2): self.interval, self.peak, self._stop = interval, 0., threading.Event()
+    def __enter__(self) -> PeakRSS:
         self.sample(); self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
-    def __exit__(self, *a): self._stop.set(); self._t.join(); self.sample()
+    def __exit__(self, *a:Any) -> None: self._stop.set(); self._t.join(); self.sample()
 
 # %% ../../nbs/50_pipeline.ipynb #0befd6f9
 @patch
-def sample(self:PeakRSS):
+def sample(self:PeakRSS) -> None:
     import psutil
     p = psutil.Process(); tot = 0
     for q in [p] + p.children(recursive=True):
@@ -140,19 +142,21 @@ def sample(self:PeakRSS):
 
 # %% ../../nbs/50_pipeline.ipynb #c4dadf25
 @patch
-def _run(self:PeakRSS):
+def _run(self:PeakRSS) -> None:
     while not self._stop.wait(self.interval): self.sample()
 
 # %% ../../nbs/50_pipeline.ipynb #c3916edf
 class ProgressMonitor:
     "Context manager showing `stage`'s progress (the newest `progress.json` under its folder `path`) while it runs"
-    def __init__(self, stage, path, log=None, live=None, step=5, interval=1.):
+    shown: dict[str, Any]|None; mark: tuple[Any, int]|None
+    def __init__(self, stage:str, path:str|Path, log:Callable[[str], Any]|None=None, live:Callable[[str], Any]|None=None,
+                 step:int=5, interval:float=1.):
         self.stage, self.path, self.log, self.step, self.interval = stage, Path(path), log or _say, step, interval
         if live is None and sys.stdout.isatty(): live = lambda s: (sys.stdout.write(s), sys.stdout.flush())
         self.live = live or None                 # writes raw text: one line rewritten in place
         self.shown, self.mark, self._stop = None, None, threading.Event()
-    def __enter__(self): self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
-    def __exit__(self, *a):
+    def __enter__(self) -> ProgressMonitor: self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
+    def __exit__(self, *a:Any) -> None:
         self._stop.set(); self._t.join()
         if self.live and self.shown is not None: self.live('\r\x1b[K'); self.shown = None    # the live line becomes a normal one
         self.show(force=True)
@@ -161,16 +165,17 @@ class ProgressMonitor:
 
 # %% ../../nbs/50_pipeline.ipynb #f8b9e3d8
 @patch
-def latest(self:ProgressMonitor):
+def latest(self:ProgressMonitor) -> dict[str, Any]|None:
     "The newest progress dict under the stage's folder (or the file `path`), or None"
     fs = [self.path] if self.path.suffix == '.json' else list(self.path.rglob('progress.json')) if self.path.is_dir() else []
     for f in sorted((f for f in fs if f.exists()), key=lambda f: -f.stat().st_mtime):
         try: return json.loads(f.read_text())
         except (OSError, ValueError): continue
+    return None
 
 # %% ../../nbs/50_pipeline.ipynb #dc21f7ae
 @patch
-def show(self:ProgressMonitor, force=False):
+def show(self:ProgressMonitor, force:bool=False) -> None:
     "Show the progress if it changed: in place when live, else when another `step` percent is done (always when `force`)"
     p = self.latest()
     if p is None or p == self.shown: return
@@ -186,7 +191,7 @@ class StageFailed(RuntimeError):
     "A stage notebook failed"
 
 # %% ../../nbs/50_pipeline.ipynb #a9e91818
-def notebooks_dir(path=None):
+def notebooks_dir(path:str|Path|None=None) -> Path:
     "The folder of the stage notebooks: `path`, `$LSKD_NOTEBOOKS`, or the `nbs/` lskd ships (`lskd.io.files.shipped`)"
     p = Path(path or os.environ.get('LSKD_NOTEBOOKS') or shipped('nbs'))
     if not (p/STAGES['verbalize'][0]).exists():
@@ -199,12 +204,12 @@ CODE_FLAGS = ('export', 'exporti', 'exports', 'default_exp')   # the cells nbdev
 
 def _flags(source): return {f for l in source.splitlines() if l.startswith('#|') for f in l[2:].split() if f.isidentifier()}
 
-def stage_code(c):
+def stage_code(c:Any) -> bool:
     "Does a stage run code cell `c` without `--examples`: the module's code, the parameters, or a cell that reads `run_dir`"
     return bool(_flags(c.source) & set(CODE_FLAGS)) or 'parameters' in c.metadata.get('tags', []) or 'run_dir' in c.source
 
 # %% ../../nbs/50_pipeline.ipynb #f4bdde0f
-def stage_notebook(nb, skip=SKIP_FLAGS, examples=False):
+def stage_notebook(nb:str|Path, skip:Iterable[str]=SKIP_FLAGS, examples:bool=False) -> Any:
     "The notebook `nb` as a stage runs it: code cells flagged `#| slow` (`gpu`, `server`) become a note; examples are not run unless `examples`"
     import nbformat
     node = nbformat.read(str(nb), as_version=4)
@@ -216,15 +221,16 @@ def stage_notebook(nb, skip=SKIP_FLAGS, examples=False):
     return node
 
 # %% ../../nbs/50_pipeline.ipynb #265eec00
-def run_notebook(stage,                   # the stage's name, for messages
-                 nb,                      # the notebook to execute
-                 out_nb,                  # where the executed notebook is written
-                 parameters,              # papermill parameters
-                 cwd,                     # working directory of the kernel
-                 progress=False,          # show papermill's per-cell progress bar
-                 timeout=None,            # per-cell timeout in seconds (None: none)
-                 kernel_name='python3',   # the Jupyter kernel
-                 examples=False):         # also run the notebook's examples (`stage_notebook`)
+def run_notebook(stage:str,                   # the stage's name, for messages
+                 nb:str|Path,                 # the notebook to execute
+                 out_nb:str|Path,             # where the executed notebook is written
+                 parameters:dict[str, Any],   # papermill parameters
+                 cwd:str|Path,                # working directory of the kernel
+                 progress:bool=False,         # show papermill's per-cell progress bar
+                 timeout:float|None=None,     # per-cell timeout in seconds (None: none)
+                 kernel_name:str='python3',   # the Jupyter kernel
+                 examples:bool=False,         # also run the notebook's examples (`stage_notebook`)
+                ) -> None:
     "Execute the notebook `nb` (its `stage_notebook`) with papermill into `out_nb`; `StageFailed` names the failing cell"
     import papermill as pm
     try:
@@ -244,7 +250,7 @@ def run_notebook(stage,                   # the stage's name, for messages
                           f"The executed notebook with the error: {out_nb}") from None
 
 # %% ../../nbs/50_pipeline.ipynb #9bbffdd9
-def git_commit(path=None):
+def git_commit(path:str|Path|None=None) -> str|None:
     "The git commit (with `-dirty` if there are uncommitted changes) of the checkout at `path`, or None"
     cwd = str(path or _pkg_dir())
     try:
@@ -255,7 +261,7 @@ def git_commit(path=None):
     except (OSError, subprocess.SubprocessError): return None
 
 # %% ../../nbs/50_pipeline.ipynb #e55a9355
-def new_manifest(run_id, cfg):
+def new_manifest(run_id:str, cfg:dict[str, Any]) -> dict[str, Any]:
     import lskd
     return dict(run_id=run_id, created=datetime.now(timezone.utc).isoformat(timespec='seconds'),
                 lskd_version=lskd.__version__, git_commit=git_commit(), python=platform.python_version(),
@@ -265,7 +271,7 @@ def new_manifest(run_id, cfg):
 def _say(msg): print(f'[lskd run] {msg}', flush=True)
 
 # %% ../../nbs/50_pipeline.ipynb #ac268841
-def skip_done(man, run_dir, stage):
+def skip_done(man:dict[str, Any], run_dir:str|Path, stage:str) -> dict[str, Any]:
     "Mark `stage`, complete on resume, in the manifest `man` (its entry rebuilt from its report if the run died before recording it); the entry"
     e = man['stages'].setdefault(stage, {})
     if e.get('status') != 'done':
@@ -275,17 +281,18 @@ def skip_done(man, run_dir, stage):
     return e
 
 # %% ../../nbs/50_pipeline.ipynb #f8bd86cd
-def run_pipeline(config=None,      # the run configuration (None: `run_config()`; on resume, the run's own)
-                 runs_dir='runs',  # the folder of the runs
-                 run_id=None,      # the new run's name (None: `new_run_id()`)
-                 resume=None,      # the id of a run to resume: its complete stages are skipped
-                 stages=None,      # names of the stages to run (None: all; on resume, those the run was started with)
-                 nbs=None,         # the folder of the stage notebooks (see `notebooks_dir`)
-                 progress=False,   # show papermill's per-cell progress bar
-                 timeout=None,     # per-cell timeout in seconds
-                 examples=False,   # also run each stage notebook's examples (`stage_notebook`)
-                 overrides=(),     # `key=value` overrides applied to the configuration
-                 log=_say):        # called with each progress message
+def run_pipeline(config:dict[str, Any]|None=None,      # the run configuration (None: `run_config()`; on resume, the run's own)
+                 runs_dir:str|Path='runs',            # the folder of the runs
+                 run_id:str|None=None,                # the new run's name (None: `new_run_id()`)
+                 resume:str|None=None,                # the id of a run to resume: its complete stages are skipped
+                 stages:Iterable[str]|None=None,      # names of the stages to run (None: all; on resume, those the run was started with)
+                 nbs:str|Path|None=None,              # the folder of the stage notebooks (see `notebooks_dir`)
+                 progress:bool=False,                 # show papermill's per-cell progress bar
+                 timeout:float|None=None,             # per-cell timeout in seconds
+                 examples:bool=False,                 # also run each stage notebook's examples (`stage_notebook`)
+                 overrides:Iterable[str|tuple[str, Any]]=(), # `key=value` overrides applied to the configuration
+                 log:Callable[[str], Any]=_say,       # called with each progress message
+                ) -> Path:
     "Run the stages (all, or `stages`) into `runs_dir/<run-id>`; returns the run folder"
     if resume:
         run_dir = Path(runs_dir)/resume
@@ -302,7 +309,7 @@ def run_pipeline(config=None,      # the run configuration (None: `run_config()`
     names = list(stages or (man.get('stages_requested') if resume else None) or STAGES)
     if bad := [s for s in names if s not in STAGES]: raise ValueError(f"unknown stage {bad[0]!r}; stages are {list(STAGES)}")
     if resume: man['config'] = cfg
-    else: run_dir.mkdir(parents=True); man = new_manifest(run_id, cfg); man['stages_requested'] = names
+    else: run_dir.mkdir(parents=True); man = new_manifest(cast(str, run_id), cfg); man['stages_requested'] = names
     run_dir = run_dir.resolve(); nbs = notebooks_dir(nbs); man['notebooks'] = str(nbs)
     (run_dir/'notebooks').mkdir(exist_ok=True)
     (run_dir/'config.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -344,7 +351,7 @@ def _models(path):
     except (OSError, ValueError, KeyError): return {}
 
 # %% ../../nbs/50_pipeline.ipynb #64a39e84
-def results_summary(run_dir, kind='itm'):
+def results_summary(run_dir:str|Path, kind:str='itm') -> list[str]:
     "The lines of the run's compact results: a few columns per student (`SUMMARY_COLUMNS`, `kind` scores), n, the separability lines"
     ev = Path(run_dir)/'evaluate'
     res = {b: {**_models(ev/sub/'results.json'), **_models(ev/sub/'no-boxes'/'results.json')} for b, sub in (('mc', '.'), ('pointing', 'pointing'))}
@@ -365,7 +372,7 @@ def results_summary(run_dir, kind='itm'):
     return out + [f'- {l}' for l in rep.get('separability', []) if any(f', {k}:' in l for k in keep) or l.startswith('critic')]
 
 # %% ../../nbs/50_pipeline.ipynb #d1334d97
-def run_summary(run_dir):
+def run_summary(run_dir:str|Path) -> str:
     "Text summary of the run in `run_dir`: per stage time, memory and counts; the results table; paths"
     run_dir = Path(run_dir); man = json.loads((run_dir/'manifest.json').read_text())
     lines = [f"run {man['run_id']}  ({run_dir})", f"{'stage':<10} {'status':<8} {'seconds':>8} {'peak MiB':>9}  counts"]
@@ -379,7 +386,7 @@ def run_summary(run_dir):
     return '\n'.join(lines)
 
 # %% ../../nbs/50_pipeline.ipynb #e9e064eb
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='lskd run', description='Run the LSKD pipeline (stage notebooks, papermill) into RUNS_DIR/<run-id>/')
     p.add_argument('--config', help='YAML config (top level: images, regions, seed, heldout; sections: verbalize, generate, critic, distill, evaluate, inspect)')
     p.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override, e.g. generate.samples=3 (repeatable)')
@@ -395,7 +402,7 @@ def parser():
     return p
 
 # %% ../../nbs/50_pipeline.ipynb #1df85c0b
-def main(argv=None):
+def main(argv:list[str]|None=None) -> int:
     a = parser().parse_args(argv)
     try:
         if a.print_config: print(yaml.safe_dump(check_run_config(run_config(a.config, a.param)), sort_keys=False)); return 0

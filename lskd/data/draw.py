@@ -3,7 +3,9 @@
 # %% ../../nbs/15_data_draw.ipynb #12005287
 from __future__ import annotations
 import io, base64, hashlib, colorsys, html
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 from PIL import Image, ImageDraw, ImageFont
 from fastcore.basics import patch
 from .records import ImageRecord, QAR, Region, Verbalization, check_box, region_by_id
@@ -18,7 +20,7 @@ __all__ = ['RELEASE_COLORS', 'region_color', 'color_hex', 'outline_width', 'draw
 RELEASE_COLORS = ['#05ff37', '#99ccff', '#cc99ff', '#f5ad42', '#f55d42']
 
 # %% ../../nbs/15_data_draw.ipynb #5ccf1fb5
-def region_color(i):
+def region_color(i:int) -> tuple[int, ...]:
     "RGB colour of the `i`-th drawn region: the release's five, then a colour hashed from `i`"
     if i < len(RELEASE_COLORS): return tuple(int(RELEASE_COLORS[i][k:k+2], 16) for k in (1, 3, 5))
     h = int.from_bytes(hashlib.md5(str(i).encode()).digest()[:4], 'big')
@@ -26,10 +28,10 @@ def region_color(i):
     return round(r*255), round(g*255), round(b*255)
 
 # %% ../../nbs/15_data_draw.ipynb #5fbd1fdc
-def color_hex(c): return '#%02x%02x%02x' % tuple(c)
+def color_hex(c:Iterable[int]) -> str: return '#%02x%02x%02x' % tuple(c)
 
 # %% ../../nbs/15_data_draw.ipynb #cba44b68
-def outline_width(size):
+def outline_width(size:Sequence[float]) -> int:
     "Outline width in pixels for an image of `size=(w,h)`: 2 px up to 640 px, then proportional"
     return max(2, round(2*max(size)/640))
 
@@ -37,13 +39,14 @@ def outline_width(size):
 def _box(r): return r.box if isinstance(r, Region) else check_box(r)
 
 # %% ../../nbs/15_data_draw.ipynb #e947efc1
-def draw_regions(image,         # a PIL image; not modified
-                 regions,       # `Region`s or `(x1,y1,x2,y2)` boxes, in drawing order
-                 width=None,    # outline width in pixels (default: `outline_width` of the image)
-                 fill=0.15,     # opacity of the fill inside each box
-                 labels=False,  # also write `[i]` in each box, for people
-                 ids=None,      # the label texts (default: drawing positions)
-                 colors=None):  # the colour position of each region (default: its drawing position)
+def draw_regions(image:Image.Image,                        # a PIL image; not modified
+                 regions:Sequence[Region|Sequence[float]],  # `Region`s or `(x1,y1,x2,y2)` boxes, in drawing order
+                 width:int|None=None,                       # outline width in pixels (default: `outline_width` of the image)
+                 fill:float=0.15,                           # opacity of the fill inside each box
+                 labels:bool=False,                         # also write `[i]` in each box, for people
+                 ids:Sequence[int|str]|None=None,           # the label texts (default: drawing positions)
+                 colors:Sequence[int]|None=None,            # the colour position of each region (default: its drawing position)
+                ) -> Image.Image:
     "Copy of `image` with `regions` (Regions or boxes) drawn in order: region `i` in `region_color(i)`"
     im = image.convert('RGB')
     if not regions: return im.copy()
@@ -64,7 +67,7 @@ def draw_regions(image,         # a PIL image; not modified
     return im
 
 # %% ../../nbs/15_data_draw.ipynb #92c72596
-def visual_prompt(image, regions, order=None, **kw):
+def visual_prompt(image:Image.Image, regions:Sequence[Region], order:Iterable[int]|None=None, **kw:Any) -> tuple[Image.Image, RegionMap]:
     "`(image with regions drawn in `order` of ids, RegionMap)` for a model"
     order = [r.id for r in regions] if order is None else list(order)
     rm = RegionMap(order)
@@ -78,14 +81,14 @@ def _thumb(image, regions, max_size=360):
     return draw_regions(im, scaled, labels=True, ids=[r.id for r in regions])
 
 # %% ../../nbs/15_data_draw.ipynb #3d35d636
-def png_bytes(im):
+def png_bytes(im:Image.Image) -> bytes:
     "A PIL image as PNG bytes (for widgets and HTML)"
     b = io.BytesIO(); im.save(b, format='PNG'); return b.getvalue()
 
 def _png_b64(im): return base64.b64encode(png_bytes(im)).decode()
 
 # %% ../../nbs/15_data_draw.ipynb #6f8ee170
-def refs_html(text, colors):
+def refs_html(text:str|None, colors:Mapping[int, Iterable[int]]) -> str:
     "`text`, HTML-escaped, with each `[i]` on the background colour `colors[i]`"
     def sub(m):
         c = colors.get(int(m.group(1)))
@@ -93,7 +96,7 @@ def refs_html(text, colors):
     return REF_RE.sub(sub, html.escape(text or ''))
 
 # %% ../../nbs/15_data_draw.ipynb #4126f667
-def record_html(path, regions, body, root=None):
+def record_html(path:str|Path, regions:Sequence[Region], body:str, root:str|Path|None=None) -> str:
     "HTML: the image at `path` with `regions` drawn and numbered, beside `body` (HTML)"
     try: img = f'<img src="data:image/png;base64,{_png_b64(_thumb(open_image(path, root), regions))}" style="max-width:360px">'
     except Exception as e: img = f'<div style="width:200px;color:#a00">{html.escape(str(e))}</div>'
@@ -114,13 +117,13 @@ def _regions_html(regions, descs=None):
 
 # %% ../../nbs/15_data_draw.ipynb #7f04bb85
 @patch
-def _repr_html_(self:ImageRecord, root=None):
+def _repr_html_(self:ImageRecord, root:str|Path|None=None) -> str:
     return record_html(self.path, self.regions, f'<b>{html.escape(Path(self.path).name)}</b> '
                        f'{self.width}x{self.height}, {len(self.regions)} regions' + _regions_html(self.regions), root)
 
 # %% ../../nbs/15_data_draw.ipynb #c6064da0
 @patch
-def _repr_html_(self:Verbalization, root=None):
+def _repr_html_(self:Verbalization, root:str|Path|None=None) -> str:
     im = self.image
     g = ''.join(f'<li>{html.escape(d.text)} <small style="color:#777">{html.escape(d.model)}</small></li>' for d in self.globals)
     cs = _colors(im.regions)
@@ -133,7 +136,7 @@ def _repr_html_(self:Verbalization, root=None):
 
 # %% ../../nbs/15_data_draw.ipynb #902cb44a
 @patch
-def _repr_html_(self:QAR, root=None):
+def _repr_html_(self:QAR, root:str|Path|None=None) -> str:
     cs = _colors(self.regions)
     sc = ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k,v in self.scores.items())
     body = (f'<b>Q</b> {refs_html(self.question, cs)}<br><b>A</b> {refs_html(self.answer, cs)}<br>'
@@ -147,22 +150,22 @@ class _HTML:
     def _repr_html_(self): return self.s
 
 # %% ../../nbs/15_data_draw.ipynb #2f4956f9
-def show(rec, root=None):
+def show(rec:ImageRecord|Verbalization|QAR, root:str|Path|None=None) -> _HTML:
     "Display `rec` (ImageRecord, Verbalization or QAR) with images looked up under `root`"
-    return _HTML(rec._repr_html_(root))
+    return _HTML(cast(Any, rec)._repr_html_(root))   # `_repr_html_` is added by `@patch`, which mypy cannot see
 
 # %% ../../nbs/15_data_draw.ipynb #d8ca9631
-def keep_aspect(w):
+def keep_aspect(w:Any) -> Any:
     "`w` (an image or canvas widget) laid out so that a row can neither shrink nor stretch it"
     w.layout.flex, w.layout.height, w.layout.object_fit = '0 0 auto', 'auto', 'contain'
     return w
 
-def photo_widget(im=None):
+def photo_widget(im:Image.Image|None=None) -> Any:
     "An `ipywidgets.Image` of the PIL image `im` that keeps its aspect ratio in any row (`keep_aspect`)"
     import ipywidgets as W
     return keep_aspect(W.Image(value=png_bytes(im) if im is not None else b'', format='png'))
 
-def beside(photo, *others):
+def beside(photo:Any, *others:Any) -> Any:
     "A row: `photo` at its own aspect ratio, `others` stacked to its right, aligned at the top (wrapping on a narrow screen)"
     import ipywidgets as W
     return W.HBox([keep_aspect(photo), W.VBox(list(others), layout=W.Layout(flex='1 1 300px'))],

@@ -3,10 +3,12 @@
 # %% ../../nbs/13_data_formats.ipynb #4fd09c3a
 from __future__ import annotations
 import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from .records import ImageRecord, QAR, Region, image_path
 from .refs import check_refs, text_to_tokens, tokens_to_text
-from ..io.jsonl import read_jsonl
+from ..io.jsonl import BadRowError, BadRows, read_jsonl
 
 # %% auto #0
 __all__ = ['lskd_row_to_qar', 'as_qar', 'qar_to_lskd_row', 'vcr_item', 'read_vcr', 'vcr_meta_record', 'vcr_image', 'vcr_metadata',
@@ -32,7 +34,7 @@ def _region_to_ref(r):
     return {**ref, **ex}
 
 # %% ../../nbs/13_data_formats.ipynb #b6731a2a
-def lskd_row_to_qar(row):
+def lskd_row_to_qar(row:dict[str, Any]) -> QAR:
     "A `QAR` from a row of the released LSKD corpus"
     text, keep = {}, {}
     for k in ('question', 'answer', 'rationale'):
@@ -48,7 +50,7 @@ def lskd_row_to_qar(row):
                scores={'prediction': row['prediction']} if 'prediction' in row else {}, meta={'lskd_row': meta})
 
 # %% ../../nbs/13_data_formats.ipynb #f26a9b63
-def as_qar(d):
+def as_qar(d:QAR|dict[str, Any]) -> QAR:
     "A `QAR` from a corpus line (lskd's own format or a released LSKD row), checked to point only at its regions"
     if isinstance(d, QAR): return d
     q = lskd_row_to_qar(d) if 'references' in d else QAR.from_dict(d)
@@ -56,7 +58,7 @@ def as_qar(d):
     return q
 
 # %% ../../nbs/13_data_formats.ipynb #2a772f89
-def qar_to_lskd_row(q):
+def qar_to_lskd_row(q:QAR) -> dict[str, Any]:
     "A row in the released LSKD corpus format for the `QAR` `q`"
     meta = dict(q.meta.get('lskd_row', {}))
     keep, plain = meta.pop('tokens', {}), meta.pop('plain_text', False)
@@ -69,22 +71,24 @@ def qar_to_lskd_row(q):
     return {**{k:v for k,v in row.items() if v is not None}, **meta}
 
 # %% ../../nbs/13_data_formats.ipynb #e49bd285
-def vcr_item(d):
+def vcr_item(d:dict[str, Any]) -> dict[str, Any]:
     "`d`, checked to be a VCR annotation item"
     missing = [k for k in ('objects', 'img_fn', 'metadata_fn', 'question') if k not in d]
     if missing: raise ValueError(f"item {d.get('annot_id', '?')} is not a VCR item: missing {missing}")
     return d
 
-def read_vcr(path, strict=False, on_bad=None):
+def read_vcr(path:str|Path, strict:bool=False,
+             on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> Iterator[dict[str, Any]]:
     "Stream VCR annotation items (dicts) from a VCR jsonl file; a bad item is `on_bad`'s (see `read_jsonl`)"
     return read_jsonl(path, vcr_item, strict, on_bad)
 
 # %% ../../nbs/13_data_formats.ipynb #3acb0b12
-def vcr_meta_record(path,                    # the metadata json
-                    image=None,              # the image's path in the record (default: the image beside `path`)
-                    labels=None,             # one label per box (default: the file's `names`)
-                    default_label='object',  # the label when there are no names
-                    what='VCR'):             # the dataset, for error messages
+def vcr_meta_record(path:str|Path,                  # the metadata json
+                    image:str|None=None,             # the image's path in the record (default: the image beside `path`)
+                    labels:Sequence[str]|None=None,  # one label per box (default: the file's `names`)
+                    default_label:str='object',      # the label when there are no names
+                    what:str='VCR',                  # the dataset, for error messages
+                   ) -> ImageRecord:
     "The `ImageRecord` of a VCR-style metadata json (`boxes` x1,y1,x2,y2[,score], `width`, `height`, optional `names`)"
     path = Path(path)
     try: m = json.loads(path.read_text())
@@ -99,20 +103,20 @@ def vcr_meta_record(path,                    # the metadata json
     return ImageRecord(image, int(m['width']), int(m['height']), regs)
 
 # %% ../../nbs/13_data_formats.ipynb #0a790771
-def vcr_image(item, root=None):
+def vcr_image(item:dict[str, Any], root:str|Path|None=None) -> ImageRecord:
     "The `ImageRecord` of a VCR item: its metadata's boxes, labelled with the item's `objects`"
     rec = vcr_meta_record(image_path(item['metadata_fn'], root), item['img_fn'], item['objects'])
     rec.meta = {'metadata_fn': item['metadata_fn']}
     return rec
 
 # %% ../../nbs/13_data_formats.ipynb #ac557465
-def vcr_metadata(rec):
+def vcr_metadata(rec:ImageRecord) -> dict[str, Any]:
     "VCR-style metadata (`boxes` with scores, `width`, `height`, `names`) for an `ImageRecord`"
     return dict(boxes=[list(r.box) + [1.0 if r.score is None else r.score] for r in rec.regions],
                 width=rec.width, height=rec.height, names=[r.label for r in rec.regions])
 
 # %% ../../nbs/13_data_formats.ipynb #fb9b5931
-def vcr_to_qar(item, root=None, rec=None):
+def vcr_to_qar(item:dict[str, Any], root:str|Path|None=None, rec:ImageRecord|None=None) -> QAR:
     "The `QAR` of a VCR item's question with its right answer and rationale (labels needed)"
     rec = rec or vcr_image(item, root)
     ans = item['answer_choices'][item['answer_label']]

@@ -3,6 +3,7 @@
 # %% ../../nbs/12_data_geometry.ipynb #18ece0e6
 from __future__ import annotations
 import math
+from collections.abc import Iterable, Sequence
 from .records import Region
 from .refs import render_refs
 
@@ -11,7 +12,7 @@ __all__ = ['iou', 'intersection', 'select_regions', 'position_phrase', 'size_phr
            'geometry_phrase']
 
 # %% ../../nbs/12_data_geometry.ipynb #a8b82233
-def iou(a, b):
+def iou(a:Sequence[float], b:Sequence[float]) -> float:
     "Intersection over union of two `(x1,y1,x2,y2)` boxes"
     iw = max(0, min(a[2], b[2]) - max(a[0], b[0])); ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw*ih
@@ -19,25 +20,26 @@ def iou(a, b):
     return inter/union if union > 0 else 0.
 
 # %% ../../nbs/12_data_geometry.ipynb #30b9a16d
-def intersection(a, b):
+def intersection(a:Sequence[float], b:Sequence[float]) -> float:
     "Area of the intersection of two boxes"
     return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 # %% ../../nbs/12_data_geometry.ipynb #95f8ea25
-def select_regions(regions,              # `Region`s to choose from
-                   size,                 # (width, height) of the image
-                   max_regions=10,       # keep at most this many
-                   order='score',        # 'score' (detector score, highest first), 'area' (largest first) or 'given'
-                   iou_max=0.7,          # drop a box whose IoU with a box already kept is above this (1: keep all)
-                   min_area=0.0,         # drop boxes smaller than this share of the image
-                   renumber=False):      # give the kept regions ids 0..k-1 in order
+def select_regions(regions:Iterable[Region],  # `Region`s to choose from
+                   size:Sequence[float],      # (width, height) of the image
+                   max_regions:int=10,        # keep at most this many
+                   order:str='score',         # 'score' (detector score, highest first), 'area' (largest first) or 'given'
+                   iou_max:float=0.7,         # drop a box whose IoU with a box already kept is above this (1: keep all)
+                   min_area:float=0.0,        # drop boxes smaller than this share of the image
+                   renumber:bool=False,       # give the kept regions ids 0..k-1 in order
+                  ) -> list[Region]:
     "At most `max_regions` of `regions`, ordered by `order`, near-duplicates dropped"
     W, H = size
     rs = [r for r in regions if r.area >= min_area*W*H]
     if order == 'score': rs = sorted(rs, key=lambda r: -(r.score if r.score is not None else math.inf))
     elif order == 'area': rs = sorted(rs, key=lambda r: -r.area)
     elif order != 'given': raise ValueError(f"order must be 'score', 'area' or 'given', got {order!r}")
-    keep = []
+    keep: list[Region] = []
     for r in rs:
         if len(keep) >= max_regions: break
         if all(iou(r.box, k.box) <= iou_max for k in keep): keep.append(r)
@@ -45,7 +47,7 @@ def select_regions(regions,              # `Region`s to choose from
     return keep
 
 # %% ../../nbs/12_data_geometry.ipynb #01f4452a
-def position_phrase(box, size):
+def position_phrase(box:Sequence[float], size:Sequence[float]) -> str:
     "Where the centre of `box` lies in a 3x3 grid of an image of `size`: 'on the left', 'at the top right', ..."
     W, H = size
     cx, cy = (box[0]+box[2])/2/W, (box[1]+box[3])/2/H
@@ -57,20 +59,20 @@ def position_phrase(box, size):
     return 'in the centre'
 
 # %% ../../nbs/12_data_geometry.ipynb #1f2e9c64
-def size_phrase(box, size):
+def size_phrase(box:Sequence[float], size:Sequence[float]) -> str|None:
     "'very large', 'large', 'small', 'very small' or None, from the box's share of the image area"
     a = (box[2]-box[0])*(box[3]-box[1])/(size[0]*size[1])
     return 'very large' if a >= .5 else 'large' if a >= .2 else 'very small' if a < .01 else 'small' if a < .04 else None
 
 # %% ../../nbs/12_data_geometry.ipynb #68341125
-def box_phrase(box, size):
+def box_phrase(box:Sequence[float], size:Sequence[float]) -> str:
     "Position and (if notable) size of `box` in an image of `size`: 'on the left, large', 'in the centre'"
     return ', '.join(p for p in (position_phrase(box, size), size_phrase(box, size)) if p)
 
 # %% ../../nbs/12_data_geometry.ipynb #1316831f
-def relation_phrases(r, regions, inside=.9, overlap=.1):
+def relation_phrases(r:Region, regions:Iterable[Region], inside:float=.9, overlap:float=.1) -> list[str]:
     "Phrases relating region `r` to the other `regions`: inside / containing / overlapping region [j]"
-    groups = {'inside': [], 'containing': [], 'overlapping': []}
+    groups: dict[str, list[int]] = {'inside': [], 'containing': [], 'overlapping': []}
     for o in regions:
         if o.id == r.id: continue
         i = intersection(r.box, o.box)
@@ -81,6 +83,6 @@ def relation_phrases(r, regions, inside=.9, overlap=.1):
     return [f"{k} region{'s' if len(v) > 1 else ''} {render_refs(v)}" for k,v in groups.items() if v]
 
 # %% ../../nbs/12_data_geometry.ipynb #bc8bdd65
-def geometry_phrase(r, regions, size):
+def geometry_phrase(r:Region, regions:Iterable[Region], size:Sequence[float]) -> str:
     "One literal phrase about region `r`: label, position, size and relations to the other `regions`"
     return ', '.join([f'{r.label or "region"} {box_phrase(r.box, size)}', *relation_phrases(r, regions)])

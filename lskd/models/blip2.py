@@ -5,12 +5,15 @@
 # %% ../../nbs/25_models_blip2.ipynb #629cedb9
 from __future__ import annotations
 import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Self
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch
+from ..io.config import Config, Positive
 from .core import ImageTextModel, Batch, pair_index, register_family, build_model, load_model
 
 # %% auto #0
@@ -20,7 +23,7 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'tiny_blip2_config', 'bert_tokenizer', 'writ
            'Tokens', 'Pixels', 'Blip2Family']
 
 # %% ../../nbs/25_models_blip2.ipynb #d8efabf1
-def tiny_blip2_config(vocab_size=30523, **kw):
+def tiny_blip2_config(vocab_size:int=30523, **kw:Any) -> Any:
     "A tiny `Blip2Config` of the retrieval architecture (random weights; for tests and plumbing)"
     from transformers import Blip2Config
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16)
@@ -34,7 +37,7 @@ def tiny_blip2_config(vocab_size=30523, **kw):
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 # %% ../../nbs/25_models_blip2.ipynb #a5a2c591
-def bert_tokenizer(path=None):
+def bert_tokenizer(path:str|Path|None=None) -> Any:
     "The `bert-base-uncased` WordPiece tokenizer (from the installed MiniLM package unless `path`), with `[DEC]` as BOS"
     from transformers import AutoTokenizer
     if path is None:
@@ -45,7 +48,7 @@ def bert_tokenizer(path=None):
     return tok
 
 # %% ../../nbs/25_models_blip2.ipynb #ccc68c1f
-def write_preprocessor(path, size, mean=CLIP_MEAN, std=CLIP_STD):
+def write_preprocessor(path:str|Path, size:int, mean:Sequence[float]=CLIP_MEAN, std:Sequence[float]=CLIP_STD) -> None:
     "Write the `preprocessor_config.json` of a BLIP-2 folder: `size` px, bicubic, `mean` and `std` (LAVIS's `blip_image_eval`)"
     (Path(path)/'preprocessor_config.json').write_text(json.dumps(
         {'image_processor_type': 'BlipImageProcessor', 'size': {'height': size, 'width': size}, 'do_resize': True,
@@ -53,12 +56,12 @@ def write_preprocessor(path, size, mean=CLIP_MEAN, std=CLIP_STD):
          'image_mean': list(mean), 'image_std': list(std), 'do_convert_rgb': True}, indent=1))
 
 # %% ../../nbs/25_models_blip2.ipynb #08d04efb
-def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
+def build_tiny_blip2(path:str|Path, seed:int=0, tokenizer:Any=None, config:Any=None) -> Path:
     "Build a random `Blip2ForImageTextRetrieval` (tiny, unless `config` says otherwise), save it with tokenizer and preprocessing to `path`"
     from transformers import Blip2ForImageTextRetrieval
     tok = tokenizer or bert_tokenizer()
     torch.manual_seed(seed)
-    model = Blip2ForImageTextRetrieval(config or tiny_blip2_config(vocab_size=len(tok)))
+    model: Any = Blip2ForImageTextRetrieval(config or tiny_blip2_config(vocab_size=len(tok)))
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path)); tok.save_pretrained(str(path))
     write_preprocessor(path, model.config.vision_config.image_size)
@@ -68,25 +71,25 @@ def build_tiny_blip2(path, seed=0, tokenizer=None, config=None):
 class Blip2Bundle:
     "A `Blip2ForImageTextRetrieval` with its tokenizer and image preprocessing settings"
     def __init__(self,
-                 model,              # a `Blip2ForImageTextRetrieval`
-                 tokenizer,          # its WordPiece tokenizer
-                 size,               # image side in pixels
-                 mean=CLIP_MEAN,     # normalisation of the pixels
-                 std=CLIP_STD,
-                 source=None,        # where it was loaded from
-                 max_length=128):    # text tokens
+                 model:Any,                          # a `Blip2ForImageTextRetrieval`
+                 tokenizer:Any,                      # its WordPiece tokenizer
+                 size:int,                           # image side in pixels
+                 mean:Sequence[float]=CLIP_MEAN,     # normalisation of the pixels
+                 std:Sequence[float]=CLIP_STD,
+                 source:str|None=None,               # where it was loaded from
+                 max_length:int=128):                # text tokens
         self.model, self.tokenizer, self.size, self.mean, self.std = model, tokenizer, size, tuple(mean), tuple(std)
         self.source, self.max_length = source, max_length
     @property
-    def device(self): return self.model.query_tokens.device
+    def device(self) -> torch.device: return self.model.query_tokens.device
     @property
-    def num_query_tokens(self): return self.model.config.num_query_tokens
+    def num_query_tokens(self) -> int: return self.model.config.num_query_tokens
     def __repr__(self):
         n = sum(p.numel() for p in self.model.parameters())
         return f"Blip2Bundle({self.source}, {n/1e6:.2f}M params, image {self.size}px, {self.num_query_tokens} queries)"
 
 # %% ../../nbs/25_models_blip2.ipynb #dd98b677
-def load_blip2(name_or_path, device='cpu', local_only=True, dtype=None):
+def load_blip2(name_or_path:str|Path, device:str|torch.device='cpu', local_only:bool=True, dtype:torch.dtype|None=None) -> Blip2Bundle:
     "A `Blip2Bundle` from a local folder (or a hub name when `local_only=False`)"
     from transformers import Blip2ForImageTextRetrieval, AutoTokenizer
     p = Path(name_or_path)
@@ -94,8 +97,8 @@ def load_blip2(name_or_path, device='cpu', local_only=True, dtype=None):
         raise FileNotFoundError(f"no BLIP-2 model folder at {p} (config.json missing). Build a tiny one with "
                                 "lskd.models.blip2.build_tiny_blip2(path), or download a Blip2ForImageTextRetrieval checkpoint "
                                 "(e.g. Salesforce/blip2-itm-vit-g) to a folder and pass that folder")
-    kw = dict(local_files_only=local_only)
-    model = Blip2ForImageTextRetrieval.from_pretrained(str(name_or_path), dtype=dtype, **kw)
+    kw: dict[str, Any] = dict(local_files_only=local_only)
+    model: Any = Blip2ForImageTextRetrieval.from_pretrained(str(name_or_path), dtype=dtype, **kw)
     tok = AutoTokenizer.from_pretrained(str(name_or_path), **kw)
     pp, size, mean, std = p/'preprocessor_config.json', model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD
     if pp.exists():
@@ -105,30 +108,31 @@ def load_blip2(name_or_path, device='cpu', local_only=True, dtype=None):
     return Blip2Bundle(model.to(device).eval(), tok, int(size), mean, std, source=str(name_or_path))
 
 # %% ../../nbs/25_models_blip2.ipynb #08b96d28
-def pixel_values(bundle, images):
+def pixel_values(bundle:Blip2Bundle|SimpleNamespace, images:Iterable[Image.Image]) -> torch.Tensor:
     "(B,3,S,S) normalised tensor for a list of PIL images"
     s = bundle.size
-    a = np.stack([np.asarray(im.convert('RGB').resize((s, s), Image.BICUBIC), dtype=np.float32)/255 for im in images])
+    a = np.stack([np.asarray(im.convert('RGB').resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32)/255 for im in images])
     a = (a - np.array(bundle.mean, dtype=np.float32)) / np.array(bundle.std, dtype=np.float32)
     return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(bundle.device)
 
 # %% ../../nbs/25_models_blip2.ipynb #c81a782e
-def tokenize(bundle, texts, max_length=None):
+def tokenize(bundle:Blip2Bundle, texts:Iterable[str], max_length:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
     "`(input_ids, attention_mask)` for `texts`"
     t = bundle.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length or bundle.max_length, return_tensors='pt')
     return t['input_ids'].to(bundle.device), t['attention_mask'].to(bundle.device)
 
 # %% ../../nbs/25_models_blip2.ipynb #d45461c2
-def image_embeds(bundle, pixels):
+def image_embeds(bundle:Blip2Bundle, pixels:torch.Tensor) -> torch.Tensor:
     "Vision tower output (B, patches+1, hidden) for `pixels` (B,3,S,S)"
     return bundle.model.vision_model(pixel_values=pixels).last_hidden_state
 
 # %% ../../nbs/25_models_blip2.ipynb #debc8b5a
-def itm_states(bundle,          # a `Blip2Bundle`
-               embeds,          # `image_embeds` (B, patches+1, hidden)
-               input_ids,       # (N,T) from `tokenize`
-               attention_mask,  # (N,T)
-               index=None):     # image of each text (None: text j with image j)
+def itm_states(bundle:Blip2Bundle,                          # a `Blip2Bundle`
+               embeds:torch.Tensor,                         # `image_embeds` (B, patches+1, hidden)
+               input_ids:torch.Tensor,                      # (N,T) from `tokenize`
+               attention_mask:torch.Tensor,                 # (N,T)
+               index:Sequence[int]|torch.Tensor|None=None,  # image of each text (None: text j with image j)
+              ) -> torch.Tensor:
     "Q-Former query outputs (N, queries, hidden) of each text j with image `index[j]` (ITM mode)"
     m = bundle.model
     e = embeds[pair_index(index, len(input_ids), embeds.device)]
@@ -140,12 +144,12 @@ def itm_states(bundle,          # a `Blip2Bundle`
     return out.last_hidden_state[:, :q.shape[1]]
 
 # %% ../../nbs/25_models_blip2.ipynb #bc066d2f
-def itm_logits(bundle, states):
+def itm_logits(bundle:Blip2Bundle, states:torch.Tensor) -> torch.Tensor:
     "ITM logits (N,2) from query outputs: the head on each query, averaged (class 1 = match)"
     return bundle.model.itm_head(states.to(bundle.model.itm_head.weight.dtype)).mean(1)
 
 # %% ../../nbs/25_models_blip2.ipynb #69aecaaa
-def image_itc(bundle, embeds):
+def image_itc(bundle:Blip2Bundle, embeds:torch.Tensor) -> torch.Tensor:
     "Unit ITC embeddings of the query outputs (B, queries, itc_dim)"
     m = bundle.model
     q = m.qformer(query_embeds=m.query_tokens.expand(len(embeds), -1, -1), encoder_hidden_states=embeds,
@@ -153,24 +157,25 @@ def image_itc(bundle, embeds):
     return F.normalize(m.vision_projection(q), dim=-1)
 
 # %% ../../nbs/25_models_blip2.ipynb #736e5b55
-def text_itc(bundle, input_ids, attention_mask):
+def text_itc(bundle:Blip2Bundle, input_ids:torch.Tensor, attention_mask:torch.Tensor) -> torch.Tensor:
     "Unit ITC embeddings (N, itc_dim) of the texts' `[CLS]` outputs"
     m = bundle.model
     h = m.qformer(query_embeds=m.embeddings(input_ids=input_ids), query_length=0, attention_mask=attention_mask).last_hidden_state
     return F.normalize(m.text_projection(h[:, 0]), dim=-1)
 
 # %% ../../nbs/25_models_blip2.ipynb #de06f36a
-def itc_similarity(bundle,          # a `Blip2Bundle`
-                   embeds,          # `image_embeds` (B, patches+1, hidden)
-                   input_ids,       # (N,T) from `tokenize`
-                   attention_mask,  # (N,T)
-                   index=None):     # image of each text (None: text j with image j)
+def itc_similarity(bundle:Blip2Bundle,                          # a `Blip2Bundle`
+                   embeds:torch.Tensor,                         # `image_embeds` (B, patches+1, hidden)
+                   input_ids:torch.Tensor,                      # (N,T) from `tokenize`
+                   attention_mask:torch.Tensor,                 # (N,T)
+                   index:Sequence[int]|torch.Tensor|None=None,  # image of each text (None: text j with image j)
+                  ) -> torch.Tensor:
     "Cosine similarity (N,) of text j with image `index[j]`: the best of the image's queries"
     img = image_itc(bundle, embeds)[pair_index(index, len(input_ids), embeds.device)]
     return (img @ text_itc(bundle, input_ids, attention_mask)[..., None]).squeeze(-1).max(1).values
 
 # %% ../../nbs/25_models_blip2.ipynb #078afd01
-def interpolate_pos_embed(pe, grid):
+def interpolate_pos_embed(pe:torch.Tensor, grid:int) -> torch.Tensor:
     "Position embeddings (1, 1+n*n, d) resized to a `grid` x `grid` patch grid, as LAVIS does"
     n = round((pe.shape[1] - 1) ** 0.5)
     if n == grid: return pe
@@ -179,7 +184,7 @@ def interpolate_pos_embed(pe, grid):
     return torch.cat([pe[:, :1].float(), tok], 1)
 
 # %% ../../nbs/25_models_blip2.ipynb #5175a6c6
-def resize_vision(model, size):
+def resize_vision(model:Any, size:int) -> Any:
     "Resize the ViT of a `Blip2ForImageTextRetrieval` to `size` px inputs (its position embeddings, its config)"
     e = model.vision_model.embeddings; grid = size // e.patch_size
     e.position_embedding = nn.Parameter(interpolate_pos_embed(e.position_embedding.data, grid).to(e.position_embedding.dtype))
@@ -189,14 +194,15 @@ def resize_vision(model, size):
 
 # %% ../../nbs/25_models_blip2.ipynb #efb6b815
 @dataclass
-class Blip2ModelConfig:
+class Blip2ModelConfig(Config):
     "Settings of the `blip2` family"
+    section = 'blip2'
     path: str|None = None             # a Blip2ForImageTextRetrieval folder (or a hub name, with local_only=False)
     local_only: bool = True           # never reach the hub
-    max_length: int = 128             # text tokens (the release's)
+    max_length: Positive = 128        # text tokens (the release's)
     freeze_vision: bool = True        # the ViT stays frozen (the release trains the Q-Former only)
     text_style: str = 'student'       # the text format it reads ('release' for the authors' converted student; lskd.data.refs.TEXT_STYLES)
-    image_size: int|None = None       # input side: the ViT's position grid is resized to it on load, as LAVIS does (the release: 480); None: the folder's
+    image_size: Positive|None = None  # input side: the ViT's position grid is resized to it on load, as LAVIS does (the release: 480); None: the folder's
     itc: bool = True                  # False: no trained ITC projections (the authors' critic), so ITC scores are NaN
 
 # %% ../../nbs/25_models_blip2.ipynb #20387caa
@@ -209,8 +215,8 @@ class Tokens(Batch):
 # %% ../../nbs/25_models_blip2.ipynb #83ed6028
 class Pixels:
     "Picklable image preparation (for data-loader workers): drawn images -> normalised (3,S,S) tensors on the CPU"
-    def __init__(self, size, mean, std): self.size, self.mean, self.std = size, mean, std
-    def __call__(self, images, boxes=None): return list(pixel_values(SimpleNamespace(size=self.size, mean=self.mean, std=self.std, device='cpu'), images))
+    def __init__(self, size:int, mean:Sequence[float], std:Sequence[float]): self.size, self.mean, self.std = size, mean, std
+    def __call__(self, images:Iterable[Image.Image], boxes:Sequence[Sequence[Sequence[float]]]|None=None) -> list[torch.Tensor]: return list(pixel_values(SimpleNamespace(size=self.size, mean=self.mean, std=self.std, device='cpu'), images))
 
 # %% ../../nbs/25_models_blip2.ipynb #01190f37
 @register_family
@@ -218,7 +224,7 @@ class Blip2Family(ImageTextModel):
     "The release's family: `Blip2ForImageTextRetrieval`, the Q-Former trained, the ViT frozen"
     family, config_class = 'blip2', Blip2ModelConfig
     default_lr = {'student': 1e-5, 'critic': 1e-5}    # the release's
-    def __init__(self, config=None, device='cpu', dtype=None):
+    def __init__(self, config:Blip2ModelConfig|None=None, device:str|torch.device='cpu', dtype:torch.dtype|None=None):
         super().__init__(config); c = self.config
         if not c.path: raise ValueError("the blip2 family needs `path`: a Blip2ForImageTextRetrieval folder (or a hub name with "
                                         "local_only=False, e.g. Salesforce/blip2-itm-vit-g); build a tiny one with lskd.models.blip2.build_tiny_blip2")
@@ -228,10 +234,10 @@ class Blip2Family(ImageTextModel):
         if c.freeze_vision: self.model.vision_model.requires_grad_(False)
         self.temp = nn.Parameter(torch.tensor(0.07, device=device))
     @property
-    def text_style(self): return self.config.text_style
+    def text_style(self) -> str: return self.config.text_style  # type: ignore[override]  # a class attribute in ImageTextModel
     @property
-    def joint_dim(self): return self.model.config.qformer_config.hidden_size
-    def train(self, mode=True):
+    def joint_dim(self) -> int: return self.model.config.qformer_config.hidden_size
+    def train(self, mode:bool=True) -> Self:
         "Training mode for everything but a frozen vision tower (kept in eval mode, as LAVIS does)"
         super().train(mode)
         if self.config.freeze_vision: self.model.vision_model.eval()
@@ -239,64 +245,64 @@ class Blip2Family(ImageTextModel):
 
 # %% ../../nbs/25_models_blip2.ipynb #1eb1009b
 @patch
-def item_maker(self:Blip2Family): "A picklable `image_items`"; return Pixels(self.bundle.size, self.bundle.mean, self.bundle.std)
+def item_maker(self:Blip2Family) -> Pixels: "A picklable `image_items`"; return Pixels(self.bundle.size, self.bundle.mean, self.bundle.std)
 
 # %% ../../nbs/25_models_blip2.ipynb #951821ae
 @patch
-def image_items(self:Blip2Family, images, boxes): return self.item_maker()(images)
+def image_items(self:Blip2Family, images:Sequence[Image.Image], boxes:Sequence[Sequence[Sequence[float]]]) -> list[torch.Tensor]: return self.item_maker()(images)
 
 # %% ../../nbs/25_models_blip2.ipynb #a81d5a9d
 @patch
-def collate_images(self:Blip2Family, items):
+def collate_images(self:Blip2Family, items:list[torch.Tensor]) -> torch.Tensor:
     "The ViT's output (B, patches+1, hidden) for stacked pixel items (no gradient through a frozen tower)"
     pix = torch.stack(items).to(self.device, self.model.dtype)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision): return image_embeds(self.bundle, pix)
 
 # %% ../../nbs/25_models_blip2.ipynb #7ecfcc96
 @patch
-def text_items(self:Blip2Family, texts): return list(texts)
+def text_items(self:Blip2Family, texts:Iterable[str]) -> list[str]: return list(texts)
 
 # %% ../../nbs/25_models_blip2.ipynb #697f72b1
 @patch
-def collate_texts(self:Blip2Family, items): return Tokens(*tokenize(self.bundle, items))
+def collate_texts(self:Blip2Family, items:Sequence[str]) -> Tokens: return Tokens(*tokenize(self.bundle, items))
 
 # %% ../../nbs/25_models_blip2.ipynb #8f6df67e
 @patch
-def query_states(self:Blip2Family, img, txt, index=None): "Q-Former query outputs (N, queries, hidden) in ITM mode"; return itm_states(self.bundle, img, txt.ids, txt.mask, index)
+def query_states(self:Blip2Family, img:torch.Tensor, txt:Tokens, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor: "Q-Former query outputs (N, queries, hidden) in ITM mode"; return itm_states(self.bundle, img, txt.ids, txt.mask, index)
 
 # %% ../../nbs/25_models_blip2.ipynb #d5e9a022
 @patch
-def joint(self:Blip2Family, img, txt, index=None): return self.query_states(img, txt, index).mean(1)
+def joint(self:Blip2Family, img:torch.Tensor, txt:Tokens, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor: return self.query_states(img, txt, index).mean(1)
 
 # %% ../../nbs/25_models_blip2.ipynb #4f389b96
 @patch
-def itm_head(self:Blip2Family, joint): return self.model.itm_head(joint.to(self.model.itm_head.weight.dtype))
+def itm_head(self:Blip2Family, joint:torch.Tensor) -> torch.Tensor: return self.model.itm_head(joint.to(self.model.itm_head.weight.dtype))
 
 # %% ../../nbs/25_models_blip2.ipynb #62fbc6e6
 @patch
-def embed_images(self:Blip2Family, img): return image_itc(self.bundle, img)
+def embed_images(self:Blip2Family, img:torch.Tensor) -> torch.Tensor: return image_itc(self.bundle, img)
 
 # %% ../../nbs/25_models_blip2.ipynb #147619a6
 @patch
-def embed_texts(self:Blip2Family, txt): return text_itc(self.bundle, txt.ids, txt.mask)
+def embed_texts(self:Blip2Family, txt:Tokens) -> torch.Tensor: return text_itc(self.bundle, txt.ids, txt.mask)
 
 # %% ../../nbs/25_models_blip2.ipynb #c2c0c413
 @patch
-def itc_matrix(self:Blip2Family, img, txt):
+def itc_matrix(self:Blip2Family, img:torch.Tensor, txt:Tokens) -> torch.Tensor:
     if self.config.itc: return ImageTextModel.itc_matrix(self, img, txt)
     return torch.full((len(txt), len(img)), float('nan'), device=self.device)
 
 # %% ../../nbs/25_models_blip2.ipynb #9f778364
 @patch
-def itc_scale(self:Blip2Family): return 1 / self.temp.clamp(0.001, 0.5)
+def itc_scale(self:Blip2Family) -> torch.Tensor: return 1 / self.temp.clamp(0.001, 0.5)
 
 # %% ../../nbs/25_models_blip2.ipynb #98f5bc20
 @patch
-def weights(self:Blip2Family): return {'temp': self.temp}
+def weights(self:Blip2Family) -> dict[str, torch.Tensor]: return {'temp': self.temp}
 
 # %% ../../nbs/25_models_blip2.ipynb #0df2f5c4
 @patch
-def save(self:Blip2Family, folder, **extra):
+def save(self:Blip2Family, folder:str|Path, **extra:Any) -> Path:
     folder = Path(folder); hf = folder/'hf'
     self.model.save_pretrained(str(hf)); self.bundle.tokenizer.save_pretrained(str(hf))
     write_preprocessor(hf, self.bundle.size, self.bundle.mean, self.bundle.std)
@@ -306,7 +312,7 @@ def save(self:Blip2Family, folder, **extra):
 
 # %% ../../nbs/25_models_blip2.ipynb #797e7dd1
 @patch(cls_method=True)
-def from_folder(cls:Blip2Family, folder, config, device='cpu'):
+def from_folder(cls:Blip2Family, folder:str|Path, config:Blip2ModelConfig, device:str|torch.device='cpu') -> Blip2Family:
     from safetensors.torch import load_file
     m = cls(replace(config, path=str(Path(folder)/'hf')), device=device)
     return m.load_weights(load_file(str(Path(folder)/'model.safetensors'), device=str(device))).eval()

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib, importlib, json, math, re
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from PIL import Image
 from fastcore.basics import patch
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from ..io.config import set_key, parse_override, check_config
+from ..io.config import set_key, parse_override, check_config, Config, Positive, Count
 from ..io.files import atomic_path, atomic_write
 from ..data.records import check_box
 
@@ -21,11 +23,15 @@ __all__ = ['FAMILIES', 'FAMILY_MODULES', 'ImageTextModel', 'pair_index', 'simila
 # %% ../../nbs/20_models_core.ipynb #1a8d6008
 class ImageTextModel(nn.Module):
     "An image-text model over images with their regions drawn: ITM and ITC, one checkpoint format"
-    family: str = None             # its name in the registry (`register_family`)
-    config_class: type = None      # the dataclass of its settings, saved with it
+    family: str = None             # type: ignore[assignment]  # its name in the registry (`register_family`)
+    config_class: type = None      # type: ignore[assignment]  # the dataclass of its settings, saved with it
     text_style: str = 'student'    # the text format it reads (`lskd.data.refs.model_text`)
     saved_defaults: dict = {}      # settings a model.json written before they existed lacks: the values it was trained with
-    def __init__(self, config=None):
+    default_lr: dict[str, float]   # peak learning rates when a config gives none (set below)
+    image_items: Callable[..., Any]; collate_images: Callable[..., Any]; text_items: Callable[..., Any]   # the family interface
+    collate_texts: Callable[..., Any]; joint: Callable[..., Any]; itm_head: Callable[..., Any]           # (set below, each
+    embed_images: Callable[..., Any]; embed_texts: Callable[..., Any]                                  # family defines them)
+    def __init__(self, config:Any=None):
         super().__init__()
         self.config = config if config is not None else self.config_class()
         self.name = self.family        # what results tables call it (a loader may rename it)
@@ -33,7 +39,7 @@ class ImageTextModel(nn.Module):
         n = sum(p.numel() for p in self.parameters()); t = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return f"{type(self).__name__}(family={self.family!r}, {n/1e6:.2f}M params, {t/1e6:.2f}M trainable)"
     @property
-    def device(self): return next(self.parameters()).device
+    def device(self) -> torch.device: return next(self.parameters()).device
 
 # %% ../../nbs/20_models_core.ipynb #dd905948
 def _todo(self, *a, **k): raise NotImplementedError(f"the {type(self).__name__} family does not implement this method")
@@ -47,79 +53,79 @@ ImageTextModel.joint = _todo           # (img, txt, index=None) -> (N, joint_dim
 ImageTextModel.itm_head = _todo        # (N, joint_dim) -> ITM logits (N, 2)
 ImageTextModel.embed_images = _todo    # img -> unit embeddings (B, d), or (B, queries, d)
 ImageTextModel.embed_texts = _todo     # txt -> unit embeddings (N, d)
-ImageTextModel.joint_dim = property(_todo)  # width of `joint` (the critic's heads read it)
+ImageTextModel.joint_dim = property(_todo)  # type: ignore[attr-defined]  # width of `joint` (the critic's heads read it)
 
 # %% ../../nbs/20_models_core.ipynb #2923f58a
 @patch
-def encode_images(self:ImageTextModel, images, boxes):
+def encode_images(self:ImageTextModel, images:Sequence[Image.Image], boxes:Sequence[Sequence[Sequence[float]]]) -> Any:
     "An image batch from drawn `images` and their `boxes` (pixels of the original image, in drawing order)"
     if len(images) != len(boxes): raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
     return self.collate_images(self.image_items(images, boxes))
 
 # %% ../../nbs/20_models_core.ipynb #1d8af895
 @patch
-def encode_texts(self:ImageTextModel, texts): "A text batch"; return self.collate_texts(self.text_items(list(texts)))
+def encode_texts(self:ImageTextModel, texts:Iterable[str]) -> Any: "A text batch"; return self.collate_texts(self.text_items(list(texts)))
 
 # %% ../../nbs/20_models_core.ipynb #8e0fe575
-def pair_index(index, n, device):
+def pair_index(index:Sequence[int]|torch.Tensor|None, n:int, device:str|torch.device) -> torch.Tensor:
     "The image of each of `n` texts as a long tensor on `device` (`None`: text j with image j)"
     return torch.arange(n, device=device) if index is None else torch.as_tensor(index, dtype=torch.long, device=device)
 
 # %% ../../nbs/20_models_core.ipynb #f7012a83
 @patch
-def itm_logits(self:ImageTextModel, img, txt, index=None): "ITM logits (N, 2)"; return self.itm_head(self.joint(img, txt, index))
+def itm_logits(self:ImageTextModel, img:Any, txt:Any, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor: "ITM logits (N, 2)"; return self.itm_head(self.joint(img, txt, index))
 
 # %% ../../nbs/20_models_core.ipynb #b1911bab
 @patch
-def itm(self:ImageTextModel, img, txt, index=None): "P(match) (N,) of text j with image `index[j]`"; return self.itm_logits(img, txt, index).softmax(-1)[:, 1]
+def itm(self:ImageTextModel, img:Any, txt:Any, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor: "P(match) (N,) of text j with image `index[j]`"; return self.itm_logits(img, txt, index).softmax(-1)[:, 1]
 
 # %% ../../nbs/20_models_core.ipynb #16bae366
-def similarity(e_img, e_txt):
+def similarity(e_img:torch.Tensor, e_txt:torch.Tensor) -> torch.Tensor:
     "(N texts, B images) cosine similarities; (B, queries, d) image embeddings take their best query"
     if e_img.ndim == 3: return torch.einsum('bqd,nd->nbq', e_img, e_txt.to(e_img.dtype)).max(-1).values
     return e_txt @ e_img.T.to(e_txt.dtype)
 
 # %% ../../nbs/20_models_core.ipynb #4739fd50
 @patch
-def itc_matrix(self:ImageTextModel, img, txt): "(N texts, B images) similarities"; return similarity(self.embed_images(img), self.embed_texts(txt))
+def itc_matrix(self:ImageTextModel, img:Any, txt:Any) -> torch.Tensor: "(N texts, B images) similarities"; return similarity(self.embed_images(img), self.embed_texts(txt))
 
 # %% ../../nbs/20_models_core.ipynb #90ae2c2b
 @patch
-def itc(self:ImageTextModel, img, txt, index=None):
+def itc(self:ImageTextModel, img:Any, txt:Any, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
     "Similarity (N,) of text j with image `index[j]`"
     s = self.itc_matrix(img, txt)
     return s.gather(1, pair_index(index, len(s), s.device)[:, None])[:, 0]
 
 # %% ../../nbs/20_models_core.ipynb #b1a52259
 @patch
-def itc_scale(self:ImageTextModel): "The contrastive temperature's inverse"; return self.logit_scale.exp().clamp(max=100)
+def itc_scale(self:ImageTextModel) -> torch.Tensor: "The contrastive temperature's inverse"; return cast(torch.Tensor, self.logit_scale).exp().clamp(max=100)
 
 # %% ../../nbs/20_models_core.ipynb #c6766d31
 @patch
-def itc_logits(self:ImageTextModel, img, txt): "Similarities times the learned inverse temperature (for the loss)"; return self.itc_scale() * self.itc_matrix(img, txt)
+def itc_logits(self:ImageTextModel, img:Any, txt:Any) -> torch.Tensor: "Similarities times the learned inverse temperature (for the loss)"; return self.itc_scale() * self.itc_matrix(img, txt)
 
 # %% ../../nbs/20_models_core.ipynb #7192f2ea
 class Batch:
     "Mixin for dataclass batches of tensors: `len`, `b[idx]` (indexes every tensor field), `to(device, dtype)` (floating fields take `dtype`)"
-    def __len__(self): return len(next(getattr(self, k.name) for k in fields(self) if torch.is_tensor(getattr(self, k.name))))
-    def __getitem__(self, idx): idx = torch.as_tensor(idx, dtype=torch.long); return self._map(lambda t: t[idx])
+    def __len__(self) -> int: return len(next(getattr(self, k.name) for k in fields(self) if torch.is_tensor(getattr(self, k.name))))  # type: ignore[arg-type]  # a mixin of dataclasses
+    def __getitem__(self, idx:Sequence[int]|torch.Tensor) -> Batch: idx = torch.as_tensor(idx, dtype=torch.long); return self._map(lambda t: t[idx])
 
 # %% ../../nbs/20_models_core.ipynb #e682e056
 @patch
-def _map(self:Batch, f): return type(self)(**{k.name: f(v) if torch.is_tensor(v := getattr(self, k.name)) else v for k in fields(self)})
+def _map(self:Batch, f:Callable[[torch.Tensor], torch.Tensor]) -> Batch: return type(self)(**{k.name: f(v) if torch.is_tensor(v := getattr(self, k.name)) else v for k in fields(self)})  # type: ignore[arg-type]  # a mixin of dataclasses
 
 # %% ../../nbs/20_models_core.ipynb #1ac5ab37
 @patch
-def to(self:Batch, device, dtype=torch.float32): return self._map(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device))
+def to(self:Batch, device:str|torch.device, dtype:torch.dtype=torch.float32) -> Batch: return self._map(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device))
 
 # %% ../../nbs/20_models_core.ipynb #29cfd5de
 @patch
 @torch.no_grad()
-def score(self:ImageTextModel, encoded, index, texts, batch_size=64):
+def score(self:ImageTextModel, encoded:Any, index:Iterable[int], texts:Sequence[str], batch_size:int=64) -> dict[str, torch.Tensor]:
     "`{'itm': P(match) (N,), 'itc': similarity (N,)}` of text j against image `index[j]` of `encoded`"
     index = list(index)
     if len(index) != len(texts): raise ValueError(f"index has {len(index)} entries for {len(texts)} texts")
-    was = self.training; self.eval(); out = {'itm': [], 'itc': []}
+    was = self.training; self.eval(); out: dict[str, list[torch.Tensor]] = {'itm': [], 'itc': []}
     try:
         for s in range(0, len(texts), batch_size):
             t, i = self.encode_texts(texts[s:s+batch_size]), index[s:s+batch_size]
@@ -132,36 +138,36 @@ ImageTextModel.default_lr = {'student': 3e-4, 'critic': 1e-3}   # peak learning 
 
 # %% ../../nbs/20_models_core.ipynb #7fd00286
 @patch
-def cached_image_items(self:ImageTextModel, keys, make):
+def cached_image_items(self:ImageTextModel, keys:Sequence[Any], make:Callable[[int], tuple[Image.Image, Sequence[Sequence[float]]]]) -> list[Any]:
     "Items of the images `keys`; `make(i) -> (drawn image, boxes)` (this default caches nothing)"
     made = [make(i) for i in range(len(keys))]
     return self.image_items([m[0] for m in made], [m[1] for m in made]) if made else []
 
 # %% ../../nbs/20_models_core.ipynb #4b0c911d
 @patch
-def item_maker(self:ImageTextModel): "A picklable `(images, boxes) -> items` for data-loader workers, or None"; return None
+def item_maker(self:ImageTextModel) -> Callable[[Sequence[Image.Image], Sequence[Sequence[Sequence[float]]]], list[Any]]|None: "A picklable `(images, boxes) -> items` for data-loader workers, or None"; return None
 
 # %% ../../nbs/20_models_core.ipynb #69d9b1fe
 @patch
-def use_cache_dir(self:ImageTextModel, folder): "Keep cached features in `folder` (families that cache)"; return self
+def use_cache_dir(self:ImageTextModel, folder:str|Path|None) -> ImageTextModel: "Keep cached features in `folder` (families that cache)"; return self
 
 # %% ../../nbs/20_models_core.ipynb #06dd172f
 @patch
-def forget(self:ImageTextModel): "Empty in-memory caches"; return self
+def forget(self:ImageTextModel) -> ImageTextModel: "Empty in-memory caches"; return self
 
 # %% ../../nbs/20_models_core.ipynb #15ed0466
 @patch
-def share(self:ImageTextModel, other):
+def share(self:ImageTextModel, other:ImageTextModel) -> bool:
     "Use `other`'s frozen parts and feature cache where both compute the same features (families that cache); whether it did"
     return False
 
 # %% ../../nbs/20_models_core.ipynb #7403bdaa
 @patch
-def weights(self:ImageTextModel): "The tensors a checkpoint keeps"; return self.state_dict()
+def weights(self:ImageTextModel) -> dict[str, torch.Tensor]: "The tensors a checkpoint keeps"; return self.state_dict()
 
 # %% ../../nbs/20_models_core.ipynb #22903e09
 @patch
-def load_weights(self:ImageTextModel, sd):
+def load_weights(self:ImageTextModel, sd:Mapping[str, torch.Tensor]) -> ImageTextModel:
     "Load tensors saved by `weights`, with an error that names what does not fit"
     missing, unexpected = self.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k in self.weights()]
@@ -170,7 +176,7 @@ def load_weights(self:ImageTextModel, sd):
 
 # %% ../../nbs/20_models_core.ipynb #cdf94721
 @patch
-def save(self:ImageTextModel, folder, **extra):
+def save(self:ImageTextModel, folder:str|Path, **extra:Any) -> Path:
     "Write `model.safetensors` and `model.json` (family, config, `extra`) to `folder`; returns it"
     from safetensors.torch import save_file
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +186,7 @@ def save(self:ImageTextModel, folder, **extra):
     return folder
 
 # %% ../../nbs/20_models_core.ipynb #ee4482d1
-def read_model_json(folder):
+def read_model_json(folder:str|Path) -> dict[str, Any]:
     "The `model.json` of a model folder, with an error that says what a model folder is"
     p = Path(folder)/'model.json'
     if not p.exists(): raise FileNotFoundError(f"{folder} is not a model folder (no model.json): save one with ImageTextModel.save, "
@@ -188,11 +194,11 @@ def read_model_json(folder):
     return json.loads(p.read_text())
 
 # %% ../../nbs/20_models_core.ipynb #817daadf
-FAMILIES = {}                                                       # name -> class
+FAMILIES: dict[str, type[ImageTextModel]] = {}                    # name -> class
 FAMILY_MODULES = {'fused': 'lskd.models.fusion', 'blip2': 'lskd.models.blip2', 'bow': 'lskd.models.core'}   # built in, imported on demand
 
 # %% ../../nbs/20_models_core.ipynb #bf183980
-def register_family(cls):
+def register_family(cls:type[ImageTextModel]) -> type[ImageTextModel]:
     "Class decorator: make the `ImageTextModel` subclass `cls` loadable by its `family` name"
     if not (isinstance(cls, type) and issubclass(cls, ImageTextModel) and cls.family and cls.config_class):
         raise TypeError(f"{cls!r}: a family is an ImageTextModel subclass with `family` and `config_class` set")
@@ -200,7 +206,7 @@ def register_family(cls):
     return cls
 
 # %% ../../nbs/20_models_core.ipynb #faaf5e3e
-def family_class(name):
+def family_class(name:str) -> type[ImageTextModel]:
     "The class of the family `name` (importing its module if it is a built-in one)"
     if name not in FAMILIES and name in FAMILY_MODULES: importlib.import_module(FAMILY_MODULES[name])
     if name not in FAMILIES:
@@ -208,13 +214,13 @@ def family_class(name):
     return FAMILIES[name]
 
 # %% ../../nbs/20_models_core.ipynb #0f08e3ce
-def build_model(family, device='cpu', **config):
+def build_model(family:str, device:str|torch.device='cpu', **config:Any) -> ImageTextModel:
     "A new (untrained) model of `family` with `config` settings (the family's defaults for the rest)"
     cls = family_class(family)
-    return cls(check_config(cls.config_class, config, family), device=device)
+    return cls(check_config(cls.config_class, config, family), device=device)  # type: ignore[call-arg]  # every family takes `device`
 
 # %% ../../nbs/20_models_core.ipynb #284bbb2d
-def load_model(spec, device='cpu', **config):
+def load_model(spec:str|Path, device:str|torch.device='cpu', **config:Any) -> ImageTextModel:
     "A model from a model folder, `FAMILY:FOLDER`, or a family name (a new model, with `config`)"
     spec = str(spec); fam, _, rest = spec.partition(':')
     if (Path(spec)/'model.json').exists(): folder = Path(spec)
@@ -227,30 +233,31 @@ def load_model(spec, device='cpu', **config):
 
 # %% ../../nbs/20_models_core.ipynb #695824c2
 @patch(cls_method=True)
-def from_folder(cls:ImageTextModel, folder, config, device='cpu'):
+def from_folder(cls:ImageTextModel, folder:str|Path, config:Any, device:str|torch.device='cpu') -> ImageTextModel:
     "The model saved in `folder` (families whose weights live elsewhere override this)"
     from safetensors.torch import load_file
     m = cls(config, device=device)
     return m.load_weights(load_file(str(Path(folder)/'model.safetensors'), device=str(device))).eval()
 
 # %% ../../nbs/20_models_core.ipynb #10ce738b
-def model_settings(pairs):
+def model_settings(pairs:Iterable[str]) -> dict[str, Any]:
     "`{'inputs': 'text', ...}` from `--model-config` flags `KEY=VALUE` (values read as YAML)"
-    out = {}
+    out: dict[str, Any] = {}
     for p in pairs: set_key(out, *parse_override(p, '--model-config', 'inputs=text'))
     return out
 
 # %% ../../nbs/20_models_core.ipynb #abceb67e
 @dataclass
-class BowConfig:
+class BowConfig(Config):
     "Settings of the `bow` family"
-    vocab: int = 4096          # hashed word ids
-    dim: int = 32              # embedding width
-    grid: int = 4              # image: mean colours on a grid x grid
-    max_regions: int = 8       # drawn regions whose colours it reads
+    section = 'bow'
+    vocab: Positive = 4096     # hashed word ids
+    dim: Positive = 32         # embedding width
+    grid: Positive = 4         # image: mean colours on a grid x grid
+    max_regions: Count = 8     # drawn regions whose colours it reads
 
 # %% ../../nbs/20_models_core.ipynb #a8f3d0e1
-def bow_words(text, vocab):
+def bow_words(text:str, vocab:int) -> list[int]:
     "Hashed ids of the lower-cased words and `[i]` references of `text`"
     return [int(hashlib.md5(w.encode()).hexdigest()[:8], 16) % vocab for w in re.findall(r"\[\d+\]|[a-z0-9']+", text.lower())] or [0]
 
@@ -259,7 +266,7 @@ def bow_words(text, vocab):
 class BowModel(ImageTextModel):
     "Bag of words x mean colours: the smallest model with the whole interface"
     family, config_class = 'bow', BowConfig
-    def __init__(self, config=None, device='cpu'):
+    def __init__(self, config:BowConfig|None=None, device:str|torch.device='cpu'):
         super().__init__(config); c = self.config
         self.words = nn.Embedding(c.vocab, c.dim)
         self.pixels = nn.Linear(3*(c.grid**2 + c.max_regions), c.dim)
@@ -268,12 +275,12 @@ class BowModel(ImageTextModel):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1/0.07)))
         self.to(device)
     @property
-    def joint_dim(self): return self.config.dim
+    def joint_dim(self) -> int: return self.config.dim
 
 # %% ../../nbs/20_models_core.ipynb #45e80a0a
 @patch
-def image_items(self:BowModel, images, boxes):
-    c = self.config; out = []
+def image_items(self:BowModel, images:Sequence[Image.Image], boxes:Sequence[Sequence[Sequence[float]]]) -> list[torch.Tensor]:
+    c = self.config; out: list[torch.Tensor] = []
     for im, bx in zip(images, boxes):
         a = torch.from_numpy(np.asarray(im.convert('RGB'), dtype=np.float32)/255).permute(2, 0, 1)
         g = F.adaptive_avg_pool2d(a[None], c.grid)[0].flatten()
@@ -286,7 +293,7 @@ def image_items(self:BowModel, images, boxes):
 
 # %% ../../nbs/20_models_core.ipynb #1ff362a3
 @patch
-def collate_images(self:BowModel, items): return torch.stack(items).to(self.device)
+def collate_images(self:BowModel, items:list[torch.Tensor]) -> torch.Tensor: return torch.stack(items).to(self.device)
 
 # %% ../../nbs/20_models_core.ipynb #481b3e4b
 def _pad_ids(items):
@@ -297,11 +304,11 @@ def _pad_ids(items):
 
 # %% ../../nbs/20_models_core.ipynb #574b9fff
 @patch
-def text_items(self:BowModel, texts): return [torch.tensor(bow_words(t, self.config.vocab)) for t in texts]
+def text_items(self:BowModel, texts:Iterable[str]) -> list[torch.Tensor]: return [torch.tensor(bow_words(t, self.config.vocab)) for t in texts]
 
 # %% ../../nbs/20_models_core.ipynb #93dfb26a
 @patch
-def collate_texts(self:BowModel, items): return _pad_ids(items).to(self.device)
+def collate_texts(self:BowModel, items:list[torch.Tensor]) -> torch.Tensor: return _pad_ids(items).to(self.device)
 
 # %% ../../nbs/20_models_core.ipynb #f3011e03
 def _bag(emb, ids):
@@ -311,17 +318,17 @@ def _bag(emb, ids):
 
 # %% ../../nbs/20_models_core.ipynb #17cd0b67
 @patch
-def joint(self:BowModel, img, txt, index=None):
+def joint(self:BowModel, img:torch.Tensor, txt:torch.Tensor, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
     return _bag(self.words, txt) * self.pixels(img[pair_index(index, len(txt), img.device)])
 
 # %% ../../nbs/20_models_core.ipynb #f515483e
 @patch
-def itm_head(self:BowModel, joint): return self.head(joint)
+def itm_head(self:BowModel, joint:torch.Tensor) -> torch.Tensor: return self.head(joint)
 
 # %% ../../nbs/20_models_core.ipynb #67851b1e
 @patch
-def embed_images(self:BowModel, img): return F.normalize(self.img_itc(self.pixels(img)), dim=-1)
+def embed_images(self:BowModel, img:torch.Tensor) -> torch.Tensor: return F.normalize(self.img_itc(self.pixels(img)), dim=-1)
 
 # %% ../../nbs/20_models_core.ipynb #771e4bf6
 @patch
-def embed_texts(self:BowModel, txt): return F.normalize(self.txt_itc(_bag(self.words, txt)), dim=-1)
+def embed_texts(self:BowModel, txt:torch.Tensor) -> torch.Tensor: return F.normalize(self.txt_itc(_bag(self.words, txt)), dim=-1)

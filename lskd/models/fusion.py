@@ -7,6 +7,8 @@ from __future__ import annotations
 import json, math, hashlib
 from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from PIL import Image
 import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from dataclasses import replace
@@ -14,51 +16,53 @@ from fastcore.basics import patch
 from ..data.refs import REF_RE
 from ..data.records import check_box
 from ..io.files import atomic_path
+from ..io.config import Config, Positive, Count, Fraction, NonNegative
+from typing import Literal, get_args
 from .core import ImageTextModel, Batch, register_family, build_model
 
 # %% auto #0
-__all__ = ['INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'ref_token_ids', 'sincos_2d', 'FusionBlock', 'FusedModel',
-           'context_means', 'FeatureCache', 'crop_features', 'sentence_embeddings', 'Tagger', 'image_item',
-           'load_encoders', 'FusedFamily']
+__all__ = ['Inputs', 'INPUTS', 'FusionConfig', 'ImageFeats', 'TextFeats', 'ref_token_ids', 'sincos_2d', 'FusionBlock',
+           'FusedModel', 'context_means', 'FeatureCache', 'crop_features', 'sentence_embeddings', 'Tagger',
+           'image_item', 'load_encoders', 'FusedFamily']
 
 # %% ../../nbs/24_models_fusion.ipynb #20c42c75
-INPUTS = ('text', 'boxes', 'regions')
+Inputs = Literal['text', 'boxes', 'regions']
+INPUTS = get_args(Inputs)
 
 # %% ../../nbs/24_models_fusion.ipynb #079dfdec
 @dataclass
-class FusionConfig:
+class FusionConfig(Config):
     "Sizes and switches of a `FusedModel`"
-    img_dim: int = 1280        # image feature channels (EfficientNet-Lite0)
-    txt_dim: int = 384         # text token features (all-MiniLM-L6-v2)
-    dim: int = 128             # width of the fused block
-    heads: int = 4
-    layers: int = 1
-    inputs: str = 'regions'    # 'text' | 'boxes' | 'regions'
-    max_regions: int = 16      # drawing positions 0..max_regions-1 get an id embedding
+    section = 'fused'
+    img_dim: Positive = 1280   # image feature channels (EfficientNet-Lite0)
+    txt_dim: Positive = 384    # text token features (all-MiniLM-L6-v2)
+    dim: Positive = 128        # width of the fused block
+    heads: Positive = 4        # attention heads (dividing dim)
+    layers: Positive = 1       # transformer layers of the fused block
+    inputs: Inputs = 'regions' # what the text attends to besides itself (INPUTS)
+    max_regions: Positive = 16 # drawing positions 0..max_regions-1 get an id embedding
     mention_features: bool = True   # each `[i]` token also carries region i's token (inputs='regions')
-    itc_dim: int = 128
-    dropout: float = 0.1
-    encoders: tuple = ('efficientnet-lite0', 'all-MiniLM-L6-v2')   # frozen image and text encoders ('toy-image', 'toy-text': tests)
-    image_size: int = 224      # the image encoder's input size
-    regions_from: str = 'pool' # region features: 'pool' (the feature map inside each box) or 'crop' (each box's crop encoded at image_size)
-    region_tags: int = 0       # with 'crop': each region also gets its top-k class names as a text embedding (0: none)
+    itc_dim: Positive = 128    # width of the ITC embeddings
+    dropout: Fraction = 0.1    # dropout in the fused block
+    encoders: tuple[str, str] = ('efficientnet-lite0', 'all-MiniLM-L6-v2')   # frozen image and text encoders ('toy-image', 'toy-text': tests)
+    image_size: Positive = 224 # the image encoder's input size
+    regions_from: Literal['pool', 'crop'] = 'pool'   # region features: 'pool' (the feature map inside each box) or 'crop' (each box's crop encoded at image_size)
+    region_tags: Count = 0     # with 'crop': each region also gets its top-k class names as a text embedding (0: none)
     tag_tokens: bool = True    # with region_tags: add the tags to the region tokens (learnt)
-    tag_prior: float = 0.      # with region_tags, >0: add w*cos(the words around [i], region i's tags) to the ITM logit, w = tag_prior * a parameter from 0
+    tag_prior: NonNegative = 0.   # with region_tags, >0: add w*cos(the words around [i], region i's tags) to the ITM logit, w = tag_prior * a parameter from 0
     def __post_init__(self):
-        if self.inputs not in INPUTS: raise ValueError(f"FusionConfig.inputs={self.inputs!r}: expected one of {INPUTS}")
+        super().__post_init__()   # types and ranges; then how the fields go together
         if self.dim % self.heads: raise ValueError(f"FusionConfig.dim={self.dim} is not divisible by heads={self.heads}")
-        if self.regions_from not in ('pool', 'crop'): raise ValueError(f"FusionConfig.regions_from={self.regions_from!r}: expected 'pool' or 'crop'")
         if self.region_tags and self.regions_from != 'crop': raise ValueError("FusionConfig.region_tags needs regions_from='crop'")
         if self.tag_prior and not self.region_tags: raise ValueError("FusionConfig.tag_prior needs region_tags (k > 0) and regions_from='crop'")
-        self.encoders = tuple(self.encoders)
 
 # %% ../../nbs/24_models_fusion.ipynb #8eee0875
 @patch
-def to_dict(self:FusionConfig): return asdict(self)
+def to_dict(self:FusionConfig) -> dict[str, Any]: return asdict(self)
 
 # %% ../../nbs/24_models_fusion.ipynb #93ca38c7
 @patch(cls_method=True)
-def from_dict(cls:FusionConfig, d):
+def from_dict(cls:FusionConfig, d:Mapping[str, Any]) -> FusionConfig:
     names = {f.name for f in fields(cls)}
     return cls(**{k:v for k,v in d.items() if k in names})
 
@@ -75,7 +79,7 @@ def _pad(ts, fill=0):
 class ImageFeats(Batch):
     "A batch of encoded images: `grid` (B,h*w,C), `hw`, `regions` (B,R,C), `boxes` (B,R,4) in 0..1, `region_mask` (B,R), `tags`"
     grid: torch.Tensor
-    hw: tuple
+    hw: tuple[int, int]
     regions: torch.Tensor
     boxes: torch.Tensor
     region_mask: torch.Tensor
@@ -83,7 +87,7 @@ class ImageFeats(Batch):
 
 # %% ../../nbs/24_models_fusion.ipynb #b0d5b419
 @patch(cls_method=True)
-def collate(cls:ImageFeats, items):
+def collate(cls:ImageFeats, items:Sequence[Mapping[str, torch.Tensor]]) -> ImageFeats:
     "Batch per-image dicts `{'fmap': (C,h,w), 'regions': (R,C), 'boxes': (R,4)}`"
     h, w = items[0]['fmap'].shape[1:]
     if any(it['fmap'].shape[1:] != (h, w) for it in items): raise ValueError("feature maps of different sizes in one batch")
@@ -109,14 +113,14 @@ class TextFeats(Batch):
 
 # %% ../../nbs/24_models_fusion.ipynb #370d9756
 @patch(cls_method=True)
-def collate(cls:TextFeats, items):
+def collate(cls:TextFeats, items:Sequence[Mapping[str, torch.Tensor]]) -> TextFeats:
     "Batch per-text dicts `{'hidden': (T,D), 'refs': (T,), 'pooled': (D,)}`"
     hidden = _pad([it['hidden'].float() for it in items])
     mask = _pad([torch.ones(len(it['hidden']), dtype=torch.bool) for it in items], False)
     return cls(hidden, mask, _pad([it['refs'].long() for it in items], -1), torch.stack([it['pooled'].float() for it in items]))
 
 # %% ../../nbs/24_models_fusion.ipynb #b68afa5b
-def ref_token_ids(tokenizer, texts, max_length=256):
+def ref_token_ids(tokenizer:Callable[..., Any], texts:Sequence[str], max_length:int=256) -> torch.Tensor:
     "(N,T) tensor: for each token the `i` of the `[i]` mention it belongs to, else -1 (same padding as the encoder)"
     tok = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_offsets_mapping=True)
     out = torch.full((len(texts), len(tok['input_ids'][0])), -1, dtype=torch.long)
@@ -129,7 +133,7 @@ def ref_token_ids(tokenizer, texts, max_length=256):
     return out
 
 # %% ../../nbs/24_models_fusion.ipynb #9f08ef57
-def sincos_2d(h, w, dim):
+def sincos_2d(h:int, w:int, dim:int) -> torch.Tensor:
     "(h*w, dim) fixed 2-D sine/cosine position code"
     q = dim // 4
     f = 1 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
@@ -141,7 +145,7 @@ def sincos_2d(h, w, dim):
 # %% ../../nbs/24_models_fusion.ipynb #91bbd93a
 class FusionBlock(nn.Module):
     "Text self-attention, cross-attention to image keys (optional), feed-forward; pre-norm residuals"
-    def __init__(self, dim, heads, dropout=0.1, cross=True):
+    def __init__(self, dim:int, heads:int, dropout:float=0.1, cross:bool=True):
         super().__init__()
         self.n1, self.self_attn = nn.LayerNorm(dim), nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.cross = cross
@@ -152,7 +156,7 @@ class FusionBlock(nn.Module):
 
 # %% ../../nbs/24_models_fusion.ipynb #02ad2673
 @patch
-def forward(self:FusionBlock, x, x_pad, keys=None, k_pad=None):
+def forward(self:FusionBlock, x:torch.Tensor, x_pad:torch.Tensor, keys:torch.Tensor|None=None, k_pad:torch.Tensor|None=None) -> torch.Tensor:
     h = self.n1(x); x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
     if self.cross and keys is not None:
         h = self.n2(x); x = x + self.drop(self.cross_attn(h, keys, keys, key_padding_mask=k_pad, need_weights=False)[0])
@@ -161,7 +165,7 @@ def forward(self:FusionBlock, x, x_pad, keys=None, k_pad=None):
 # %% ../../nbs/24_models_fusion.ipynb #b52bd536
 class FusedModel(nn.Module):
     "Cross-attention from text tokens to image grid and region tokens; ITM and ITC heads"
-    def __init__(self, config: FusionConfig|None = None, **kw):
+    def __init__(self, config: FusionConfig|None = None, **kw:Any):
         super().__init__()
         c = self.config = config or FusionConfig(**kw)
         d = c.dim
@@ -187,11 +191,11 @@ class FusedModel(nn.Module):
 
 # %% ../../nbs/24_models_fusion.ipynb #af86be88
 @patch
-def _rid(self:FusedModel, ids): return self.rid(ids.clamp(0, self.config.max_regions-1))
+def _rid(self:FusedModel, ids:torch.Tensor) -> torch.Tensor: return self.rid(ids.clamp(0, self.config.max_regions-1))
 
 # %% ../../nbs/24_models_fusion.ipynb #f12eb37e
 @patch
-def _region_tokens(self:FusedModel, img: ImageFeats):
+def _region_tokens(self:FusedModel, img: ImageFeats) -> torch.Tensor:
     "Region tokens (B,R,dim)"
     R = img.regions.shape[1]
     r = self.reg_proj(img.regions) + self.box_proj(img.boxes) + self.kind.weight[1] + self._rid(torch.arange(R, device=img.regions.device))[None]
@@ -199,7 +203,7 @@ def _region_tokens(self:FusedModel, img: ImageFeats):
 
 # %% ../../nbs/24_models_fusion.ipynb #3ae8ac62
 @patch
-def _keys(self:FusedModel, img: ImageFeats):
+def _keys(self:FusedModel, img: ImageFeats) -> tuple[torch.Tensor, torch.Tensor]:
     "Image keys (B,K,dim) and their padding mask (B,K) (True = padding)"
     c = self.config
     g = self.img_proj(img.grid) + sincos_2d(*img.hw, c.dim).to(img.grid) + self.kind.weight[0]
@@ -209,7 +213,7 @@ def _keys(self:FusedModel, img: ImageFeats):
 
 # %% ../../nbs/24_models_fusion.ipynb #e7715e96
 @patch
-def _mentions(self:FusedModel, regs, region_mask, refs):
+def _mentions(self:FusedModel, regs:torch.Tensor, region_mask:torch.Tensor, refs:torch.Tensor) -> torch.Tensor:
     "(N,T,dim): region `refs[n,t]`'s token of `regs` (N,R,dim) at each mention token; zeros elsewhere"
     R = regs.shape[1]; r = refs.clamp(0, R - 1)
     ok = (refs >= 0) & (refs < R) & region_mask.gather(1, r)
@@ -217,7 +221,7 @@ def _mentions(self:FusedModel, regs, region_mask, refs):
 
 # %% ../../nbs/24_models_fusion.ipynb #a4e09365
 @patch
-def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
+def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
     "Fused vector (N,dim) for text j paired with image `index[j]` (default: j); with `tag_prior`, (N,dim+1): the prior last"
     x = self.txt_proj(txt.hidden) + self._rid(txt.refs) * (txt.refs >= 0)[..., None]
     x_pad = ~txt.mask
@@ -234,7 +238,7 @@ def _fuse(self:FusedModel, img: ImageFeats|None, txt: TextFeats, index=None):
     return torch.cat([f, self._prior(img, txt, idx)[:, None]], -1) if self.config.tag_prior else f
 
 # %% ../../nbs/24_models_fusion.ipynb #94457197
-def context_means(h, mask, w=6):
+def context_means(h:torch.Tensor, mask:torch.Tensor, w:int=6) -> torch.Tensor:
     "(N,T,D): the mean of the unpadded rows of `h` (N,T,D) within `w` positions of each position"
     m = mask[:, None].to(h); hm = h.transpose(1, 2) * m
     s = F.avg_pool1d(hm, 2*w + 1, 1, w, count_include_pad=True); n = F.avg_pool1d(m, 2*w + 1, 1, w, count_include_pad=True)
@@ -242,7 +246,7 @@ def context_means(h, mask, w=6):
 
 # %% ../../nbs/24_models_fusion.ipynb #c43e30fd
 @patch
-def _prior(self:FusedModel, img: ImageFeats, txt: TextFeats, idx=None):
+def _prior(self:FusedModel, img: ImageFeats|None, txt: TextFeats, idx:torch.Tensor|None=None) -> torch.Tensor:
     "(N,): mean over the mention tokens of text j of cos(its context, the tags of the region it names), on image `idx[j]` (default: j)"
     if img is None or img.tags is None: return txt.hidden.new_zeros(len(txt))
     tags, mask = (img.tags, img.region_mask) if idx is None else (img.tags[idx], img.region_mask[idx])
@@ -252,7 +256,7 @@ def _prior(self:FusedModel, img: ImageFeats, txt: TextFeats, idx=None):
 
 # %% ../../nbs/24_models_fusion.ipynb #2aee0680
 @patch
-def itm(self:FusedModel, f):
+def itm(self:FusedModel, f:torch.Tensor) -> torch.Tensor:
     "ITM logits (N,2) of fused vectors `f` (`_fuse`)"
     if not self.config.tag_prior: return self.itm_head(f)
     d = self.config.dim
@@ -260,14 +264,14 @@ def itm(self:FusedModel, f):
 
 # %% ../../nbs/24_models_fusion.ipynb #214522f5
 @patch
-def forward(self:FusedModel, img, txt, index=None):
+def forward(self:FusedModel, img:ImageFeats|None, txt:TextFeats, index:Sequence[int]|torch.Tensor|None=None) -> dict[str, torch.Tensor]:
     "`{'itm': logits (N,2), 'fused': (N,dim) (+1 with `tag_prior`)}`"
     f = self._fuse(img, txt, index)
     return {'itm': self.itm(f), 'fused': f}
 
 # %% ../../nbs/24_models_fusion.ipynb #d4bd6deb
 @patch
-def embed_image(self:FusedModel, img: ImageFeats):
+def embed_image(self:FusedModel, img: ImageFeats) -> torch.Tensor:
     "Unit image embeddings (B,itc_dim)"
     if self.config.inputs == 'text': raise ValueError("a text-only FusedModel has no image embedding")
     k, pad = self._keys(img)
@@ -276,11 +280,11 @@ def embed_image(self:FusedModel, img: ImageFeats):
 
 # %% ../../nbs/24_models_fusion.ipynb #70269200
 @patch
-def embed_text(self:FusedModel, txt: TextFeats): "Unit text embeddings (N,itc_dim)"; return F.normalize(self.txt_itc(txt.pooled), dim=-1)
+def embed_text(self:FusedModel, txt: TextFeats) -> torch.Tensor: "Unit text embeddings (N,itc_dim)"; return F.normalize(self.txt_itc(txt.pooled), dim=-1)
 
 # %% ../../nbs/24_models_fusion.ipynb #e3a5dc8a
 @patch
-def itc(self:FusedModel, img, txt, index=None):
+def itc(self:FusedModel, img:ImageFeats, txt:TextFeats, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
     "Cosine similarity (N,) of text j with image `index[j]`"
     e = self.embed_image(img)
     e = e if index is None else e[torch.as_tensor(index, dtype=torch.long, device=e.device)]
@@ -288,7 +292,7 @@ def itc(self:FusedModel, img, txt, index=None):
 
 # %% ../../nbs/24_models_fusion.ipynb #a0e6e140
 @patch
-def itc_logits(self:FusedModel, img, txt):
+def itc_logits(self:FusedModel, img:ImageFeats, txt:TextFeats) -> torch.Tensor:
     "(N texts, B images) similarities times the learned temperature (for a contrastive loss)"
     return self.logit_scale.exp().clamp(max=100) * self.embed_text(txt) @ self.embed_image(img).T
 
@@ -299,38 +303,39 @@ def _hash(*parts): return hashlib.sha1(json.dumps(parts, sort_keys=True, default
 class FeatureCache:
     "Frozen image/text features, computed once per (image, drawn regions) and per text; optional disk folder"
     def __init__(self,
-                 image_encoder=None,    # frozen `ImageEncoder` (None: no image features)
-                 text_encoder=None,     # frozen `TextEncoder` (None: no text features)
-                 folder=None,           # keep the items on disk too, one safetensors file each
-                 dtype=torch.float16,   # of the stored features
-                 max_items=4096,        # memory is emptied past this many items
-                 crops=False,           # region features from crops (`crop_features`), not pooled
-                 tags=0):               # with crops: also the regions' top-`tags` class-name embeddings (`Tagger`)
+                 image_encoder:Any=None,            # frozen `ImageEncoder` (None: no image features)
+                 text_encoder:Any=None,             # frozen `TextEncoder` (None: no text features)
+                 folder:str|Path|None=None,         # keep the items on disk too, one safetensors file each
+                 dtype:torch.dtype=torch.float16,   # of the stored features
+                 max_items:int=4096,                # memory is emptied past this many items
+                 crops:bool=False,                  # region features from crops (`crop_features`), not pooled
+                 tags:int=0):                       # with crops: also the regions' top-`tags` class-name embeddings (`Tagger`)
         self.ie, self.te, self.dtype, self.max_items, self.crops = image_encoder, text_encoder, dtype, max_items, crops
-        self.tags, self._tagger = tags, None
+        self.tags = tags; self._tagger: Tagger|None = None
         self.folder = Path(folder) if folder else None
         if self.folder: self.folder.mkdir(parents=True, exist_ok=True)
-        self.mem, self.hits, self.misses = {}, 0, 0
+        self.mem: dict[str, dict[str, torch.Tensor]] = {}; self.hits, self.misses = 0, 0
     def __repr__(self): return f"FeatureCache({len(self.mem)} items, {self.hits} hits, {self.misses} misses, folder={self.folder})"
 
 # %% ../../nbs/24_models_fusion.ipynb #cafbb667
 @patch(as_prop=True)
-def tagger(self:FeatureCache):
+def tagger(self:FeatureCache) -> Tagger|None:
     "The `Tagger` of region tags (built on first use), or None"
     if self.tags and self.crops and self._tagger is None: self._tagger = Tagger(self.ie, self.te, self.tags)
     return self._tagger
 
 # %% ../../nbs/24_models_fusion.ipynb #98f10397
 @patch
-def _get(self:FeatureCache, k):
+def _get(self:FeatureCache, k:str) -> dict[str, torch.Tensor]|None:
     if k in self.mem: self.hits += 1; return self.mem[k]
     if self.folder and (self.folder/f'{k}.safetensors').exists():
         from safetensors.torch import load_file
         self.hits += 1; self.mem[k] = load_file(str(self.folder/f'{k}.safetensors')); return self.mem[k]
+    return None
 
 # %% ../../nbs/24_models_fusion.ipynb #91f55018
 @patch
-def _put(self:FeatureCache, k, d):
+def _put(self:FeatureCache, k:str, d:dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     self.misses += 1
     if len(self.mem) >= self.max_items: self.mem.clear()
     self.mem[k] = d
@@ -340,14 +345,14 @@ def _put(self:FeatureCache, k, d):
     return d
 
 # %% ../../nbs/24_models_fusion.ipynb #73bf1dd8
-def crop_features(ie, image, boxes):
+def crop_features(ie:Any, image:Image.Image, boxes:Sequence[Sequence[float]]) -> torch.Tensor:
     "(R,C) features of the crop of each box of `image`, encoded by `ie` at its input size and averaged"
     if not len(boxes): return torch.zeros(0, ie.dim)
-    with torch.no_grad(): fmap, _ = ie.encode([image.crop(tuple(int(round(v)) for v in check_box(b))) for b in boxes])
+    with torch.no_grad(): fmap, _ = ie.encode([image.crop(tuple(int(round(v)) for v in check_box(b))) for b in boxes])  # type: ignore[arg-type]  # 4 ints
     return fmap.float().mean((2, 3))
 
 # %% ../../nbs/24_models_fusion.ipynb #d73f96a9
-def sentence_embeddings(te, texts, batch_size=64):
+def sentence_embeddings(te:Any, texts:Sequence[str], batch_size:int=64) -> torch.Tensor:
     "(N,D) unit mean-pooled token features of `texts` by the text encoder `te`"
     out = []
     for s in range(0, len(texts), batch_size):
@@ -358,23 +363,24 @@ def sentence_embeddings(te, texts, batch_size=64):
 # %% ../../nbs/24_models_fusion.ipynb #f8cc9685
 class Tagger:
     "Region features -> the probability-weighted text embedding of their top-`k` class names"
-    def __init__(self, ie, te, k=5):
+    def __init__(self, ie:Any, te:Any, k:int=5):
         from lskd.models.backbones import IMAGENET_CLASSES
         self.ie, self.k, self.names = ie, k, list(getattr(ie, 'classes', None) or IMAGENET_CLASSES)
         self.table = sentence_embeddings(te, self.names)             # (classes, D), once
     def __repr__(self): return f"Tagger(top {self.k} of {len(self.names)} classes)"
-    def __call__(self, feats):
+    def __call__(self, feats:torch.Tensor) -> torch.Tensor:
         p = self.ie.classify(feats).float().cpu(); v, i = p.topk(min(self.k, p.shape[-1]), -1)
         return ((v / v.sum(-1, keepdim=True))[..., None] * self.table[i]).sum(-2)
 
 # %% ../../nbs/24_models_fusion.ipynb #17985362
-def image_item(ie,                   # the image encoder (pools the region features)
-               fmap,                 # (C,h,w) feature map of the image
-               size,                 # (W,H) of the image
-               boxes,                # drawn boxes, in drawing order
-               dtype=torch.float32,
-               image=None,           # the drawn image: region features from its crops (`crop_features`) instead of pooling `fmap`
-               tagger=None):         # with `image`: region features -> (R,txt_dim) class-name embeddings (`Tagger`)
+def image_item(ie:Any,                           # the image encoder (pools the region features)
+               fmap:torch.Tensor,                # (C,h,w) feature map of the image
+               size:tuple[int, int],             # (W,H) of the image
+               boxes:Sequence[Sequence[float]],  # drawn boxes, in drawing order
+               dtype:torch.dtype=torch.float32,
+               image:Image.Image|None=None,      # the drawn image: region features from its crops (`crop_features`) instead of pooling `fmap`
+               tagger:Tagger|None=None,          # with `image`: region features -> (R,txt_dim) class-name embeddings (`Tagger`)
+              ) -> dict[str, torch.Tensor]:
     "Per-image feature dict from one feature map (C,h,w) of an image of `size` (W,H) with drawn `boxes`"
     W,H = size
     bx = torch.tensor([list(check_box(b)) for b in boxes], dtype=torch.float32).reshape(-1, 4)
@@ -386,12 +392,12 @@ def image_item(ie,                   # the image encoder (pools the region featu
 
 # %% ../../nbs/24_models_fusion.ipynb #5fcce051
 @patch
-def images(self:FeatureCache, keys, make, progress=False):
+def images(self:FeatureCache, keys:Sequence[Any], make:Callable[[int], tuple[Image.Image, Sequence[Sequence[float]]]], progress:bool=False) -> list[dict[str, torch.Tensor]]:
     "Per-image feature dicts for `keys`; `make(i)` -> (drawn image, boxes) is called only for uncached ones"
     if self.ie is None: raise ValueError("this FeatureCache has no image encoder")
     tag = (self.ie.name, list(self.ie.size)) + (('crop',) if self.crops else ()) + (('tags', self.tags, self.te.name) if self.tagger else ())
     ks = [_hash('img', tag, k) for k in keys]
-    first = {}
+    first: dict[str, int] = {}
     for i,k in enumerate(ks): first.setdefault(k, i)
     got = {k: self._get(k) for k in first}
     todo = [i for k,i in first.items() if got[k] is None]        # each distinct drawing once
@@ -403,14 +409,14 @@ def images(self:FeatureCache, keys, make, progress=False):
 
 # %% ../../nbs/24_models_fusion.ipynb #44755abb
 @patch
-def texts(self:FeatureCache, texts, progress=False):
+def texts(self:FeatureCache, texts:Iterable[str], progress:bool=False) -> list[dict[str, torch.Tensor]]:
     "Per-text feature dicts (token states, mention ids, sentence embedding) for `texts`"
     if self.te is None: raise ValueError("this FeatureCache has no text encoder")
     texts = list(texts)
     ks = [_hash('txt', self.te.name, self.te.max_length, t) for t in texts]
     out = [self._get(k) for k in ks]
     key_of = dict(zip(texts, ks))
-    done = {}
+    done: dict[str, dict[str, torch.Tensor]] = {}
     for t in tqdm(list(dict.fromkeys(t for t,o in zip(texts, out) if o is None)), disable=not progress, desc='text features', leave=False):
         with torch.no_grad():
             h, mask = self.te.token_features([t])              # alone: no padding, the same features whatever is cached
@@ -422,15 +428,15 @@ def texts(self:FeatureCache, texts, progress=False):
     return [o if o is not None else done[t] for t,o in zip(texts, out)]
 
 # %% ../../nbs/24_models_fusion.ipynb #70dc1a6a
-def load_encoders(names, image_size=224, device='cpu'):
+def load_encoders(names:Sequence[str], image_size:int=224, device:str|torch.device='cpu') -> tuple[Any, Any]:
     "Frozen encoders by name: the offline pretrained ones (`lskd.models.backbones`) or the toy ones ('toy-image', 'toy-text')"
     img, txt = names
     if 'toy-image' in names or 'toy-text' in names: from lskd.models.toy import ToyImageEncoder, ToyTextEncoder
-    if img == 'toy-image': ie = ToyImageEncoder()
+    if img == 'toy-image': ie: Any = ToyImageEncoder()
     else:
         from lskd.models.backbones import ImageEncoder
         ie = ImageEncoder(size=image_size, device=device)
-    if txt == 'toy-text': te = ToyTextEncoder()
+    if txt == 'toy-text': te: Any = ToyTextEncoder()
     else:
         from lskd.models.backbones import TextEncoder
         te = TextEncoder(device=device)
@@ -443,7 +449,7 @@ class FusedFamily(ImageTextModel):
     family, config_class = 'fused', FusionConfig
     saved_defaults = {'mention_features': False, 'regions_from': 'pool'}   # folders saved before these settings
     default_lr = {'student': 1e-3, 'critic': 1e-3}   # a small model from scratch: 3e-4 learnt pointing more slowly (below)
-    def __init__(self, config=None, device='cpu', frozen=None, cache_dir=None):
+    def __init__(self, config:FusionConfig|None=None, device:str|torch.device='cpu', frozen:tuple[Any, Any]|None=None, cache_dir:str|Path|None=None):
         c = config or FusionConfig()
         ie, te = frozen or load_encoders(c.encoders, c.image_size, device)   # frozen: (image, text) encoder objects
         super().__init__(replace(c, img_dim=ie.dim, txt_dim=te.dim, encoders=(ie.name, te.name)))
@@ -452,11 +458,11 @@ class FusedFamily(ImageTextModel):
         self.cache = FeatureCache(ie, te, cache_dir, crops=c.regions_from == 'crop', tags=c.region_tags)
         self.to(device)
     @property
-    def joint_dim(self): return self.config.dim + (1 if self.config.tag_prior else 0)
+    def joint_dim(self) -> int: return self.config.dim + (1 if self.config.tag_prior else 0)
 
 # %% ../../nbs/24_models_fusion.ipynb #6d14bfac
 @patch
-def image_items(self:FusedFamily, images, boxes):
+def image_items(self:FusedFamily, images:Iterable[Image.Image], boxes:Sequence[Sequence[Sequence[float]]]) -> list[dict[str, torch.Tensor]]:
     ie, images = self.frozen[0], list(images)
     with torch.no_grad(): fmap, sizes = ie.encode(list(images))
     crop = self.config.regions_from == 'crop'
@@ -464,21 +470,21 @@ def image_items(self:FusedFamily, images, boxes):
 
 # %% ../../nbs/24_models_fusion.ipynb #aa916b3a
 @patch
-def cached_image_items(self:FusedFamily, keys, make):
+def cached_image_items(self:FusedFamily, keys:Sequence[Any], make:Callable[[int], tuple[Image.Image, Sequence[Sequence[float]]]]) -> list[dict[str, torch.Tensor]]:
     "Items of the images `keys` (e.g. file and boxes), computed by `make(i) -> (drawn image, boxes)` only when not cached"
     return [{k: v.cpu() for k,v in d.items()} for d in self.cache.images(keys, make)]
 
 # %% ../../nbs/24_models_fusion.ipynb #d635f7c1
 @patch
-def use_cache_dir(self:FusedFamily, folder): self.cache = FeatureCache(*self.frozen, folder, crops=self.config.regions_from == 'crop', tags=self.config.region_tags); return self
+def use_cache_dir(self:FusedFamily, folder:str|Path|None) -> FusedFamily: self.cache = FeatureCache(*self.frozen, folder, crops=self.config.regions_from == 'crop', tags=self.config.region_tags); return self
 
 # %% ../../nbs/24_models_fusion.ipynb #8786ab73
 @patch
-def forget(self:FusedFamily): self.cache.mem.clear(); return self
+def forget(self:FusedFamily) -> FusedFamily: self.cache.mem.clear(); return self
 
 # %% ../../nbs/24_models_fusion.ipynb #fc549a25
 @patch(as_prop=True)
-def signature(self:FeatureCache):
+def signature(self:FeatureCache) -> tuple[Any, Any, bool, int, str]:
     "What decides the features: the encoders, their settings, crops and tags, the folder"
     dev = lambda e: str(getattr(e, 'device', 'cpu'))
     ie, te = self.ie, self.te
@@ -486,47 +492,47 @@ def signature(self:FeatureCache):
 
 # %% ../../nbs/24_models_fusion.ipynb #18cf73f1
 @patch
-def share(self:FusedFamily, other):
+def share(self:FusedFamily, other:ImageTextModel) -> bool:
     "Use `other`'s frozen encoders and feature cache when both compute the same features; whether it did"
     ok = isinstance(other, FusedFamily) and other.cache is not self.cache and other.cache.signature == self.cache.signature
-    if ok: self.frozen, self.cache = other.frozen, other.cache
+    if ok: self.frozen, self.cache = cast(FusedFamily, other).frozen, cast(FusedFamily, other).cache
     return ok
 
 # %% ../../nbs/24_models_fusion.ipynb #d4a1de4f
 @patch
-def collate_images(self:FusedFamily, items): return ImageFeats.collate(items).to(self.device)
+def collate_images(self:FusedFamily, items:Sequence[Mapping[str, torch.Tensor]]) -> ImageFeats: return ImageFeats.collate(items).to(self.device)
 
 # %% ../../nbs/24_models_fusion.ipynb #48a35776
 @patch
-def text_items(self:FusedFamily, texts): return self.cache.texts(texts)
+def text_items(self:FusedFamily, texts:Iterable[str]) -> list[dict[str, torch.Tensor]]: return self.cache.texts(texts)
 
 # %% ../../nbs/24_models_fusion.ipynb #d7f3a152
 @patch
-def collate_texts(self:FusedFamily, items): return TextFeats.collate(items).to(self.device)
+def collate_texts(self:FusedFamily, items:Sequence[Mapping[str, torch.Tensor]]) -> TextFeats: return TextFeats.collate(items).to(self.device)
 
 # %% ../../nbs/24_models_fusion.ipynb #c2a8df2b
 @patch
-def joint(self:FusedFamily, img, txt, index=None): return self.net._fuse(img, txt, index)
+def joint(self:FusedFamily, img:ImageFeats|None, txt:TextFeats, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor: return self.net._fuse(img, txt, index)
 
 # %% ../../nbs/24_models_fusion.ipynb #e3b1b273
 @patch
-def itm_head(self:FusedFamily, joint): return self.net.itm(joint)
+def itm_head(self:FusedFamily, joint:torch.Tensor) -> torch.Tensor: return self.net.itm(joint)
 
 # %% ../../nbs/24_models_fusion.ipynb #b844e629
 @patch
-def embed_images(self:FusedFamily, img): return self.net.embed_image(img)
+def embed_images(self:FusedFamily, img:ImageFeats) -> torch.Tensor: return self.net.embed_image(img)
 
 # %% ../../nbs/24_models_fusion.ipynb #a78c20ff
 @patch
-def embed_texts(self:FusedFamily, txt): return self.net.embed_text(txt)
+def embed_texts(self:FusedFamily, txt:TextFeats) -> torch.Tensor: return self.net.embed_text(txt)
 
 # %% ../../nbs/24_models_fusion.ipynb #80731a3a
 @patch
-def itc_scale(self:FusedFamily): return self.net.logit_scale.exp().clamp(max=100)
+def itc_scale(self:FusedFamily) -> torch.Tensor: return self.net.logit_scale.exp().clamp(max=100)
 
 # %% ../../nbs/24_models_fusion.ipynb #21ccf97f
 @patch
-def itc(self:FusedFamily, img, txt, index=None):
+def itc(self:FusedFamily, img:ImageFeats, txt:TextFeats, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
     "Cosine similarity (N,) of text j with image `index[j]` (zeros for a text-only model, which has no image embedding)"
     if self.config.inputs == 'text': return torch.zeros(len(txt), device=self.device)
     return self.net.itc(img, txt, index)

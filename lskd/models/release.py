@@ -5,6 +5,8 @@
 # %% ../../nbs/26_models_release.ipynb #abbf9dd8
 from __future__ import annotations
 import argparse, html, json, re, sys
+from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
@@ -16,7 +18,7 @@ __all__ = ['VISION_RULES', 'QFORMER_RULES', 'HEAD_RULES', 'DROPPED', 'load_check
            'map_release', 'qkv_bias', 'vision_state', 'ConversionReport', 'convert_release', 'parser', 'main']
 
 # %% ../../nbs/26_models_release.ipynb #bdafdfdc
-def load_checkpoint(path):
+def load_checkpoint(path:str|Path) -> dict[str, torch.Tensor]:
     "The state dict in a LAVIS checkpoint (`{'model': ...}` as its runner saves it, or a bare state dict)"
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}: pass a LAVIS .pth (the release's checkpoint_best.pth)")
@@ -28,10 +30,11 @@ def load_checkpoint(path):
     return dict(sd)
 
 # %% ../../nbs/26_models_release.ipynb #fa7ac37e
-def rename(key, rules):
+def rename(key:str, rules:Iterable[tuple[str, str]]) -> str|None:
     "The target name of `key` under the first of `rules` ((regex, replacement) pairs) that matches it whole, else None"
     for pat, rep in rules:
         if re.fullmatch(pat, key): return re.sub(f'^{pat}$', rep, key)
+    return None
 
 # %% ../../nbs/26_models_release.ipynb #1d1a3aa8
 VISION_RULES = [(r'cls_token', 'embeddings.class_embedding'), (r'pos_embed', 'embeddings.position_embedding'),
@@ -69,9 +72,9 @@ class ReleaseArch:
 def _layers(keys, pat): return sorted({int(m.group(1)) for k in keys if (m := re.match(pat, k))})
 
 # %% ../../nbs/26_models_release.ipynb #8c34deec
-def release_config(sd,               # the checkpoint's state dict
-                   vis,              # the EVA ViT's state dict (keys without `visual_encoder.`)
-                   arch=ReleaseArch()):
+def release_config(sd:dict[str, torch.Tensor],      # the checkpoint's state dict
+                   vis:dict[str, torch.Tensor],     # the EVA ViT's state dict (keys without `visual_encoder.`)
+                   arch:ReleaseArch=ReleaseArch()) -> Any:
     "A `Blip2Config` of `Blip2ForImageTextRetrieval` for the release checkpoint `sd` with the ViT `vis`"
     from transformers import Blip2Config
     layers, cross = _layers(sd, r'Qformer\.bert\.encoder\.layer\.(\d+)\.'), _layers(sd, r'Qformer\.bert\.encoder\.layer\.(\d+)\.crossattention\.')
@@ -96,8 +99,9 @@ def release_config(sd,               # the checkpoint's state dict
 def _drop_reason(k): return next((w for p,w in DROPPED.items() if re.fullmatch(p, k)), None)
 
 # %% ../../nbs/26_models_release.ipynb #493dfde2
-def map_release(sd, vis, grid):
+def map_release(sd:dict[str, torch.Tensor], vis:dict[str, torch.Tensor], grid:int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     "`(model state, head state, report)` for checkpoint `sd` and ViT `vis`; the ViT's position grid resized to `grid`"
+    model: dict[str, torch.Tensor]; heads: dict[str, torch.Tensor]; rep: dict[str, Any]
     model, heads, rep = {}, {}, {'used': 0, 'dropped': {}, 'unused': []}
     def put(dest, t, v): dest[t] = v.float(); rep['used'] += 1
     for k, v in sd.items():
@@ -118,10 +122,10 @@ def map_release(sd, vis, grid):
     return model, heads, rep
 
 # %% ../../nbs/26_models_release.ipynb #d11f7704
-def qkv_bias(q, v): "EVA's query and value biases as one qkv bias (the key has none)"; return torch.cat([q, torch.zeros_like(v), v])
+def qkv_bias(q:torch.Tensor, v:torch.Tensor) -> torch.Tensor: "EVA's query and value biases as one qkv bias (the key has none)"; return torch.cat([q, torch.zeros_like(v), v])
 
 # %% ../../nbs/26_models_release.ipynb #67e4252a
-def vision_state(sd, vision=None):
+def vision_state(sd:dict[str, torch.Tensor], vision:str|Path|None=None) -> dict[str, torch.Tensor]:
     "The EVA ViT's state dict: the checkpoint's `visual_encoder.*`, else the file `vision`"
     own = {k[len('visual_encoder.'):]: v for k,v in sd.items() if k.startswith('visual_encoder.')}
     if own and vision: raise ValueError("the checkpoint has its own ViT (visual_encoder.*): do not pass --vision")
@@ -159,12 +163,13 @@ def _save_model(model, tok, folder, temp, kind, report):
     atomic_write(Path(folder)/'model.json', json.dumps({'family': 'blip2', 'config': asdict(cfg), 'converted_from': report['checkpoint']}, indent=1))
 
 # %% ../../nbs/26_models_release.ipynb #e2cd0904
-def convert_release(checkpoint,           # the release's checkpoint_best.pth (LAVIS)
-                    out,                  # folder to write
-                    kind='student',       # 'student' (Blip2Qformer) or 'critic' (Blip2Critic)
-                    vision=None,          # eva_vit_g.pth, when the checkpoint has no ViT (the release's have none)
-                    arch=ReleaseArch(),   # what the shapes do not say
-                    tokenizer=None):      # the bert-base-uncased tokenizer with [DEC] (default: `lskd.models.blip2.bert_tokenizer`)
+def convert_release(checkpoint:str|Path,               # the release's checkpoint_best.pth (LAVIS)
+                    out:str|Path,                      # folder to write
+                    kind:str='student',                # 'student' (Blip2Qformer) or 'critic' (Blip2Critic)
+                    vision:str|Path|None=None,         # eva_vit_g.pth, when the checkpoint has no ViT (the release's have none)
+                    arch:ReleaseArch=ReleaseArch(),    # what the shapes do not say
+                    tokenizer:Any=None,                # the bert-base-uncased tokenizer with [DEC] (default: `lskd.models.blip2.bert_tokenizer`)
+                   ) -> ConversionReport:
     "Convert a release checkpoint to an lskd model folder (student) or critic folder; returns the `ConversionReport`"
     from transformers import Blip2ForImageTextRetrieval
     from safetensors.torch import save_file
@@ -195,7 +200,7 @@ def convert_release(checkpoint,           # the release's checkpoint_best.pth (L
     return report
 
 # %% ../../nbs/26_models_release.ipynb #ea94ed5d
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='lskd convert-release', description="convert the authors' LAVIS checkpoint (student or critic) to an lskd model or critic folder")
     p.add_argument('checkpoint', help="the release's checkpoint_best.pth"); p.add_argument('out', help='folder to write')
     p.add_argument('--kind', choices=['student', 'critic'], default='student')
@@ -207,7 +212,7 @@ def parser():
     return p
 
 # %% ../../nbs/26_models_release.ipynb #83747665
-def main(argv=None):
+def main(argv:Sequence[str]|None=None) -> int:
     "`lskd convert-release CHECKPOINT OUT --kind student|critic --vision eva_vit_g.pth`"
     a = parser().parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 # %% ../../nbs/23_models_toy.ipynb #bf78b0e6
 from __future__ import annotations
 import re, random, hashlib
+from typing import Any, Iterable, Sequence
 from fastcore.basics import patch
 
 import torch, torch.nn.functional as F
@@ -15,31 +16,32 @@ __all__ = ['TOY_COLOURS', 'ToyTokenizer', 'ToyTextEncoder', 'ToyImageEncoder']
 # %% ../../nbs/23_models_toy.ipynb #c82a576a
 class ToyTokenizer:
     "Splits words and punctuation (`[`, `1`, `]` like WordPiece); hashed ids; offsets; padding like a HF tokenizer"
-    def __init__(self, vocab=1000): self.vocab = vocab
-    def __call__(self, texts, padding=True, truncation=True, max_length=64, return_offsets_mapping=False, return_tensors=None):
+    def __init__(self, vocab:int=1000): self.vocab = vocab
+    def __call__(self, texts:Sequence[str], padding:bool=True, truncation:bool=True, max_length:int=64, return_offsets_mapping:bool=False,
+                 return_tensors:str|None=None) -> dict[str, Any]:
         offs = [[(0, 0)] + self._split(t)[:max_length-2] + [(0, 0)] for t in texts]
         T = max(map(len, offs))
         ids = [[1] + [2 + int(hashlib.md5(t[a:b].lower().encode()).hexdigest()[:8], 16) % (self.vocab-2) for a,b in o[1:-1]] + [1]
                for t,o in zip(texts, offs)]
-        out = {'input_ids': [i + [0]*(T-len(i)) for i in ids], 'attention_mask': [[1]*len(i) + [0]*(T-len(i)) for i in ids]}
+        out: dict[str, list] = {'input_ids': [i + [0]*(T-len(i)) for i in ids], 'attention_mask': [[1]*len(i) + [0]*(T-len(i)) for i in ids]}
         if return_offsets_mapping: out['offset_mapping'] = [o + [(0, 0)]*(T-len(o)) for o in offs]
         return {k: torch.tensor(v) for k,v in out.items()} if return_tensors == 'pt' else out
 
 # %% ../../nbs/23_models_toy.ipynb #6f4c0b3b
 @patch
-def _split(self:ToyTokenizer, t): return [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", t)]
+def _split(self:ToyTokenizer, t:str) -> list[tuple[int, int]]: return [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", t)]
 
 # %% ../../nbs/23_models_toy.ipynb #7e5c7a0f
 class ToyTextEncoder:
     "Hashed token embeddings with the interface of `lskd.models.backbones.TextEncoder` (`token_features`, `tokenizer`)"
     name, max_length = 'toy-text', 64
-    def __init__(self, dim=32, seed=0):
+    def __init__(self, dim:int=32, seed:int=0):
         self.dim, self.tokenizer = dim, ToyTokenizer()
         self.table = torch.randn(self.tokenizer.vocab, dim, generator=torch.Generator().manual_seed(seed))
 
 # %% ../../nbs/23_models_toy.ipynb #099a472a
 @patch
-def token_features(self:ToyTextEncoder, texts):
+def token_features(self:ToyTextEncoder, texts:Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
     t = self.tokenizer(list(texts), max_length=self.max_length, return_tensors='pt')
     return self.table[t['input_ids']] * t['attention_mask'][..., None], t['attention_mask']
 
@@ -47,23 +49,24 @@ def token_features(self:ToyTextEncoder, texts):
 class ToyImageEncoder:
     "Mean colours on an 8x8 grid through a fixed random 1x1 map, with the interface of `lskd.models.backbones.ImageEncoder`"
     name, size = 'toy-image', (64, 64)
-    def __init__(self, dim=32, seed=0):
+    classes: list[str]                 # the class names `classify` scores (set below)
+    def __init__(self, dim:int=32, seed:int=0):
         self.dim = dim
         self.w = torch.randn(3, dim, generator=torch.Generator().manual_seed(seed))
 
 # %% ../../nbs/23_models_toy.ipynb #49edfbae
 @patch
-def encode(self:ToyImageEncoder, images, batch_size=16, progress=False):
+def encode(self:ToyImageEncoder, images:Iterable[Image.Image], batch_size:int=16, progress:bool=False) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     import numpy as np
     from PIL import Image
     ims = [im.convert('RGB') for im in images]
-    a = torch.from_numpy(np.stack([np.asarray(im.resize(self.size, Image.BILINEAR), dtype=np.float32)/255 for im in ims]))
+    a = torch.from_numpy(np.stack([np.asarray(im.resize(self.size, Image.Resampling.BILINEAR), dtype=np.float32)/255 for im in ims]))
     g = F.avg_pool2d(a.permute(0, 3, 1, 2), 8)
     return torch.tanh(torch.einsum('bchw,cd->bdhw', g - 0.5, self.w)), [im.size for im in ims]
 
 # %% ../../nbs/23_models_toy.ipynb #cfa8db9d
 @patch
-def region_features(self:ToyImageEncoder, fmap, boxes, image_sizes):
+def region_features(self:ToyImageEncoder, fmap:torch.Tensor, boxes:Sequence[Sequence[Sequence[float]]], image_sizes:Sequence[tuple[int, int]]) -> torch.Tensor:
     from lskd.models.backbones import box_pool
     return box_pool(fmap, boxes, image_sizes)
 
@@ -75,7 +78,7 @@ ToyImageEncoder.classes = list(TOY_COLOURS)
 
 # %% ../../nbs/23_models_toy.ipynb #309cddac
 @patch
-def classify(self:ToyImageEncoder, feats):
+def classify(self:ToyImageEncoder, feats:torch.Tensor) -> torch.Tensor:
     "Probabilities over `classes` (the toy colours): the cosine to each colour's feature, sharpened"
     protos = torch.tanh((torch.tensor([TOY_COLOURS[c] for c in self.classes], dtype=torch.float32)/255 - 0.5) @ self.w)
     return (10 * F.normalize(feats.float(), dim=-1) @ F.normalize(protos, dim=-1).T).softmax(-1)

@@ -12,7 +12,7 @@ import numpy as np, torch, torch.nn as nn
 from fastcore.basics import patch
 from ..io.jsonl import write_jsonl
 from ..io.progress import Progress
-from typing import Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 from ..io.config import Config, Positive, Count, PositiveFloat, NonNegative
 
 # %% auto #0
@@ -41,21 +41,21 @@ class TrainConfig(Config):
     default_lr = 3e-4                       # a class attribute, not a setting: subclasses and models set their own
     section = 'train'
     @property
-    def lr_(self): return self.lr if self.lr is not None else self.default_lr
+    def lr_(self) -> float: return self.lr if self.lr is not None else self.default_lr
     @property
-    def min_lr_(self): return self.min_lr if self.min_lr is not None else self.lr_/10
+    def min_lr_(self) -> float: return self.min_lr if self.min_lr is not None else self.lr_/10
     @property
-    def warmup_(self): return self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps//20)
+    def warmup_(self) -> int: return self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps//20)
 
 # %% ../../nbs/21_models_train.ipynb #780bad75
-def get_lr(step, steps, warmup, lr, min_lr):
+def get_lr(step:int, steps:int, warmup:int, lr:float, min_lr:float) -> float:
     "The learning rate at optimizer step `step`"
     if warmup and step < warmup: return lr * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, steps - warmup))
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 # %% ../../nbs/21_models_train.ipynb #8324d598
-def optimizer(named_params, config):
+def optimizer(named_params:Mapping[str, nn.Parameter]|Iterable[tuple[str, nn.Parameter]], config:TrainConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     "AdamW (decay on matrices only) and its warm-up + cosine `LambdaLR`"
     ps = dict(named_params)
     groups = [{'params': [p for p in ps.values() if p.ndim >= 2], 'weight_decay': config.weight_decay},
@@ -65,14 +65,15 @@ def optimizer(named_params, config):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr)
 
 # %% ../../nbs/21_models_train.ipynb #931eb522
-def seed_all(seed):
+def seed_all(seed:int) -> None:
     "Seed Python's `random`, NumPy and torch (all devices)"
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 
 # %% ../../nbs/21_models_train.ipynb #d8140d0a
 @contextmanager
-def deterministic(on:bool=True): # use torch's deterministic kernels inside the block
+def deterministic(on:bool=True, # use torch's deterministic kernels inside the block
+                 ) -> Iterator[None]:
     "Deterministic torch algorithms inside the block (warn, not fail, where an op has none); the previous setting after"
     was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(on, warn_only=True)
@@ -80,14 +81,14 @@ def deterministic(on:bool=True): # use torch's deterministic kernels inside the 
     finally: torch.use_deterministic_algorithms(was, warn_only=warn)
 
 # %% ../../nbs/21_models_train.ipynb #d4029cf2
-def rng_state(generator):
+def rng_state(generator:torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     "Every random state a training step touches: `(tensors, JSON-able)`"
     t = {'torch': torch.get_rng_state(), 'generator': generator.get_state()}
     if torch.cuda.is_available(): t.update({f'cuda.{i}': s for i,s in enumerate(torch.cuda.get_rng_state_all())})
     return t, {'python': random.getstate(), 'numpy': [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()]}
 
 # %% ../../nbs/21_models_train.ipynb #093b9cda
-def set_rng_state(t, j, generator):
+def set_rng_state(t:Mapping[str, torch.Tensor], j:Mapping[str, Any], generator:torch.Generator) -> None:
     "Restore what `rng_state` saved"
     v, st, g = j['python']; random.setstate((v, tuple(st), g))
     n = j['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
@@ -96,7 +97,7 @@ def set_rng_state(t, j, generator):
     if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
 
 # %% ../../nbs/21_models_train.ipynb #7a966672
-def optimizer_tensors(opt):
+def optimizer_tensors(opt:torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     "`(tensors, param_groups)` of an optimizer's state dict"
     sd, t = opt.state_dict(), {}
     for i,st in sd['state'].items():
@@ -104,19 +105,21 @@ def optimizer_tensors(opt):
     return t, sd['param_groups']
 
 # %% ../../nbs/21_models_train.ipynb #658dc75a
-def load_optimizer_tensors(opt, t, groups):
+def load_optimizer_tensors(opt:torch.optim.Optimizer, t:Mapping[str, torch.Tensor], groups:list[dict[str, Any]]) -> None:
     "Restore what `optimizer_tensors` saved"
-    state = {}
+    state: dict[int, dict[str, torch.Tensor]] = {}
     for k,v in t.items():
         if k.startswith('opt.'): _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
     opt.load_state_dict({'state': state, 'param_groups': groups})
 
 # %% ../../nbs/21_models_train.ipynb #b72391d1
-def trainable(module): "Named parameters that train"; return {k: p for k,p in module.named_parameters() if p.requires_grad}
+def trainable(module:nn.Module) -> dict[str, nn.Parameter]: "Named parameters that train"; return {k: p for k,p in module.named_parameters() if p.requires_grad}
 
 # %% ../../nbs/21_models_train.ipynb #d3694010
-def save_checkpoint(folder, module, opt, sched, generator, step, position, history, rank=0, is_main=True,
-                    acc=None):   # `{'values': {name: sum}, 'steps': n}` logged since the last history record
+def save_checkpoint(folder:str|Path, module:nn.Module, opt:torch.optim.Optimizer, sched:torch.optim.lr_scheduler.LRScheduler,
+                    generator:torch.Generator, step:int, position:list, history:list[dict[str, Any]], rank:int=0, is_main:bool=True,
+                    acc:dict[str, Any]|None=None,   # `{'values': {name: sum}, 'steps': n}` logged since the last history record
+                   ) -> tuple[Path, Path]:
     "Write `folder/checkpoints/.step-NNNNNN.tmp` (weights and state from the main process, every process its RNG); `(tmp, final)`"
     from safetensors.torch import save_file
     ck = Path(folder)/'checkpoints'; final = ck/f'step-{step:06d}'; tmp = ck/f'.step-{step:06d}.tmp'
@@ -131,7 +134,7 @@ def save_checkpoint(folder, module, opt, sched, generator, step, position, histo
     return tmp, final
 
 # %% ../../nbs/21_models_train.ipynb #c164ae3d
-def finish_checkpoint(tmp, final, keep=2):
+def finish_checkpoint(tmp:Path, final:Path, keep:int=2) -> Path:
     "Rename the written checkpoint into place; keep the newest `keep`"
     if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
@@ -139,7 +142,7 @@ def finish_checkpoint(tmp, final, keep=2):
     return final
 
 # %% ../../nbs/21_models_train.ipynb #2fc6b39b
-def latest_checkpoint(folder):
+def latest_checkpoint(folder:str|Path) -> Path|None:
     "The newest complete checkpoint folder under `folder/checkpoints`, or None"
     c = sorted(p for p in (Path(folder)/'checkpoints').glob('step-*') if (p/'state.safetensors').exists())
     return c[-1] if c else None
@@ -153,7 +156,8 @@ def _read(path):
     return load_file(str(path)), meta
 
 # %% ../../nbs/21_models_train.ipynb #ea03a1ea
-def load_checkpoint(ck, module, opt, sched, generator, rank=0):
+def load_checkpoint(ck:str|Path, module:nn.Module, opt:torch.optim.Optimizer, sched:torch.optim.lr_scheduler.LRScheduler,
+                    generator:torch.Generator, rank:int=0) -> tuple[int, list, list[dict[str, Any]], dict[str, Any]]:
     "Restore a checkpoint into `module`, `opt`, `sched`, `generator`; `(step, position, history, acc)`"
     ck = Path(ck); w, _ = _read(ck/'weights.safetensors'); params = trainable(module)
     bad = sorted(set(w) ^ set(params)) + sorted(k for k in set(w) & set(params) if w[k].shape != params[k].shape)
@@ -170,11 +174,13 @@ def load_checkpoint(ck, module, opt, sched, generator, rank=0):
 # %% ../../nbs/21_models_train.ipynb #bc507374
 class History(list):
     "Logged training records (`step`, `loss`, other losses, `lr`, ...); shows itself as a loss plot"
-    def keys(self): return [k for k in (self[0] if self else {}) if k == 'loss' or k.startswith('loss_') or k in ('itc', 'itm', 'val_loss')]
+    seconds: float                   # set by `fit`: the training's wall-clock time
+    examples: int                    # set by `fit`: examples seen by all processes
+    def keys(self) -> list[str]: return [k for k in (self[0] if self else {}) if k == 'loss' or k.startswith('loss_') or k in ('itc', 'itm', 'val_loss')]
 
 # %% ../../nbs/21_models_train.ipynb #476abf7e
 @patch
-def plot(self:History, path=None, title='training'):
+def plot(self:History, path:str|Path|None=None, title:str='training') -> Any:
     "Loss curves and learning rate (a matplotlib `Figure`, no pyplot state); saved as PNG when `path` is given"
     from matplotlib.figure import Figure
     fig = Figure(figsize=(9, 3.2)); a, b = fig.subplots(1, 2)
@@ -189,20 +195,20 @@ def plot(self:History, path=None, title='training'):
 
 # %% ../../nbs/21_models_train.ipynb #5f5ab2f9
 @patch
-def _repr_png_(self:History):
+def _repr_png_(self:History) -> bytes|None:
     import io
     if not self: return None
     b = io.BytesIO(); self.plot().savefig(b, format='png', dpi=80); return b.getvalue()
 
 # %% ../../nbs/21_models_train.ipynb #c481a412
-def mixed_precision(mp, device):
+def mixed_precision(mp:str, device:torch.device) -> str:
     "The precision `'auto'` means on `device`: bf16 (or fp16) on a GPU, none on the CPU"
     if mp != 'auto': return mp
     if device.type != 'cuda': return 'no'
     return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
 
 # %% ../../nbs/21_models_train.ipynb #243b4825
-def accelerator(config):
+def accelerator(config:TrainConfig) -> Any:
     "An `accelerate.Accelerator` for `config.device` and `config.mixed_precision`"
     from accelerate import Accelerator, DistributedDataParallelKwargs
     dev = config.device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -215,10 +221,10 @@ class Loop:
     "The state of one `fit`"
     module: nn.Module                # what trains (its `forward(**inputs, generator=g)` returns {'loss': ..., logged scalars})
     net: nn.Module                   # the same, wrapped by accelerate
-    opt: object                      # AdamW (wrapped by accelerate)
-    sched: object                    # its warm-up + cosine LambdaLR
+    opt: torch.optim.Optimizer       # AdamW (wrapped by accelerate)
+    sched: torch.optim.lr_scheduler.LRScheduler   # its warm-up + cosine LambdaLR
     gen: torch.Generator             # the loop's own random stream (negative sampling)
-    accel: object                    # the accelerate.Accelerator
+    accel: Any                       # the accelerate.Accelerator
     config: TrainConfig
     out: Path                        # checkpoints/ and history.jsonl go here
     step: int = 0                    # optimizer steps done
@@ -231,7 +237,7 @@ class Loop:
 
 # %% ../../nbs/21_models_train.ipynb #c2001774
 @patch
-def micro_batches(self:Loop, batches, size):
+def micro_batches(self:Loop, batches:Iterator[tuple[list, dict[str, Any]]], size:Callable[[dict[str, Any]], int]) -> None:
     "The step's forward/backward passes over the next `grad_accum` batches; the logged values accumulate"
     c, a = self.config, self.accel
     for micro in range(c.grad_accum):
@@ -244,18 +250,18 @@ def micro_batches(self:Loop, batches, size):
 
 # %% ../../nbs/21_models_train.ipynb #5087dd80
 @patch
-def optimizer_step(self:Loop):
+def optimizer_step(self:Loop) -> None:
     "Clip, step the optimizer and the schedule"
     if self.config.grad_clip: self.accel.clip_grad_norm_(list(trainable(self.module).values()), self.config.grad_clip)
     self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True); self.n_acc += 1; self.step += 1
 
 # %% ../../nbs/21_models_train.ipynb #78c4eaa0
 @patch
-def due(self:Loop, every): "Is this step a multiple of `every` (or the last)"; return self.step == self.config.steps or bool(every and self.step % every == 0)
+def due(self:Loop, every:int|None) -> bool: "Is this step a multiple of `every` (or the last)"; return self.step == self.config.steps or bool(every and self.step % every == 0)
 
 # %% ../../nbs/21_models_train.ipynb #fe4e48a5
 @patch
-def log(self:Loop):
+def log(self:Loop) -> None:
     "Append a history record of the steps since the last one"
     self.history.append({'step': self.step, **{k: round(v/self.n_acc, 5) for k,v in self.acc.items()}, 'lr': self.sched.get_last_lr()[0],
                          'epoch': self.position[0] if isinstance(self.position, (list, tuple)) else None,
@@ -264,7 +270,7 @@ def log(self:Loop):
 
 # %% ../../nbs/21_models_train.ipynb #8c93e6df
 @patch
-def held_out(self:Loop, evaluate):
+def held_out(self:Loop, evaluate:Callable[[], dict[str, Any]]) -> None:
     "Add `evaluate()`'s figures (computed in eval mode, without gradients) to this step's record"
     self.net.eval()
     with torch.no_grad(): rec = evaluate()
@@ -274,7 +280,7 @@ def held_out(self:Loop, evaluate):
 
 # %% ../../nbs/21_models_train.ipynb #2ba95aca
 @patch
-def checkpoint(self:Loop):
+def checkpoint(self:Loop) -> None:
     "Write this step's checkpoint (every process its random state), then move it into place"
     a = self.accel
     tmp, final = save_checkpoint(self.out, self.module, self.opt, self.sched, self.gen, self.step, list(self.position),
@@ -285,9 +291,11 @@ def checkpoint(self:Loop):
     a.wait_for_everyone()
 
 # %% ../../nbs/21_models_train.ipynb #a3d9bfc7
-def fit(module, data, config, out, accel=None, resume=False, progress=True, desc='train',
-        evaluate=None,   # `evaluate() -> dict` of held-out figures, called every `eval_every` steps and at the end
-        eval_every=None, size=len):   # size(inputs): examples in a micro-batch (for examples/s)
+def fit(module:nn.Module, data:Callable[[list], Iterable[tuple[list, dict[str, Any]]]], config:TrainConfig, out:str|Path,
+        accel:Any=None, resume:bool=False, progress:bool=True, desc:str='train',
+        evaluate:Callable[[], dict[str, Any]]|None=None,   # `evaluate() -> dict` of held-out figures, called every `eval_every` steps and at the end
+        eval_every:int|None=None, size:Callable[[dict[str, Any]], int]=len,   # size(inputs): examples in a micro-batch (for examples/s)
+       ) -> History:
     "Train `module` on `data(position)` -> `(position, inputs)` with `config`, checkpointing into `out` (`resume`: from the newest checkpoint there, if any), the count in `out/progress.json`; the `History`"
     accel = accel or accelerator(config)
     opt, sched = optimizer(trainable(module), config)

@@ -6,9 +6,12 @@
 from __future__ import annotations
 import argparse, hashlib, html, json, math, os, random, re, sys, time, warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
+from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 from ..data.records import QAR, Region, check_field, is_text, is_number, open_image, image_path, check_box
 from ..data.refs import RegionMap, RegionRefError, parse_refs, remap_text, draw_order, model_text, repoint, swap_refs
@@ -20,7 +23,7 @@ from ..data.stats import split_heldout, roc_auc, bootstrap_ci
 from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Probability, Fraction, OnBadRow, add_config_args, config_overrides
 from fastcore.basics import patch
 import shutil, torch.nn as nn
-from ..models.core import load_model, model_settings
+from ..models.core import ImageTextModel, load_model, model_settings
 from ..models.train import TrainConfig, fit, seed_all
 
 # %% auto #0
@@ -32,7 +35,7 @@ __all__ = ['SYNTHETIC_KINDS', 'SYNTHETIC_LABELS', 'qar_key', 'Label', 'read_labe
            'write_synthetic', 'label_terminal', 'parser', 'main', 'run_stage']
 
 # %% ../../nbs/42_critic.ipynb #9164708b
-def qar_key(q):
+def qar_key(q:QAR) -> str:
     "Stable identity of a triple: its `id`, else a hash of its image and text"
     return q.id or 'h' + hashlib.sha1(json.dumps([q.image, q.question, q.answer, q.rationale]).encode()).hexdigest()[:16]
 
@@ -73,21 +76,21 @@ class Label:
 
 # %% ../../nbs/42_critic.ipynb #95577a7b
 @patch
-def to_dict(self:Label): return {k:v for k,v in asdict(self).items() if v is not None and not (k in ('synthetic', 'undo') and not v)}
+def to_dict(self:Label) -> dict[str, Any]: return {k:v for k,v in asdict(self).items() if v is not None and not (k in ('synthetic', 'undo') and not v)}
 
 # %% ../../nbs/42_critic.ipynb #388311b2
 @patch(cls_method=True)
-def from_dict(cls:Label, d): return cls(**d)
+def from_dict(cls:Label, d:dict[str, Any]) -> Label: return cls(**d)
 
 # %% ../../nbs/42_critic.ipynb #16db8f0d
-def read_labels(path, on_bad=None):
+def read_labels(path:str|Path, on_bad:BadRows|Callable[..., Any]|None=None) -> list[Label]:
     "All `Label` records of a labels file (none if it does not exist); a bad row is `on_bad`'s (`lskd.io.jsonl.read_jsonl`)"
     return list(read_jsonl(path, Label, on_bad=on_bad)) if Path(path).exists() else []
 
 # %% ../../nbs/42_critic.ipynb #1590832b
-def current_labels(labels):
+def current_labels(labels:Iterable[Label]) -> dict[tuple[str, str], Label]:
     "`{(key, annotator): Label}`: each annotator's latest label of each triple, undos applied"
-    stacks = defaultdict(list)
+    stacks: defaultdict[tuple[str, str], list[Label]] = defaultdict(list)
     for l in labels:
         k = (l.key, l.annotator)
         if l.undo:
@@ -113,7 +116,7 @@ class Consensus:
 def _mean(xs): xs = [x for x in xs if x is not None]; return sum(xs)/len(xs) if xs else None
 
 # %% ../../nbs/42_critic.ipynb #27b997c5
-def consensus(labels):
+def consensus(labels:Iterable[Label]) -> dict[str, Consensus]:
     "`{key: Consensus}` from a list of `Label`s (majority vote; human labels override synthetic ones; the latest fix of each box wins)"
     by = defaultdict(list)
     for l in current_labels(labels).values(): by[l.key].append(l)
@@ -131,7 +134,7 @@ def consensus(labels):
     return out
 
 # %% ../../nbs/42_critic.ipynb #d6f34e46
-def fix_boxes(q, boxes):
+def fix_boxes(q:QAR, boxes:dict[int, Sequence[float]]|None) -> QAR:
     "`q` with the regions in `boxes` ({id: box}) moved to their fixed boxes; an error names a region the triple lacks"
     if not boxes: return q
     if bad := sorted(set(boxes) - {r.id for r in q.regions}):
@@ -142,39 +145,39 @@ def fix_boxes(q, boxes):
 # %% ../../nbs/42_critic.ipynb #b8146627
 class LabelSession:
     "Labelling logic for one annotator over `corpus`, writing to `path` as labels are given"
-    def __init__(self, corpus, path, annotator='anonymous', root=None):
+    def __init__(self, corpus:Iterable[QAR], path:str|Path, annotator:str='anonymous', root:str|Path|None=None):
         self.items = {qar_key(q): q for q in corpus}
         self.path, self.annotator, self.root = Path(path), annotator, root
         mine = [l for l in read_labels(self.path) if l.annotator == annotator]
         cur = current_labels(mine)
         last = {l.key: n for n,l in enumerate(mine) if not l.undo}
-        self.history = sorted((k for k,_ in cur), key=last.get)    # undo stack: labelled triples, oldest first
+        self.history = sorted((k for k,_ in cur), key=lambda k: last[k])    # undo stack: labelled triples, oldest first
         self.queue = [k for k in self.items if (k, annotator) not in cur]
-        self.qa = self.rationale = None; self.boxes = {}     # ratings and fixed boxes of the label about to be given
-        self.writer, self.message = None, ''
+        self.qa: int|None = None; self.rationale: int|None = None; self.boxes: dict[int, list[float]] = {}     # ratings and fixed boxes of the label about to be given
+        self.writer: JsonlWriter|None = None; self.message = ''
     def __repr__(self): return f"LabelSession({self.annotator!r}, {self.progress_text})"
 
     @property
-    def current(self): "The triple to label now, or None when done"; return self.items[self.queue[0]] if self.queue else None
+    def current(self) -> QAR|None: "The triple to label now, or None when done"; return self.items[self.queue[0]] if self.queue else None
     @property
-    def n_done(self): return len(self.items) - len(self.queue)
+    def n_done(self) -> int: return len(self.items) - len(self.queue)
     @property
-    def progress_text(self): return f"{self.n_done}/{len(self.items)} labelled by {self.annotator}"
+    def progress_text(self) -> str: return f"{self.n_done}/{len(self.items)} labelled by {self.annotator}"
 
 # %% ../../nbs/42_critic.ipynb #0de54bda
 @patch
-def _write(self:LabelSession, label):
+def _write(self:LabelSession, label:Label) -> None:
     if self.writer is None: self.writer = JsonlWriter(self.path)
     self.writer.write(label)
 
 # %% ../../nbs/42_critic.ipynb #2f352bf4
 @patch
-def close(self:LabelSession):
+def close(self:LabelSession) -> None:
     if self.writer: self.writer.close(); self.writer = None
 
 # %% ../../nbs/42_critic.ipynb #4fe352d7
 @patch
-def _label(self:LabelSession, accept):
+def _label(self:LabelSession, accept:bool) -> Label|None:
     if not self.queue: self.message = 'nothing left to label'; return None
     key = self.queue.pop(0)
     l = Label(key, accept, self.qa, self.rationale, self.annotator, time=round(time.time(), 3), boxes=self.boxes or None)
@@ -185,20 +188,20 @@ def _label(self:LabelSession, accept):
 
 # %% ../../nbs/42_critic.ipynb #aaa054d5
 @patch
-def accept(self:LabelSession): return self._label(True)
+def accept(self:LabelSession) -> Label|None: return self._label(True)
 
 # %% ../../nbs/42_critic.ipynb #887a729e
 @patch
-def reject(self:LabelSession): return self._label(False)
+def reject(self:LabelSession) -> Label|None: return self._label(False)
 
 # %% ../../nbs/42_critic.ipynb #718e6c15
 @patch
-def skip(self:LabelSession):
+def skip(self:LabelSession) -> None:
     if self.queue: self.queue.append(self.queue.pop(0)); self.boxes = {}; self.message = 'skipped'
 
 # %% ../../nbs/42_critic.ipynb #6389614a
 @patch
-def undo(self:LabelSession):
+def undo(self:LabelSession) -> str|None:
     "Retract this annotator's latest label; its triple comes back to the front of the queue"
     if not self.history: self.message = 'nothing to undo'; return None
     key = self.history.pop()
@@ -210,13 +213,13 @@ def undo(self:LabelSession):
 
 # %% ../../nbs/42_critic.ipynb #7752ca7a
 @patch
-def rate(self:LabelSession, part, n):
+def rate(self:LabelSession, part:str, n:int|None) -> None:
     if n is not None and not (isinstance(n, int) and 1 <= n <= 5): raise ValueError(f"{part} rating must be 1-5 or None, got {n!r}")
     setattr(self, part, n)
 
 # %% ../../nbs/42_critic.ipynb #4096b8fe
 @patch
-def fix_box(self:LabelSession, region, box):
+def fix_box(self:LabelSession, region:int, box:Sequence[float]) -> str:
     "Fix the box of `region` (an id) of the current triple; written with the next accept or reject"
     q = self.current
     if q is None: raise ValueError('nothing left to label')
@@ -227,7 +230,7 @@ def fix_box(self:LabelSession, region, box):
 
 # %% ../../nbs/42_critic.ipynb #34211e08
 @patch
-def key(self:LabelSession, k):
+def key(self:LabelSession, k:str) -> str:
     "Handle one key press; returns the session's message"
     k = k.lower()
     if k in ('a', 'y'): self.accept()
@@ -243,13 +246,13 @@ def key(self:LabelSession, k):
 
 # %% ../../nbs/42_critic.ipynb #d2d33104
 @patch
-def _repr_html_(self:LabelSession):
+def _repr_html_(self:LabelSession) -> str:
     q = self.current
     body = q._repr_html_(self.root) if q is not None else '<b>All triples are labelled.</b>'
     return f'<div><small>{html.escape(self.progress_text)}</small>{body}</div>'
 
 # %% ../../nbs/42_critic.ipynb #ad450297
-def box_fixes(regions, bboxes, tol=0.5):
+def box_fixes(regions:Iterable[Region], bboxes:Iterable[dict[str, Any]], tol:float=0.5) -> dict[int, list[float]]:
     "`{region id: box}` for the boxes of `BBoxWidget.bboxes` (labelled `[i] ...`) that moved more than `tol` pixels from `regions`"
     orig, out = {r.id: r.box for r in regions}, {}
     for b in bboxes:
@@ -263,7 +266,7 @@ def box_fixes(regions, bboxes, tol=0.5):
     return out
 
 # %% ../../nbs/42_critic.ipynb #e63fe423
-def label_widget(session):
+def label_widget(session:LabelSession) -> Any:
     "An ipywidgets labelling tool for `session` (a `LabelSession`)"
     import ipywidgets as W
     from jupyter_bbox_widget import BBoxWidget
@@ -323,7 +326,7 @@ def _map_refs(text, targets):
     return remap_text(text, {s: targets[k % len(targets)] for k,s in enumerate(src)})
 
 # %% ../../nbs/42_critic.ipynb #5ca1a50f
-def swap_part(q, other, part):
+def swap_part(q:QAR, other:QAR, part:str) -> QAR|None:
     "`q` with its `part` ('answer' or 'rationale') taken from `other`, mentions mapped onto `q`'s regions"
     refs = [i for i in parse_refs(q.text) if i in [r.id for r in q.regions]] or [r.id for r in q.regions]
     t = _map_refs(getattr(other, part), refs)
@@ -333,7 +336,7 @@ def swap_part(q, other, part):
 _AUX = re.compile(r"\b(is|are|was|were|will|can|could|would|should|does|do|did|has|have|had|must|may|might)(\s+not\b|n't\b)?", re.I)
 
 # %% ../../nbs/42_critic.ipynb #eec2948e
-def negate(sentence):
+def negate(sentence:str) -> str:
     "A sentence that contradicts `sentence`: its first auxiliary negated (or un-negated), else 'It is not true that ...'"
     m = _AUX.search(sentence)
     if m: return sentence[:m.start()] + m.group(1) + ('' if m.group(2) else ' not') + sentence[m.end():]
@@ -341,12 +344,12 @@ def negate(sentence):
     return 'It is not true that ' + (s[0].lower() + s[1:] if s[:1].isupper() and not s.startswith('[') else s)
 
 # %% ../../nbs/42_critic.ipynb #6aaa8847
-def contradict(q):
+def contradict(q:QAR) -> QAR:
     "`q` with a rationale that contradicts its answer"
     return replace(q, rationale=negate(q.answer), region=[])
 
 # %% ../../nbs/42_critic.ipynb #12cb84ed
-def synthetic_negatives(corpus, kinds=SYNTHETIC_KINDS, seed=0, annotator='synthetic'):
+def synthetic_negatives(corpus:Iterable[QAR], kinds:Sequence[str]=SYNTHETIC_KINDS, seed:int=0, annotator:str='synthetic') -> tuple[list[QAR], list[Label]]:
     "`(negative QARs, synthetic Labels)` built from `corpus` (originals labelled accept, negatives reject)"
     rng, corpus = random.Random(seed), list(corpus)
     bad = [k for k in kinds if k not in SYNTHETIC_LABELS or k == 'original']
@@ -370,7 +373,7 @@ def synthetic_negatives(corpus, kinds=SYNTHETIC_KINDS, seed=0, annotator='synthe
     return negs, labels
 
 # %% ../../nbs/42_critic.ipynb #915134df
-def critic_view(q, max_regions=5, rng=None, style='critic'):
+def critic_view(q:QAR, max_regions:int=5, rng:random.Random|None=None, style:str='critic') -> tuple[list[Region], RegionMap, str]:
     "`(regions in drawing order, RegionMap, text)` of `q` for the critic"
     order = draw_order(q.text, q.regions, fill=list(q.region_all) + [r.id for r in q.regions], max_regions=max_regions, name=f'triple {qar_key(q)}')
     if rng is not None: rng.shuffle(order)
@@ -388,8 +391,8 @@ def _mlp(d, act=nn.GELU): return nn.Sequential(nn.Linear(d, d), act(), nn.Linear
 # %% ../../nbs/42_critic.ipynb #0fdffa14
 class CriticNet(nn.Module):
     "An `ImageTextModel` with the critic's heads; with targets, `forward` returns the critic's loss"
-    def __init__(self, model,
-                 heads='lskd'):  # 'lskd': GELU MLPs on the pooled joint, ratings in 0..1; 'release': the authors' ReLU MLPs on each query, averaged, raw ratings
+    def __init__(self, model:ImageTextModel,
+                 heads:str='lskd'):  # 'lskd': GELU MLPs on the pooled joint, ratings in 0..1; 'release': the authors' ReLU MLPs on each query, averaged, raw ratings
         super().__init__()
         if heads not in ('lskd', 'release'): raise ValueError(f"unknown critic heads {heads!r}: 'lskd' or 'release'")
         self.model, self.head_kind, d = model, heads, model.joint_dim
@@ -400,27 +403,28 @@ class CriticNet(nn.Module):
 # %% ../../nbs/42_critic.ipynb #5225a098
 @patch
 def forward(self:CriticNet,
-            img,                       # a batch of image items (`collate`)
-            txt,                       # a batch of text items
-            accept=None,               # (N,) targets, 1 accept / 0 reject: given them, `forward` returns the loss
-            qa=None,                   # (N,) QA ratings mapped to 0..1, NaN when missing
-            rationale=None,            # (N,) rationale ratings mapped to 0..1, NaN when missing
-            class_weight=None,         # weights of (reject, accept) in the cross-entropy
-            generator=None):           # not used by the critic
+            img:Any,                                # a batch of image items (`collate`)
+            txt:Any,                                # a batch of text items
+            accept:torch.Tensor|None=None,          # (N,) targets, 1 accept / 0 reject: given them, `forward` returns the loss
+            qa:torch.Tensor|None=None,              # (N,) QA ratings mapped to 0..1, NaN when missing
+            rationale:torch.Tensor|None=None,       # (N,) rationale ratings mapped to 0..1, NaN when missing
+            class_weight:torch.Tensor|None=None,    # weights of (reject, accept) in the cross-entropy
+            generator:torch.Generator|None=None     # not used by the critic
+           ) -> dict[str, torch.Tensor]:
     "`{'itm': logits (N,2), 'scores': (N,2) (QA, rationale; 0..1, raw for the release's heads)}`, or `{'loss'}` when given the targets"
     if self.head_kind == 'release':
         s = self.model.query_states(img, txt); j = s.mean(1)
         scores = torch.cat([self.qa_head(s).mean(1), self.rationale_head(s).mean(1)], -1).float()
     else: j = self.model.joint(img, txt); scores = torch.sigmoid(torch.cat([self.qa_head(j), self.rationale_head(j)], -1)).float()
     out = {'itm': self.model.itm_head(j), 'scores': scores}
-    return out if accept is None else {'loss': critic_loss(out, accept, qa, rationale, class_weight)}
+    return out if accept is None else {'loss': critic_loss(out, accept, cast(torch.Tensor, qa), cast(torch.Tensor, rationale), class_weight)}
 
 # %% ../../nbs/42_critic.ipynb #ac7c2cf0
 @patch
-def heads(self:CriticNet): "The heads' weights (the model saves its own)"; return {k: v for k,v in self.state_dict().items() if not k.startswith('model.')}
+def heads(self:CriticNet) -> dict[str, torch.Tensor]: "The heads' weights (the model saves its own)"; return {k: v for k,v in self.state_dict().items() if not k.startswith('model.')}
 
 # %% ../../nbs/42_critic.ipynb #0296d702
-def critic_items(model, views, root=None):
+def critic_items(model:ImageTextModel, views:Sequence[tuple[QAR, list[Region], str]], root:str|Path|None=None) -> list[tuple[Any, Any]]:
     "Per-view `(image item, text item)` for `model`"
     keys = [(str(image_path(q.image, root)), [list(r.box) for r in regs]) for q,regs,_ in views]
     def make(i):
@@ -429,7 +433,7 @@ def critic_items(model, views, root=None):
     return list(zip(model.cached_image_items(keys, make), model.text_items([t for _,_,t in views])))
 
 # %% ../../nbs/42_critic.ipynb #4b764842
-def collate(model, items): "`(image batch, text batch)`"; return model.collate_images([i for i,_ in items]), model.collate_texts([t for _,t in items])
+def collate(model:ImageTextModel, items:Sequence[tuple[Any, Any]]) -> tuple[Any, Any]: "`(image batch, text batch)`"; return model.collate_images([i for i,_ in items]), model.collate_texts([t for _,t in items])
 
 # %% ../../nbs/42_critic.ipynb #b87c0a46
 @dataclass
@@ -446,7 +450,7 @@ class Example:
 def _unit(r): return float('nan') if r is None else (r - 1)/4
 
 # %% ../../nbs/42_critic.ipynb #02e41953
-def labelled_examples(corpus, labels):
+def labelled_examples(corpus:Sequence[QAR], labels:Iterable[Label]) -> list[Example]:
     "`Example`s for the triples of `corpus` that have a decided label, with the boxes people fixed"
     cons = consensus(labels)
     out = [Example(fix_boxes(q, c.boxes), int(c.accept), _unit(c.qa), _unit(c.rationale), c.synthetic, c.kind)
@@ -457,7 +461,7 @@ def labelled_examples(corpus, labels):
     return out
 
 # %% ../../nbs/42_critic.ipynb #6119e71d
-def binary_metrics(p, y, threshold=0.5):
+def binary_metrics(p:ArrayLike, y:ArrayLike, threshold:float=0.5) -> dict[str, float]:
     "Accuracy (also balanced), precision, recall, F1, ROC-AUC and kept fraction of scores `p` against labels `y` at `threshold`"
     p, y = np.asarray(p, float), np.asarray(y, int)
     k = p >= threshold
@@ -470,7 +474,7 @@ def binary_metrics(p, y, threshold=0.5):
             'auc': roc_auc(p, y), 'kept': float(k.mean()) if len(y) else float('nan')}
 
 # %% ../../nbs/42_critic.ipynb #1d95f3ce
-def threshold_curve(p, y):
+def threshold_curve(p:ArrayLike, y:ArrayLike) -> dict[str, np.ndarray]:
     "`{'threshold', 'precision', 'recall', 'kept'}` arrays at each distinct score (descending)"
     p, y = np.asarray(p, float), np.asarray(y, int)
     o = np.argsort(-p, kind='mergesort'); ps, ys = p[o], y[o]
@@ -479,18 +483,19 @@ def threshold_curve(p, y):
     return {'threshold': ps[last], 'precision': tp/n, 'recall': tp/max(1, ys.sum()), 'kept': n/len(ps)}
 
 # %% ../../nbs/42_critic.ipynb #f924c3b4
-def threshold_for_precision(p, y, target):
+def threshold_for_precision(p:ArrayLike, y:ArrayLike, target:float) -> float|None:
     "Lowest threshold whose precision on (`p`, `y`) is at least `target` (None if no threshold reaches it)"
     c = threshold_curve(p, y)
     ok = np.nonzero(c['precision'] >= target)[0]
     return None if not len(ok) else float(c['threshold'][ok[-1]])
 
 # %% ../../nbs/42_critic.ipynb #9851aeca
-def plot_thresholds(p,                     # scores, P(accept)
-                    y,                     # labels, 1 accept / 0 reject
-                    threshold:float=None,  # marked on both plots when given
-                    path=None,             # the PNG written when given
-                    title:str='critic on held-out labels'):
+def plot_thresholds(p:ArrayLike,                # scores, P(accept)
+                    y:ArrayLike,                # labels, 1 accept / 0 reject
+                    threshold:float|None=None,  # marked on both plots when given
+                    path:str|Path|None=None,    # the PNG written when given
+                    title:str='critic on held-out labels'
+                   ) -> Any:                    # the matplotlib figure
     "Precision-recall curve and precision / kept fraction vs threshold; saved to `path` (PNG) when given"
     import matplotlib; import matplotlib.pyplot as plt
     c = threshold_curve(p, y)
@@ -512,7 +517,8 @@ def critic_loss(out:dict,            # `CriticNet` outputs `{'itm', 'scores'}`
                 accept:torch.Tensor,  # (N,) 1 accept / 0 reject
                 qa:torch.Tensor,      # (N,) QA ratings in 0..1, NaN when missing
                 rationale:torch.Tensor,  # (N,) rationale ratings in 0..1, NaN when missing
-                class_weight=None):   # weights of (reject, accept) in the cross-entropy
+                class_weight:torch.Tensor|None=None,  # weights of (reject, accept) in the cross-entropy
+               ) -> torch.Tensor:
     "CE(accept) + 0.5 MSE(QA head, QA rating) + 0.5 MSE(rationale head, rationale rating); NaN ratings skipped"
     loss = F.cross_entropy(out['itm'].float(), accept.long(), weight=class_weight)
     for k,t in ((0, qa), (1, rationale)):
@@ -614,13 +620,14 @@ class CriticConfig(Config):
     section = 'critic'
 
 # %% ../../nbs/42_critic.ipynb #20ed2810
-def train_critic(corpus,                # JSONL path(s) of the triples (corpus and negatives), or the triples
-                 labels,                # a labels file, or `Label`s
-                 out,                   # the critic's folder
-                 config=None,           # a `CriticConfig`, a dict or a YAML path (None: the defaults)
-                 resume:bool=True,      # continue from the checkpoint in `out` when the setup is the same
+def train_critic(corpus:str|Path|Iterable[str|Path|QAR],  # JSONL path(s) of the triples (corpus and negatives), or the triples
+                 labels:str|Path|Iterable[Label],         # a labels file, or `Label`s
+                 out:str|Path,                            # the critic's folder
+                 config:CriticConfig|dict[str, Any]|str|Path|None=None,  # a `CriticConfig`, a dict or a YAML path (None: the defaults)
+                 resume:bool=True,                        # continue from the checkpoint in `out` when the setup is the same
                  progress:bool=True,
-                 **overrides):          # settings over `config`'s (`CriticConfig` fields)
+                 **overrides:Any                          # settings over `config`'s (`CriticConfig` fields)
+                ) -> dict[str, Any]:                      # the report (also in `out/critic.json`)
     "Train a critic on `labels` of `corpus`, evaluate it on held-out images, save it to `out`; returns its report dict"
     c = CriticConfig.load(config, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -664,7 +671,7 @@ def _check_setup(out, setup, resume):
     return resume
 
 # %% ../../nbs/42_critic.ipynb #b2092d5f
-def auc_by_kind(p, examples, seed=0):
+def auc_by_kind(p:np.ndarray|Sequence[float], examples:Sequence[Example], seed:int=0) -> dict[str, dict[str, Any]]:
     "`{kind: {'auc', 'ci', 'n_pos', 'n_neg'}}`: ROC-AUC of scores `p` of the accepted `examples` against each kind of rejected one"
     pos = [i for i,e in enumerate(examples) if e.accept]; out = {}
     for k in sorted({e.kind or 'human' for e in examples if not e.accept}):
@@ -705,7 +712,7 @@ def _critic_report(net,               # the trained `CriticNet`
     return report
 
 # %% ../../nbs/42_critic.ipynb #a6ae0b4c
-def save_critic(net, out, report):
+def save_critic(net:CriticNet, out:str|Path, report:dict[str, Any]) -> Path:
     "Write the model, `heads.safetensors` and `critic.json` to `out`"
     from safetensors.torch import save_file
     out = Path(out); net.model.save(out/'model')
@@ -716,13 +723,13 @@ def save_critic(net, out, report):
 # %% ../../nbs/42_critic.ipynb #11d53a88
 class Critic:
     "A trained critic: `predict` P(accept) and the two ratings of triples; `threshold` decides what is kept"
-    def __init__(self, net, threshold=0.8, max_regions=5, report=None, text_style='critic'):
+    def __init__(self, net:CriticNet, threshold:float=0.8, max_regions:int=5, report:dict[str, Any]|None=None, text_style:str='critic'):
         self.net, self.threshold, self.max_regions, self.report, self.text_style = net, threshold, max_regions, report or {}, text_style
     def __repr__(self): return f"Critic({self.net.model!r}, threshold={self.threshold})"
 
 # %% ../../nbs/42_critic.ipynb #f3b85dcb
 @patch(cls_method=True)
-def load(cls:Critic, folder, threshold=None, device='cpu', cache_dir=None):
+def load(cls:Critic, folder:str|Path, threshold:float|None=None, device:str|torch.device='cpu', cache_dir:str|Path|None=None) -> Critic:
     "The critic saved in `folder` by `train_critic`"
     from safetensors.torch import load_file
     folder = Path(folder)
@@ -735,20 +742,20 @@ def load(cls:Critic, folder, threshold=None, device='cpu', cache_dir=None):
 
 # %% ../../nbs/42_critic.ipynb #42e28512
 @patch
-def predict(self:Critic, qars, root=None, batch_size=64, progress=False):
+def predict(self:Critic, qars:Iterable[QAR], root:str|Path|None=None, batch_size:int=64, progress:bool=False) -> dict[str, np.ndarray]:
     "`{'prediction': P(accept), 'qa_score': 1..5, 'rationale_score': 1..5}` arrays for `qars` (batched; the release's heads: their raw ratings)"
     qars = list(qars); p, s = [], []
     for i in tqdm(range(0, len(qars), batch_size), disable=not progress, desc='scoring', leave=False):
         items = critic_items(self.net.model, [_view(q, self.max_regions, style=self.text_style) for q in qars[i:i+batch_size]], root)
         a, b = _predict_items(self.net, items, batch_size); p.append(a); s.append(b)
         self.net.model.forget()
-    s = np.concatenate(s) if s else np.zeros((0, 2))
-    if self.net.head_kind == 'lskd': s = 1 + 4*s
-    return {'prediction': np.concatenate(p) if p else np.zeros(0), 'qa_score': s[:, 0], 'rationale_score': s[:, 1]}
+    sc = np.concatenate(s) if s else np.zeros((0, 2))
+    if self.net.head_kind == 'lskd': sc = 1 + 4*sc
+    return {'prediction': np.concatenate(p) if p else np.zeros(0), 'qa_score': sc[:, 0], 'rationale_score': sc[:, 1]}
 
 # %% ../../nbs/42_critic.ipynb #426f21d7
 @patch
-def _repr_html_(self:Critic):
+def _repr_html_(self:Critic) -> str:
     v = self.report.get('val') or {}
     rows = ''.join(f'<tr><td>{k}</td><td>{v[k]:.3f}</td></tr>' for k in ('accuracy', 'precision', 'recall', 'auc', 'kept') if k in v)
     return (f'<b>Critic</b> ({html.escape(self.net.model.family)}), threshold {self.threshold:.3f}, trained on {self.report.get("n_train", "?")} '
@@ -764,12 +771,12 @@ class FilterReport(dict):
 
 # %% ../../nbs/42_critic.ipynb #dde0ae84
 @patch
-def _rows(self:FilterReport):
+def _rows(self:FilterReport) -> Iterator[tuple[str, int, int, float]]:
     for s,(n,k) in sorted(self['sources'].items()): yield s, n, k, k/n if n else float('nan')
 
 # %% ../../nbs/42_critic.ipynb #2400281d
 @patch
-def _repr_html_(self:FilterReport):
+def _repr_html_(self:FilterReport) -> str:
     r = ''.join(f'<tr><td>{html.escape(s)}</td><td>{n}</td><td>{k}</td><td>{100*f:.1f}%</td></tr>' for s,n,k,f in self._rows())
     return (f'<table><tr><th>source</th><th>triples</th><th>kept</th><th>kept %</th></tr>{r}'
             f'<tr><td><b>all</b></td><td>{self["n"]}</td><td>{self["kept"]}</td><td>threshold {self["threshold"]}</td></tr></table>')
@@ -782,15 +789,16 @@ def _count_lines(p, repair=False):
     with open(p, 'rb') as f: return sum(1 for l in f if l.strip())
 
 # %% ../../nbs/42_critic.ipynb #031fc11c
-def score_corpus(critic,                # a `Critic`
-                 corpus,                # JSONL path of the corpus
-                 out,                   # folder of scored.jsonl, filtered.jsonl and filter_report.json
-                 threshold:float=None,  # None: the critic's
-                 image_root=None,       # the image root
+def score_corpus(critic:Critic,                   # a `Critic`
+                 corpus:str|Path,                 # JSONL path of the corpus
+                 out:str|Path,                    # folder of scored.jsonl, filtered.jsonl and filter_report.json
+                 threshold:float|None=None,       # None: the critic's
+                 image_root:str|Path|None=None,   # the image root
                  batch_size:int=64,
-                 resume:bool=True,      # continue after the last scored line
+                 resume:bool=True,                # continue after the last scored line
                  progress:bool=True,
-                 on_bad_row='error'):   # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
+                 on_bad_row:OnBadRow='error'      # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
+                ) -> FilterReport:
     "Score every triple of the JSONL `corpus` into `out/scored.jsonl`, keep those >= threshold in `out/filtered.jsonl`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     thr = critic.threshold if threshold is None else threshold
@@ -800,7 +808,7 @@ def score_corpus(critic,                # a `Critic`
     total = _count_lines(corpus)
     t0, n_new = time.time(), 0
     with JsonlWriter(scored) as w, tqdm(total=total, initial=done, disable=not progress, desc='scoring corpus') as bar:
-        batch = []
+        batch: list[QAR] = []
         def flush():
             nonlocal n_new
             s = critic.predict(batch, image_root, batch_size)
@@ -814,7 +822,7 @@ def score_corpus(critic,                # a `Critic`
             if len(batch) == batch_size: flush()
         if batch: flush()
     secs = time.time() - t0
-    src = defaultdict(lambda: [0, 0])
+    src: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     def kept():
         for q in read_jsonl(scored, QAR):
             k = q.scores['prediction'] >= thr
@@ -828,12 +836,13 @@ def score_corpus(critic,                # a `Critic`
     return rep
 
 # %% ../../nbs/42_critic.ipynb #b128e9b8
-def write_synthetic(corpus,              # JSONL path of the corpus
-                    out,                 # folder of synthetic.jsonl
-                    labels=None,         # the labels file appended to (None: out/labels.jsonl)
-                    kinds=SYNTHETIC_KINDS,  # which negatives
+def write_synthetic(corpus:str|Path,                     # JSONL path of the corpus
+                    out:str|Path,                        # folder of synthetic.jsonl
+                    labels:str|Path|None=None,           # the labels file appended to (None: out/labels.jsonl)
+                    kinds:Sequence[str]=SYNTHETIC_KINDS, # which negatives
                     seed:int=0,
-                    on_bad_row='error'): # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
+                    on_bad_row:OnBadRow='error'          # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
+                   ) -> dict[str, Any]:
     "Write negatives of the JSONL `corpus` to `out/synthetic.jsonl`, append their synthetic labels to `labels`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     labels = Path(labels) if labels else out/'labels.jsonl'
@@ -846,7 +855,7 @@ def write_synthetic(corpus,              # JSONL path of the corpus
             'synthetic': str(out/'synthetic.jsonl'), 'labels': str(labels)}
 
 # %% ../../nbs/42_critic.ipynb #23bbc324
-def label_terminal(session, input=input, print=print):
+def label_terminal(session:LabelSession, input:Callable[[str], str]=input, print:Callable[..., Any]=print) -> int:
     "Label in a terminal with `session`'s keys; `q` quits. Returns the number of labels given"
     n0 = session.n_done
     try:
@@ -867,7 +876,7 @@ def _bad_row_arg(p):
                    help='a bad corpus row: stop with an error naming its file, line and image (default), or record it in OUT/critic_errors.jsonl and go on')
 
 # %% ../../nbs/42_critic.ipynb #af9d66ca
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='lskd critic', description='label triples, train the critic, filter a corpus')
     sub = p.add_subparsers(dest='cmd', required=True)
     a = sub.add_parser('label', help='label triples in the terminal (in Jupyter use lskd.stages.critic.label_widget)')
@@ -891,7 +900,7 @@ def parser():
     return p
 
 # %% ../../nbs/42_critic.ipynb #242226e3
-def main(argv=None):
+def main(argv:Sequence[str]|None=None) -> int:
     "`lskd critic label|synth|train|score ...`"
     a = parser().parse_args(argv)
     try:
@@ -915,13 +924,13 @@ def main(argv=None):
     return 0
 
 # %% ../../nbs/42_critic.ipynb #58044994
-def run_stage(run_dir, cfg):
+def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     "The critic stage of `lskd run`: labels, training on the run's non-held-out images, scoring and filtering"
     from lskd.io.runs import stage_dir, write_stage_report, read_stage_report
     import shutil
     sec = cfg.get('critic') or {}
     c = CriticConfig.load(sec)
-    root = read_stage_report(run_dir, 'verbalize').get('image_root')
+    root = (read_stage_report(run_dir, 'verbalize') or {}).get('image_root')
     c = replace(c, heldout=cfg.get('heldout', c.heldout), heldout_seed=cfg.get('seed', 0), seed=c.seed if 'seed' in sec else cfg.get('seed', 0), image_root=root)
     seed, out = c.seed, stage_dir(run_dir, 'critic')
     corpus, labels = Path(run_dir)/'generate'/'corpus.jsonl', out/'labels.jsonl'

@@ -5,6 +5,8 @@
 # %% ../../nbs/43_distill.ipynb #9a1b7e78
 from __future__ import annotations
 import json, os, random, re, sys, time, argparse, warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -19,8 +21,9 @@ from ..data.draw import visual_prompt
 from ..data.stats import heldout_image
 from ..io.config import Positive, Count, NonNegative, Probability, Fraction, OnBadRow, add_config_args, config_overrides
 from ..io.files import atomic_path, atomic_write
-from ..models.core import load_model, build_model, model_settings
+from ..models.core import ImageTextModel, load_model, build_model, model_settings
 from ..models.train import TrainConfig, History, accelerator, fit, latest_checkpoint, seed_all
+_T = TypeVar('_T')
 
 # %% auto #0
 __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
@@ -32,7 +35,7 @@ __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'exam
 # `as_qar` (lskd.data.formats) reads a corpus line: lskd's own format or a released LSKD row
 
 # %% ../../nbs/43_distill.ipynb #d6a889d0
-def student_text(q, rm=None, rationale=True):
+def student_text(q:QAR, rm:RegionMap|None=None, rationale:bool=True) -> str:
     "The student's text for `q` (`lskd.data.refs.model_text`), ids rewritten to drawing positions by `rm`; without the rationale unless `rationale`"
     return model_text({'question': q.question, 'answer': q.answer, 'rationale': q.rationale if rationale else None}, 'student', rm)
 
@@ -43,46 +46,47 @@ class Example:
     qar: QAR
     order: list
     text: str
-    index: int = 0
+    index: int|str = 0
     distractors: bool = False
     rationale: bool = True
     negatives: list = field(default_factory=list)   # texts of the same drawing pointing elsewhere (ITM negatives)
     @property
-    def regions(self): "Regions in drawing order"; return [region_by_id(self.qar.regions, i) for i in self.order]
+    def regions(self) -> list[Region]: "Regions in drawing order"; return [region_by_id(self.qar.regions, i) for i in self.order]
     @property
-    def boxes(self): return [r.box for r in self.regions]
+    def boxes(self) -> list[tuple]: return [r.box for r in self.regions]
 
 # %% ../../nbs/43_distill.ipynb #028467c0
 @patch
-def key(self:Example, root=None):
+def key(self:Example, root:str|Path|None=None) -> tuple[str, list[list[float]]]:
     "What determines the drawn image: the file and the boxes in drawing order"
     return (str(image_path(self.qar.image, root)), [list(b) for b in self.boxes])
 
 # %% ../../nbs/43_distill.ipynb #dec6a38c
 @patch
-def draw(self:Example, root=None):
+def draw(self:Example, root:str|Path|None=None) -> tuple[Image.Image, list[tuple]]:
     "`(image with the regions drawn in order, boxes)`: decodes the image"
     return visual_prompt(open_image(self.qar.image, root), self.qar.regions, self.order)[0], self.boxes
 
 # %% ../../nbs/43_distill.ipynb #28b6ee23
-def referenced_ids(q):
+def referenced_ids(q:QAR) -> list[int]:
     "Ids the text of `q` refers to (first mention first), then any other ids in `q.region`; all must have boxes"
     return draw_order(q.text, q.regions, extra=q.region, name=f"triple {q.id or q.index or q.question!r} ({q.image})")
 
 # %% ../../nbs/43_distill.ipynb #be14ddcd
-def example_rng(seed, epoch, index):
+def example_rng(seed:int, epoch:int, index:int|str) -> random.Random:
     "The random generator of one example: a function of (seed, epoch, corpus index) only"
     return random.Random(f'lskd.distill|{seed}|{epoch}|{index}')
 
 # %% ../../nbs/43_distill.ipynb #319aa2e5
-def make_example(q,                       # a `QAR` or a released LSKD row
-                 rng=None,                # the example's generator (`example_rng`)
-                 p_distract:float=0.5,    # probability of drawing the other regions shown to the teacher too
-                 p_rationale:float=0.5,   # probability of keeping the rationale in the text
-                 max_draw:int=None,       # at most this many regions drawn (the referenced ones always are)
-                 train:bool=True,         # False: the deterministic view (referenced regions in order, rationale kept)
-                 index:int=0,             # the triple's line in the corpus
-                 pointing:bool=False):    # also the pointing negatives: the text re-pointed and swapped (`lskd.data.refs`)
+def make_example(q:QAR|dict[str, Any],         # a `QAR` or a released LSKD row
+                 rng:random.Random|None=None,  # the example's generator (`example_rng`)
+                 p_distract:float=0.5,         # probability of drawing the other regions shown to the teacher too
+                 p_rationale:float=0.5,        # probability of keeping the rationale in the text
+                 max_draw:int|None=None,       # at most this many regions drawn (the referenced ones always are)
+                 train:bool=True,              # False: the deterministic view (referenced regions in order, rationale kept)
+                 index:int|str=0,              # the triple's line in the corpus
+                 pointing:bool=False,          # also the pointing negatives: the text re-pointed and swapped (`lskd.data.refs`)
+                ) -> Example:
     "The `Example` of `q`: shuffled drawing order, distractors and rationale drawn at random when `train`"
     q = as_qar(q)
     refs = referenced_ids(q)
@@ -98,9 +102,9 @@ def make_example(q,                       # a `QAR` or a released LSKD row
     return Example(q, order, text, index, distract, keep, [t for x in negs if (t := student_text(x, rm, keep)) != text])
 
 # %% ../../nbs/43_distill.ipynb #b332e41f
-def shuffle_buffer(items, size, rng):
+def shuffle_buffer(items:Iterable[_T], size:int, rng:random.Random) -> Iterator[_T]:
     "Approximately shuffled `items`, holding at most `size` of them at a time"
-    buf = []
+    buf: list[_T] = []
     for x in items:
         if len(buf) < size: buf.append(x); continue
         i = rng.randrange(size); yield buf[i]; buf[i] = x
@@ -113,7 +117,7 @@ def _keep(q, min_score):
     return s is not None and s >= min_score
 
 # %% ../../nbs/43_distill.ipynb #7dc61643
-def scan_corpus(paths, on_bad):
+def scan_corpus(paths:Iterable[str|Path|None], on_bad:BadRows|Callable[..., Any]|None) -> int:
     "Read every row of the corpus files `paths` (None entries skipped) with `on_bad`; returns the good rows' count"
     return sum(1 for p in paths if p for _ in read_jsonl(p, as_qar, on_bad=on_bad))
 
@@ -121,24 +125,24 @@ def scan_corpus(paths, on_bad):
 class CorpusStream(torch.utils.data.IterableDataset):
     "Seeded, sharded, resumable stream of batches of `Example`s from a corpus JSONL"
     def __init__(self,
-                 path,                  # the corpus JSONL
+                 path:str|Path,                # the corpus JSONL
                  batch_size:int=32,
-                 seed:int=0,            # seed of the shuffles and of every example's draws
-                 buffer_size:int=1000,  # shuffle buffer (examples)
-                 p_distract:float=0.5,  # `make_example`'s
+                 seed:int=0,                   # seed of the shuffles and of every example's draws
+                 buffer_size:int=1000,         # shuffle buffer (examples)
+                 p_distract:float=0.5,         # `make_example`'s
                  p_rationale:float=0.5,
-                 max_draw:int=None,
-                 min_score:float=None,  # keep triples with critic prediction >= min_score
-                 heldout:float=0.0,     # fraction of the images held out (left out of the stream)
-                 heldout_seed:int=0,    # seed of that split
-                 rank:int=0,            # this process, of
-                 world_size:int=1,      # the processes sharing the stream
-                 start=(0, 0),          # `(epoch, batches)` already consumed
-                 epochs:int=None,       # None: without end
-                 prepare=None,          # batch preparation in data-loader workers (`Prepare`)
-                 pointing:bool=False,   # examples carry their pointing negatives (`make_example`)
-                 grounding:bool=False,  # add the literal grounding pairs of each image (`grounding_qars`)
-                 skip_bad:bool=False):  # skip bad rows (recorded beforehand by `scan_corpus`) instead of raising
+                 max_draw:int|None=None,
+                 min_score:float|None=None,    # keep triples with critic prediction >= min_score
+                 heldout:float=0.0,            # fraction of the images held out (left out of the stream)
+                 heldout_seed:int=0,           # seed of that split
+                 rank:int=0,                   # this process, of
+                 world_size:int=1,             # the processes sharing the stream
+                 start:Sequence[int]=(0, 0),   # `(epoch, batches)` already consumed
+                 epochs:int|None=None,         # None: without end
+                 prepare:Prepare|None=None,    # batch preparation in data-loader workers (`Prepare`)
+                 pointing:bool=False,          # examples carry their pointing negatives (`make_example`)
+                 grounding:bool=False,         # add the literal grounding pairs of each image (`grounding_qars`)
+                 skip_bad:bool=False):         # skip bad rows (recorded beforehand by `scan_corpus`) instead of raising
         super().__init__()
         self.path = Path(path)
         if not self.path.exists(): raise FileNotFoundError(f"corpus not found: {self.path}")
@@ -151,14 +155,14 @@ class CorpusStream(torch.utils.data.IterableDataset):
     def __iter__(self): return self._iter()
 
 # %% ../../nbs/43_distill.ipynb #68890fe5
-def grounding_qars(q):
+def grounding_qars(q:QAR) -> list[QAR]:
     "The literal grounding pairs of `q`'s image: 'What is [i]?' / '[i] is <description>.' per described region"
     return [QAR(q.image, f'What is [{r.id}]?', f"[{r.id}] is {r.description.rstrip('.')}.", '', regions=q.regions, source='grounding',
                 id=f'{q.image}#grounding-{r.id}') for r in q.regions if r.description]
 
 # %% ../../nbs/43_distill.ipynb #999146ac
 @patch
-def rows(self:CorpusStream, epoch):
+def rows(self:CorpusStream, epoch:int) -> Iterator[tuple[int|str, QAR]]:
     "`(index, QAR)` of the training triples in this epoch's shuffled order"
     def gen():
         seen = set()
@@ -170,14 +174,14 @@ def rows(self:CorpusStream, epoch):
 
 # %% ../../nbs/43_distill.ipynb #e624ecf6
 @patch
-def examples(self:CorpusStream, epoch):
+def examples(self:CorpusStream, epoch:int) -> Iterator[Example]:
     "This epoch's `Example`s, in order"
     for i,q in self.rows(epoch):
         yield make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i, pointing=self.pointing)
 
 # %% ../../nbs/43_distill.ipynb #f2a9361f
 @patch
-def epoch_batches(self:CorpusStream, epoch):
+def epoch_batches(self:CorpusStream, epoch:int) -> Iterator[tuple[int, list[Example]]]:
     "`(b, examples)` of this process's batches of `epoch` (`b` counts this process's batches)"
     bs, R = self.batch_size, self.world_size
     batch, rnd, b = [], [], 0
@@ -189,7 +193,7 @@ def epoch_batches(self:CorpusStream, epoch):
 
 # %% ../../nbs/43_distill.ipynb #46369d9c
 @patch
-def _iter(self:CorpusStream):
+def _iter(self:CorpusStream) -> Iterator[tuple[int, int, list[Example]|tuple[list[Example], Any]]]:
     wi = torch.utils.data.get_worker_info()
     w, W = (wi.id, wi.num_workers) if wi else (0, 1)
     epoch, skip = self.start
@@ -238,17 +242,17 @@ class DistillConfig(TrainConfig):
 
 # %% ../../nbs/43_distill.ipynb #709540d6
 @patch
-def to_dict(self:DistillConfig): return asdict(self)
+def to_dict(self:DistillConfig) -> dict[str, Any]: return asdict(self)
 
 # %% ../../nbs/43_distill.ipynb #9cb1ca17
-def same_image(keys):
+def same_image(keys:Sequence[tuple[str, list[list[float]]]]) -> torch.Tensor:
     "(B,B) bool: examples i and j show the same drawn image"
     ids = {k: i for i,k in enumerate(map(repr, keys))}
     k = torch.tensor([ids[repr(x)] for x in keys])
     return k[:, None] == k[None]
 
 # %% ../../nbs/43_distill.ipynb #abc3199c
-def itc_loss(logits, same):
+def itc_loss(logits:torch.Tensor, same:torch.Tensor) -> torch.Tensor:
     "Symmetric contrastive loss of (texts x images) `logits`; `same` marks the matching pairs"
     t = same.to(logits.dtype); t = t / t.sum(1, keepdim=True)
     return (F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t.T / t.T.sum(1, keepdim=True))) / 2
@@ -262,7 +266,7 @@ def _neg_weights(sim, same):
     return w
 
 # %% ../../nbs/43_distill.ipynb #a0a66225
-def hard_negatives(sim, same, generator=None):
+def hard_negatives(sim:torch.Tensor, same:torch.Tensor, generator:torch.Generator|None=None) -> tuple[list[int], list[int]]:
     "`(text_idx, image_idx)` of negative pairs drawn from (texts x images) `sim`, excluding `same` pairs"
     with torch.no_grad():
         w, wt = _neg_weights(sim.detach().float().cpu(), same.cpu()), _neg_weights(sim.detach().float().cpu().T, same.cpu().T)
@@ -278,7 +282,7 @@ def hard_negatives(sim, same, generator=None):
     return ti, ii
 
 # %% ../../nbs/43_distill.ipynb #2c820b8a
-def itm_pairs(sim, same, generator=None):
+def itm_pairs(sim:torch.Tensor, same:torch.Tensor, generator:torch.Generator|None=None) -> tuple[list[int], list[int], torch.Tensor]:
     "`(text_idx, image_idx, labels)`: the B positive pairs, then the hard negatives"
     B = sim.shape[0]
     ti, ii = hard_negatives(sim, same, generator)
@@ -287,19 +291,20 @@ def itm_pairs(sim, same, generator=None):
 # %% ../../nbs/43_distill.ipynb #95f7d1b7
 class StudentNet(nn.Module):
     "An `ImageTextModel` with the student's loss: ITC + ITM with in-batch hard negatives and pointing negatives"
-    def __init__(self, model): super().__init__(); self.model = model
+    def __init__(self, model:ImageTextModel): super().__init__(); self.model = model
     def __repr__(self): return f"StudentNet({self.model!r})"
 
 # %% ../../nbs/43_distill.ipynb #f7531afd
 @patch
 def forward(self:StudentNet,
-            img,                   # a batch of image items
-            txt,                   # a batch of texts
-            same,                  # (B,B) bool, from `same_image`
-            generator=None,        # the hard negatives' draws
+            img:Any,                              # a batch of image items
+            txt:Any,                              # a batch of texts
+            same:torch.Tensor,                    # (B,B) bool, from `same_image`
+            generator:torch.Generator|None=None,  # the hard negatives' draws
             itc_weight:float=1.0,
             itm_weight:float=1.0,
-            neg_index=()):         # `txt` holds more texts after the B examples': pointing negatives, of these images
+            neg_index:Sequence[int]=(),           # `txt` holds more texts after the B examples': pointing negatives, of these images
+           ) -> dict[str, torch.Tensor]:
     B = len(same)
     logits = self.model.itc_logits(img, txt[list(range(B))] if len(txt) > B else txt)
     l_itc = itc_loss(logits.float(), same.to(logits.device))
@@ -312,13 +317,13 @@ def forward(self:StudentNet,
 # %% ../../nbs/43_distill.ipynb #4866736b
 class Prepare:
     "Picklable batch preparation in data-loader workers: `examples -> (examples, image items)`"
-    def __init__(self, maker, root=None): self.maker, self.root = maker, root
-    def __call__(self, examples):
+    def __init__(self, maker:Callable[[list[Image.Image], list[list[tuple]]], Any], root:str|Path|None=None): self.maker, self.root = maker, root
+    def __call__(self, examples:list[Example]) -> tuple[list[Example], Any]:
         drawn = [e.draw(self.root) for e in examples]
         return examples, self.maker([d[0] for d in drawn], [d[1] for d in drawn])
 
 # %% ../../nbs/43_distill.ipynb #b4499d21
-def student_inputs(model, batch, root=None):
+def student_inputs(model:ImageTextModel, batch:list[Example]|tuple[list[Example], Any], root:str|Path|None=None) -> dict[str, Any]:
     "Model inputs of a batch (`Example`s, or `(examples, image items)` from `Prepare`): image and text batches (the pointing negatives after the examples' texts), the same-image mask"
     examples, items = batch if isinstance(batch, tuple) else (batch, None)
     keys = [e.key(root) for e in examples]
@@ -328,7 +333,7 @@ def student_inputs(model, batch, root=None):
                 same=same_image(keys), neg_index=[b for b,_ in negs])
 
 # %% ../../nbs/43_distill.ipynb #0b1ff968
-def make_student(config, device='cpu'):
+def make_student(config:DistillConfig, device:str|torch.device='cpu') -> ImageTextModel:
     "The model `config.model` names (a family, new, or a folder to continue from)"
     m = load_model(config.model, device, **config.model_config)
     if config.cache_dir: m.use_cache_dir(config.cache_dir)
@@ -369,13 +374,14 @@ def _data(corpus, config, accel, model, root):
     return data
 
 # %% ../../nbs/43_distill.ipynb #0ff8ad8d
-def distill(corpus,              # JSONL of the (filtered) corpus
-            out,                 # the student's folder: checkpoints, history.jsonl, loss.png, the model
-            config=None,         # a `DistillConfig`, a dict or a YAML path (None: the defaults)
-            resume:bool=False,   # continue from the newest checkpoint in `out`
-            student=None,        # a model to train instead of the one `config` names
+def distill(corpus:str|Path,                 # JSONL of the (filtered) corpus
+            out:str|Path,                    # the student's folder: checkpoints, history.jsonl, loss.png, the model
+            config:DistillConfig|dict[str, Any]|str|Path|None=None,  # a `DistillConfig`, a dict or a YAML path (None: the defaults)
+            resume:bool=False,               # continue from the newest checkpoint in `out`
+            student:ImageTextModel|None=None,  # a model to train instead of the one `config` names
             progress:bool=True,
-            **kw):               # settings over `config`'s
+            **kw:Any                         # settings over `config`'s
+           ) -> dict[str, Any]:              # the summary
     "Train a student on `corpus` (JSONL) into `out`; `config`: a `DistillConfig`, a dict or a YAML path; returns a summary"
     config = DistillConfig.load(config, **kw); out, root = Path(out), config.image_root
     accel = accelerator(config)
@@ -399,7 +405,7 @@ def distill(corpus,              # JSONL of the (filtered) corpus
     return summary
 
 # %% ../../nbs/43_distill.ipynb #ec005e43
-def heldout_examples(corpus, config):
+def heldout_examples(corpus:str|Path, config:DistillConfig) -> list[Example]:
     "Deterministic views of the held-out triples (`config.val_corpus`, or `corpus`'s `heldout` images), at most `val_max`"
     out, sep = [], bool(config.val_corpus)
     for i,q in enumerate(read_jsonl(config.val_corpus or corpus, as_qar, on_bad=skip_row if config.on_bad_row == 'record' else None)):
@@ -409,9 +415,9 @@ def heldout_examples(corpus, config):
     return out
 
 # %% ../../nbs/43_distill.ipynb #3d95cee2
-def retrieval_groups(examples, n=8):
+def retrieval_groups(examples:Iterable[Example], n:int=8) -> list[list[Example]]:
     "Groups of up to `n` examples, each group with distinct images where possible"
-    groups = []
+    groups: list[list[Example]] = []
     for e in examples:
         g = next((g for g in groups if len(g) < n and all(x.qar.image != e.qar.image for x in g)), None)
         if g is None: groups.append([e])
@@ -419,12 +425,14 @@ def retrieval_groups(examples, n=8):
     return [g for g in groups if len(g) > 1]
 
 # %% ../../nbs/43_distill.ipynb #94cc5467
-def retrieval_accuracy(scorer,              # any scorer of the protocol (`lskd.models.core`)
-                       examples,            # held-out `Example`s (`heldout_examples`)
-                       root=None,           # image root
-                       n:int=8,             # group size: chance is 1/n
-                       progress:bool=True):
+def retrieval_accuracy(scorer:Any,                 # any scorer of the protocol (`lskd.models.core`)
+                       examples:Iterable[Example],  # held-out `Example`s (`heldout_examples`)
+                       root:str|Path|None=None,     # image root
+                       n:int=8,                     # group size: chance is 1/n
+                       progress:bool=True,
+                      ) -> dict[str, float]:
     "`{'itm': acc, 'itc': acc, 'chance': 1/n, 'groups': k}` of picking each image's own text in its group"
+    hits: dict[str, int]
     hits, total, chance = {}, 0, []
     for g in tqdm(retrieval_groups(list(examples), n), desc='retrieval', disable=not progress, leave=False):
         drawn = [e.draw(root) for e in g]
@@ -439,7 +447,7 @@ def retrieval_accuracy(scorer,              # any scorer of the protocol (`lskd.
     return {**{kind: round(h/total, 4) for kind,h in hits.items()}, 'chance': round(sum(chance)/len(chance), 4), 'n': total}
 
 # %% ../../nbs/43_distill.ipynb #233296d0
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='lskd distill', description='Train a localized student on a (filtered) corpus.')
     p.add_argument('corpus', help='corpus JSONL (lskd QARs or released LSKD rows)')
     p.add_argument('out', help='output folder: checkpoints, history.jsonl, loss.png, the student (a model folder)')
@@ -452,7 +460,7 @@ def parser():
     return p
 
 # %% ../../nbs/43_distill.ipynb #f3b46980
-def main(argv=None):
+def main(argv:Sequence[str]|None=None) -> int:
     "`lskd distill` entry point; returns the exit code"
     a = parser().parse_args(argv)
     over = config_overrides(a, DistillConfig, skip=('model_config', 'variants'))
@@ -474,7 +482,7 @@ if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())  
 STUDENT_SOURCES = {'distilled': 'critic/filtered.jsonl', 'no-critic': 'generate/corpus.jsonl'}   # relative to the run folder
 
 # %% ../../nbs/43_distill.ipynb #f2d5b22a
-def run_stage(run_dir, cfg):
+def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     "The distill stage of `lskd run`: `base` and one student per variant, trained on the non-held-out images"
     from lskd.io.runs import stage_dir, write_stage_report, read_stage_report
     from lskd.io.files import sha256_file
@@ -482,7 +490,7 @@ def run_stage(run_dir, cfg):
     c = DistillConfig.load(cfg.get('distill'))
     if bad := [v for v in c.variants if v not in STUDENT_SOURCES]: raise ValueError(f"distill: unknown variant {bad[0]!r}; known: {list(STUDENT_SOURCES)}")
     heldout, seed = cfg.get('heldout', 0.25), cfg.get('seed', 0)
-    out = stage_dir(run_dir, 'distill'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
+    out = stage_dir(run_dir, 'distill'); root = (read_stage_report(run_dir, 'verbalize') or {}).get('image_root')
     config = replace(c, image_root=root, seed=c.seed if 'seed' in (cfg.get('distill') or {}) else seed)   # the run's seed, unless the section gives one
     seed_all(config.seed); make_student(config).save(out/'base', summary={'steps': 0})   # the students' own init: the same in every process
     summaries, counts = {}, {}

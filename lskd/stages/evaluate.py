@@ -6,15 +6,16 @@
 from __future__ import annotations
 import argparse, array, collections, hashlib, html, importlib, itertools, inspect, io, json, math, random, re, sys, time, warnings
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Callable, Container, Iterable, Iterator, Literal, Mapping, Sequence, cast
 from pathlib import Path
 from urllib.parse import urlparse
 from tqdm.auto import tqdm
+from PIL import Image
 from fastcore.basics import patch
 from ..io.files import sha256_file, atomic_write
 from ..data.records import QAR, Region, open_image, image_path, xywh2xyxy
 from ..data.refs import RegionMap, RegionRefError, tokens_to_text, parse_refs, REF_RE, draw_order, model_text, TEXT_STYLES, TEXT_FIELDS, repoint, swap_refs
-from ..io.jsonl import read_jsonl, write_jsonl, BadRows, skip_row, Passes
+from ..io.jsonl import read_jsonl, write_jsonl, BadRows, BadRowError, skip_row, Passes
 from ..data.formats import read_vcr, vcr_image, vcr_item, lskd_row_to_qar, as_qar, vcr_meta_record
 from ..data.draw import visual_prompt
 from ..data.stats import heldout_only, roc_auc, bootstrap, percentile_ci
@@ -55,10 +56,10 @@ class EvalItem:
     def __post_init__(self):
         self.regions = [r if isinstance(r, Region) else Region.from_dict(r) for r in self.regions]
     @property
-    def n_candidates(self): return sum(len(t.candidates) for t in self.tasks)
+    def n_candidates(self) -> int: return sum(len(t.candidates) for t in self.tasks)
 
 # %% ../../nbs/44_evaluate.ipynb #5969bcd7
-def item_order(item):
+def item_order(item:EvalItem) -> list[int]:
     "Raw region ids to draw for `item`: `item.draw`, else every id its candidates mention, by first mention (`lskd.data.refs.draw_order`)"
     if item.draw is not None: return list(item.draw)
     return draw_order(' '.join(c.get(k) or '' for t in item.tasks for c in t.candidates for k in TEXT_FIELDS), item.regions, name=f'item {item.id}')
@@ -71,17 +72,18 @@ class _CountingScorer:
     text_style = 'student'
     def __init__(self): self.n_images, self.n_encode_calls, self.n_score_calls = 0, 0, 0
     def __repr__(self): return f'{type(self).__name__}({self.name!r})'
+    def _score(self, enc:Any, text:str) -> tuple[float, float]: raise NotImplementedError   # each scorer's own
 
 # %% ../../nbs/44_evaluate.ipynb #7c0e9391
 @patch
-def encode_images(self:_CountingScorer, images, boxes):
+def encode_images(self:_CountingScorer, images:list[Image.Image], boxes:list[list[tuple]]) -> list[tuple[int, int]]:
     if len(images) != len(boxes): raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
     self.n_images += len(images); self.n_encode_calls += 1
     return [im.size for im in images]
 
 # %% ../../nbs/44_evaluate.ipynb #3b3cf5cd
 @patch
-def score(self:_CountingScorer, encoded, index, texts):
+def score(self:_CountingScorer, encoded:list[tuple[int, int]], index:list[int], texts:list[str]) -> dict[str, Any]:
     import torch
     if len(index) != len(texts): raise ValueError(f"{len(index)} indices for {len(texts)} texts")
     self.n_score_calls += 1
@@ -109,7 +111,7 @@ class OverlapScorer(_CountingScorer):
 # %% ../../nbs/44_evaluate.ipynb #1a90717f
 class KeywordScorer(_CountingScorer):
     "ITM = sigmoid(sum of `weights` of the words present), ITC = how many weighted words are present"
-    def __init__(self, weights, name='keyword'):
+    def __init__(self, weights:dict[str, float], name:str='keyword'):
         super().__init__(); self.weights, self.name = {k.lower(): v for k,v in weights.items()}, name
     def _score(self, enc, text):
         ws = set(_words(text)); s = sum(v for k,v in self.weights.items() if k in ws)
@@ -136,14 +138,15 @@ def _prepare(item, root, draw, style):
     return img, boxes, texts, order
 
 # %% ../../nbs/44_evaluate.ipynb #eee64dfb
-def score_items(scorer,           # speaks the protocol: `encode_images(images, boxes)`, `score(encoded, index, texts)`
-                items,            # `EvalItem`s
-                root=None,        # the image root
-                draw=True,        # draw the regions (False: the "no boxes" ablation)
-                text_style=None,  # text format (default: the scorer's `text_style`, else `student`)
-                image_batch=8,    # items whose images are encoded in one call
-                text_batch=256,   # candidate texts scored in one call
-                progress=True):   # show a progress bar
+def score_items(scorer:Any,                # speaks the protocol: `encode_images(images, boxes)`, `score(encoded, index, texts)`
+                items:Iterable[EvalItem],  # `EvalItem`s
+                root:str|Path|None=None,   # the image root
+                draw:bool=True,            # draw the regions (False: the "no boxes" ablation)
+                text_style:str|None=None,  # text format (default: the scorer's `text_style`, else `student`)
+                image_batch:int=8,         # items whose images are encoded in one call
+                text_batch:int=256,        # candidate texts scored in one call
+                progress:bool=True,        # show a progress bar
+               ) -> Iterator[dict[str, Any]]:
     "Score every candidate of every item; yields one dict per task with the candidates' scores"
     style = text_style or getattr(scorer, 'text_style', None) or 'student'
     name = getattr(scorer, 'name', type(scorer).__name__)
@@ -155,7 +158,7 @@ def score_items(scorer,           # speaks the protocol: `encode_images(images, 
         prep = [_prepare(it, root, draw, style) for it in batch]
         enc = scorer.encode_images([p[0] for p in prep], [p[1] for p in prep])
         flat = [(b, k, t) for b,p in enumerate(prep) for k,ts in enumerate(p[2]) for t in ts]
-        scores = {}
+        scores: dict[str, list[float]] = {}
         for ch in _chunks(flat, text_batch):
             s = scorer.score(enc, [b for b,_,_ in ch], [t for _,_,t in ch])
             for kind, v in s.items(): scores.setdefault(kind, []).extend(_floats(v, len(ch), f'{name}.score'))
@@ -170,27 +173,27 @@ def score_items(scorer,           # speaks the protocol: `encode_images(images, 
     bar.close()
 
 # %% ../../nbs/44_evaluate.ipynb #7af357f3
-def argmax(xs): return max(range(len(xs)), key=xs.__getitem__)
+def argmax(xs:Sequence[float]) -> int: return max(range(len(xs)), key=xs.__getitem__)
 
 # %% ../../nbs/44_evaluate.ipynb #4927d2ef
-def kinds(records):
+def kinds(records:Iterable[Any]) -> list[str]:
     "Score kinds present in `records`: `itm`, `itc` first, then any others"
     ks = {k for r in records for k in r['scores']}
     return [k for k in ('itm', 'itc') if k in ks] + sorted(ks - {'itm', 'itc'})
 
 # %% ../../nbs/44_evaluate.ipynb #3f1b96e4
-def accuracy(records, task=None, kind='itm'):
+def accuracy(records:Iterable[Any], task:str|None=None, kind:str='itm') -> float:
     "Percentage of `records` (of `task`, if given) whose highest `kind` score is the label"
     rs = [r for r in records if task is None or r['task'] == task]
     if not rs: return float('nan')
     return 100 * sum(argmax(r['scores'][kind]) == r['label'] for r in rs) / len(rs)
 
 # %% ../../nbs/44_evaluate.ipynb #61421188
-def vcr_metrics(records):
+def vcr_metrics(records:Sequence[Any]) -> dict[str, dict[str, float]]:
     "`{kind: {'q2a', 'qa2r', 'q2ar'}}` from VCR score records"
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for k in kinds(records):
-        right = {}
+        right: dict[str, dict[str, bool]] = {}
         for r in records: right.setdefault(r['id'], {})[r['task']] = argmax(r['scores'][k]) == r['label']
         both = [v.get('q2a', False) and v.get('qa2r', False) for v in right.values()]
         out[k] = dict(q2a=accuracy(records, 'q2a', k), qa2r=accuracy(records, 'qa2r', k),
@@ -203,7 +206,7 @@ def _tiebreak(n):
     return np.random.RandomState(1).random_sample(n) / 1e9
 
 # %% ../../nbs/44_evaluate.ipynb #6384da65
-def pairwise_agreement(pred, label):
+def pairwise_agreement(pred:Sequence[float], label:Sequence[Any]) -> float:
     "Sherlock's pairwise accuracy rescaled to -1..1: (agree / pairs rated differently - 0.5) * 2"
     noise = _tiebreak(len(pred))
     p = [float(x) + e for x,e in zip(pred, noise)]
@@ -212,13 +215,13 @@ def pairwise_agreement(pred, label):
     return float((sum(ok)/len(ok) - .5) * 2) if ok else 0.0
 
 # %% ../../nbs/44_evaluate.ipynb #b49122de
-def sherlock_metrics(records):
+def sherlock_metrics(records:Sequence[Any]) -> dict[str, dict[str, float]]:
     "`{kind: {'comparison'}}`: Sherlock's pairwise agreement with human ratings, x100, -100..100"
     def inst(r, k): return sum(pairwise_agreement(r['scores'][k], lab) for lab in r['meta']['ratings'].values()) / len(r['meta']['ratings'])
     return {k: {'comparison': 100*sum(inst(r, k) for r in records)/len(records)} for k in kinds(records)}
 
 # %% ../../nbs/44_evaluate.ipynb #9b7b07eb
-def human_agreement(records):
+def human_agreement(records:Iterable[Any]) -> float:
     "Agreement of the annotators with each other (both directions), x100: the metric's upper bound"
     vals = []
     for r in records:
@@ -228,7 +231,7 @@ def human_agreement(records):
     return 100*sum(vals)/len(vals) if vals else float('nan')
 
 # %% ../../nbs/44_evaluate.ipynb #30ae9384
-def recall_at_gt(scores, golds):
+def recall_at_gt(scores:Sequence[float], golds:Sequence[int]) -> float:
     "Share of the ground truths `golds` (candidate indices) among the top `len(golds)` `scores`"
     top = sorted(range(len(scores)), key=lambda i: -scores[i])[:len(golds)]
     return len(set(top) & set(golds)) / len(golds)
@@ -236,14 +239,14 @@ def recall_at_gt(scores, golds):
 # %% ../../nbs/44_evaluate.ipynb #d47950c5
 def _mean(xs): return 100*sum(xs)/len(xs) if xs else float('nan')
 
-def visualcomet_metrics(records):
+def visualcomet_metrics(records:Sequence[Any]) -> dict[str, dict[str, float]]:
     "`{kind: {'recall@K', 'intent', 'before', 'after'}}`: mean official recall over ranking problems, all and per relation"
     n = max(r['meta']['n_requested'] for r in records)
     rec = lambda k, t=None: _mean([recall_at_gt(r['scores'][k], r['meta']['golds']) for r in records if t in (None, r['task'])])
     return {k: {f'recall@{n}': rec(k), **{t: rec(k, t) for t in sorted({r['task'] for r in records})}} for k in kinds(records)}
 
 # %% ../../nbs/44_evaluate.ipynb #44d8364b
-def visualcomet_single_metrics(records):
+def visualcomet_single_metrics(records:Sequence[Any]) -> dict[str, dict[str, float]]:
     "`{kind: {'acc@K', 'intent', 'before', 'after'}}` from `visualcomet-single` score records"
     n = max(r['meta'].get('n_requested', len(next(iter(r['scores'].values())))) for r in records)
     key = f'acc@{n}'
@@ -251,16 +254,16 @@ def visualcomet_single_metrics(records):
             for k in kinds(records)}
 
 # %% ../../nbs/44_evaluate.ipynb #7cdb5b26
-def mc_metrics(records):
+def mc_metrics(records:Sequence[Any]) -> dict[str, dict[str, float]]:
     "`{kind: {'accuracy', <task>...}}` from multiple-choice score records"
     tasks = sorted({r['task'] for r in records})
     return {k: {'accuracy': accuracy(records, None, k), **({t: accuracy(records, t, k) for t in tasks} if len(tasks) > 1 else {})}
             for k in kinds(records)}
 
 # %% ../../nbs/44_evaluate.ipynb #6e565b41
-def chance_levels(benchmark, items):
+def chance_levels(benchmark:str, items:Iterable[EvalItem]) -> dict[str, float]:
     "`{metric: expected percent}` of uniform guessing on `items`, read once (a stream will do)"
-    acc, n_req = {}, 0                              # (what, task): [sum of chances, count]
+    acc: dict[tuple[str, str], list[float]] = {}; n_req = 0   # (what, task): [sum of chances, count]
     def add(k, v): a = acc.setdefault(k, [0.0, 0]); a[0] += v; a[1] += 1
     for it in items:
         for t in it.tasks:
@@ -289,7 +292,7 @@ class Slim:
     "What a metric reads of score record `r`: its id, task, label and scores (and its `meta`, for a benchmark whose metrics read it)"
     __slots__ = ('id', 'task', 'label', 'scores', 'meta')
     __getitem__ = object.__getattribute__     # read like a dict, at attribute speed (bootstrap intervals read it millions of times)
-    def __init__(self, r, meta=False):
+    def __init__(self, r:Mapping[str, Any], meta:bool=False):
         self.id, self.task, self.label, self.meta = r['id'], sys.intern(r['task']), r['label'], r['meta'] if meta else _NOT_KEPT
         self.scores = {sys.intern(k): array.array('d', v) for k,v in r['scores'].items()}
     def __repr__(self): return f"Slim(id={self.id!r}, task={self.task!r}, label={self.label}, scores={ {k: list(v) for k,v in self.scores.items()} })"
@@ -297,9 +300,9 @@ class Slim:
 _NOT_KEPT = _NotKept()
 
 # %% ../../nbs/44_evaluate.ipynb #6f95575e
-def questions(records):
+def questions(records:Iterable[Any]) -> list[list[Any]]:
     "Records grouped by question `id`, in first-seen order"
-    g = {}
+    g: dict[Any, list[Any]] = {}
     for r in records: g.setdefault(r['id'], []).append(r)
     return list(g.values())
 
@@ -307,11 +310,11 @@ def questions(records):
 def _flat(m): return {(k, c): v for k,d in m.items() for c,v in d.items()}
 
 # %% ../../nbs/44_evaluate.ipynb #a9478aad
-def metric_intervals(metrics, records, n_boot=1000, seed=0):
+def metric_intervals(metrics:Callable[[Sequence[Any]], dict[str, dict[str, float]]], records:Sequence[Any], n_boot:int=1000, seed:int=0) -> dict[str, dict[str, list[float]]]:
     "`{kind: {metric: [lo, hi]}}`: 95% bootstrap intervals of `metrics(records)`, resampling questions"
     qs = questions(records)
     boots = bootstrap(lambda ix: _flat(metrics([r for i in ix for r in qs[i]])), len(qs), n_boot, seed)
-    out = {}
+    out: dict[str, dict[str, list[float]]] = {}
     for k,c in _flat(metrics(records)): out.setdefault(k, {})[c] = list(percentile_ci([b.get((k, c), math.nan) for b in boots]))
     return out
 
@@ -321,7 +324,7 @@ def _diff(metrics, a, b):
     return {k: v - fb.get(k, math.nan) for k,v in fa.items()}
 
 # %% ../../nbs/44_evaluate.ipynb #f4a36f99
-def compare(metrics, a, b, n_boot=1000, seed=0):
+def compare(metrics:Callable[[Sequence[Any]], dict[str, dict[str, float]]], a:Sequence[Any], b:Sequence[Any], n_boot:int=1000, seed:int=0) -> list[dict[str, Any]]:
     "`[{kind, metric, diff, ci, n, units, separable}]`: `metrics` of records `a` minus those of `b`, paired over their shared questions"
     qa, qb = ({q[0]['id']: q for q in questions(r)} for r in (a, b))
     ids = [i for i in qa if i in qb]
@@ -335,14 +338,14 @@ def compare(metrics, a, b, n_boot=1000, seed=0):
             for (k, c), v in full.items()]
 
 # %% ../../nbs/44_evaluate.ipynb #de1753c6
-def verdict(c):
+def verdict(c:Mapping[str, Any]) -> str:
     "One line for a comparison `c` (from `compare`, with its `a` and `b` names)"
     lo, hi = c['ci']
     return (f"{c['a']} - {c['b']}, {c['metric']} ({c['kind']}): {c['diff']:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}], "
             f"n={c['n']}: " + ('separable' if c['separable'] else 'not separable at this n'))
 
 # %% ../../nbs/44_evaluate.ipynb #f5212e92
-def vcr_eval_item(it, root=None):
+def vcr_eval_item(it:dict[str, Any], root:str|Path|None=None) -> EvalItem:
     "The `EvalItem` (tasks `q2a`, `qa2r`) of one VCR annotation item"
     vcr_item(it)
     if it.get('answer_label') is None or it.get('rationale_label') is None:
@@ -356,7 +359,7 @@ def vcr_eval_item(it, root=None):
                   it['rationale_label'])]
     return EvalItem(str(it.get('annot_id', f"{it['img_fn']}|{q}")), it['img_fn'], rec.regions, tasks)
 
-def load_vcr(path, root=None, limit=None, on_bad=None):
+def load_vcr(path:str|Path, root:str|Path|None=None, limit:int|None=None, on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> Iterator[EvalItem]:
     "`EvalItem`s (tasks `q2a`, `qa2r`) from a VCR annotation jsonl; a bad item is `on_bad`'s (`lskd.io.jsonl.read_jsonl`)"
     return itertools.islice(read_jsonl(path, lambda it: vcr_eval_item(it, root), on_bad=on_bad), limit)
 
@@ -373,7 +376,7 @@ def _load_json_or_jsonl(path):
     return d
 
 # %% ../../nbs/44_evaluate.ipynb #49f47689
-def url_image_path(url, root=None):
+def url_image_path(url:str, root:str|Path|None=None) -> str:
     "The image path under `root` for an image `url`: the longest tail of the URL's path that exists"
     parts = [x for x in (urlparse(url).path if '://' in url else url).split('/') if x]
     for k in range(len(parts)):
@@ -392,7 +395,7 @@ def _ratings(cands):
     return {k: [num(c.get(k)) for c in cands] for k in keys}
 
 # %% ../../nbs/44_evaluate.ipynb #800a0164
-def load_sherlock(path, root=None, instances=None, limit=None):
+def load_sherlock(path:str|Path, root:str|Path|None=None, instances:str|Path|None=None, limit:int|None=None) -> Iterator[EvalItem]:
     "`EvalItem`s (task `compare`) from Sherlock's comparison annotations (+ the instances file)"
     inst = {o['instance_id']: o for o in _load_json_or_jsonl(instances)} if instances else {}
     def get(iid, what):
@@ -416,7 +419,7 @@ VC_QUESTIONS = {'intent': 'What does {p} intend to do?', 'before': 'What did {p}
                 'after': 'What will {p} most likely do next?'}
 
 # %% ../../nbs/44_evaluate.ipynb #67848a3b
-def person_refs(text, n):
+def person_refs(text:str, n:int) -> str:
     "VisualCOMET text with each stand-alone person number `k` (1..n) rewritten as the region `[k-1]`"
     return re.sub(r'(?<![\w\[.])(\d+)(?![\w\].])', lambda m: f'[{int(m.group(1))-1}]' if 1 <= int(m.group(1)) <= n else m.group(1), text)
 
@@ -444,18 +447,18 @@ def _negatives(pool, rng, k, img, exclude):
     return out
 
 # %% ../../nbs/44_evaluate.ipynb #7ffc1ce6
-def vc_flat(recs, relations=tuple(VC_QUESTIONS)):
+def vc_flat(recs:Sequence[dict[str, Any]], relations:Sequence[str]=tuple(VC_QUESTIONS)) -> list[tuple[int, str, str]]:
     "VisualCOMET events flattened as the official loader does: `(event index, relation, inference)` in file order"
     return [(n, rel, t) for n,r in enumerate(recs) for rel in relations for t in r.get(rel, [])]
 
-def vc_problems(recs, flat):
+def vc_problems(recs:Sequence[dict[str, Any]], flat:Sequence[tuple[int, str, str]]) -> dict[tuple[str, str, str], list[int]]:
     "`{(img_fn, event, relation): [flat indices of its ground truths]}`, in order of first appearance"
-    probs = {}
+    probs: dict[tuple[str, str, str], list[int]] = {}
     for j,(n, rel, _) in enumerate(flat): probs.setdefault((recs[n]['img_fn'], recs[n]['event'], rel), []).append(j)
     return probs
 
 # %% ../../nbs/44_evaluate.ipynb #16cfa7fd
-def vc_pool(golds, n_flat, n_candidates, rng):
+def vc_pool(golds:Sequence[int], n_flat:int, n_candidates:int, rng:random.Random) -> tuple[list[int], list[int]]:
     "`(pool, gold positions)`: flat indices of `golds` and of random others, up to `n_candidates`, shuffled by `rng`"
     k = max(0, n_candidates - len(golds)); gs = set(golds)
     negs = [j for j in rng.sample(range(n_flat), min(n_flat, k + len(golds))) if j not in gs][:k]
@@ -463,15 +466,16 @@ def vc_pool(golds, n_flat, n_candidates, rng):
     return [pool[i] for i in order], sorted(order.index(i) for i in range(len(golds)))
 
 # %% ../../nbs/44_evaluate.ipynb #2008a62b
-def load_visualcomet(path,                            # VisualCOMET annotations (`val_annots.json`)
-                     root=None,                       # the image root (VCR's `vcr1images/`)
-                     n_candidates=50,                 # candidates per problem: its ground truths and random records
-                     seed=0,                          # seed for the draws and the order
-                     limit=None,                      # the first N events only (the draws still come from all)
-                     relations=tuple(VC_QUESTIONS)):  # the relations asked about
+def load_visualcomet(path:str|Path,                                  # VisualCOMET annotations (`val_annots.json`)
+                     root:str|Path|None=None,                         # the image root (VCR's `vcr1images/`)
+                     n_candidates:int=50,                             # candidates per problem: its ground truths and random records
+                     seed:int=0,                                      # seed for the draws and the order
+                     limit:int|None=None,                             # the first N events only (the draws still come from all)
+                     relations:Sequence[str]=tuple(VC_QUESTIONS),     # the relations asked about
+                    ) -> Iterator[EvalItem]:
     "`EvalItem`s of the official ranking: one per (image, event), one task per relation with all its ground truths"
     recs = _load_json_or_jsonl(path); flat = vc_flat(recs, relations)
-    events = {}
+    events: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}
     for (img, ev, rel), golds in vc_problems(recs, flat).items(): events.setdefault((img, ev), []).append((rel, golds))
     for (img, ev), probs in events.items():
         n = flat[probs[0][1][0]][0]                   # the event's first record: its place and metadata
@@ -488,12 +492,13 @@ def load_visualcomet(path,                            # VisualCOMET annotations 
         yield EvalItem(f"{n}:{img}", img, regions, tasks)
 
 # %% ../../nbs/44_evaluate.ipynb #9606fd10
-def load_visualcomet_single(path,                           # VisualCOMET annotations (`val_annots.json`)
-                            root=None,                      # the image root (VCR's `vcr1images/`)
-                            n_candidates=50,                # candidates per question: the right inference and negatives
-                            seed=0,                         # seed for the negatives and the order
-                            limit=None,                     # the first N events only (negatives still come from all)
-                            relations=tuple(VC_QUESTIONS)): # the relations asked about
+def load_visualcomet_single(path:str|Path,                              # VisualCOMET annotations (`val_annots.json`)
+                            root:str|Path|None=None,                     # the image root (VCR's `vcr1images/`)
+                            n_candidates:int=50,                         # candidates per question: the right inference and negatives
+                            seed:int=0,                                  # seed for the negatives and the order
+                            limit:int|None=None,                         # the first N events only (negatives still come from all)
+                            relations:Sequence[str]=tuple(VC_QUESTIONS), # the relations asked about
+                           ) -> Iterator[EvalItem]:
     "`EvalItem`s of the `visualcomet-single` ablation: one task per relation and right inference, `n_candidates` each"
     recs = _load_json_or_jsonl(path)
     pool = {rel: [(r['img_fn'], t) for r in recs for t in r.get(rel, [])] for rel in relations}
@@ -516,7 +521,7 @@ def load_visualcomet_single(path,                           # VisualCOMET annota
         yield EvalItem(f"{n}:{r['img_fn']}", r['img_fn'], regions, tasks)
 
 # %% ../../nbs/44_evaluate.ipynb #dce4a278
-def mc_item(d, n=0):
+def mc_item(d:dict[str, Any], n:int=0) -> EvalItem:
     "The `EvalItem` of one generic MC row"
     missing = [k for k in ('image', 'question', 'candidates', 'label') if k not in d]
     if missing: raise ValueError(f"MC row {d.get('id', n)} lacks {missing}; rows need image, regions, question, candidates, label")
@@ -525,7 +530,7 @@ def mc_item(d, n=0):
     return EvalItem(str(d.get('id', n)), d['image'], d.get('regions', []), [Task(d.get('task', 'mc'), cands, int(d['label']))])
 
 # %% ../../nbs/44_evaluate.ipynb #84aa3988
-def transplant_refs(text, targets):
+def transplant_refs(text:str, targets:Sequence[int]) -> str:
     "`text` with its region ids replaced, in order of first mention, by `targets` (cycled)"
     refs = parse_refs(text)
     if not refs: return text
@@ -536,16 +541,16 @@ def transplant_refs(text, targets):
 # %% ../../nbs/44_evaluate.ipynb #66d385e8
 class Others:
     "The texts of `pool` ([(image, text)], one per triple) other than the `i`-th as `(image, text)`, refs transplanted onto `targets` when read"
-    def __init__(self, pool, i, targets, any_image=False):
+    def __init__(self, pool:Sequence[tuple[str, str]], i:int, targets:Sequence[int], any_image:bool=False):
         self.pool, self.i, self.targets, self.any_image = pool, i, targets, any_image
-    def __len__(self): return len(self.pool) - 1
-    def __getitem__(self, j):
+    def __len__(self) -> int: return len(self.pool) - 1
+    def __getitem__(self, j:int) -> tuple[str, str]:
         if not 0 <= j < len(self): raise IndexError(j)
         im, t = self.pool[j + (j >= self.i)]
         return ('' if self.any_image else im, transplant_refs(t, self.targets))
 
 # %% ../../nbs/44_evaluate.ipynb #2a7f2787
-def build_mc(qars, n_candidates=4, seed=0, field='answer'):
+def build_mc(qars:Iterable[QAR], n_candidates:int=4, seed:int=0, field:str='answer') -> Iterator[dict[str, Any]]:
     "Generic MC rows, streamed, from `QAR`s (a list or `lskd.io.jsonl.Passes`: read twice, first for the distractor pool): the right `field` plus distractors from other triples"
     pool = [(sys.intern(q.image), getattr(q, field)) for q in qars]     # (image, text) per triple: all that is kept
     if len(pool) < 2: raise ValueError(f"building MC questions needs at least 2 triples, got {len(pool)}")
@@ -564,16 +569,17 @@ def build_mc(qars, n_candidates=4, seed=0, field='answer'):
         yield row
 
 # %% ../../nbs/44_evaluate.ipynb #362e1f18
-def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LSKD rows), jsonl
-            root=None,        # the image root (images are opened when scoring)
-            limit=None,       # the first N questions only
-            n_candidates=4,   # candidates per question built from a corpus
-            seed=0,           # seed for the distractors and the order
-            heldout=None,     # from a corpus: only its held-out images, this fraction (None: all)
-            heldout_seed=0,   # seed of the held-out split
-            on_bad=None):     # what to do with a bad row (`lskd.io.jsonl.BadRows`; None: raise)
+def load_mc(path:str|Path,              # MC rows, or a corpus (lskd `QAR`s or released LSKD rows), jsonl
+            root:str|Path|None=None,     # the image root (images are opened when scoring)
+            limit:int|None=None,         # the first N questions only
+            n_candidates:int=4,          # candidates per question built from a corpus
+            seed:int=0,                  # seed for the distractors and the order
+            heldout:float|None=None,     # from a corpus: only its held-out images, this fraction (None: all)
+            heldout_seed:int=0,          # seed of the held-out split
+            on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None,  # what to do with a bad row (`lskd.io.jsonl.BadRows`; None: raise)
+           ) -> Iterator[EvalItem]:
     "`EvalItem`s, streamed, from a generic MC jsonl, or built from a corpus jsonl (`build_mc`: the corpus is read twice, its texts kept)"
-    first, n = next(read_jsonl(path, on_bad=skip_row), {}), itertools.count()
+    first: Any = next(read_jsonl(path, on_bad=skip_row), {}); n = itertools.count()
     if not isinstance(first, dict) or 'candidates' in first:
         yield from itertools.islice(read_jsonl(path, lambda d: mc_item(d, next(n)), on_bad=on_bad), limit); return
     if not {'question', 'answer', 'rationale'} <= set(first):
@@ -584,7 +590,7 @@ def load_mc(path,             # MC rows, or a corpus (lskd `QAR`s or released LS
         yield it
 
 # %% ../../nbs/44_evaluate.ipynb #bfbb221a
-def demo_corpus():
+def demo_corpus() -> list[QAR]:
     "Six hand-written `QAR`s about two sample photos that ship with matplotlib (for examples and smoke runs)"
     import matplotlib.cbook as cb
     hop = cb.get_sample_data('grace_hopper.jpg', asfileobj=False)
@@ -601,22 +607,23 @@ def demo_corpus():
 def _gold(it, k=-1): t = it.tasks[k]; return t.candidates[t.label]
 
 # %% ../../nbs/44_evaluate.ipynb #5c3973b1
-def pointing_qars(path, root=None, heldout=None, heldout_seed=0, on_bad=None):
+def pointing_qars(path:str|Path, root:str|Path|None=None, heldout:float|None=None, heldout_seed:int=0, on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> Iterator[QAR]:
     "The right texts of a localized file as `QAR`s, streamed: a corpus (lskd or released rows), VCR annotations, or MC rows"
-    first = next(read_jsonl(path, on_bad=skip_row), {})
+    first: Any = next(read_jsonl(path, on_bad=skip_row), {})
     if not isinstance(first, dict): first = {}
+    its: Iterator[EvalItem]|None
     if 'img_fn' in first and 'metadata_fn' in first: its = load_vcr(path, root, on_bad=on_bad)
     elif 'candidates' in first: its = load_mc(path, on_bad=on_bad)
     else: its = None
     if its is None: qs = read_jsonl(path, as_qar, on_bad=on_bad)
-    else: qs = (QAR(it.image, *({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS), regions=it.regions, id=it.id) for it in its)
+    else: qs = (QAR(it.image, *cast(tuple[str, str, str], tuple({**_gold(it, 0), **_gold(it)}.get(k) or '' for k in TEXT_FIELDS)), regions=it.regions, id=it.id) for it in its)
     return heldout_only(qs, heldout, heldout_seed)
 
 # %% ../../nbs/44_evaluate.ipynb #780e9c99
 def _fields(q): return {k: getattr(q, k) for k in TEXT_FIELDS if getattr(q, k)}
 
 # %% ../../nbs/44_evaluate.ipynb #47c55b43
-def pointing_item(q, n=0, seed=0):
+def pointing_item(q:QAR, n:int=0, seed:int=0) -> EvalItem|None:
     "The `EvalItem` of `q`'s right text against it re-pointed (task `repoint`) and swapped (`swap`); None if neither exists"
     rng = _seeded(seed, 'pointing', q.id or n, q.image, q.text)
     negs = [(k, f(q, rng)) for k,f in (('repoint', repoint), ('swap', swap_refs))]
@@ -630,13 +637,14 @@ def pointing_item(q, n=0, seed=0):
     return EvalItem(f'{n}:{q.id}' if q.id else str(n), q.image, q.regions, tasks, draw=rng.sample(ids, len(ids)))
 
 # %% ../../nbs/44_evaluate.ipynb #b346878f
-def load_pointing(path,            # a corpus (lskd or released rows), VCR annotations, or MC rows (jsonl)
-                  root=None,       # the image root
-                  limit=None,      # the first N texts only
-                  seed=0,          # seed of the re-pointings and the drawing order
-                  heldout=None,    # only the held-out images of the file, this fraction (None: all)
-                  heldout_seed=0,  # seed of the held-out split
-                  on_bad=None):    # what to do with a bad row (`lskd.io.jsonl.BadRows`; None: raise)
+def load_pointing(path:str|Path,            # a corpus (lskd or released rows), VCR annotations, or MC rows (jsonl)
+                  root:str|Path|None=None,   # the image root
+                  limit:int|None=None,       # the first N texts only
+                  seed:int=0,                # seed of the re-pointings and the drawing order
+                  heldout:float|None=None,   # only the held-out images of the file, this fraction (None: all)
+                  heldout_seed:int=0,        # seed of the held-out split
+                  on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None,  # what to do with a bad row (`lskd.io.jsonl.BadRows`; None: raise)
+                 ) -> Iterator[EvalItem]:
     "Pointing `EvalItem`s, streamed (`pointing_item`) of the right texts in `path` (`pointing_qars`)"
     for n,q in enumerate(itertools.islice(pointing_qars(path, root, heldout, heldout_seed, on_bad), limit)):
         if (it := pointing_item(q, n, seed)) is not None: yield it
@@ -647,9 +655,9 @@ def _won(r, k):
     return 1.0 if a > b else 0.5 if a == b else 0.0
 
 # %% ../../nbs/44_evaluate.ipynb #7477f901
-def pointing_metrics(records):
+def pointing_metrics(records:Sequence[Any]) -> dict[str, dict[str, float]]:
     "`{kind: {'accuracy', 'auc', 'repoint', 'swap'}}`: percent of pairs won by the right pointing, ROC-AUC of right against wrong"
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for k in kinds(records):
         right, wrong = [r['scores'][k][r['label']] for r in records], [r['scores'][k][1 - r['label']] for r in records]
         out[k] = {'accuracy': 100*sum(_won(r, k) for r in records)/len(records),
@@ -662,8 +670,8 @@ def pointing_metrics(records):
 class Benchmark:
     "A benchmark: how to load its items and compute its metrics"
     name: str
-    load: object
-    metrics: object
+    load: Callable[..., Iterable[EvalItem]]
+    metrics: Callable[[Sequence[Any]], dict[str, dict[str, float]]]
     description: str = ''
     meta: bool = False   # its metrics read each record's `meta` (kept in memory beside the scores)
 
@@ -681,15 +689,15 @@ BENCHMARKS = {b.name: b for b in [
 BASELINES = {'chance': ChanceScorer, 'overlap': OverlapScorer}     # the models that need no weights
 
 # %% ../../nbs/44_evaluate.ipynb #5edabb61
-def is_scorer(o): return callable(getattr(o, 'encode_images', None)) and callable(getattr(o, 'score', None))
+def is_scorer(o:object) -> bool: return callable(getattr(o, 'encode_images', None)) and callable(getattr(o, 'score', None))
 
 # %% ../../nbs/44_evaluate.ipynb #ed83aa1c
-def load_scorer(spec, device='cpu', **kw):
+def load_scorer(spec:Any, device:str='cpu', **kw:Any) -> Any:
     "A scorer from `spec`: a protocol object, a model folder / `FAMILY:FOLDER` / family name, a baseline, or `module.path:function`"
     from lskd.models.core import FAMILIES, FAMILY_MODULES, load_model
     if is_scorer(spec): return spec
     if not isinstance(spec, (str, Path)): raise TypeError(f"a model spec is a scorer object or a string, not {type(spec).__name__}")
-    spec = str(spec); name, _, arg = spec.partition(':')
+    spec = str(spec); name, _, arg = spec.partition(':'); s: Any
     if spec in BASELINES: s = BASELINES[spec]()
     elif (Path(spec)/'model.json').exists() or name in set(FAMILIES) | set(FAMILY_MODULES): s = load_model(spec, device, **kw)
     elif re.fullmatch(r'[\w.]+', name) and arg:
@@ -702,7 +710,7 @@ def load_scorer(spec, device='cpu', **kw):
     return s
 
 # %% ../../nbs/44_evaluate.ipynb #01c65c39
-def split_model(m):
+def split_model(m:Any) -> tuple[str, Any]:
     "`(name, spec)` of a model argument `NAME=SPEC` (or just `SPEC`)"
     if isinstance(m, str):
         mt = re.fullmatch(r'([\w.+-]+)=(.+)', m)
@@ -756,16 +764,17 @@ class EvaluateConfig(Config):
     section = 'evaluate'
 
 # %% ../../nbs/44_evaluate.ipynb #bc0bd979
-def evaluate(benchmark,          # a name in `BENCHMARKS`
-             annotations,        # the benchmark's annotation file
-             models,             # model specs (see `load_scorer`), each optionally `NAME=SPEC`
-             out=None,           # folder for results.json, results.png and the predictions (None: write nothing)
-             config=None,        # an `EvaluateConfig`, a dict or a YAML path (None: the defaults)
-             image_root=None,    # the image root
-             instances=None,     # Sherlock: the instances file
-             progress=True,      # show progress bars
-             shared=None,        # models loaded before (a list, added to): a model shares their frozen encoders and feature cache where it can
-             **overrides):       # settings over `config`'s (`EvaluateConfig` fields)
+def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
+             annotations:str|Path,             # the benchmark's annotation file
+             models:Iterable[Any],             # model specs (see `load_scorer`), each optionally `NAME=SPEC`
+             out:str|Path|None=None,           # folder for results.json, results.png and the predictions (None: write nothing)
+             config:EvaluateConfig|Mapping[str, Any]|str|Path|None=None,  # an `EvaluateConfig`, a dict or a YAML path (None: the defaults)
+             image_root:str|Path|None=None,    # the image root
+             instances:str|Path|None=None,     # Sherlock: the instances file
+             progress:bool=True,               # show progress bars
+             shared:list[Any]|None=None,       # models loaded before (a list, added to): a model shares their frozen encoders and feature cache where it can
+             **overrides:Any,                  # settings over `config`'s (`EvaluateConfig` fields)
+            ) -> dict[str, Any]:              # the results (also written to `out`)
     "Evaluate `models` zero-shot on `benchmark`; returns the results dict (also written to `out`)"
     c = EvaluateConfig.load(config, **overrides)
     root, limit, draw, text_style, seed, n_candidates = image_root, c.limit, c.draw, c.text_style, c.seed, c.n_candidates
@@ -774,7 +783,7 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
     if benchmark not in BENCHMARKS: raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {list(BENCHMARKS)}")
     b = BENCHMARKS[benchmark]
     if not Path(annotations).exists(): raise FileNotFoundError(f"annotation file not found: {annotations}")
-    kw = dict(root=root, limit=limit)
+    kw: dict[str, Any] = dict(root=root, limit=limit)
     if benchmark == 'sherlock': kw['instances'] = instances
     if benchmark.startswith('visualcomet'): kw.update(seed=seed, n_candidates=n_candidates or 50)
     if benchmark == 'mc': kw['n_candidates'] = n_candidates or 4
@@ -790,19 +799,19 @@ def evaluate(benchmark,          # a name in `BENCHMARKS`
                       f"(as few as {s['short_min']}): the file has too few distinct texts to sample from")
     files = [dict(path=str(annotations), sha256=sha256_file(annotations))]
     if instances: files.append(dict(path=str(instances), sha256=sha256_file(instances)))
-    res = dict(benchmark=benchmark, description=b.description, data=files, images=str(root) if root else None,
+    res: dict[str, Any] = dict(benchmark=benchmark, description=b.description, data=files, images=str(root) if root else None,
                n_questions=s['questions'], n_tasks=s['tasks'], candidates=dict(min=s['min'], max=s['max']),
                settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed),
                chance=chance, models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if out: Path(out).mkdir(parents=True, exist_ok=True)
-    names, recs_of, shared = set(), {}, [] if shared is None else shared
+    names: set[str] = set(); recs_of: dict[str, list[Slim]] = {}; shared = [] if shared is None else shared
     for k, m in enumerate(models, 1):
         name, spec = split_model(m)
         if name in names: raise ValueError(f"two models are named {name!r}; name them with NAME=SPEC")
         names.add(name)
         scorer = load_scorer(spec, **model_kw)
         _share(scorer, shared)
-        t0, recs = time.time(), []
+        t0 = time.time(); recs: list[Slim] = []
         scored = _kept(score_items(scorer, load(k), root, draw, text_style, image_batch=image_batch, progress=progress), recs, b.meta)
         if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', scored)      # written as scored
         else: collections.deque(scored, maxlen=0)
@@ -823,7 +832,7 @@ PAPER = {'vcr': {'q2a': (56.1, 59.0), 'qa2r': (49.8, 56.4), 'q2ar': (28.0, 33.4)
          'sherlock': {'comparison': (19.5, 29.7)}, 'visualcomet': {'recall@50': (39.0, 40.3)}}
 
 # %% ../../nbs/44_evaluate.ipynb #43721f3c
-def load_results(*paths):
+def load_results(*paths:str|Path) -> list[dict[str, Any]]:
     "Results dicts from `results.json` files (or folders holding one)"
     return [json.loads((Path(p)/'results.json' if Path(p).is_dir() else Path(p)).read_text()) for p in paths]
 
@@ -847,22 +856,22 @@ def _rows(results):
 # %% ../../nbs/44_evaluate.ipynb #169db0e8
 class Table:
     "A small table that shows itself as HTML in Jupyter and as markdown in text"
-    def __init__(self, header, rows, caption=''): self.header, self.rows, self.caption = header, rows, caption
-    def __repr__(self): return (self.caption + '\n' if self.caption else '') + self.to_markdown()
+    def __init__(self, header:list[str], rows:list[list[Any]], caption:str=''): self.header, self.rows, self.caption = header, rows, caption
+    def __repr__(self) -> str: return (self.caption + '\n' if self.caption else '') + self.to_markdown()
 
 # %% ../../nbs/44_evaluate.ipynb #a6ad1f04
 @patch
-def _fmt(self:Table, v): return f'{v:.1f}' if isinstance(v, float) and not math.isnan(v) else '-' if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+def _fmt(self:Table, v:Any) -> str: return f'{v:.1f}' if isinstance(v, float) and not math.isnan(v) else '-' if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 # %% ../../nbs/44_evaluate.ipynb #31f4e8c6
 @patch
-def to_markdown(self:Table):
+def to_markdown(self:Table) -> str:
     ls = ['| ' + ' | '.join(self.header) + ' |', '|' + '---|'*len(self.header)]
     return '\n'.join(ls + ['| ' + ' | '.join(map(self._fmt, r)) + ' |' for r in self.rows])
 
 # %% ../../nbs/44_evaluate.ipynb #eb232f3c
 @patch
-def _repr_html_(self:Table):
+def _repr_html_(self:Table) -> str:
     th = ''.join(f'<th>{html.escape(h)}</th>' for h in self.header)
     tr = ''.join('<tr>' + ''.join(f'<td>{html.escape(self._fmt(v))}</td>' for v in r) + '</tr>' for r in self.rows)
     cap = f'<caption>{html.escape(self.caption)}</caption>' if self.caption else ''
@@ -872,7 +881,7 @@ def _repr_html_(self:Table):
 def _cell(v, iv): return v if not iv or v is None or v != v else f'{v:.1f} [{iv[0]:.1f}, {iv[1]:.1f}]'
 
 # %% ../../nbs/44_evaluate.ipynb #c76536c8
-def results_table(results):
+def results_table(results:dict[str, Any]|Iterable[dict[str, Any]]) -> Table:
     "A `Table` of every model's metrics with their 95% intervals and n (one column group per benchmark), with the paper's rows when known"
     benches, rows, cols = _rows(results); many = len(benches) > 1
     nb = [b for b in benches if any(b in ns for *_,ns in rows)]
@@ -888,16 +897,16 @@ def results_table(results):
 # %% ../../nbs/44_evaluate.ipynb #5bfb4d97
 class Chart:
     "A matplotlib figure that shows itself as PNG and saves itself"
-    def __init__(self, fig): self.fig = fig
+    def __init__(self, fig:Any): self.fig = fig   # a matplotlib `Figure`
 
 # %% ../../nbs/44_evaluate.ipynb #c78f2af4
 @patch
-def _repr_png_(self:Chart):
+def _repr_png_(self:Chart) -> bytes:
     b = io.BytesIO(); self.fig.savefig(b, format='png', dpi=90, bbox_inches='tight'); return b.getvalue()
 
 # %% ../../nbs/44_evaluate.ipynb #00a51e55
 @patch
-def save(self:Chart, path): self.fig.savefig(path, dpi=110, bbox_inches='tight'); return Path(path)
+def save(self:Chart, path:str|Path) -> Path: self.fig.savefig(path, dpi=110, bbox_inches='tight'); return Path(path)
 
 # %% ../../nbs/44_evaluate.ipynb #3dff97d7
 def _bars(ax, vals, j, w, label):
@@ -907,7 +916,7 @@ def _bars(ax, vals, j, w, label):
     ax.bar([i + j*w for i in range(len(vals))], ys, w, yerr=err, capsize=2, label=label)
 
 # %% ../../nbs/44_evaluate.ipynb #9cffae83
-def results_chart(results):
+def results_chart(results:dict[str, Any]|Iterable[dict[str, Any]]) -> Chart:
     "Bar chart: one panel per benchmark and score kind, a group of bars (one per model, with its 95% interval) per metric"
     from matplotlib.figure import Figure
     benches, rows, cols = _rows(results)
@@ -927,7 +936,7 @@ def results_chart(results):
 # %% ../../nbs/44_evaluate.ipynb #4b0761f8
 RUN_ONLY = ('tasks', 'pointing', 'no_boxes', 'kept_only', 'benchmarks')   # EvaluateConfig's fields that only `lskd run` reads
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='lskd evaluate', description='Zero-shot localized multiple-choice evaluation.')
     p.add_argument('--benchmark', choices=list(BENCHMARKS), help='which benchmark the annotation file belongs to')
     p.add_argument('--annotations', help='the benchmark annotation file (VCR jsonl, Sherlock comparison json, '
@@ -944,7 +953,7 @@ def parser():
     return p
 
 # %% ../../nbs/44_evaluate.ipynb #54a1e8b5
-def main(argv=None):
+def main(argv:list[str]|None=None) -> int:
     "`lskd evaluate ...`: evaluate models on a benchmark (or `--compare` earlier runs); returns an exit code"
     a = parser().parse_args(argv)
     out = Path(a.out)
@@ -967,7 +976,7 @@ def main(argv=None):
 BENCHMARK_KEYS = {'benchmark', 'annotations', 'image_root', 'instances', 'limit', 'name'}
 
 # %% ../../nbs/44_evaluate.ipynb #4a23e858
-def check_benchmark(b, i=0):
+def check_benchmark(b:Any, i:int=0) -> dict[str, Any]:
     "An `evaluate.benchmarks` entry, checked: its benchmark is known and its files exist"
     where = f"evaluate.benchmarks[{i}]"
     if not isinstance(b, dict) or b.get('benchmark') not in BENCHMARKS:
@@ -982,15 +991,15 @@ def check_benchmark(b, i=0):
 MC_TASKS = {'q2a': 'answer', 'qa2r': 'rationale'}    # task: the field its candidates replace
 
 # %% ../../nbs/44_evaluate.ipynb #b6c6c527
-def run_students(run_dir):
+def run_students(run_dir:str|Path) -> list[str]:
     "The students the distill stage left in `run_dir` (model folders), `base` first"
     names = sorted(p.parent.name for p in (Path(run_dir)/'distill').glob('*/model.json'))
     return sorted(names, key=lambda n: n != 'base')
 
 # %% ../../nbs/44_evaluate.ipynb #952f5553
-def separability(results, records=None, against='base', metrics=('accuracy', 'auc')):
+def separability(results:Iterable[dict[str, Any]], records:Mapping[tuple[str, str], Sequence[Any]]|None=None, against:str='base', metrics:Container[str]=('accuracy', 'auc')) -> list[str]:
     "`verdict` lines of every model against `against` in each results dict: its own comparisons, else computed from `records` (`{(benchmark, model): records}`)"
-    lines, records = [], records or {}
+    lines: list[str] = []; records = records or {}
     for r in results:
         b = BENCHMARKS[r['benchmark']]
         for m in r['models']:
@@ -1004,16 +1013,16 @@ def separability(results, records=None, against='base', metrics=('accuracy', 'au
 def _predictions(folder, name, meta=False): return [Slim(r, meta) for r in read_jsonl(Path(folder)/f'predictions_{_safe(name)}.jsonl')]
 
 # %% ../../nbs/44_evaluate.ipynb #47e5edaf
-def _critic_line(run_dir):
+def _critic_line(run_dir:str|Path) -> list[str]:
     "The critic's held-out AUC on re-pointed and swapped negatives, from its stage report (or nothing)"
     from lskd.io.runs import read_stage_report
-    try: by = read_stage_report(run_dir, 'critic').get('heldout_auc_by_kind') or {}
+    try: by = (read_stage_report(run_dir, 'critic') or {}).get('heldout_auc_by_kind') or {}
     except FileNotFoundError: return []
     return [f"critic (held-out images), ROC-AUC of the kept triples against `{k}` negatives: {100*v['auc']:.1f} "
             f"[{100*v['ci'][0]:.1f}, {100*v['ci'][1]:.1f}], n={v['n_pos']}+{v['n_neg']}" for k,v in by.items() if k in ('repoint', 'swap')]
 
 # %% ../../nbs/44_evaluate.ipynb #2a3c9123
-def run_stage(run_dir, cfg):
+def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     "The evaluate stage of `lskd run`: every student on MC questions and the pointing test about the run's held-out images"
     from lskd.io.runs import stage_dir, write_stage_report, read_stage_report
     sec = cfg.get('evaluate') or {}
@@ -1021,21 +1030,23 @@ def run_stage(run_dir, cfg):
     if bad := [t for t in c.tasks if t not in MC_TASKS]: raise ValueError(f"evaluate: unknown task {bad[0]!r}; known: {list(MC_TASKS)}")
     benches = [check_benchmark(b, i) for i,b in enumerate(c.benchmarks)]
     seed, run_dir = c.seed if 'seed' in sec else cfg.get('seed', 0), Path(run_dir)
-    out = stage_dir(run_dir, 'evaluate'); root = read_stage_report(run_dir, 'verbalize').get('image_root')
+    out = stage_dir(run_dir, 'evaluate')
+    if (vrep := read_stage_report(run_dir, 'verbalize')) is None: raise FileNotFoundError(f"{run_dir}: no verbalize stage report (run the verbalize stage first)")
+    root = vrep.get('image_root')
     rows = read_jsonl(run_dir/('critic/filtered.jsonl' if c.kept_only else 'generate/corpus.jsonl'), as_qar, on_bad=BadRows(c.on_bad_row, out/'evaluate_errors.jsonl'))
     triples = write_jsonl(out/'heldout_triples.jsonl', heldout_only(rows, cfg.get('heldout', 0.25), seed))   # streamed: memory keeps no row
     if (n := sum(1 for _ in read_jsonl(triples))) < 2: raise ValueError(f"only {n} triples on held-out images: generate more (more images or generate.samples)")
     held = Passes(lambda k: read_jsonl(triples, as_qar))
     mc = write_jsonl(out/'heldout_mc.jsonl', (r for t in c.tasks for r in build_mc(held, c.n_candidates or 4, seed, MC_TASKS[t])))
     studs = [f"{s}={run_dir/'distill'/s}" for s in run_students(run_dir)]
-    jobs = [('mc', mc, out, studs, True)] + ([('pointing', triples, out/'pointing', studs, True)] if c.pointing else [])
+    jobs: list[tuple[Any, ...]] = [('mc', mc, out, studs, True)] + ([('pointing', triples, out/'pointing', studs, True)] if c.pointing else [])
     if c.no_boxes and (run_dir/'distill'/'distilled'/'model.json').exists():
         nb = [f"distilled-no-boxes={run_dir/'distill'/'distilled'}"]
         jobs += [(b, f, o/'no-boxes', nb, False) for b,f,o,_,_ in jobs]
     jobs = [(*j, root, {}) for j in jobs] + [(b['benchmark'], b['annotations'], out/b.get('name', b['benchmark']), studs, True, b.get('image_root'),
                                               {'instances': b.get('instances'), 'limit': b.get('limit')}) for b in benches]
     c = replace(c, seed=seed, heldout=None)         # the questions are already those of held-out images
-    allres, lines, base, pool = [], [], {}, []
+    allres: list[dict[str, Any]] = []; lines: list[str] = []; base: dict[str, list[Slim]] = {}; pool: list[Any] = []
     bar = Progress(len(jobs), 'evaluations', out/'progress.json', 'evaluate', show=False)
     for b,f,o,ms,draw,r,kw in jobs:
         allres.append(evaluate(b, f, ms, o, c, image_root=r, instances=kw.get('instances'), progress=False, shared=pool, draw=draw, limit=kw.get('limit')))

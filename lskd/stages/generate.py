@@ -7,20 +7,20 @@ from __future__ import annotations
 import os, sys, json, math, time, random, sqlite3, hashlib, threading, argparse
 import email.utils
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from ..data.records import Verbalization
+from ..data.records import QAR, Verbalization
 from ..io.jsonl import read_jsonl, write_jsonl, JsonlWriter
 from ..data.formats import qar_to_lskd_row
-from typing import Literal
+from typing import Any, Callable, Iterable, Literal, Mapping
 from ..io.config import Positive, add_config_args, config_overrides
 from ..io.files import atomic_write, atomic_json
 from ..io.progress import write_progress
-from ..teacher.prompts import load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
+from ..teacher.prompts import Prompt, PromptSpec, load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, is_format_error, request_body, request_key, request_seed, send
 from ..teacher.endpoint import teacher_endpoint
 
@@ -46,52 +46,52 @@ class GenerateConfig(TeacherConfig):
         if self.choices not in CHOICES: raise ValueError(f"choices must be one of {CHOICES}, not {self.choices!r}")
 
 # %% ../../nbs/41_generate.ipynb #088dc831
-def image_key(verb):
+def image_key(verb:Verbalization) -> str:
     "The key of `verb`'s image that its request seeds are drawn from (`request_seed`): its id, else its path"
     return verb.image.id or verb.image.path
 
 # %% ../../nbs/41_generate.ipynb #fff7ce71
-def sample_bodies(verb, spec, cfg, model, fmt):
+def sample_bodies(verb:Verbalization, spec:PromptSpec, cfg:GenerateConfig, model:str, fmt:str) -> list[dict[str, Any]]:
     "The request bodies of `verb`'s `cfg.samples` samples, one request each, with prompt `spec` and response-format flavour `fmt`"
     prompt, k = build_prompt(verb, spec), image_key(verb)
     return [request_body(cfg, prompt, model, request_seed(cfg.seed, k, j), fmt) for j in range(cfg.samples)]
 
 # %% ../../nbs/41_generate.ipynb #763f17a7
-def asks_n(cfg): "Whether `cfg` asks for an image's samples in one request (`n` choices)"; return cfg.samples > 1 and cfg.choices in ('n', 'auto')
+def asks_n(cfg:GenerateConfig) -> bool: "Whether `cfg` asks for an image's samples in one request (`n` choices)"; return cfg.samples > 1 and cfg.choices in ('n', 'auto')
 
 # %% ../../nbs/41_generate.ipynb #4593d8b3
 class Teacher:
     "Sends jobs to one endpoint, through the cache, within the budget"
-    def __init__(self, cfg, # `GenerateConfig`
-                 client, # `openai.OpenAI` client of the endpoint
-                 model, # model name at the endpoint
-                 cache, # `ReplyCache` or `NoCache`
-                 meter, # the run's `Meter`
-                 flavour=None, # the endpoint's `response_format` spelling, if known (for `auto`)
-                 gone=None): # `gone()`: why the endpoint is known to be gone, or None (`teacher_endpoint`)
+    def __init__(self, cfg:GenerateConfig, # `GenerateConfig`
+                 client:Any, # `openai.OpenAI` client of the endpoint
+                 model:str, # model name at the endpoint
+                 cache:ReplyCache|NoCache, # `ReplyCache` or `NoCache`
+                 meter:Meter, # the run's `Meter`
+                 flavour:str|None=None, # the endpoint's `response_format` spelling, if known (for `auto`)
+                 gone:Callable[[], str|None]|None=None): # `gone()`: why the endpoint is known to be gone, or None (`teacher_endpoint`)
         self.cfg, self.client, self.model, self.cache, self.meter = cfg, client, model, cache, meter
         self.gone = gone
         f = cfg.response_format
         self.modes = [f] if f != 'auto' else ([flavour] if flavour else ['openai', 'llama_cpp', 'none'])
-        self.mode_i, self.lock, self.abort = 0, threading.Lock(), None
-        self.stats = Counter()
+        self.mode_i, self.lock = 0, threading.Lock(); self.abort: str|None = None
+        self.stats: Counter[str] = Counter()
         self.n_ok = asks_n(cfg)         # an image's samples in one request, until the endpoint shows it ignores `n`
 
 # %% ../../nbs/41_generate.ipynb #bcf1174e
 @patch
-def _count(self:Teacher, k, n=1):
-    with self.lock: self.stats[k] += n
+def _count(self:Teacher, k:str, n:float=1) -> None:
+    with self.lock: self.stats[k] += n  # type: ignore[assignment]   # 'seconds' adds floats to the counts
 
 # %% ../../nbs/41_generate.ipynb #2c4c08f1
 @patch
-def _retry(self:Teacher, e, wait):
+def _retry(self:Teacher, e:Exception, wait:float) -> None:
     self._count('retries')
     if self.gone and (why := self.gone()): self.abort = why; raise RuntimeError(why)
 
 
 # %% ../../nbs/41_generate.ipynb #ca4118ce
 @patch
-def run(self:Teacher, prompt, seed, n=1):
+def run(self:Teacher, prompt:Prompt, seed:int, n:int=1) -> tuple[dict[str, Any], str]:
     "`(reply dict, request key)` for `prompt` sampled with `seed` (`n` choices)"
     for mode in self.modes[self.mode_i:]:           # any spelling already answered?
         body = request_body(self.cfg, prompt, self.model, seed, mode, n); key = request_key(body)
@@ -117,11 +117,11 @@ def run(self:Teacher, prompt, seed, n=1):
         return r, key
 
 # %% ../../nbs/41_generate.ipynb #1423f89e
-def split_choices(r): "The replies, one per choice, of an `n`-choice reply `r` (its usage on the first)"; return [dict(r, choices=[ch], usage=r.get('usage') if i == 0 else {}) for i,ch in enumerate(r.get('choices') or [])]
+def split_choices(r:dict[str, Any]) -> list[dict[str, Any]]: "The replies, one per choice, of an `n`-choice reply `r` (its usage on the first)"; return [dict(r, choices=[ch], usage=r.get('usage') if i == 0 else {}) for i,ch in enumerate(r.get('choices') or [])]
 
 # %% ../../nbs/41_generate.ipynb #e4aa0ee9
 @patch
-def sample(self:Teacher, prompt, image_key, js):
+def sample(self:Teacher, prompt:Prompt, image_key:str, js:list[int]) -> list[tuple[int, int, dict[str, Any], str]]:
     "`[(j, seed, reply, request key)]` for samples `js` of image `image_key`"
     seed = request_seed(self.cfg.seed, image_key, js[0])
     if len(js) > 1 and self.n_ok:
@@ -137,14 +137,14 @@ OUTPUTS = ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl')
 
 # %% ../../nbs/41_generate.ipynb #77238ed2
 class _Outputs:
-    def __init__(self, out_dir):
+    def __init__(self, out_dir:str|Path):
         self.dir = Path(out_dir)
         self.w = {n: JsonlWriter(self.dir/f'{n}.partial', 'w') for n in OUTPUTS}
         self.n = 0
 
 # %% ../../nbs/41_generate.ipynb #bda63b80
 @patch
-def write(self:_Outputs, qars, rejects):
+def write(self:_Outputs, qars:Iterable[QAR], rejects:Iterable[dict[str, Any]]) -> None:
     for q in qars:
         q.index = self.n; self.n += 1
         self.w['corpus.jsonl'].write(q); self.w['corpus_lskd.jsonl'].write(qar_to_lskd_row(q))
@@ -152,12 +152,12 @@ def write(self:_Outputs, qars, rejects):
 
 # %% ../../nbs/41_generate.ipynb #9c121190
 @patch
-def close(self:_Outputs):
+def close(self:_Outputs) -> None:
     for w in self.w.values(): w.close()
 
 # %% ../../nbs/41_generate.ipynb #8aa1d901
 @patch
-def finish(self:_Outputs):
+def finish(self:_Outputs) -> None:
     self.close()
     for n in OUTPUTS: os.replace(self.dir/f'{n}.partial', self.dir/n)
 
@@ -172,8 +172,8 @@ class GenResult:
     status: str
     summary: dict
     out_dir: Path
-    def __getitem__(self, k): return self.summary[k]
-    def __repr__(self):
+    def __getitem__(self, k:str) -> Any: return self.summary[k]
+    def __repr__(self) -> str:
         s = self.summary
         return (f"GenResult({self.status}: {s['images_done']}/{s['images']} images, {s['accepted']} triples "
                 f"({s['triples_per_image']:.2f}/image), requests sent {s['requests_sent']}, cached {s['requests_cached']}, "
@@ -242,10 +242,10 @@ def _done(item):
 # %% ../../nbs/41_generate.ipynb #f11c00bb
 class LiveCount:
     "A generate run's live `progress.json`: samples answered (sent or cached) of all, images written, triples, requests sent, completion tokens/s"
-    def __init__(self, path, samples, images, teacher, meter, counts, every=1.0):
+    def __init__(self, path:str|Path, samples:int, images:int, teacher:Teacher, meter:Meter, counts:Counter[str], every:float=1.0):
         self.path, self.samples, self.images, self.teacher, self.meter, self.c, self.every = path, samples, images, teacher, meter, counts, every
         self.t0, self.last, self.lock = time.perf_counter(), -math.inf, threading.Lock()
-    def __call__(self, fut=None, force=False):
+    def __call__(self, fut:Future|None=None, force:bool=False) -> None:
         "Write the counts (a done-callback takes the future; `force`: even within `every` s of the last write)"
         with self.lock:
             now = time.perf_counter()
@@ -255,7 +255,7 @@ class LiveCount:
                            triples=self.c['accepted'], requests=s['sent'], **{'tokens/s': round(self.meter.completion_tokens/dt, 1) if dt > 0 else 0.0})
 
 # %% ../../nbs/41_generate.ipynb #6472b00f
-def generate(verbalizations, out_dir, config=None, **overrides):
+def generate(verbalizations:str|Path, out_dir:str|Path, config:GenerateConfig|Mapping[str, Any]|str|Path|None=None, **overrides:Any) -> GenResult:
     "Generate the QAR corpus for `verbalizations` (a JSONL path) into `out_dir` with `config` (a `GenerateConfig`, dict or YAML path) and `overrides`; returns a `GenResult`"
     from tqdm.auto import tqdm
     import openai
@@ -268,14 +268,14 @@ def generate(verbalizations, out_dir, config=None, **overrides):
     if cfg.max_images is not None: n_total = min(n_total, cfg.max_images)
     atomic_write(out/'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False))    # names of env vars only, no secrets
     cache = ReplyCache(out/cfg.cache) if cfg.cache else NoCache()
-    c, failures, t0 = Counter(), [], time.perf_counter()
+    c: Counter[str] = Counter(); failures: list[dict[str, Any]] = []; t0 = time.perf_counter()
     with teacher_endpoint(cfg, out) as (base_url, model, key, flavour, gone):
         client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
         meter = Meter(cfg.prices, model, cfg.budget_usd, cfg.budget_tokens)
         teacher = Teacher(cfg, client, model, cache, meter, flavour, gone)
         outs, writing = _Outputs(out), True
         live = LiveCount(out/'progress.json', n_total*cfg.samples, n_total, teacher, meter, c)
-        ex = ThreadPoolExecutor(cfg.concurrency)
+        ex = ThreadPoolExecutor(cfg.concurrency); assert cfg.concurrency is not None   # filled in by TeacherConfig.__post_init__
         def finish_image(item):
             nonlocal writing
             verb, prompt, futs = item
@@ -299,7 +299,8 @@ def generate(verbalizations, out_dir, config=None, **overrides):
             live(force=True)
         try:
             with tqdm(total=n_total, desc='generate', disable=not cfg.progress) as bar:
-                pending = deque()
+                pending: deque[tuple[Verbalization, Prompt|None, list[tuple[list[int], Future[Any]]]|str]] = deque()
+                prompt: Prompt|None; futs: list[tuple[list[int], Future[Any]]]|str
                 for i, verb in enumerate(read_jsonl(vpath, Verbalization)):
                     if i >= n_total or meter.over_budget() or teacher.abort: break
                     c['images'] += 1
@@ -334,7 +335,7 @@ def generate(verbalizations, out_dir, config=None, **overrides):
     return GenResult(status, {**summary, **attempt}, out)
 
 # %% ../../nbs/41_generate.ipynb #c422dea1
-def token_counter(cfg):
+def token_counter(cfg:GenerateConfig) -> tuple[Callable[[str], int], str]:
     "`(count(text) -> tokens, how they are counted)` for `cfg`'s teacher"
     if cfg.teacher == 'local':
         from lskd.teacher.server import MODELS
@@ -370,12 +371,12 @@ def _price(cfg):
     return (cfg.prices or {}).get(model)
 
 # %% ../../nbs/41_generate.ipynb #21e6a9d9
-def estimate(verbalizations,              # verbalizations.jsonl
-             config=None,                 # a `GenerateConfig`, dict or YAML path
-             tokens_per_triple=52,        # completion tokens per asked triple (measured with the default prompt and teacher)
-             completion_tokens_per_s=None,  # the teacher's generation rate, for the wall time
-             prompt_tokens_per_s=None,    # its prompt-processing rate (local), for the wall time
-             **overrides):
+def estimate(verbalizations:str|Path,                                           # verbalizations.jsonl
+             config:GenerateConfig|Mapping[str, Any]|str|Path|None=None,      # a `GenerateConfig`, dict or YAML path
+             tokens_per_triple:float=52,                                      # completion tokens per asked triple (measured with the default prompt and teacher)
+             completion_tokens_per_s:float|None=None,                         # the teacher's generation rate, for the wall time
+             prompt_tokens_per_s:float|None=None,                             # its prompt-processing rate (local), for the wall time
+             **overrides:Any) -> Estimate:
     "An `Estimate` of the requests, tokens, cost and time of `generate(verbalizations, ..., config)`, without sending"
     cfg = GenerateConfig.load(config, **overrides); spec = load_prompt(cfg.prompt, **cfg.prompt_options)
     count, how = token_counter(cfg); imgs = pt = 0; per_msg = 4     # chat-template tokens around each message
@@ -394,7 +395,7 @@ def estimate(verbalizations,              # verbalizations.jsonl
 # %% ../../nbs/41_generate.ipynb #a8cfcbe1
 FILE_ONLY = ('prompt_options', 'extra_body', 'prices', 'progress')   # GenerateConfig's fields set in a config file (or --triples, --regions, --quiet), not by flags
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='lskd generate', description='verbalizations.jsonl -> corpus.jsonl through a teacher LLM '
         '(any OpenAI-compatible endpoint). Outputs in OUT: corpus.jsonl, corpus_lskd.jsonl, rejects.jsonl, summary.json, cache.sqlite.')
     p.add_argument('verbalizations', help='verbalizations.jsonl (output of lskd verbalize)')
@@ -411,7 +412,7 @@ def parser():
     return p
 
 # %% ../../nbs/41_generate.ipynb #dc4fb70b
-def main(argv=None):
+def main(argv:list[str]|None=None) -> int:
     "CLI: `lskd generate`"
     a = parser().parse_args(argv)
     try:
@@ -438,7 +439,7 @@ def main(argv=None):
     return 0
 
 # %% ../../nbs/41_generate.ipynb #a1793bf1
-def run_stage(run_dir, cfg):
+def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     "Stage 2 of `lskd run`: the corpus of the run's verbalizations, into `run_dir/generate`; returns the stage report"
     from lskd.io.runs import stage_dir, write_stage_report
     out = stage_dir(run_dir, 'generate')
@@ -446,7 +447,7 @@ def run_stage(run_dir, cfg):
     vpath = Path(run_dir)/'verbalize'/'verbalizations.jsonl'
     res = generate(vpath, out, config=gcfg)
     if res.status != 'complete': raise RuntimeError(f"generation stopped: {res.status} ({out/'summary.json'})")
-    s, sums = res.summary, {}
+    s = res.summary; sums: dict[str, str] = {}
     if gcfg.teacher == 'local':       # the GGUF file was checked against this sha256 when fetched
         from lskd.teacher.server import MODELS
         if gcfg.local_model in MODELS: sums = {gcfg.local_model: MODELS[gcfg.local_model]['sha256']}

@@ -5,6 +5,7 @@
 # %% ../../nbs/45_inspect.ipynb #859fa8b6
 from __future__ import annotations
 import json, html
+from typing import Any, Container, Iterable, Mapping, Sequence
 from pathlib import Path
 from dataclasses import dataclass
 from collections import Counter
@@ -27,27 +28,27 @@ def _report(run_dir, stage): return read_stage_report(run_dir, stage) or {}
 # %% ../../nbs/45_inspect.ipynb #dd3b4756
 class RunView:
     "Read-only view of a run folder: verbalizations, triples with scores, kept/dropped"
-    def __init__(self, run_dir, threshold=None, root=None):
+    def __init__(self, run_dir:str|Path, threshold:float|None=None, root:str|Path|None=None) -> None:
         self.dir = Path(run_dir)
         vp = self.dir/'verbalize'/'verbalizations.jsonl'
-        self.verbs = {v.image.path: v for v in read_jsonl(vp, Verbalization)} if vp.exists() else {}
+        self.verbs: dict[str, Verbalization] = {v.image.path: v for v in read_jsonl(vp, Verbalization)} if vp.exists() else {}
         crit, gen = _report(self.dir, 'critic'), _report(self.dir, 'verbalize')
         scored = self.dir/'critic'/'scored.jsonl'
         corpus = scored if scored.exists() else self.dir/'generate'/'corpus.jsonl'
-        self.qars = list(read_jsonl(corpus, QAR)) if corpus.exists() else []
-        self.threshold = threshold if threshold is not None else crit.get('threshold', 0.8 if scored.exists() else None)
-        self.root = root or gen.get('image_root') or (self.dir/'verbalize'/'images')
+        self.qars: list[QAR] = list(read_jsonl(corpus, QAR)) if corpus.exists() else []
+        self.threshold: float|None = threshold if threshold is not None else crit.get('threshold', 0.8 if scored.exists() else None)
+        self.root: str|Path = root or gen.get('image_root') or (self.dir/'verbalize'/'images')
         rj = self.dir/'generate'/'rejects.jsonl'
-        self.rejects = list(read_jsonl(rj)) if rj.exists() else []
+        self.rejects: list[dict[str, Any]] = list(read_jsonl(rj)) if rj.exists() else []
     def __repr__(self): return f"RunView({self.dir}: {len(self.verbs)} images, {len(self.qars)} triples, threshold {self.threshold})"
 
 # %% ../../nbs/45_inspect.ipynb #b7be36ae
-def matplotlib_sample(name):
+def matplotlib_sample(name:str) -> str:
     import matplotlib.cbook
     return matplotlib.cbook.get_sample_data(name, asfileobj=False)
 
 # %% ../../nbs/45_inspect.ipynb #d3c14f60
-def demo_run(folder):
+def demo_run(folder:str|Path) -> Path:
     "Write a tiny run (one sample photo, three triples with scores) into `folder`; return its path"
     d = Path(folder); (d/'verbalize'/'images').mkdir(parents=True, exist_ok=True)
     src = matplotlib_sample('grace_hopper.jpg'); im = Image.open(src); im.save(d/'verbalize'/'images'/'grace_hopper.jpg')
@@ -71,7 +72,7 @@ def _score(q): return q.scores.get('prediction')
 
 # %% ../../nbs/45_inspect.ipynb #516f9c5f
 @patch
-def kept(self:RunView, q):
+def kept(self:RunView, q:QAR) -> bool|None:
     "True/False: the critic kept/dropped `q`; None: not scored"
     s = _score(q)
     return None if s is None or self.threshold is None else s >= self.threshold
@@ -79,11 +80,12 @@ def kept(self:RunView, q):
 # %% ../../nbs/45_inspect.ipynb #7d71564f
 @patch
 def triples(self:RunView,
-            image=None,      # only the triples about this image
-            min_score=None,  # only triples scored at least this (unscored ones are left out)
-            max_score=None,  # only triples scored at most this (unscored ones are left out)
-            source=None,     # only triples of this source (None, '' or 'all': any)
-            kept=None):      # True: kept, False: dropped, None: any
+            image:str|None=None,        # only the triples about this image
+            min_score:float|None=None,  # only triples scored at least this (unscored ones are left out)
+            max_score:float|None=None,  # only triples scored at most this (unscored ones are left out)
+            source:str|None=None,       # only triples of this source (None, '' or 'all': any)
+            kept:bool|None=None,        # True: kept, False: dropped, None: any
+           ) -> list[QAR]:
     "Triples of the run, filtered by `image`, score range, `source` and `kept` (True/False/None = any)"
     out = []
     for q in self.qars:
@@ -98,18 +100,18 @@ def triples(self:RunView,
 
 # %% ../../nbs/45_inspect.ipynb #713c72d4
 @patch
-def images(self:RunView): return list(dict.fromkeys(list(self.verbs) + [q.image for q in self.qars]))
+def images(self:RunView) -> list[str]: return list(dict.fromkeys(list(self.verbs) + [q.image for q in self.qars]))
 
 # %% ../../nbs/45_inspect.ipynb #707ba001
 @patch
-def sources(self:RunView): return sorted({q.source for q in self.qars})
+def sources(self:RunView) -> list[str]: return sorted({q.source for q in self.qars})
 
 # %% ../../nbs/45_inspect.ipynb #a2a509b7
 @patch
-def regions(self:RunView, image):
+def regions(self:RunView, image:str) -> list[Region]:
     "All regions of `image`: from its verbalization, else from its triples"
     if image in self.verbs: return self.verbs[image].image.regions
-    rs = {}
+    rs: dict[int, Region] = {}
     for q in self.qars:
         if q.image == image:
             for r in q.regions: rs.setdefault(r.id, r)
@@ -117,11 +119,11 @@ def regions(self:RunView, image):
 
 # %% ../../nbs/45_inspect.ipynb #9b9adace
 @patch
-def colors(self:RunView, image): return {r.id: region_color(i) for i,r in enumerate(self.regions(image))}
+def colors(self:RunView, image:str) -> dict[int, tuple[int, ...]]: return {r.id: region_color(i) for i,r in enumerate(self.regions(image))}
 
 # %% ../../nbs/45_inspect.ipynb #849f9ce2
 @patch
-def image_view(self:RunView, image, show_ids=None, max_size=480):
+def image_view(self:RunView, image:str, show_ids:Container[int]|None=None, max_size:int=480) -> Image.Image:
     "`image` with the regions `show_ids` (default all) drawn and numbered, scaled to `max_size`"
     im = open_image(image, self.root)
     s = min(1, max_size/max(im.size))
@@ -132,7 +134,7 @@ def image_view(self:RunView, image, show_ids=None, max_size=480):
 
 # %% ../../nbs/45_inspect.ipynb #fcff3af5
 @patch
-def verb_html(self:RunView, image):
+def verb_html(self:RunView, image:str) -> str:
     v = self.verbs.get(image)
     if v is None: return '<i>no verbalization</i>'
     cs = self.colors(image)
@@ -146,7 +148,7 @@ def verb_html(self:RunView, image):
 
 # %% ../../nbs/45_inspect.ipynb #5ac76073
 @patch
-def triple_html(self:RunView, q):
+def triple_html(self:RunView, q:QAR) -> str:
     cs = self.colors(q.image); k = self.kept(q); s = _score(q)
     badge = '' if k is None else (f'<span style="color:{"#080" if k else "#a00"}">{"kept" if k else "dropped"}</span>')
     sc = '' if s is None else f' score {s:.2f}'
@@ -156,9 +158,9 @@ def triple_html(self:RunView, q):
 
 # %% ../../nbs/45_inspect.ipynb #7e5d9838
 @patch
-def summary(self:RunView):
+def summary(self:RunView) -> dict[str, dict[str, int]]:
     "Per source: triples, kept, dropped, unscored"
-    c = {}
+    c: dict[str, Counter[str]] = {}
     for q in self.qars:
         d = c.setdefault(q.source or '?', Counter()); d['triples'] += 1
         k = self.kept(q); d['unscored' if k is None else 'kept' if k else 'dropped'] += 1
@@ -166,7 +168,7 @@ def summary(self:RunView):
 
 # %% ../../nbs/45_inspect.ipynb #b8e830c8
 @patch
-def save_overview(self:RunView, path, n_images=4, n_triples=2):
+def save_overview(self:RunView, path:str|Path, n_images:int=4, n_triples:int=2) -> Path:
     "Save a PNG: up to `n_images` images with their regions and top-scored triples"
     import matplotlib; import matplotlib.pyplot as plt, textwrap
     ims = self.images()[:n_images]
@@ -182,12 +184,13 @@ def save_overview(self:RunView, path, n_images=4, n_triples=2):
     return Path(path)
 
 # %% ../../nbs/45_inspect.ipynb #2c6d055c
-def rank(scorer,      # a scorer (the evaluation's protocol: `encode_images`, `score`)
-         image,       # the image, without regions drawn
-         regions,     # the image's regions
-         selected,    # the ids of the regions to draw, in drawing order
-         question,    # the question, referring to regions by id
-         candidates): # candidate answers, referring to regions by id
+def rank(scorer:Any,                # a scorer (the evaluation's protocol: `encode_images`, `score`)
+         image:Image.Image,         # the image, without regions drawn
+         regions:Sequence[Region],  # the image's regions
+         selected:Sequence[int],    # the ids of the regions to draw, in drawing order
+         question:str,              # the question, referring to regions by id
+         candidates:Sequence[str],  # candidate answers, referring to regions by id
+        ) -> list[tuple[str, float, float]]:
     "Rank `candidates` for `question` about the `selected` region ids: `[(candidate, itm, itc)]`, best first"
     if not candidates: raise ValueError("no candidate answers to rank")
     for i in selected: region_by_id(regions, i)
@@ -199,14 +202,15 @@ def rank(scorer,      # a scorer (the evaluation's protocol: `encode_images`, `s
     return sorted(zip(candidates, itm, itc), key=lambda t: -t[1])
 
 # %% ../../nbs/45_inspect.ipynb #bfe7542f
-def ask_teacher(client,            # an OpenAI-compatible client
-                model,             # the teacher model's name at the endpoint
-                verb,              # the image's `Verbalization`
-                selected,          # the ids of the regions asked about
-                question,          # the question, referring to regions by id
-                prompt='v1',       # the prompt whose rendering of the verbalization is used
-                max_tokens=200,    # the longest answer
-                temperature=0.0):  # sampling temperature (0: the most likely answer)
+def ask_teacher(client:Any,              # an OpenAI-compatible client
+                model:str,               # the teacher model's name at the endpoint
+                verb:Verbalization,      # the image's `Verbalization`
+                selected:Iterable[int],  # the ids of the regions asked about
+                question:str,            # the question, referring to regions by id
+                prompt:str='v1',         # the prompt whose rendering of the verbalization is used
+                max_tokens:int=200,      # the longest answer
+                temperature:float=0.0,   # sampling temperature (0: the most likely answer)
+               ) -> str:
     "The teacher's free-text answer to `question` about the `selected` regions of the verbalization `verb`"
     from lskd.teacher.prompts import load_prompt, render_verbalization
     spec = load_prompt(prompt)
@@ -223,7 +227,8 @@ def ask_teacher(client,            # an OpenAI-compatible client
 # %% ../../nbs/45_inspect.ipynb #70124d6c
 class Inspector:
     "Browse a run: image picker, region toggles, score/source/kept filters, verbalization and triples"
-    def __init__(self, rv):
+    boxes: dict[int, Any]   # region id -> its checkbox (made by `set_image`)
+    def __init__(self, rv:RunView) -> None:
         import ipywidgets as W
         self.rv = rv
         imgs = rv.images()
@@ -240,7 +245,7 @@ class Inspector:
 
 # %% ../../nbs/45_inspect.ipynb #214fec9f
 @patch
-def set_image(self:Inspector, *_):
+def set_image(self:Inspector, *_:Any) -> None:
     import ipywidgets as W
     rs = self.rv.regions(self.image.value) if self.image.value else []
     self.boxes = {r.id: W.Checkbox(value=True, description=f'[{r.id}] {r.label}', indent=False) for r in rs}
@@ -249,11 +254,11 @@ def set_image(self:Inspector, *_):
 
 # %% ../../nbs/45_inspect.ipynb #834d569c
 @patch
-def shown(self:Inspector): return {i for i,b in self.boxes.items() if b.value}
+def shown(self:Inspector) -> set[int]: return {i for i,b in self.boxes.items() if b.value}
 
 # %% ../../nbs/45_inspect.ipynb #7f1ceaac
 @patch
-def selected_triples(self:Inspector):
+def selected_triples(self:Inspector) -> list[QAR]:
     k = {'all': None, 'kept': True, 'dropped': False}[self.kept.value]
     lo, hi = self.score.value
     scored = self.rv.threshold is not None
@@ -262,7 +267,7 @@ def selected_triples(self:Inspector):
 
 # %% ../../nbs/45_inspect.ipynb #b88c2d09
 @patch
-def update(self:Inspector, *_):
+def update(self:Inspector, *_:Any) -> None:
     if not self.image.value: return
     self.pic.value = png_bytes(self.rv.image_view(self.image.value, self.shown()))
     self.verb.value = self.rv.verb_html(self.image.value)
@@ -271,17 +276,18 @@ def update(self:Inspector, *_):
 
 # %% ../../nbs/45_inspect.ipynb #01f2a2fa
 @patch
-def _ipython_display_(self:Inspector):
+def _ipython_display_(self:Inspector) -> None:
     from IPython.display import display; display(self.ui)
 
 # %% ../../nbs/45_inspect.ipynb #1f14e8bd
 class PointAndAsk:
     "Select regions, type a question and candidate answers (one per line), see the student's ranking"
-    def __init__(self, scorer, rv, image=None, teacher=None):
+    boxes: dict[int, Any]   # region id -> its toggle button (made by `set_image`)
+    def __init__(self, scorer:Any, rv:RunView, image:str|None=None, teacher:tuple[Any, str]|None=None) -> None:
         import ipywidgets as W
         self.scorer, self.rv, self.teacher = scorer, rv, teacher     # teacher: (openai client, model) or None
         self.image = W.Dropdown(options=rv.images(), value=image or rv.images()[0], description='image')
-        self.order = []
+        self.order: list[int] = []
         self.question = W.Text(placeholder='e.g. Why is [0] smiling at [1]?', description='question')
         self.cands = W.Textarea(placeholder='one candidate answer per line', description='answers')
         self.go = W.Button(description='Rank'); self.go.on_click(self.ask)
@@ -291,7 +297,7 @@ class PointAndAsk:
 
 # %% ../../nbs/45_inspect.ipynb #5e487db9
 @patch
-def set_image(self:PointAndAsk, *_):
+def set_image(self:PointAndAsk, *_:Any) -> None:
     import ipywidgets as W
     self.order = []
     self.boxes = {r.id: W.ToggleButton(value=False, description=f'[{r.id}] {r.label}') for r in self.rv.regions(self.image.value)}
@@ -300,24 +306,24 @@ def set_image(self:PointAndAsk, *_):
 
 # %% ../../nbs/45_inspect.ipynb #d18951af
 @patch
-def toggle(self:PointAndAsk, i, on):
+def toggle(self:PointAndAsk, i:int, on:bool) -> None:
     if on and i not in self.order: self.order.append(i)
     if not on and i in self.order: self.order.remove(i)
     self.redraw()
 
 # %% ../../nbs/45_inspect.ipynb #17b085f0
 @patch
-def redraw(self:PointAndAsk):
+def redraw(self:PointAndAsk) -> None:
     self.pic.value = png_bytes(self.rv.image_view(self.image.value, set(self.order)))
 
 # %% ../../nbs/45_inspect.ipynb #f5327fd5
 @patch
-def ask(self:PointAndAsk, *_):
+def ask(self:PointAndAsk, *_:Any) -> list[tuple[str, float, float]]|None:
     cands = [c.strip() for c in self.cands.value.splitlines() if c.strip()]
     try:
         img = open_image(self.image.value, self.rv.root)
         res = rank(self.scorer, img, self.rv.regions(self.image.value), self.order, self.question.value, cands)
-    except Exception as e: self.out.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return
+    except Exception as e: self.out.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return None
     cs = self.rv.colors(self.image.value)
     rows = ''.join(f'<tr><td>{n+1}</td><td>{refs_html(c, cs)}</td><td>{itm:.3f}</td><td>{itc:.3f}</td></tr>'
                    for n,(c, itm, itc) in enumerate(res))
@@ -330,12 +336,13 @@ def ask(self:PointAndAsk, *_):
 
 # %% ../../nbs/45_inspect.ipynb #d3ec72c5
 @patch
-def _ipython_display_(self:PointAndAsk):
+def _ipython_display_(self:PointAndAsk) -> None:
     from IPython.display import display; display(self.ui)
 
 # %% ../../nbs/45_inspect.ipynb #ad49a0fd
-def drawn_regions(bboxes,     # boxes from `BBoxWidget.bboxes`: dicts with x, y, width, height, label
-                  size=None): # the image's (width, height): boxes are clipped to it
+def drawn_regions(bboxes:Iterable[Mapping[str, Any]],  # boxes from `BBoxWidget.bboxes`: dicts with x, y, width, height, label
+                  size:tuple[int, int]|None=None,     # the image's (width, height): boxes are clipped to it
+                 ) -> list[Region]:
     "Regions `[0]..[k-1]` from boxes drawn on an image, in drawing order; an error names a box that is empty or outside"
     from lskd.data.records import check_box
     out = []
@@ -348,13 +355,13 @@ def drawn_regions(bboxes,     # boxes from `BBoxWidget.bboxes`: dicts with x, y,
     return out
 
 # %% ../../nbs/45_inspect.ipynb #ea45808c
-def region_bboxes(regions):
+def region_bboxes(regions:Iterable[Region]) -> list[dict[str, Any]]:
     "`BBoxWidget` boxes (x, y, width, height, label) for `regions`, in their order"
     return [dict(x=r.box[0], y=r.box[1], width=r.box[2] - r.box[0], height=r.box[3] - r.box[1], label=r.label or 'region')
             for r in regions]
 
 # %% ../../nbs/45_inspect.ipynb #9b1770c5
-def drawn_verbalization(path, size, regions, verb=None):
+def drawn_verbalization(path:str|Path, size:tuple[int, int], regions:Iterable[Region], verb:Verbalization|None=None) -> Verbalization:
     "A `Verbalization` of the image at `path` with the drawn `regions`; the globals of `verb` (the run's) when given"
     return Verbalization(ImageRecord(str(path), int(size[0]), int(size[1]), list(regions)),
                          globals=list(verb.globals) if verb is not None else [], meta={'regions': 'drawn'})
@@ -362,7 +369,8 @@ def drawn_verbalization(path, size, regions, verb=None):
 # %% ../../nbs/45_inspect.ipynb #f8752cf7
 class DrawAndAsk:
     "Draw boxes on an image, ask a question about them, see the student's ranking (and the teacher's answer)"
-    def __init__(self, scorer, image, rv=None, teacher=None, regions=(), classes=('person', 'object', 'animal', 'food', 'vehicle')):
+    def __init__(self, scorer:Any, image:str, rv:RunView|None=None, teacher:tuple[Any, str]|None=None, regions:Sequence[Region]=(),
+                 classes:Iterable[str]=('person', 'object', 'animal', 'food', 'vehicle')) -> None:
         import ipywidgets as W
         from jupyter_bbox_widget import BBoxWidget
         self.scorer, self.rv, self.teacher = scorer, rv, teacher
@@ -379,11 +387,11 @@ class DrawAndAsk:
 
 # %% ../../nbs/45_inspect.ipynb #de62b099
 @patch
-def regions(self:DrawAndAsk): return drawn_regions(self.canvas.bboxes, self.img.size)
+def regions(self:DrawAndAsk) -> list[Region]: return drawn_regions(self.canvas.bboxes, self.img.size)
 
 # %% ../../nbs/45_inspect.ipynb #62253a71
 @patch
-def redraw(self:DrawAndAsk, *_):
+def redraw(self:DrawAndAsk, *_:Any) -> None:
     try: rs = self.regions()
     except ValueError as e: self.listing.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return
     cs = {r.id: region_color(r.id) for r in rs}
@@ -392,13 +400,13 @@ def redraw(self:DrawAndAsk, *_):
 
 # %% ../../nbs/45_inspect.ipynb #e1404574
 @patch
-def ask(self:DrawAndAsk, *_):
+def ask(self:DrawAndAsk, *_:Any) -> list[tuple[str, float, float]]|None:
     cands = [c.strip() for c in self.cands.value.splitlines() if c.strip()]
     try:
         rs = self.regions()
         if not rs: raise ValueError('no regions: draw a box on the photo first')
         res = rank(self.scorer, self.img, rs, [r.id for r in rs], self.question.value, cands)
-    except Exception as e: self.out.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return
+    except Exception as e: self.out.value = f'<span style="color:#a00">{html.escape(str(e))}</span>'; return None
     cs = {r.id: region_color(r.id) for r in rs}
     rows = ''.join(f'<tr><td>{n+1}</td><td>{refs_html(c, cs)}</td><td>{itm:.3f}</td><td>{itc:.3f}</td></tr>' for n,(c, itm, itc) in enumerate(res))
     t = ''
@@ -411,7 +419,7 @@ def ask(self:DrawAndAsk, *_):
 
 # %% ../../nbs/45_inspect.ipynb #dabd7904
 @patch
-def _ipython_display_(self:DrawAndAsk):
+def _ipython_display_(self:DrawAndAsk) -> None:
     from IPython.display import display; display(self.ui)
 
 # %% ../../nbs/45_inspect.ipynb #36e8b43d
@@ -423,7 +431,7 @@ class InspectConfig(Config):
     section = 'inspect'
 
 # %% ../../nbs/45_inspect.ipynb #cb179f2a
-def run_stage(run_dir, cfg):
+def run_stage(run_dir:str|Path, cfg:Mapping[str, Any]) -> dict[str, Any]:
     "The inspect stage of `lskd run`: `overview.png` and the run's summary"
     from lskd.io.runs import stage_dir, write_stage_report
     c = InspectConfig.load(cfg.get('inspect'))

@@ -5,13 +5,14 @@
 # %% ../../nbs/40_verbalize.ipynb #3515f800
 from __future__ import annotations
 import argparse, copy, hashlib, importlib.util, json, math, os, re, shutil, sys, time, warnings
+from typing import Any, Callable, Collection, Hashable, Iterable, Mapping, Sequence, cast
 import numpy as np
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from PIL import Image
 from fastcore.basics import patch
 from ..data.records import Region, ImageRecord, Verbalization, Description, QAPair, xywh2xyxy, open_image, image_path
-from ..io.jsonl import JsonlWriter, read_jsonl, write_jsonl, bad_row, BadRows, reject
+from ..io.jsonl import JsonlWriter, read_jsonl, write_jsonl, bad_row, BadRows, BadRowError, reject
 from ..data.formats import read_vcr, vcr_image, vcr_meta_record, vcr_item
 from ..data.refs import render_refs
 from ..data.draw import draw_regions
@@ -32,7 +33,7 @@ __all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'COMPON
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 # %% ../../nbs/40_verbalize.ipynb #8a70c85f
-def list_images(folder, exts=IMAGE_EXTS):
+def list_images(folder:str|Path, exts:Collection[str]=IMAGE_EXTS) -> list[str]:
     "Image files under `folder` (recursive, sorted), as paths relative to `folder`"
     folder = Path(folder)
     if not folder.is_dir(): raise NotADirectoryError(f"image folder not found: {folder}")
@@ -43,7 +44,7 @@ def list_images(folder, exts=IMAGE_EXTS):
 PKG = 'pkg:'
 
 # %% ../../nbs/40_verbalize.ipynb #b89777ff
-def resolve_ref(ref, root=None):
+def resolve_ref(ref:str|Path, root:str|Path|None=None) -> Path:
     "The file that `ref` names: `pkg:MODULE/PATH` inside an installed package, else a path under `root`"
     ref = str(ref)
     if not ref.startswith(PKG): return image_path(ref, root)
@@ -57,7 +58,7 @@ def resolve_ref(ref, root=None):
     return p
 
 # %% ../../nbs/40_verbalize.ipynb #0ee54524
-def stage_images(records, dest):
+def stage_images(records:Iterable[ImageRecord], dest:str|Path) -> list[ImageRecord]:
     "Copy the `pkg:` images of `records` into `dest`; return records whose paths are relative to `dest`"
     dest, out = Path(dest), []
     for r in records:
@@ -90,13 +91,14 @@ def _json(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 # %% ../../nbs/40_verbalize.ipynb #8ad0a86a
-def read_coco(path, on_bad=None):
+def read_coco(path:str|Path, on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> list[ImageRecord]:
     "`ImageRecord`s (paths = `file_name`) from a COCO instances json; crowd boxes kept (`extra.iscrowd`); a bad entry is `on_bad`'s"
     d = _json(path)
     missing = [k for k in ('images', 'annotations', 'categories') if not isinstance(d, dict) or k not in d]
     if missing: raise ValueError(f"{path}: not a COCO instances file: missing {missing}")
     if lists := [k for k in ('images', 'annotations', 'categories') if not isinstance(d[k], list)]: raise ValueError(f"{path}: {lists[0]} is not a list")
     def bad(where, row, e, raw): reject(on_bad, bad_row(path, where, row, e), json.dumps(raw, default=str)[:4000])
+    cats: dict[Any, str]; anns: dict[Any, list[dict[str, Any]]]; recs: list[ImageRecord]
     cats, anns, recs = {}, {}, []
     for j, c in enumerate(d['categories']):
         try: cats[c['id']] = str(c['name'])
@@ -124,7 +126,8 @@ def _first_line(path):
     return {}
 
 # %% ../../nbs/40_verbalize.ipynb #fd9d1181
-def load_annotations(path, root=None, on_bad=None):
+def load_annotations(path:str|Path, root:str|Path|None=None,
+                     on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> dict[str, ImageRecord]:
     "`{image path: ImageRecord}` from a regions.jsonl, VCR jsonl, COCO json or VCR metadata json (format detected); bad rows are `on_bad`'s"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"annotation file not found: {path}")
@@ -133,7 +136,7 @@ def load_annotations(path, root=None, on_bad=None):
         if not isinstance(first, dict): first = {}
         if 'img_fn' in first and 'metadata_fn' in first:
             vroot = root if root is not None else path.parent
-            recs = {}
+            recs: dict[str, ImageRecord] = {}
             def image_of(item):             # one image record per image, read from its metadata once
                 img = vcr_item(item)['img_fn']
                 return img, recs[img] if img in recs else vcr_image(item, vroot)
@@ -151,11 +154,11 @@ def load_annotations(path, root=None, on_bad=None):
 # %% ../../nbs/40_verbalize.ipynb #1dbacad6
 class ModelPool:
     "Load each model once (by key) and share it between descriptors"
-    def __init__(self): self.models = {}
+    def __init__(self) -> None: self.models: dict[Hashable, Any] = {}
 
 # %% ../../nbs/40_verbalize.ipynb #54361593
 @patch
-def get(self:ModelPool, key, load):
+def get(self:ModelPool, key:Hashable, load:Callable[[], Any]) -> Any:
     if key not in self.models: self.models[key] = load()
     return self.models[key]
 
@@ -163,8 +166,8 @@ def get(self:ModelPool, key, load):
 class GivenRegions:
     "The regions given with the data (annotations); `None` for images without any"
     name, model = 'given', 'annotation'
-    def __init__(self, pool=None, **kw): pass
-    def __call__(self, images, recs): return [list(r.regions) if r is not None and r.regions else None for r in recs]
+    def __init__(self, pool:ModelPool|None=None, **kw:Any) -> None: pass
+    def __call__(self, images:Sequence[Image.Image], recs:Sequence[ImageRecord|None]) -> list[list[Region]|None]: return [list(r.regions) if r is not None and r.regions else None for r in recs]
 
 # %% ../../nbs/40_verbalize.ipynb #ae3607bd
 def _hog():
@@ -180,26 +183,26 @@ def _hog():
 class HogPeople:
     "Upright people found by OpenCV's HOG + linear SVM detector; `score` is the SVM margin"
     name, model = 'hog', 'opencv-hog-people'
-    def __init__(self, pool=None, # a `ModelPool`
-                 max_side=640, # shrink larger images to this side first
-                 win_stride=8, # window step (pixels)
-                 scale=1.05, # image pyramid scale step
-                 min_score=0.3, # drop windows with a smaller SVM margin
-                 nms_iou=0.4, # non-maximum suppression: drop boxes overlapping a kept one more than this
-                 **kw):
+    def __init__(self, pool:ModelPool|None=None, # a `ModelPool`
+                 max_side:int=640, # shrink larger images to this side first
+                 win_stride:int=8, # window step (pixels)
+                 scale:float=1.05, # image pyramid scale step
+                 min_score:float=0.3, # drop windows with a smaller SVM margin
+                 nms_iou:float=0.4, # non-maximum suppression: drop boxes overlapping a kept one more than this
+                 **kw:Any) -> None:
         self.hog = (pool or ModelPool()).get('hog', _hog)
         self.max_side, self.win_stride, self.scale, self.min_score, self.nms_iou = max_side, win_stride, scale, min_score, nms_iou
-    def __call__(self, images, recs): return [self.detect(im) for im in images]
+    def __call__(self, images:Sequence[Image.Image], recs:Sequence[ImageRecord|None]) -> list[list[Region]]: return [self.detect(im) for im in images]
 
 # %% ../../nbs/40_verbalize.ipynb #4ac55977
 @patch
-def detect(self:HogPeople, image):
+def detect(self:HogPeople, image:Image.Image) -> list[Region]:
     "`Region`s labelled 'person' in one PIL image"
     s = min(1., self.max_side/max(image.size))
     im = image.resize((round(image.width*s), round(image.height*s))) if s < 1 else image
     a = np.asarray(im.convert('RGB'))[:, :, ::-1].copy()
     rects, w = self.hog.detectMultiScale(a, winStride=(self.win_stride,)*2, padding=(8, 8), scale=self.scale)
-    rs = []
+    rs: list[Region] = []
     for (x, y, bw, bh), sc in zip(np.asarray(rects).reshape(-1, 4), np.ravel(w)):
         if sc < self.min_score: continue
         b = (max(0., x/s), max(0., y/s), min(image.width, (x+bw)/s), min(image.height, (y+bh)/s))
@@ -236,24 +239,24 @@ def _load_hf(kind, model, device='cpu', dtype=None):
 class HFDetector:
     "Regions from a transformers object detector (closed-set, or open-vocabulary with `labels`)"
     name = 'detector'
-    def __init__(self, pool=None, # a `ModelPool`
-                 model=None, # a transformers model name or local folder
-                 labels=None, # text queries for an open-vocabulary detector (None: closed-set)
-                 threshold=0.3, # minimum score of a box
-                 device='cpu', # torch device
-                 dtype=None, # torch dtype name, e.g. 'float16'
-                 batch_size=8, # images per forward pass
-                 **kw):
+    def __init__(self, pool:ModelPool|None=None, # a `ModelPool`
+                 model:str|Path|None=None, # a transformers model name or local folder
+                 labels:Sequence[str]|None=None, # text queries for an open-vocabulary detector (None: closed-set)
+                 threshold:float=0.3, # minimum score of a box
+                 device:str='cpu', # torch device
+                 dtype:str|None=None, # torch dtype name, e.g. 'float16'
+                 batch_size:int=8, # images per forward pass
+                 **kw:Any) -> None:
         if model is None: raise ValueError("the detector needs `model`: a transformers model name or local folder")
         self.labels, self.threshold, self.device, self.batch_size, self.model = labels, threshold, device, batch_size, str(model)
         self.proc, self.net = (pool or ModelPool()).get(('detector', self.model, bool(labels)),
                                                         lambda: _load_hf('zeroshot' if labels else 'detect', model, device, dtype))
-    def __call__(self, images, recs):
+    def __call__(self, images:Sequence[Image.Image], recs:Sequence[ImageRecord|None]) -> list[list[Region]]:
         return [r for i in range(0, len(images), self.batch_size) for r in self._batch(images[i:i+self.batch_size])]
 
 # %% ../../nbs/40_verbalize.ipynb #0992a1cf
 @patch
-def _batch(self:HFDetector, images):
+def _batch(self:HFDetector, images:Sequence[Image.Image]) -> list[list[Region]]:
     import torch
     sq = 'owl' in type(self.net).__name__.lower()          # OWL-ViT / OWLv2 pad images to a square
     sizes = [(max(im.size),)*2 if sq else (im.height, im.width) for im in images]
@@ -269,7 +272,7 @@ def _batch(self:HFDetector, images):
     out = []
     for im, r in zip(images, res):
         names = r.get('text_labels') or [self.net.config.id2label.get(int(l), str(int(l))) for l in r['labels']]
-        rs = []
+        rs: list[Region] = []
         for b, s, n in zip(r['boxes'].tolist(), r['scores'].tolist(), names):
             b = (max(0., b[0]), max(0., b[1]), min(float(im.width), b[2]), min(float(im.height), b[3]))
             if b[2] - b[0] >= 1 and b[3] - b[1] >= 1:
@@ -281,32 +284,32 @@ def _batch(self:HFDetector, images):
 class COCODetector:
     "Regions from an offline COCO-80 detector (`lskd.models.detect`: NanoDet; CenterNet in the subclass); labels are COCO class names"
     name = 'nanodet'
-    def __init__(self, pool=None, # a `ModelPool`
-                 min_score=0.2, # drop boxes with a smaller score (Human's minConfidence)
-                 iou=0.4, # non-maximum suppression IoU threshold (Human's iouThreshold)
-                 max_detected=10, # at most this many boxes per image, before `select` (Human's maxDetected)
-                 labels=None, # keep only boxes with these COCO labels, e.g. ['person'] (None: all 80 classes)
-                 batch_size=4, # images per forward pass
-                 cache_dir=None, # model cache root (default: $LSKD_CACHE or the user cache dir)
-                 **kw):
+    def __init__(self, pool:ModelPool|None=None, # a `ModelPool`
+                 min_score:float=0.2, # drop boxes with a smaller score (Human's minConfidence)
+                 iou:float=0.4, # non-maximum suppression IoU threshold (Human's iouThreshold)
+                 max_detected:int=10, # at most this many boxes per image, before `select` (Human's maxDetected)
+                 labels:Iterable[str]|None=None, # keep only boxes with these COCO labels, e.g. ['person'] (None: all 80 classes)
+                 batch_size:int=4, # images per forward pass
+                 cache_dir:str|Path|None=None, # model cache root (default: $LSKD_CACHE or the user cache dir)
+                 **kw:Any) -> None:
         from lskd.models.detect import COCO_LABELS, HUMAN_MODELS
         bad = sorted(set(labels or []) - set(COCO_LABELS))
         if bad: raise ValueError(f"{self.name}: {bad} are not COCO labels; known: {', '.join(COCO_LABELS)}")
         self.pool, self.labels = pool or ModelPool(), set(labels) if labels else None
-        self.opts = dict(min_score=min_score, iou=iou, max_detected=max_detected, batch_size=batch_size, cache_dir=cache_dir)
+        self.opts: dict[str, Any] = dict(min_score=min_score, iou=iou, max_detected=max_detected, batch_size=batch_size, cache_dir=cache_dir)
         self.model = f"{self.name} ({HUMAN_MODELS['package']} {HUMAN_MODELS['version']})"
-    def __call__(self, images, recs): return [self.regions(d) for d in self.net(images)]
+    def __call__(self, images:Sequence[Image.Image], recs:Sequence[ImageRecord|None]) -> list[list[Region]|None]: return [self.regions(d) for d in self.net(images)]
 
 # %% ../../nbs/40_verbalize.ipynb #938baee3
 @patch(as_prop=True)
-def net(self:COCODetector):
+def net(self:COCODetector) -> Any:
     "The `lskd.models.detect` detector, loaded on first use"
     from lskd.models.detect import load_detector
     return self.pool.get(('coco-detector', self.name, *sorted((k, str(v)) for k, v in self.opts.items())), lambda: load_detector(self.name, **self.opts))
 
 # %% ../../nbs/40_verbalize.ipynb #039983f8
 @patch
-def regions(self:COCODetector, dets):
+def regions(self:COCODetector, dets:Iterable[dict[str, Any]]) -> list[Region]|None:
     "`Region`s of one image's detections, or None when there are none (so that the next proposer is asked)"
     keep = [d for d in dets if (self.labels is None or d['label'] in self.labels)
             and d['box'][2] - d['box'][0] >= 1 and d['box'][3] - d['box'][1] >= 1]
@@ -318,7 +321,7 @@ class CenterNetRegions(COCODetector):
     name = 'centernet'
 
 # %% ../../nbs/40_verbalize.ipynb #c274ad65
-def context_crop(image, box, context=0.15, square=True):
+def context_crop(image:Image.Image, box:Sequence[float], context:float=0.15, square:bool=True) -> Image.Image:
     "Crop of `image` around `box`, grown by `context` of its size on each side (and to a square), within the image"
     x1, y1, x2, y2 = box; w, h = x2-x1, y2-y1
     cx, cy = (x1+x2)/2, (y1+y2)/2
@@ -327,10 +330,10 @@ def context_crop(image, box, context=0.15, square=True):
     l, t = min(max(0, cx-w/2), image.width-w), min(max(0, cy-h/2), image.height-h)
     b = tuple(round(v) for v in (max(0, l), max(0, t), min(image.width, l+w), min(image.height, t+h)))
     if b[2] <= b[0] or b[3] <= b[1]: b = tuple(round(v) for v in box)
-    return image.crop(b)
+    return image.crop(cast(tuple[int, int, int, int], b))
 
 # %% ../../nbs/40_verbalize.ipynb #d6654f10
-def tags_text(tags, min_prob=0.05):
+def tags_text(tags:Iterable[tuple[str, float]], min_prob:float=0.05) -> str:
     "'espresso (0.90), cup (0.05)' from [(label, prob)]; the top tag always, the others if >= `min_prob`"
     return ', '.join(f'{l} ({p:.2f})' for i,(l,p) in enumerate(tags) if i == 0 or p >= min_prob)
 
@@ -338,34 +341,34 @@ def tags_text(tags, min_prob=0.05):
 class Tags:
     "ImageNet-1k tags of the whole image or of each region crop (EfficientNet-Lite0)"
     name, model, kind = 'tags', 'efficientnet-lite0 imagenet-1k', 'tags'
-    def __init__(self, pool=None, # a `ModelPool` (the encoder is shared by size, weights and device)
-                 k=5, # tags per image or region
-                 min_prob=0.05, # drop tags after the first below this probability
-                 context=0.15, # crop margin around a region, as a share of its size
-                 size=224, # input size of the encoder
-                 batch_size=4, # images or crops per forward pass
-                 weights=None, # another copy of the weights file
-                 device='cpu', # torch device
-                 **kw):
+    def __init__(self, pool:ModelPool|None=None, # a `ModelPool` (the encoder is shared by size, weights and device)
+                 k:int=5, # tags per image or region
+                 min_prob:float=0.05, # drop tags after the first below this probability
+                 context:float=0.15, # crop margin around a region, as a share of its size
+                 size:int=224, # input size of the encoder
+                 batch_size:int=4, # images or crops per forward pass
+                 weights:str|Path|None=None, # another copy of the weights file
+                 device:str='cpu', # torch device
+                 **kw:Any) -> None:
         from lskd.models.backbones import ImageEncoder
         self.k, self.min_prob, self.context, self.batch_size = k, min_prob, context, batch_size
         self.enc = (pool or ModelPool()).get(('imagenet', size, weights, device), lambda: ImageEncoder(size=size, device=device, weights=weights))
 
 # %% ../../nbs/40_verbalize.ipynb #690d1587
 @patch
-def _descs(self:Tags, ims):
+def _descs(self:Tags, ims:Sequence[Image.Image]) -> list[list[Description]]:
     if not ims: return []
     return [[Description(tags_text(t, self.min_prob), self.model, 'tags')] for t in self.enc.tags(ims, self.k, self.batch_size)]
 
 # %% ../../nbs/40_verbalize.ipynb #28e786f6
 @patch
-def describe(self:Tags, images): return self._descs(images)
+def describe(self:Tags, images:Sequence[Image.Image]) -> list[list[Description]]: return self._descs(images)
 
 # %% ../../nbs/40_verbalize.ipynb #9cb68567
 @patch
-def describe_regions(self:Tags, images, recs):
+def describe_regions(self:Tags, images:Sequence[Image.Image], recs:Sequence[ImageRecord]) -> list[dict[int, list[Description]]]:
     crops = [(i, r.id, context_crop(im, r.box, self.context)) for i,(im, rec) in enumerate(zip(images, recs)) for r in rec.regions]
-    out = [{} for _ in images]
+    out: list[dict[int, list[Description]]] = [{} for _ in images]
     for (i, rid, _), d in zip(crops, self._descs([c for *_, c in crops])): out[i][rid] = d
     return out
 
@@ -373,11 +376,11 @@ def describe_regions(self:Tags, images, recs):
 class Geometry:
     "Literal geometry phrases for each region (position, size, relations); no model"
     name, model, kind = 'geometry', 'lskd-geometry', 'geometry'
-    def __init__(self, pool=None, **kw): pass
+    def __init__(self, pool:ModelPool|None=None, **kw:Any) -> None: pass
 
 # %% ../../nbs/40_verbalize.ipynb #b4087db7
 @patch
-def describe_regions(self:Geometry, images, recs):
+def describe_regions(self:Geometry, images:Sequence[Image.Image], recs:Sequence[ImageRecord]) -> list[dict[int, list[Description]]]:
     return [{r.id: [Description(geometry_phrase(r, rec.regions, (rec.width, rec.height)), self.model, 'geometry')]
              for r in rec.regions} for rec in recs]
 
@@ -408,23 +411,23 @@ def _generate(proc, # the model's processor
 class Captioner:
     "Captions from a transformers image-to-text model, for the whole image or each region crop"
     name, kind = 'caption', 'caption'
-    def __init__(self, pool=None, # a `ModelPool`
-                 model=None, # a transformers model name or local folder
-                 prompt=None, # text the caption starts from, e.g. 'a photo of'
-                 max_new_tokens=30, # caption length at most, in tokens
-                 context=0.15, # crop margin around a region, as a share of its size
-                 batch_size=8, # images or crops per batch
-                 device='cpu', # torch device
-                 dtype=None, # torch dtype name, e.g. 'float16'
-                 **kw):
+    def __init__(self, pool:ModelPool|None=None, # a `ModelPool`
+                 model:str|Path|None=None, # a transformers model name or local folder
+                 prompt:str|None=None, # text the caption starts from, e.g. 'a photo of'
+                 max_new_tokens:int=30, # caption length at most, in tokens
+                 context:float=0.15, # crop margin around a region, as a share of its size
+                 batch_size:int=8, # images or crops per batch
+                 device:str='cpu', # torch device
+                 dtype:str|None=None, # torch dtype name, e.g. 'float16'
+                 **kw:Any) -> None:
         if model is None: raise ValueError("the captioner needs `model`: a transformers model name or local folder (e.g. a BLIP or BLIP-2 checkpoint)")
         self.model, self.prompt, self.max_new_tokens, self.context, self.batch_size, self.device = str(model), prompt, max_new_tokens, context, batch_size, device
         self.proc, self.net = (pool or ModelPool()).get(('image-text', self.model), lambda: _load_hf('image-text', model, device, dtype))
 
 # %% ../../nbs/40_verbalize.ipynb #33fbb7ed
 @patch
-def caption(self:Captioner, images):
-    out = []
+def caption(self:Captioner, images:Sequence[Image.Image]) -> list[str]:
+    out: list[str] = []
     for i in range(0, len(images), self.batch_size):
         b = images[i:i+self.batch_size]
         out += _generate(self.proc, self.net, b, None if self.prompt is None else [self.prompt]*len(b), self.max_new_tokens, self.device)
@@ -432,13 +435,13 @@ def caption(self:Captioner, images):
 
 # %% ../../nbs/40_verbalize.ipynb #44955a85
 @patch
-def describe(self:Captioner, images): return [[Description(c, self.model, 'caption')] for c in self.caption(images)]
+def describe(self:Captioner, images:Sequence[Image.Image]) -> list[list[Description]]: return [[Description(c, self.model, 'caption')] for c in self.caption(images)]
 
 # %% ../../nbs/40_verbalize.ipynb #c8951e9d
 @patch
-def describe_regions(self:Captioner, images, recs):
+def describe_regions(self:Captioner, images:Sequence[Image.Image], recs:Sequence[ImageRecord]) -> list[dict[int, list[Description]]]:
     crops = [(i, r.id, context_crop(im, r.box, self.context)) for i,(im, rec) in enumerate(zip(images, recs)) for r in rec.regions]
-    out = [{} for _ in images]
+    out: list[dict[int, list[Description]]] = [{} for _ in images]
     for (i, rid, _), c in zip(crops, self.caption([c for *_, c in crops])): out[i][rid] = [Description(c, self.model, 'caption')]
     return out
 
@@ -458,13 +461,13 @@ def _clean_question(t, max_words=40):
 # %% ../../nbs/40_verbalize.ipynb #9679cc5f
 class OpenAIAsker:
     "Questions from an LLM behind an OpenAI-compatible API (`base_url`, `model`, key from `api_key_env`)"
-    def __init__(self, model, # the model name at the endpoint
-                 base_url=None, # the endpoint (None: OpenAI)
-                 api_key_env='OPENAI_API_KEY', # NAME of the env var holding the key
-                 temperature=0.7, # sampling temperature
-                 max_tokens=48, # tokens per question at most
-                 client=None, # a ready `openai.OpenAI` client (then `base_url` and the key are not used)
-                 **kw):
+    def __init__(self, model:str, # the model name at the endpoint
+                 base_url:str|None=None, # the endpoint (None: OpenAI)
+                 api_key_env:str='OPENAI_API_KEY', # NAME of the env var holding the key
+                 temperature:float=0.7, # sampling temperature
+                 max_tokens:int=48, # tokens per question at most
+                 client:Any=None, # a ready `openai.OpenAI` client (then `base_url` and the key are not used)
+                 **kw:Any) -> None:
         if client is None:
             import openai
             client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or 'none')
@@ -472,7 +475,7 @@ class OpenAIAsker:
 
 # %% ../../nbs/40_verbalize.ipynb #fa5af422
 @patch
-def ask(self:OpenAIAsker, context, history):
+def ask(self:OpenAIAsker, context:str, history:Sequence[QAPair]) -> str:
     msgs = [{'role': 'system', 'content': ASK_SYSTEM},
             {'role': 'user', 'content': context + ''.join(f'\nQ: {q.question}\nA: {q.answer}' for q in history) + '\nNext question:'}]
     r = self.client.chat.completions.create(model=self.llm, messages=msgs, temperature=self.temperature, max_tokens=self.max_tokens)
@@ -481,15 +484,15 @@ def ask(self:OpenAIAsker, context, history):
 # %% ../../nbs/40_verbalize.ipynb #264082a1
 class FixedAsker:
     "The same list of questions for every image"
-    def __init__(self, questions=('What is happening in this image?', 'Where was this photo taken?', 'What are the people doing?'), **kw):
+    def __init__(self, questions:Iterable[str]=('What is happening in this image?', 'Where was this photo taken?', 'What are the people doing?'), **kw:Any) -> None:
         self.questions, self.model = list(questions), 'fixed-questions'
 
 # %% ../../nbs/40_verbalize.ipynb #d387e073
 @patch
-def ask(self:FixedAsker, context, history): return self.questions[len(history) % len(self.questions)]
+def ask(self:FixedAsker, context:str, history:Sequence[QAPair]) -> str: return self.questions[len(history) % len(self.questions)]
 
 # %% ../../nbs/40_verbalize.ipynb #6856c207
-def context_text(rec, globals_, regions):
+def context_text(rec:ImageRecord, globals_:Iterable[Description], regions:Mapping[int, Sequence[Description]]) -> str:
     "The descriptions so far, as the asker sees them"
     g = '; '.join(d.text for d in globals_)
     rs = '\n'.join(f'[{r.id}] {r.label}: ' + '; '.join(([r.description] if r.description else []) + [d.text for d in regions.get(r.id, [])])
@@ -500,21 +503,21 @@ def context_text(rec, globals_, regions):
 class DynamicQA:
     "Question/answer rounds: `asker` (openai or fixed) asks, a transformers VQA `answerer` answers"
     name, kind = 'qa', 'qa'
-    def __init__(self, pool=None, # a `ModelPool`
-                 asker=None, # `{'name': 'openai' | 'fixed', **options}` (None: fixed questions)
-                 answerer=None, # a transformers VQA model name or local folder
-                 rounds=3, # questions per image
-                 prompt='Question: {} Answer:', # the answerer's prompt; `{}` is the question
-                 max_new_tokens=20, # answer length at most, in tokens
-                 batch_size=8, # images per answering batch
-                 device='cpu', # torch device
-                 dtype=None, # torch dtype name, e.g. 'float16'
-                 client=None, # an `openai.OpenAI` client for the `openai` asker
-                 **kw):
+    def __init__(self, pool:ModelPool|None=None, # a `ModelPool`
+                 asker:Mapping[str, Any]|None=None, # `{'name': 'openai' | 'fixed', **options}` (None: fixed questions)
+                 answerer:str|Path|None=None, # a transformers VQA model name or local folder
+                 rounds:int=3, # questions per image
+                 prompt:str='Question: {} Answer:', # the answerer's prompt; `{}` is the question
+                 max_new_tokens:int=20, # answer length at most, in tokens
+                 batch_size:int=8, # images per answering batch
+                 device:str='cpu', # torch device
+                 dtype:str|None=None, # torch dtype name, e.g. 'float16'
+                 client:Any=None, # an `openai.OpenAI` client for the `openai` asker
+                 **kw:Any) -> None:
         if not answerer: raise ValueError("dynamic QA needs `answerer`: a transformers VQA model name or local folder (e.g. BLIP-2)")
         asker = dict(asker or {'name': 'fixed'})
         an = asker.pop('name', 'fixed')
-        if an == 'openai': self.asker = OpenAIAsker(client=client, **asker)
+        if an == 'openai': self.asker: Any = OpenAIAsker(client=client, **asker)
         elif an == 'fixed': self.asker = FixedAsker(**asker)
         else: raise ValueError(f"unknown asker {an!r}: use 'openai' or 'fixed'")
         self.answerer, self.rounds, self.prompt, self.max_new_tokens, self.batch_size, self.device = str(answerer), rounds, prompt, max_new_tokens, batch_size, device
@@ -522,8 +525,8 @@ class DynamicQA:
 
 # %% ../../nbs/40_verbalize.ipynb #5552a110
 @patch
-def answer(self:DynamicQA, images, questions):
-    out = []
+def answer(self:DynamicQA, images:Sequence[Image.Image], questions:Sequence[str]) -> list[str]:
+    out: list[str] = []
     for i in range(0, len(images), self.batch_size):
         out += _generate(self.proc, self.net, images[i:i+self.batch_size], [self.prompt.format(q) for q in questions[i:i+self.batch_size]],
                          self.max_new_tokens, self.device)
@@ -531,9 +534,10 @@ def answer(self:DynamicQA, images, questions):
 
 # %% ../../nbs/40_verbalize.ipynb #644a6b4a
 @patch
-def ask(self:DynamicQA, images, recs, globals_, regions):
+def ask(self:DynamicQA, images:Sequence[Image.Image], recs:Sequence[ImageRecord], globals_:Sequence[list[Description]],
+        regions:Sequence[dict[int, list[Description]]]) -> list[list[QAPair]]:
     ctx = [context_text(r, g, d) for r, g, d in zip(recs, globals_, regions)]
-    hist = [[] for _ in images]
+    hist: list[list[QAPair]] = [[] for _ in images]
     for _ in range(self.rounds):
         qs = [self.asker.ask(c, h) for c, h in zip(ctx, hist)]
         for h, q, a in zip(hist, qs, self.answer(images, qs)): h.append(QAPair(q, a, self.answerer, self.asker.model))
@@ -568,7 +572,7 @@ class VerbalizeConfig(Config):
 
 # %% ../../nbs/40_verbalize.ipynb #732471b7
 @patch
-def to_dict(self:VerbalizeConfig):
+def to_dict(self:VerbalizeConfig) -> dict[str, Any]:
     "The config as a dict with its YAML keys"
     return {('global' if k == 'global_' else k): v for k,v in asdict(self).items()}
 
@@ -578,7 +582,7 @@ def _describes_caption(entries): return any(e['name'] == 'caption' for e in entr
 # %% ../../nbs/40_verbalize.ipynb #9b531b03
 class Verbalizer:
     "The components of a verbalize `config`, applied to batches of images"
-    def __init__(self, config=None, pool=None, client=None):
+    def __init__(self, config:VerbalizeConfig|Mapping[str, Any]|str|Path|None=None, pool:ModelPool|None=None, client:Any=None) -> None:
         self.config = cfg = VerbalizeConfig.load(config)
         self.pool = pool or ModelPool()
         mk = lambda reg, e: reg[e['name']](self.pool, **{k:v for k,v in e.items() if k != 'name'})
@@ -591,8 +595,9 @@ class Verbalizer:
 
 # %% ../../nbs/40_verbalize.ipynb #b7053371
 @patch
-def propose(self:Verbalizer, images, recs):
+def propose(self:Verbalizer, images:Sequence[Image.Image], recs:Sequence[ImageRecord]) -> tuple[list[ImageRecord], list[str|None]]:
     "Records with the regions of the first proposer that answers for each image, selected"
+    src: list[str|None]
     out, src = list(recs), [None]*len(recs)
     for p in self.proposers:
         todo = [i for i in range(len(recs)) if src[i] is None]
@@ -609,31 +614,32 @@ def propose(self:Verbalizer, images, recs):
 
 # %% ../../nbs/40_verbalize.ipynb #cbe0f383
 @patch
-def __call__(self:Verbalizer, images, recs):
+def __call__(self:Verbalizer, images:Sequence[Image.Image], recs:Sequence[ImageRecord]) -> list[Verbalization]:
     "`Verbalization`s of PIL `images` whose `ImageRecord`s (size, given regions) are `recs`"
+    secs: list[dict[str, float]]
     n, secs = len(images), [dict() for _ in images]
     def timed(key, f):
         t = time.perf_counter(); r = f(); dt = (time.perf_counter() - t)/max(n, 1)
         for s in secs: s[key] = round(s.get(key, 0) + dt, 4)
         return r
     recs, src = timed('proposals', lambda: self.propose(images, recs))
-    glob = [[] for _ in images]; regs = [{} for _ in images]
+    glob: list[list[Description]] = [[] for _ in images]; regs: list[dict[int, list[Description]]] = [{} for _ in images]
     for g in self.globals:
         for acc, d in zip(glob, timed(f'global:{g.name}', lambda: g.describe(images))): acc += d
     for r in self.regions:
-        for acc, d in zip(regs, timed(f'region:{r.name}', lambda: r.describe_regions(images, recs))):
-            for k, v in d.items(): acc.setdefault(k, []).extend(v)
+        for racc, d in zip(regs, timed(f'region:{r.name}', lambda: r.describe_regions(images, recs))):
+            for k, v in d.items(): racc.setdefault(k, []).extend(v)
     qa = timed('qa', lambda: self.qa.ask(images, recs, glob, regs)) if self.qa else [[] for _ in images]
     return [Verbalization(rec, g, d, q, list(self.absent), meta={'regions_from': s, 'seconds': t})
             for rec, g, d, q, s, t in zip(recs, glob, regs, qa, src, secs)]
 
 # %% ../../nbs/40_verbalize.ipynb #2e82e441
-def config_hash(config):
+def config_hash(config:dict[str, Any]) -> str:
     "Short hash of a config (key order does not matter)"
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../../nbs/40_verbalize.ipynb #a2987a7d
-def image_key(data, path, rec, chash):
+def image_key(data:bytes, path:str|Path, rec:ImageRecord|None, chash:str) -> str:
     "Cache key of an image: content hash + path + given regions + config hash"
     h = hashlib.sha256(data)
     h.update(json.dumps([str(path), [r.to_dict() for r in rec.regions] if rec else []], sort_keys=True).encode())
@@ -641,7 +647,7 @@ def image_key(data, path, rec, chash):
     return h.hexdigest()[:32]
 
 # %% ../../nbs/40_verbalize.ipynb #12185d4e
-def done_keys(path):
+def done_keys(path:str|Path) -> set[str]:
     "Keys of the verbalizations already in `path` (none if it does not exist)"
     if not Path(path).exists(): return set()
     with warnings.catch_warnings():
@@ -701,15 +707,16 @@ class VerbalizeResult:
                 + f"{self.seconds:.1f} s, {ips:.2f} images/s)")
 
 # %% ../../nbs/40_verbalize.ipynb #4fbb1636
-def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, a .txt list or an annotation file
-              out_dir,           # output folder (verbalizations.jsonl, verbalize_errors.jsonl, verbalize_run.json)
-              config=None,       # `VerbalizeConfig`, dict or YAML path; None = the offline default
-              regions=None,      # an annotation file with the images' boxes
-              image_root=None,   # the image root: the folder the image paths are relative to
-              resume=True,       # skip the images already in out_dir; False starts over
-              progress=True,     # show a progress bar
-              verbalizer=None,   # a ready `Verbalizer` (its config is used, with `overrides`)
-              **overrides):      # settings over `config`'s (`VerbalizeConfig` fields)
+def verbalize(images:str|Path|Iterable[str|Path|ImageRecord],              # a folder, a list of paths or `ImageRecord`s, a .txt list or an annotation file
+              out_dir:str|Path,                                            # output folder (verbalizations.jsonl, verbalize_errors.jsonl, verbalize_run.json)
+              config:VerbalizeConfig|Mapping[str, Any]|str|Path|None=None, # `VerbalizeConfig`, dict or YAML path; None = the offline default
+              regions:str|Path|None=None,                                  # an annotation file with the images' boxes
+              image_root:str|Path|None=None,                               # the image root: the folder the image paths are relative to
+              resume:bool=True,                                            # skip the images already in out_dir; False starts over
+              progress:bool=True,                                          # show a progress bar
+              verbalizer:Verbalizer|None=None,                             # a ready `Verbalizer` (its config is used, with `overrides`)
+              **overrides:Any,                                             # settings over `config`'s (`VerbalizeConfig` fields)
+             ) -> VerbalizeResult:                                         # what the run did (counts, seconds)
     "Verbalize `images` into `out_dir/verbalizations.jsonl`; returns a `VerbalizeResult`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     cfg = VerbalizeConfig.load(verbalizer.config if verbalizer else config, **overrides)
@@ -726,7 +733,7 @@ def verbalize(images,            # a folder, a list of paths or `ImageRecord`s, 
     with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, Progress(len(items), 'images', out_dir/'progress.json', 'verbalize', progress) as bar:
         def fail(path, e, stage):
             err.write({'path': str(path), 'stage': stage, 'error': type(e).__name__, 'reason': str(e)}); res.errors += 1
-        batch = []
+        batch: list[tuple[str, str, Image.Image, ImageRecord]] = []
         def flush():
             if not batch: return
             try: vs = vz([b[2] for b in batch], [b[3] for b in batch])
@@ -764,13 +771,13 @@ def _wrap(t, n=60):
     return '\n'.join(textwrap.wrap(t, n)) or ''
 
 # %% ../../nbs/40_verbalize.ipynb #a3eaee69
-def save_grid(verbs, # `Verbalization`s (the first `n` are drawn)
-              root, # the image root
-              path, # the PNG to write
-              n=6, # images in the grid
-              cols=3, # images per row
-              max_lines=18, # lines of text under each image at most
-             ):
+def save_grid(verbs:Iterable[Verbalization], # `Verbalization`s (the first `n` are drawn)
+              root:str|Path|None, # the image root
+              path:str|Path, # the PNG to write
+              n:int=6, # images in the grid
+              cols:int=3, # images per row
+              max_lines:int=18, # lines of text under each image at most
+             ) -> Path:
     "A PNG of the first `n` verbalizations: each image with its boxes above its descriptions"
     import matplotlib; import matplotlib.pyplot as plt
     verbs = list(verbs)[:n]; rows = max(1, math.ceil(len(verbs)/cols))
@@ -792,7 +799,7 @@ def save_grid(verbs, # `Verbalization`s (the first `n` are drawn)
     return Path(path)
 
 # %% ../../nbs/40_verbalize.ipynb #fa163aa7
-def summary(verbs):
+def summary(verbs:Iterable[Verbalization]) -> dict[str, Any]:
     "Regions per image, description lengths (words) and mean seconds per image for each descriptor"
     verbs = list(verbs)
     if not verbs: return {'images': 0}
@@ -809,7 +816,7 @@ def summary(verbs):
 # %% ../../nbs/40_verbalize.ipynb #63ef298b
 COMPONENTS = ('proposals', 'select', 'global_', 'region', 'qa')   # VerbalizeConfig's fields set in a config file, not by flags
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     "The `lskd verbalize` command line"
     ap = argparse.ArgumentParser(prog='lskd verbalize', description='images -> OUT/verbalizations.jsonl (stage 1 of LSKD)')
     ap.add_argument('images', help='a folder of images, a .txt list of image paths, or an annotation file (regions.jsonl, COCO json, VCR jsonl)')
@@ -825,7 +832,7 @@ def parser():
     g.add_argument('--max-regions', type=int, help='regions kept per image (select.max_regions)')
     return ap
 
-def main(argv=None):
+def main(argv:Sequence[str]|None=None) -> int:
     "`lskd verbalize IMAGES OUT [--regions FILE] [--config YAML] ...`"
     a = parser().parse_args(argv)
     if a.threads:
@@ -849,7 +856,7 @@ def _first_error(out):
     return f"{e.get('path')}: {e.get('error')}: {e.get('reason')}"
 
 # %% ../../nbs/40_verbalize.ipynb #20c66a48
-def run_stage(run_dir, cfg):
+def run_stage(run_dir:str|Path, cfg:Mapping[str, Any]) -> dict[str, Any]:
     "Stage 1 of `lskd run`: verbalize the run's images into `run_dir/verbalize`; returns the stage report"
     from lskd.io.runs import stage_dir, write_stage_report
     from lskd.io.files import data_path

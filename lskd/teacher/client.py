@@ -4,7 +4,7 @@
 from __future__ import annotations
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Callable, Literal, cast
 from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Probability
 from .prompts import RESPONSE_FORMATS
 import json, time, random, sqlite3, hashlib, threading
@@ -12,7 +12,7 @@ import email.utils
 from pathlib import Path
 from fastcore.basics import patch
 
-from .prompts import response_format
+from .prompts import response_format, Prompt
 
 # %% auto #0
 __all__ = ['TEACHERS', 'TeacherConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache', 'BudgetExceeded',
@@ -49,7 +49,7 @@ class TeacherConfig(Config):
     cache: str|None = 'cache.sqlite' # relative to out_dir; None disables
     progress: bool = True            # show a progress bar
     section = 'teacher'
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         if self.teacher not in TEACHERS: raise ValueError(f"teacher must be remote, local or fake, not {self.teacher!r}")
         if self.response_format not in RESPONSE_FORMATS + ('auto',):
@@ -59,14 +59,14 @@ class TeacherConfig(Config):
         if self.timeout is None: self.timeout = 1800.0 if local else 120.0
 
 # %% ../../nbs/31_teacher_client.ipynb #3359b7e2
-def request_seed(seed, image_key, sample):
+def request_seed(seed:int, image_key:str, sample:int) -> int:
     "A 31-bit seed for sample `sample` of image `image_key`"
     return int(hashlib.sha256(f'{seed}:{image_key}:{sample}'.encode()).hexdigest()[:8], 16) & 0x7fffffff
 
 # %% ../../nbs/31_teacher_client.ipynb #4271ea92
-def request_body(cfg, prompt, model, seed, fmt, n=1):
+def request_body(cfg:TeacherConfig, prompt:Prompt, model:str|None, seed:int, fmt:str, n:int=1) -> dict[str, Any]:
     "The chat-completions body for `prompt` with response-format flavour `fmt` (`n` > 1: that many choices)"
-    body = dict(model=model, messages=prompt.messages, temperature=cfg.temperature, top_p=cfg.top_p,
+    body: dict[str, Any] = dict(model=model, messages=prompt.messages, temperature=cfg.temperature, top_p=cfg.top_p,
                 max_tokens=cfg.max_tokens, seed=seed, **cfg.extra_body)
     if n > 1: body['n'] = n
     rf = response_format(fmt, prompt.triples)
@@ -74,14 +74,14 @@ def request_body(cfg, prompt, model, seed, fmt, n=1):
     return body
 
 # %% ../../nbs/31_teacher_client.ipynb #abaa8517
-def request_key(body):
+def request_key(body:dict[str, Any]) -> str:
     "sha256 of the canonical JSON of a request body"
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(',', ':')).encode()).hexdigest()
 
 # %% ../../nbs/31_teacher_client.ipynb #e24a3afb
 class ReplyCache:
     "Successful teacher replies keyed by request hash, in SQLite; and a log of every request sent"
-    def __init__(self, path):
+    def __init__(self, path:str|Path):
         self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
         self.lock = threading.Lock()
@@ -90,18 +90,18 @@ class ReplyCache:
             self.db.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, request TEXT, reply TEXT, '
                             'prompt_tokens INTEGER, completion_tokens INTEGER, seconds REAL, created REAL)')
             self.db.execute('CREATE TABLE IF NOT EXISTS sent (key TEXT, time REAL)')
-    def __len__(self):
+    def __len__(self) -> int:
         with self.lock: return self.db.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
 
 # %% ../../nbs/31_teacher_client.ipynb #37ddc781
 @patch
-def get(self:ReplyCache, key):
+def get(self:ReplyCache, key:str) -> dict[str, Any]|None:
     with self.lock: r = self.db.execute('SELECT reply FROM replies WHERE key=?', (key,)).fetchone()
     return None if r is None else json.loads(r[0])
 
 # %% ../../nbs/31_teacher_client.ipynb #e2873e9e
 @patch
-def put(self:ReplyCache, key, body, reply, seconds=None):
+def put(self:ReplyCache, key:str, body:dict[str, Any], reply:dict[str, Any], seconds:float|None=None) -> None:
     u = reply.get('usage') or {}
     with self.lock, self.db:
         self.db.execute('INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?)',
@@ -110,29 +110,29 @@ def put(self:ReplyCache, key, body, reply, seconds=None):
 
 # %% ../../nbs/31_teacher_client.ipynb #240121a7
 @patch
-def log_sent(self:ReplyCache, key):
+def log_sent(self:ReplyCache, key:str) -> None:
     with self.lock, self.db: self.db.execute('INSERT INTO sent VALUES (?,?)', (key, time.time()))
 
 
 # %% ../../nbs/31_teacher_client.ipynb #556233ed
 @patch
-def sent(self:ReplyCache):
+def sent(self:ReplyCache) -> dict[str, int]:
     "How many times each request key was sent, over every attempt: `{key: count}`"
     with self.lock: return dict(self.db.execute('SELECT key, COUNT(*) FROM sent GROUP BY key').fetchall())
 
 
 # %% ../../nbs/31_teacher_client.ipynb #ee73817e
 @patch
-def close(self:ReplyCache): self.db.close()
+def close(self:ReplyCache) -> None: self.db.close()
 
 # %% ../../nbs/31_teacher_client.ipynb #8186682f
 class NoCache:
     "A cache that keeps nothing"
-    def get(self, key): return None
-    def put(self, *a, **k): pass
-    def log_sent(self, key): pass
-    def __len__(self): return 0
-    def close(self): pass
+    def get(self, key:str) -> dict[str, Any]|None: return None
+    def put(self, *a:Any, **k:Any) -> None: pass
+    def log_sent(self, key:str) -> None: pass
+    def __len__(self) -> int: return 0
+    def close(self) -> None: pass
 
 # %% ../../nbs/31_teacher_client.ipynb #80478814
 class BudgetExceeded(Exception):
@@ -141,20 +141,21 @@ class BudgetExceeded(Exception):
 # %% ../../nbs/31_teacher_client.ipynb #662e9212
 class Meter:
     "Token usage and cost of the requests sent in this run"
-    def __init__(self, prices=None, model=None, budget_usd=None, budget_tokens=None):
-        self.price = (prices or {}).get(model) or {}
+    def __init__(self, prices:dict[str, dict[str, float]]|None=None, model:str|None=None, budget_usd:float|None=None,
+                 budget_tokens:int|None=None):
+        self.price = cast(dict[str|None, dict[str, float]], prices or {}).get(model) or {}
         self.budget_usd, self.budget_tokens = budget_usd, budget_tokens
         self.prompt_tokens = self.completion_tokens = self.requests = 0
         self.lock = threading.Lock()
     @property
-    def tokens(self): return self.prompt_tokens + self.completion_tokens
-    def cost_of(self, prompt, completion): return (prompt*self.price.get('prompt', 0) + completion*self.price.get('completion', 0))/1e6
+    def tokens(self) -> int: return self.prompt_tokens + self.completion_tokens
+    def cost_of(self, prompt:int, completion:int) -> float: return (prompt*self.price.get('prompt', 0) + completion*self.price.get('completion', 0))/1e6
     @property
-    def cost(self): return self.cost_of(self.prompt_tokens, self.completion_tokens)
+    def cost(self) -> float: return self.cost_of(self.prompt_tokens, self.completion_tokens)
 
 # %% ../../nbs/31_teacher_client.ipynb #7f126de5
 @patch
-def add(self:Meter, usage):
+def add(self:Meter, usage:dict[str, Any]|None) -> None:
     with self.lock:
         self.prompt_tokens += int((usage or {}).get('prompt_tokens') or 0)
         self.completion_tokens += int((usage or {}).get('completion_tokens') or 0)
@@ -162,12 +163,12 @@ def add(self:Meter, usage):
 
 # %% ../../nbs/31_teacher_client.ipynb #38d9be69
 @patch
-def over_budget(self:Meter):
+def over_budget(self:Meter) -> bool:
     return ((self.budget_usd is not None and self.cost >= self.budget_usd) or
             (self.budget_tokens is not None and self.tokens >= self.budget_tokens))
 
 # %% ../../nbs/31_teacher_client.ipynb #c9824aca
-def retry_after(exc):
+def retry_after(exc:BaseException) -> float|None:
     "Seconds the server asked us to wait (Retry-After / retry-after-ms headers), or None"
     h = getattr(getattr(exc, 'response', None), 'headers', None) or {}
     try:
@@ -179,13 +180,13 @@ def retry_after(exc):
     except (TypeError, ValueError): return None
 
 # %% ../../nbs/31_teacher_client.ipynb #012733aa
-def is_format_error(exc):
+def is_format_error(exc:BaseException) -> bool:
     "True if the server refused the request's `response_format` (llama-cpp-python says so with a 500)"
     import openai
     return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422, 500) and 'response_format' in str(exc)
 
 # %% ../../nbs/31_teacher_client.ipynb #1fbe25a9
-def is_retryable(exc):
+def is_retryable(exc:BaseException) -> bool:
     "True for rate limits, 5xx/408/409, timeouts and connection errors (not for a refused `response_format`)"
     import openai
     if isinstance(exc, openai.APIConnectionError): return True    # includes APITimeoutError
@@ -194,12 +195,12 @@ def is_retryable(exc):
     return False
 
 # %% ../../nbs/31_teacher_client.ipynb #3b3fce31
-def send(client, # an `openai.OpenAI` client
-         body, # the request body (`request_body`)
-         cfg, # `TeacherConfig`: `timeout`, `max_retries`, `backoff`, `backoff_max`
-         on_retry=None, # called as `on_retry(exception, wait)` before each retry
-         sleep=time.sleep, # how to wait
-        ):
+def send(client:Any, # an `openai.OpenAI` client
+         body:dict[str, Any], # the request body (`request_body`)
+         cfg:TeacherConfig, # `TeacherConfig`: `timeout`, `max_retries`, `backoff`, `backoff_max`
+         on_retry:Callable[[Exception, float], Any]|None=None, # called as `on_retry(exception, wait)` before each retry
+         sleep:Callable[[float], Any]=time.sleep, # how to wait
+        ) -> dict[str, Any]:
     "The reply (a dict) to request `body`, retrying transient errors as `cfg` says"
     rest = {k:v for k,v in body.items() if k not in ('model', 'messages')}
     for attempt in range(cfg.max_retries + 1):
@@ -213,3 +214,4 @@ def send(client, # an `openai.OpenAI` client
             wait = min(ra, 300.0) if ra is not None else min(cfg.backoff_max, cfg.backoff * 2**attempt) * (0.5 + random.random()/2)
             if on_retry: on_retry(e, wait)
             sleep(wait)
+    raise AssertionError('unreachable: the last attempt returns or raises')

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
+from .client import TeacherConfig
 from .fake import FakeTeacher
 from .server import TeacherServer, fetch_models
 
@@ -13,7 +15,7 @@ from .server import TeacherServer, fetch_models
 __all__ = ['teacher_endpoint']
 
 # %% ../../nbs/34_teacher_endpoint.ipynb #24dc7986
-def _api_key(cfg, base_url):
+def _api_key(cfg:TeacherConfig, base_url:str|None) -> str:
     name = cfg.api_key_env
     key = os.environ.get(name) if name else None
     if key: return key
@@ -24,7 +26,7 @@ def _api_key(cfg, base_url):
 
 # %% ../../nbs/34_teacher_endpoint.ipynb #43095a5e
 @contextmanager
-def teacher_endpoint(cfg, log_dir=None):
+def teacher_endpoint(cfg:TeacherConfig, log_dir:str|Path|None=None) -> Iterator[tuple[str|None, str, str, str|None, Callable[[], str|None]|None]]:
     "`(base_url, model, api_key, flavour, gone)` of the configured teacher, started for the block if local/fake"
     if cfg.teacher == 'remote':
         if not cfg.model: raise ValueError("config 'model' is required for teacher: remote (e.g. --model gpt-4o-mini)")

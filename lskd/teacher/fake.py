@@ -6,6 +6,7 @@ import json, re, time, random, hashlib, threading
 from collections import deque
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from fastcore.basics import patch
+from typing import Any, Callable, Collection, cast
 
 from .client import request_key, retry_after
 
@@ -13,7 +14,7 @@ from .client import request_key, retry_after
 __all__ = ['fake_reply', 'FakeTeacher']
 
 # %% ../../nbs/33_teacher_fake.ipynb #1f063877
-def fake_reply(body):
+def fake_reply(body:dict[str, Any]) -> str:
     "A deterministic reply to a chat request: JSON triples about the regions of its last user message"
     text = body['messages'][-1]['content']
     k = len(re.findall(r'^\[\d+\]', text, re.M)) or 1
@@ -34,7 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # %% ../../nbs/33_teacher_fake.ipynb #fc13f0c0
 @patch
-def _json(self:_Handler, code, obj, headers=None):
+def _json(self:_Handler, code:int, obj:Any, headers:dict[str, str]|None=None) -> None:
     b = json.dumps(obj).encode()
     self.send_response(code); self.send_header('Content-Type', 'application/json')
     self.send_header('Content-Length', str(len(b)))
@@ -43,14 +44,14 @@ def _json(self:_Handler, code, obj, headers=None):
 
 # %% ../../nbs/33_teacher_fake.ipynb #906fbd90
 @patch
-def do_GET(self:_Handler):
+def do_GET(self:_Handler) -> None:
     if self.path.rstrip('/').endswith('/models'): self._json(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model'}]})
     else: self._json(404, {'error': {'message': 'not found'}})
 
 # %% ../../nbs/33_teacher_fake.ipynb #1d348e10
 @patch
-def do_POST(self:_Handler):
-    srv = self.server.teacher
+def do_POST(self:_Handler) -> None:
+    srv: FakeTeacher = self.server.teacher   # type: ignore[attr-defined]  # set by `FakeTeacher.start`
     body = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))) or b'{}')
     fault = srv._arrive(body, dict(self.headers))
     if fault and fault.get('delay'): time.sleep(fault['delay'])
@@ -74,51 +75,57 @@ def do_POST(self:_Handler):
 # %% ../../nbs/33_teacher_fake.ipynb #69ac9fed
 class FakeTeacher:
     "An OpenAI-compatible fake chat endpoint on 127.0.0.1 (a context manager)"
-    def __init__(self, reply=fake_reply, latency=0.0, port=0, formats=None, format_status=400,
-                 n_choices=True): # honour a request's `n` (False: one choice, as llama.cpp's server)
+    requests: list[dict[str, Any]]          # the request bodies received
+    headers: list[dict[str, str]]           # and their headers
+    times: list[float]                      # when each arrived (`time.perf_counter`)
+    faults: deque[dict[str, Any]]           # the failures `fail` queued for the next requests
+    httpd: ThreadingHTTPServer|None         # the server, once started
+    def __init__(self, reply:Callable[[dict[str, Any]], str]=fake_reply, latency:float=0.0, port:int=0,
+                 formats:Collection[str]|None=None, format_status:int=400,
+                 n_choices:bool=True): # honour a request's `n` (False: one choice, as llama.cpp's server)
         self.reply, self.latency, self.port, self.formats, self.format_status = reply, latency, port, formats, format_status
         self.n_choices = n_choices
         self.requests, self.headers, self.times, self.faults, self.ok = [], [], [], deque(), 0
         self.lock, self.httpd = threading.Lock(), None
     @property
-    def base_url(self): return f'http://127.0.0.1:{self.httpd.server_address[1]}/v1'
+    def base_url(self) -> str: return f'http://127.0.0.1:{cast(ThreadingHTTPServer, self.httpd).server_address[1]}/v1'
     def __enter__(self): return self.start()
     def __exit__(self, *a): self.stop()
 
 # %% ../../nbs/33_teacher_fake.ipynb #d6835963
 @patch
-def fail(self:FakeTeacher, n=1, status=500, retry_after=None, delay=0.0):
+def fail(self:FakeTeacher, n:int=1, status:int|None=500, retry_after:float|None=None, delay:float=0.0) -> FakeTeacher:
     "Make the next `n` requests fail with `status` (None: only `delay`), sending `Retry-After` if given"
     with self.lock: self.faults.extend([dict(status=status, retry_after=retry_after, delay=delay)] * n)
     return self
 
 # %% ../../nbs/33_teacher_fake.ipynb #a9fed0f5
 @patch
-def _arrive(self:FakeTeacher, body, headers):
+def _arrive(self:FakeTeacher, body:dict[str, Any], headers:dict[str, str]) -> dict[str, Any]|None:
     with self.lock:
         self.requests.append(body); self.headers.append(headers); self.times.append(time.perf_counter())
         return self.faults.popleft() if self.faults else None
 
 # %% ../../nbs/33_teacher_fake.ipynb #4851e81d
 @patch
-def _done(self:FakeTeacher):
+def _done(self:FakeTeacher) -> None:
     with self.lock: self.ok += 1
 
 # %% ../../nbs/33_teacher_fake.ipynb #6e1c98ee
 @patch
-def start(self:FakeTeacher):
+def start(self:FakeTeacher) -> FakeTeacher:
     self.httpd = ThreadingHTTPServer(('127.0.0.1', self.port), _Handler)
-    self.httpd.daemon_threads = True; self.httpd.teacher = self
+    self.httpd.daemon_threads = True; self.httpd.teacher = self   # type: ignore[attr-defined]
     threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
     return self
 
 # %% ../../nbs/33_teacher_fake.ipynb #0321d66a
 @patch
-def stop(self:FakeTeacher):
+def stop(self:FakeTeacher) -> None:
     if self.httpd: self.httpd.shutdown(); self.httpd.server_close()
 
 # %% ../../nbs/33_teacher_fake.ipynb #c7a9c8c1
 @patch
-def client(self:FakeTeacher, **kw):
+def client(self:FakeTeacher, **kw:Any) -> Any:
     import openai
     return openai.OpenAI(base_url=self.base_url, api_key='sk-fake', max_retries=0, **kw)

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import html as _html
+from typing import Any
 import yaml
 from ..data.records import Verbalization, ImageRecord, Region, Description, QAPair, QAR
 from ..data.refs import RegionMap, parse_refs, RegionRefError
@@ -37,13 +38,13 @@ PROMPT_OPTIONS = dict(
 )
 
 # %% ../../nbs/30_teacher_prompts.ipynb #042b8d1b
-def prompt_dirs():
+def prompt_dirs() -> list[Path]:
     "Folders searched for named prompts: `$LSKD_PROMPTS`, then lskd's `data/prompts`"
     env = [Path(p) for p in os.environ.get('LSKD_PROMPTS', '').split(os.pathsep) if p]
     return env + [shipped('data')/'prompts']
 
 # %% ../../nbs/30_teacher_prompts.ipynb #9df0e245
-def find_prompt(name):
+def find_prompt(name:str|Path) -> Path:
     "The folder of prompt `name` (a name in `prompt_dirs()` or a path)"
     p = Path(name).expanduser()
     if p.is_dir() and (p/'prompt.yaml').exists(): return p
@@ -62,7 +63,7 @@ class PromptSpec:
     task: str
     examples: list = field(default_factory=list)   # [(Verbalization, [triple dicts])]
     options: dict = field(default_factory=dict)
-    def __getattr__(self, k):
+    def __getattr__(self, k:str) -> Any:
         if k != 'options' and k in self.options: return self.options[k]
         raise AttributeError(k)
 
@@ -76,7 +77,7 @@ def _read_examples(p):
     return out
 
 # %% ../../nbs/30_teacher_prompts.ipynb #41f0643e
-def load_prompt(name='v1', **overrides):
+def load_prompt(name:str|Path='v1', **overrides:Any) -> PromptSpec:
     "The `PromptSpec` in folder/name `name` (following `base:`), with options `overrides`"
     d = find_prompt(name)
     opts = yaml.safe_load((d/'prompt.yaml').read_text()) or {}
@@ -96,7 +97,7 @@ def load_prompt(name='v1', **overrides):
                       get('examples.jsonl', _read_examples, []), o)
 
 # %% ../../nbs/30_teacher_prompts.ipynb #8f26fd1d
-def prompt_regions(image:ImageRecord, spec):
+def prompt_regions(image:ImageRecord, spec:PromptSpec) -> list[Region]:
     "The regions of `image` shown to the teacher under `spec`'s options (`regions`, `people_labels`, `max_regions`)"
     rs = image.regions
     if spec.regions == 'people':
@@ -118,7 +119,7 @@ def _renumber(text, rm):
     return ', '.join(keep)
 
 # %% ../../nbs/30_teacher_prompts.ipynb #0b7c8d5e
-def render_verbalization(verb:Verbalization, regions, spec):
+def render_verbalization(verb:Verbalization, regions:list[Region], spec:PromptSpec) -> tuple[str, RegionMap]:
     "The literal description of `verb` with `regions` numbered `[0]..[k-1]`, and their `RegionMap`"
     rm, im = RegionMap([r.id for r in regions]), verb.image
     lines = ['Image:'] + [f'- {"tags: " if d.kind == "tags" else ""}{d.text}' for d in verb.globals]
@@ -148,14 +149,14 @@ class Prompt:
     triples: int
     name: str = ''
     @property
-    def text(self): return '\n\n'.join(f"### {m['role']}\n{m['content']}" for m in self.messages)
-    def __repr__(self): return self.text
+    def text(self) -> str: return '\n\n'.join(f"### {m['role']}\n{m['content']}" for m in self.messages)
+    def __repr__(self) -> str: return self.text
     def _repr_html_(self):
         return ''.join(f'<div style="margin:4px 0"><b>{m["role"]}</b><pre style="white-space:pre-wrap;margin:2px 0">'
                        f'{_html.escape(m["content"])}</pre></div>' for m in self.messages)
 
 # %% ../../nbs/30_teacher_prompts.ipynb #f04bd5ec
-def task_text(spec, triples=None): return spec.task.replace('{triples}', str(triples or spec.triples))
+def task_text(spec:PromptSpec, triples:int|None=None) -> str: return spec.task.replace('{triples}', str(triples or spec.triples))
 
 # %% ../../nbs/30_teacher_prompts.ipynb #319d82dc
 def _example_turns(spec):
@@ -177,7 +178,7 @@ class NoRegionsError(ValueError):
     "An image has no region that the prompt may show"
 
 # %% ../../nbs/30_teacher_prompts.ipynb #2cd8f1cc
-def build_prompt(verb:Verbalization, spec, triples=None):
+def build_prompt(verb:Verbalization, spec:PromptSpec, triples:int|None=None) -> Prompt:
     "The `Prompt` asking `spec`'s teacher for `triples` triples about `verb`"
     regs = prompt_regions(verb.image, spec)
     if not regs: raise NoRegionsError(f"{verb.image.path}: no region to show (prompt {spec.name!r} shows "
@@ -188,11 +189,11 @@ def build_prompt(verb:Verbalization, spec, triples=None):
     return Prompt(msgs, regs, rm, verb.image.path, triples or spec.triples, spec.name)
 
 # %% ../../nbs/30_teacher_prompts.ipynb #54a84cca
-def answer_schema(n=None):
+def answer_schema(n:int|None=None) -> dict[str, Any]:
     "JSON schema of the teacher's reply (at most `n` triples when given)"
     item = {'type': 'object', 'additionalProperties': False, 'required': ['question', 'answer', 'rationale'],
             'properties': {k: {'type': 'string'} for k in ('question', 'answer', 'rationale')}}
-    arr = {'type': 'array', 'items': item}
+    arr: dict[str, Any] = {'type': 'array', 'items': item}
     if n: arr.update(minItems=1, maxItems=int(n))
     return {'type': 'object', 'additionalProperties': False, 'required': ['triples'], 'properties': {'triples': arr}}
 
@@ -200,7 +201,7 @@ def answer_schema(n=None):
 RESPONSE_FORMATS = ('openai', 'llama_cpp', 'json_object', 'none')
 
 # %% ../../nbs/30_teacher_prompts.ipynb #14cd4d77
-def response_format(mode, n=None):
+def response_format(mode:str, n:int|None=None) -> dict[str, Any]|None:
     "The `response_format` request field for server flavour `mode` (None for 'none')"
     if mode == 'openai': return {'type': 'json_schema', 'json_schema': {'name': 'qar_triples', 'schema': answer_schema(), 'strict': True}}
     if mode == 'llama_cpp': return {'type': 'json_object', 'schema': answer_schema(n)}
@@ -269,7 +270,7 @@ def _json_values(s):
             except json.JSONDecodeError: pass
 
 # %% ../../nbs/30_teacher_prompts.ipynb #8e48f916
-def parse_triples(text):
+def parse_triples(text:str|None) -> list[dict[str, Any]]:
     "Triple dicts (`question`, `answer`, `rationale`, ...) found in the teacher's reply `text`"
     if not text or not text.strip(): raise ParseError('empty reply')
     m = _FENCE_RE.search(text)
@@ -290,7 +291,7 @@ _ADJ_RE = re.compile(r'\[(\d+)\]\s*(?=\[\d+\])')
 _PLACEHOLDERS = {'', '...', 'n/a', 'na', 'none', 'unknown', 'tbd', '-', 'null'}
 
 # %% ../../nbs/30_teacher_prompts.ipynb #6e574a3b
-def normalize_refs(text):
+def normalize_refs(text:str) -> str:
     "`[0, 1]` and `[0][1]` mentions rewritten as `[0] , [1]`"
     text = _MULTI_RE.sub(lambda m: ' , '.join(f'[{i.strip()}]' for i in m.group(1).split(',')), text)
     return _ADJ_RE.sub(lambda m: f'[{m.group(1)}] , ', text)
@@ -302,7 +303,7 @@ def _dedup_key(t, how):
     return tuple(norm(t[k]) for k in keys)
 
 # %% ../../nbs/30_teacher_prompts.ipynb #a311f728
-def check_triple(t, k, spec, seen=None):
+def check_triple(t:Any, k:int, spec:PromptSpec, seen:set[tuple[str, ...]]|None=None) -> tuple[dict[str, str]|None, tuple[str, str]|None]:
     "`(clean triple, None)` if triple dict `t` is valid for a prompt with `k` regions, else `(None, (reason, detail))`"
     if not isinstance(t, dict): return None, ('missing_field', f'not an object: {t!r}'[:200])
     c = {}
@@ -325,15 +326,15 @@ def check_triple(t, k, spec, seen=None):
     return c, None
 
 # %% ../../nbs/30_teacher_prompts.ipynb #71b9a079
-def read_reply(text, # the teacher's reply
+def read_reply(text:str|None, # the teacher's reply
                prompt:Prompt, # the prompt it answers
-               spec, # the `PromptSpec` whose checks apply
-               seen=None, # dedup keys of earlier triples for this image (updated)
-               meta=None, # stored in each QAR's `meta` and each reject
-               source='', # each QAR's `source`
-               split=None, # each QAR's `split`
-               id_prefix=None, # QAR ids are `{id_prefix}-{j}` (None: no ids)
-              ):
+               spec:PromptSpec, # the `PromptSpec` whose checks apply
+               seen:set[tuple[str, ...]]|None=None, # dedup keys of earlier triples for this image (updated)
+               meta:dict[str, Any]|None=None, # stored in each QAR's `meta` and each reject
+               source:str='', # each QAR's `source`
+               split:str|None=None, # each QAR's `split`
+               id_prefix:str|None=None, # QAR ids are `{id_prefix}-{j}` (None: no ids)
+              ) -> tuple[list[QAR], list[dict[str, Any]]]:
     "`(qars, rejects)` from the teacher's reply `text` to `prompt`"
     meta, seen = dict(meta or {}), set() if seen is None else seen
     base = dict(image=prompt.image, prompt=prompt.name, **meta)
@@ -343,13 +344,14 @@ def read_reply(text, # the teacher's reply
     for j,t in enumerate(triples):
         c, err = check_triple(t, len(prompt.regions), spec, seen)
         if err: rejects.append(dict(base, reason=err[0], detail=err[1], triple=t)); continue
+        assert c is not None                # no error: a clean triple
         raw = {k: prompt.rmap.from_draw(v) for k,v in c.items()}
         qars.append(QAR(prompt.image, **raw, regions=prompt.regions, source=source, split=split,
                         id=None if id_prefix is None else f'{id_prefix}-{j}', meta=dict(meta, prompt=prompt.name)).check())
     return qars, rejects
 
 # %% ../../nbs/30_teacher_prompts.ipynb #c75c8de5
-def reject_shares(n_accepted, reasons):
+def reject_shares(n_accepted:int, reasons:dict[str, int]) -> dict[str, float]:
     "`{reason: share of all candidates}` from the accepted count and a Counter of reject reasons"
     total = n_accepted + sum(reasons.values())
     return {k: round(v/total, 4) for k,v in sorted(reasons.items())} if total else {}

