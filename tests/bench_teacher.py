@@ -19,6 +19,37 @@ Measure with nothing else running: on 2 cores llama.cpp slows down several times
 import argparse, json, sys, time
 from pathlib import Path
 
+
+LIMITS_DOC = """`python tests/bench_teacher.py limits [--requests 300] [--threads 16]`: lskd's rate limiter against a fake teacher
+that enforces the same limits (`FakeTeacher(rpm=, tpm=, burst=1)`: a 429 with retry-after past them). Three runs of
+`--requests` requests through `lskd.teacher.client.send` from `--threads` threads: rpm-bound (rpm 600, tpm unbounded),
+tpm-bound (rpm 600, tpm 60,000 with 200-token requests: 5 a second), and no limiter (rpm 600 enforced). For each: the
+achieved rate against the limit, and the requests answered 429. Targets: >= 0.9x the limit, <= 1% answered 429."""
+
+
+def limits_main(argv):
+    "The rate-limit benchmark (`LIMITS_DOC`)"
+    from concurrent.futures import ThreadPoolExecutor
+    from lskd.teacher.client import send, TeacherConfig, RateLimiter, request_tokens
+    from lskd.teacher.fake import FakeTeacher
+    ap = argparse.ArgumentParser(description=LIMITS_DOC); ap.add_argument('--requests', type=int, default=300); ap.add_argument('--threads', type=int, default=16)
+    a = ap.parse_args(argv)
+    body = {'model': 'fake', 'messages': [{'role': 'user', 'content': 'Regions:\n[0] person\nWrite 1 triple. ' + 'x'*370}], 'max_tokens': 100}
+    cost = request_tokens(body)
+    cfg = TeacherConfig(max_retries=50, timeout=30)
+    print(f'{a.requests} requests of {cost} tokens (request_tokens) from {a.threads} threads; the fake enforces its limits with 1 s of slack')
+    print('| run | limit | achieved | achieved / limit | answered 429 |\n|---|---|---|---|---|')
+    for name, rpm, tpm, use in [('rpm-bound', 600, None, True), ('tpm-bound', 600, 60_000, True), ('no limiter', 600, None, False)]:
+        with FakeTeacher(rpm=rpm, tpm=tpm, burst=1.0) as ft:
+            lim = RateLimiter(rpm, tpm) if use else None
+            cl = ft.client()
+            with ThreadPoolExecutor(a.threads) as ex: list(ex.map(lambda _: send(cl, body, cfg, limiter=lim), range(a.requests)))
+            ts = sorted(ft.served)
+        per_s = (len(ts) - 1) / (ts[-1] - ts[0])         # accepted requests a second, first to last
+        limit = min(rpm/60, tpm/60/cost if tpm else float('inf'))
+        what = f'{tpm:,} tpm = {limit:.1f}/s' if tpm else f'{rpm} rpm = {limit:.1f}/s'
+        print(f'| {name} | {what} | {per_s:.2f}/s | {per_s/limit:.3f} | {ft.limited} of {len(ft.times)} ({100*ft.limited/len(ft.times):.1f}%) |')
+
 def direct(base_url, model, bodies):
     "Send `bodies` one by one; (seconds, completion tokens, replies: the texts of each body's choices)"
     import openai
@@ -38,6 +69,8 @@ def bodies_of(verbs, cfg, model):
     return [b for v in verbs for b in sample_bodies(v, spec, cfg, model, 'llama_cpp')]
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['limits']: return limits_main(argv[1:])
     ap = argparse.ArgumentParser()
     ap.add_argument('verbalizations'); ap.add_argument('--images', type=int, default=2); ap.add_argument('--samples', type=int, default=6)
     ap.add_argument('--model', default='qwen2.5-coder-1.5b-instruct'); ap.add_argument('--out', default='/tmp/lskd-bench-teacher')

@@ -243,6 +243,19 @@ def test_concurrency_is_bounded(vfile, tmp_path):
     assert 2 <= in_flight <= 3             # requests overlap, never more than `concurrency` at once
 
 
+def test_rate_limit_keeps_under_an_enforcing_server(vfile, tmp_path):
+    "`rpm` against a server enforcing the same limit: nothing refused, requests spread at the rate; without it, the server refuses some"
+    with FakeTeacher(rpm=240, burst=1.0) as ft:          # 4 a second, with a second of slack for the arrival jitter
+        run(vfile, tmp_path/'a', ft, concurrency=4, samples=2, rpm=240)
+        ts = sorted(ft.times)
+    assert (ft.ok, ft.limited) == (12, 0)
+    assert ts[-1] - ts[0] >= 11/4 - 1.0                 # 12 requests at 4 a second: at least the slack short of 2.75 s
+    with FakeTeacher(rpm=240, burst=1.0) as ft:
+        run(vfile, tmp_path/'b', ft, concurrency=4, samples=2, max_retries=20)
+    assert ft.limited > 0 and ft.ok == 12                # the limit is real: sent at once, some were refused (then retried)
+    assert (tmp_path/'a'/'corpus.jsonl').read_text() == (tmp_path/'b'/'corpus.jsonl').read_text()
+
+
 CHILD = '''
 import sys
 from lskd.stages.generate import main

@@ -21,7 +21,7 @@ from ..io.config import Positive, add_config_args, config_overrides
 from ..io.files import atomic_write, atomic_json
 from ..io.progress import write_progress
 from ..teacher.prompts import Prompt, PromptSpec, load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
-from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, is_format_error, request_body, request_key, request_seed, send
+from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, is_format_error, request_body, request_key, request_seed, send, limiter_for
 from ..teacher.endpoint import teacher_endpoint
 
 # %% auto #0
@@ -76,6 +76,7 @@ class Teacher:
         self.mode_i, self.lock = 0, threading.Lock(); self.abort: str|None = None
         self.stats: Counter[str] = Counter()
         self.n_ok = asks_n(cfg)         # an image's samples in one request, until the endpoint shows it ignores `n`
+        self.limiter = limiter_for(cfg) # the requests' rpm / tpm limits (None: none), shared by the sending threads
 
 # %% ../../nbs/41_generate.ipynb #bcf1174e
 @patch
@@ -102,7 +103,7 @@ def run(self:Teacher, prompt:Prompt, seed:int, n:int=1) -> tuple[dict[str, Any],
         if self.abort: raise RuntimeError(f'not sent: the run was aborted ({self.abort})')
         if self.meter.over_budget(): raise BudgetExceeded()
         t0 = time.perf_counter(); self.cache.log_sent(key)
-        try: r = send(self.client, body, self.cfg, on_retry=self._retry)
+        try: r = send(self.client, body, self.cfg, on_retry=self._retry, limiter=self.limiter)
         except Exception as e:
             import openai
             if 'response_format' in body and is_format_error(e) and mi + 1 < len(self.modes):

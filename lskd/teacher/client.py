@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, cast
 from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Probability
 from .prompts import RESPONSE_FORMATS
-import json, time, random, sqlite3, hashlib, threading
+import json, math, re, time, random, sqlite3, hashlib, threading
 import email.utils
 from pathlib import Path
 from fastcore.basics import patch
@@ -16,7 +16,8 @@ from .prompts import response_format, Prompt
 
 # %% auto #0
 __all__ = ['TEACHERS', 'TeacherConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache', 'BudgetExceeded',
-           'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send']
+           'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'request_tokens', 'RateLimiter',
+           'parse_duration', 'limiter_for']
 
 # %% ../../nbs/31_teacher_client.ipynb #5e4e4af4
 TEACHERS = ('remote', 'local', 'fake')
@@ -43,6 +44,8 @@ class TeacherConfig(Config):
     max_retries: Count = 6             # retries on 429 / 5xx / timeouts; Retry-After is honoured
     backoff: NonNegative = 1.0             # first wait between retries (s), doubled each time
     backoff_max: NonNegative = 60.0        # longest wait between retries (s)
+    rpm: PositiveFloat|None = None         # requests per minute at most (None: no limit); the server's x-ratelimit headers are followed too
+    tpm: PositiveFloat|None = None         # tokens per minute at most: prompt + max_tokens per choice, as OpenAI counts them (None: no limit)
     budget_usd: NonNegative|None = None    # stop cleanly once this run has spent this much ...
     budget_tokens: Count|None = None   # ... or this many tokens
     prices: dict = field(default_factory=dict)           # {model: {prompt: USD per 1M tokens, completion: USD per 1M tokens}}
@@ -200,18 +203,97 @@ def send(client:Any, # an `openai.OpenAI` client
          cfg:TeacherConfig, # `TeacherConfig`: `timeout`, `max_retries`, `backoff`, `backoff_max`
          on_retry:Callable[[Exception, float], Any]|None=None, # called as `on_retry(exception, wait)` before each retry
          sleep:Callable[[float], Any]=time.sleep, # how to wait
+         limiter:RateLimiter|None=None, # keeps the requests under rate limits (`limiter_for`); None: none
         ) -> dict[str, Any]:
     "The reply (a dict) to request `body`, retrying transient errors as `cfg` says"
     rest = {k:v for k,v in body.items() if k not in ('model', 'messages')}
     for attempt in range(cfg.max_retries + 1):
         try:
-            r = client.chat.completions.create(model=body['model'], messages=body['messages'], extra_body=rest,
-                                               timeout=cfg.timeout)
+            kw = dict(model=body['model'], messages=body['messages'], extra_body=rest, timeout=cfg.timeout)
+            if limiter is None: r = client.chat.completions.create(**kw)
+            else:      # every attempt counts against the limits; the reply's headers say what is left
+                limiter.acquire(request_tokens(body), sleep)
+                raw = client.chat.completions.with_raw_response.create(**kw)
+                limiter.follow(raw.headers); r = raw.parse()
             return r.model_dump(mode='json', exclude_unset=True) if hasattr(r, 'model_dump') else dict(r)
         except Exception as e:
             if not is_retryable(e) or attempt == cfg.max_retries: raise
             ra = retry_after(e)
             wait = min(ra, 300.0) if ra is not None else min(cfg.backoff_max, cfg.backoff * 2**attempt) * (0.5 + random.random()/2)
+            if limiter is not None and getattr(e, 'status_code', None) == 429: limiter.pause(wait)   # every sender waits, not only this one
             if on_retry: on_retry(e, wait)
             sleep(wait)
     raise AssertionError('unreachable: the last attempt returns or raises')
+
+# %% ../../nbs/31_teacher_client.ipynb #a88b7cda
+def request_tokens(body:dict[str, Any]) -> int:
+    "Tokens `body` counts against a tokens-per-minute limit: its prompt (about 4 characters a token) plus `max_tokens` per choice"
+    chars = sum(len(c) if isinstance(c := m.get('content'), str) else len(json.dumps(c)) for m in body.get('messages', []))
+    return math.ceil(chars/4) + int(body.get('max_tokens') or 0) * int(body.get('n') or 1)
+
+# %% ../../nbs/31_teacher_client.ipynb #646e7232
+class RateLimiter:
+    "Keeps requests under `rpm` and tokens under `tpm` a minute (None: no limit), evenly spaced, with `burst` seconds of slack"
+    def __init__(self, rpm:float|None=None,  # requests per minute at most
+                 tpm:float|None=None,        # tokens per minute at most (`request_tokens`)
+                 burst:float=0.0,            # seconds of quota that may go at once
+                 clock:Callable[[], float]=time.monotonic):
+        self.rate = {'requests': rpm/60 if rpm else None, 'tokens': tpm/60 if tpm else None}   # per second
+        self.burst, self.clock, self.lock = burst, clock, threading.Lock()
+        self.tat = {k: -math.inf for k in self.rate}   # each limit's theoretical arrival time (GCRA)
+        self.paused_until = -math.inf                  # the server said: nothing before then
+    def __repr__(self): return f"RateLimiter(rpm={self.rate['requests'] and self.rate['requests']*60}, tpm={self.rate['tokens'] and self.rate['tokens']*60})"
+
+# %% ../../nbs/31_teacher_client.ipynb #83ebd69f
+@patch
+def _start(self:RateLimiter, now:float, cost:int) -> float:
+    return max([now, self.paused_until] + [self.tat[k] - self.burst for k,r in self.rate.items() if r])
+
+@patch
+def _take(self:RateLimiter, start:float, cost:int) -> None:
+    for k, r in self.rate.items():
+        if r: self.tat[k] = max(self.tat[k], start) + (1 if k == 'requests' else cost) / r
+
+# %% ../../nbs/31_teacher_client.ipynb #4aa926a7
+@patch
+def acquire(self:RateLimiter, cost:int=0, sleep:Callable[[float], Any]=time.sleep) -> float:
+    with self.lock:
+        now = self.clock(); start = self._start(now, cost); self._take(start, cost)
+    if start > now: sleep(start - now)
+    return max(0.0, start - now)
+
+# %% ../../nbs/31_teacher_client.ipynb #269ad4b4
+@patch
+def admit(self:RateLimiter, cost:int=0) -> float:
+    with self.lock:
+        now = self.clock(); start = self._start(now, cost)
+        if start > now: return start - now
+        self._take(now, cost); return 0.0
+
+# %% ../../nbs/31_teacher_client.ipynb #56d59dec
+def parse_duration(s:str) -> float:
+    "Seconds in a duration such as `6m0s`, `1.5s`, `20ms` or `2` (seconds)"
+    s = s.strip()
+    if re.fullmatch(r'[\d.]+', s): return float(s)
+    parts = re.findall(r'([\d.]+)(ms|h|m|s)', s)
+    if not parts or ''.join(a + u for a,u in parts) != s: raise ValueError(f'not a duration: {s!r}')
+    return sum(float(a) * {'h': 3600, 'm': 60, 's': 1, 'ms': 1e-3}[u] for a,u in parts)
+
+# %% ../../nbs/31_teacher_client.ipynb #8b023517
+@patch
+def pause(self:RateLimiter, seconds:float) -> None:
+    with self.lock: self.paused_until = max(self.paused_until, self.clock() + seconds)
+
+@patch
+def follow(self:RateLimiter, headers:Any) -> None:
+    "Pause until the server's reset time where a reply's headers say a limit has nothing left"
+    for k in ('requests', 'tokens'):
+        left, reset = headers.get(f'x-ratelimit-remaining-{k}'), headers.get(f'x-ratelimit-reset-{k}')
+        try:
+            if left is not None and reset is not None and float(left) <= 0: self.pause(parse_duration(reset))
+        except ValueError: pass    # a header we cannot read is no reason to fail a request
+
+# %% ../../nbs/31_teacher_client.ipynb #0ec9ae65
+def limiter_for(cfg:TeacherConfig) -> RateLimiter|None:
+    "The `RateLimiter` of `cfg.rpm` / `cfg.tpm`, or None when neither is set"
+    return RateLimiter(cfg.rpm, cfg.tpm) if cfg.rpm or cfg.tpm else None

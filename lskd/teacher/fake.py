@@ -2,13 +2,13 @@
 
 # %% ../../nbs/33_teacher_fake.ipynb #b2f4c593
 from __future__ import annotations
-import json, re, time, random, hashlib, threading
+import json, math, re, time, random, hashlib, threading
 from collections import deque
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from fastcore.basics import patch
 from typing import Any, Callable, Collection, cast
 
-from .client import request_key, retry_after
+from .client import request_key, retry_after, request_tokens, RateLimiter
 
 # %% auto #0
 __all__ = ['fake_reply', 'FakeTeacher']
@@ -42,6 +42,18 @@ def _json(self:_Handler, code:int, obj:Any, headers:dict[str, str]|None=None) ->
     for k,v in (headers or {}).items(): self.send_header(k, v)
     self.end_headers(); self.wfile.write(b)
 
+# %% ../../nbs/33_teacher_fake.ipynb #7a028e92
+def _limit_headers(limiter:RateLimiter|None) -> dict[str, str]:
+    "The `x-ratelimit-*` headers of a reply: what is left of each limit now, and when it is whole again"
+    if limiter is None: return {}
+    out, now = {}, limiter.clock()
+    for k, r in limiter.rate.items():
+        if not r: continue
+        behind = max(0.0, limiter.tat[k] - now)     # seconds of quota booked ahead of now
+        out.update({f'x-ratelimit-limit-{k}': str(round(r*60)), f'x-ratelimit-remaining-{k}': str(max(0, math.floor((limiter.burst - behind)*r))),
+                    f'x-ratelimit-reset-{k}': f'{behind:.3f}s'})
+    return out
+
 # %% ../../nbs/33_teacher_fake.ipynb #906fbd90
 @patch
 def do_GET(self:_Handler) -> None:
@@ -54,6 +66,10 @@ def do_POST(self:_Handler) -> None:
     srv: FakeTeacher = self.server.teacher   # type: ignore[attr-defined]  # set by `FakeTeacher.start`
     body = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))) or b'{}')
     fault = srv._arrive(body, dict(self.headers))
+    if srv.limiter is not None and (wait := srv.limiter.admit(request_tokens(body))) > 0:   # over rpm / tpm: a 429, as OpenAI's
+        with srv.lock: srv.limited += 1
+        return self._json(429, {'error': {'message': 'Rate limit reached (fake)', 'type': 'requests', 'code': 'rate_limit_exceeded'}},
+                          {'retry-after-ms': f'{wait*1000:.0f}', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': f'{wait:.3f}s'})
     if fault and fault.get('delay'): time.sleep(fault['delay'])
     if fault and fault.get('status'):
         h = {'Retry-After': str(fault['retry_after'])} if fault.get('retry_after') is not None else {}
@@ -70,7 +86,7 @@ def do_POST(self:_Handler) -> None:
     self._json(200, {'id': 'fake-' + request_key(body)[:12], 'object': 'chat.completion', 'created': 0,
                      'model': body.get('model', 'fake'),
                      'choices': [{'index': i, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': t}} for i,t in enumerate(contents)],
-                     'usage': {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}})
+                     'usage': {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}}, _limit_headers(srv.limiter))
 
 # %% ../../nbs/33_teacher_fake.ipynb #69ac9fed
 class FakeTeacher:
@@ -78,13 +94,19 @@ class FakeTeacher:
     requests: list[dict[str, Any]]          # the request bodies received
     headers: list[dict[str, str]]           # and their headers
     times: list[float]                      # when each arrived (`time.perf_counter`)
+    served: list[float]                     # when each good reply was sent
     faults: deque[dict[str, Any]]           # the failures `fail` queued for the next requests
     httpd: ThreadingHTTPServer|None         # the server, once started
+    limiter: RateLimiter|None               # the rpm / tpm it enforces
     def __init__(self, reply:Callable[[dict[str, Any]], str]=fake_reply, latency:float=0.0, port:int=0,
                  formats:Collection[str]|None=None, format_status:int=400,
-                 n_choices:bool=True): # honour a request's `n` (False: one choice, as llama.cpp's server)
+                 n_choices:bool=True, # honour a request's `n` (False: one choice, as llama.cpp's server)
+                 rpm:float|None=None, # enforce this many requests a minute (a 429 past it)
+                 tpm:float|None=None, # and this many tokens a minute (`lskd.teacher.client.request_tokens`)
+                 burst:float=0.5): # seconds of slack in those limits
         self.reply, self.latency, self.port, self.formats, self.format_status = reply, latency, port, formats, format_status
-        self.n_choices = n_choices
+        self.n_choices, self.limited, self.served = n_choices, 0, []   # requests answered 429 for the limits; when each good reply went
+        self.limiter = RateLimiter(rpm, tpm, burst) if rpm or tpm else None
         self.requests, self.headers, self.times, self.faults, self.ok = [], [], [], deque(), 0
         self.lock, self.httpd = threading.Lock(), None
     @property
@@ -109,7 +131,7 @@ def _arrive(self:FakeTeacher, body:dict[str, Any], headers:dict[str, str]) -> di
 # %% ../../nbs/33_teacher_fake.ipynb #4851e81d
 @patch
 def _done(self:FakeTeacher) -> None:
-    with self.lock: self.ok += 1
+    with self.lock: self.ok += 1; self.served.append(time.perf_counter())
 
 # %% ../../nbs/33_teacher_fake.ipynb #6e1c98ee
 @patch
