@@ -289,6 +289,92 @@ def test_kill_and_resume_gives_identical_corpus(tmp_path, choices, total, kills)
     assert ref['accepted'] > 20
 
 
+# ---------- the Batch API ----------
+
+BATCH = dict(mode='batch', batch_poll_s=0.02)
+FILES = ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl')
+
+
+@pytest.fixture
+def live(vfile, tmp_path):
+    "The folder of a live run (a request per sample, 12 requests)"
+    with FakeTeacher() as ft: run(vfile, tmp_path/'live', ft, samples=2)
+    return tmp_path/'live'
+
+
+def same_corpus(a, b): return all((a/f).read_bytes() == (b/f).read_bytes() for f in FILES)
+
+
+def test_batch_run_gives_the_live_corpus(vfile, tmp_path, live):
+    "mode batch: each request answered once, in one batch, none live; the corpus is the live run's; the report prices the batch"
+    with FakeTeacher(batch_delay=0.05) as ft:
+        run(vfile, tmp_path/'b', ft, samples=2, prices={'fake': {'prompt': 1.0, 'completion': 2.0}}, **BATCH)
+        assert (len(ft.requests), ft.batch_served, len(ft.batches)) == (0, 12, 1)
+    assert same_corpus(live, tmp_path/'b')
+    att = json.loads((tmp_path/'b'/'attempts.jsonl').read_text().splitlines()[-1])
+    assert (att['batch']['replies'], att['batch']['failed'], att['requests_sent'], att['requests_cached']) == (12, 0, 0, 12)
+    u, s = att['batch']['usage'], json.loads((tmp_path/'b'/'summary.json').read_text())
+    assert s['cost_usd'] == att['batch']['cost_usd'] == round((u['prompt_tokens'] + 2*u['completion_tokens']) / 1e6 / 2, 6) > 0
+
+
+@pytest.mark.parametrize('how', ['failed', 'expired', 'cancelled', 'errors'])
+def test_batch_failures_go_into_a_new_batch_never_the_answered(vfile, tmp_path, live, how):
+    with FakeTeacher(batch_delay=0.05) as ft:
+        ft.fail_batch(how, 3)
+        run(vfile, tmp_path/'b', ft, samples=2, **BATCH)
+        first = ft.batches['batch-000002']['request_counts']
+        assert (len(ft.batches), len(ft.requests)) == (2, 0)                  # one more batch, nothing live
+        assert ft.batch_served == 12                                          # each request answered once: none sent again
+        assert first['completed'] == {'failed': 0, 'expired': 6, 'cancelled': 6, 'errors': 9}[how]
+    assert same_corpus(live, tmp_path/'b')
+
+
+def test_batch_failures_go_live_after_batch_rounds(vfile, tmp_path, live):
+    with FakeTeacher(batch_delay=0.05) as ft:
+        ft.fail_batch('expired')
+        run(vfile, tmp_path/'b', ft, samples=2, batch_rounds=1, **BATCH)
+        assert (ft.batch_served, ft.ok, len(ft.batches)) == (6, 6, 1)       # half in the batch, the expired half live
+    assert same_corpus(live, tmp_path/'b')
+
+
+def test_kill_while_a_batch_is_in_flight_resumes_polling_it(vfile, tmp_path, live):
+    "Killed while its batch runs, generate resumes by polling the same batch: nothing submitted or sent again"
+    with FakeTeacher(batch_delay=4.0) as ft:
+        args = [str(vfile), str(tmp_path/'k'), '--base-url', ft.base_url, '--model', 'fake', '--quiet', '--samples', '2',
+                '--choices', 'separate', '--mode', 'batch', '--batch-poll-s', '0.05']
+        proc = subprocess.Popen([sys.executable, '-c', CHILD] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        state = tmp_path/'k'/'batches.json'
+        t0 = time.time()
+        while not (state.exists() and json.loads(state.read_text())['batches'][-1]['id']) and time.time() - t0 < 60: time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL); proc.wait()
+        assert list(ft.batches) == ['batch-000002'] and ft.batches['batch-000002']['status'] != 'completed'   # killed in flight
+        assert subprocess.run([sys.executable, '-c', CHILD] + args, capture_output=True).returncode == 0
+        assert (len(ft.batches), len(ft.files), ft.batch_served, len(ft.requests)) == (1, 2, 12, 0)   # input + output file only
+    assert same_corpus(live, tmp_path/'k')
+
+
+def test_import_replies_from_a_batch_output_file(vfile, tmp_path, live):
+    "Replies made elsewhere (vLLM run-batch's output format) are loaded; only the rest is sent live"
+    from lskd.teacher.batch import batch_line
+    with FakeTeacher() as ft:
+        rows = sqlite3.connect(live/'cache.sqlite').execute('SELECT key, request FROM replies').fetchall()
+        half = [json.loads(r) for _, r in sorted(rows)[:6]]
+        out = tmp_path/'vllm_output.jsonl'
+        out.write_text(''.join(json.dumps({'id': f'vllm-{i}', 'custom_id': batch_line(b)['custom_id'], 'error': None,
+                                           'response': {'status_code': 200, 'request_id': f'vllm-{i}', 'body': ft.completion(b)}}) + '\n'
+                               for i, b in enumerate(half)))
+        run(vfile, tmp_path/'i', ft, samples=2, import_replies=str(out))
+        assert len(ft.requests) == 6
+    att = json.loads((tmp_path/'i'/'attempts.jsonl').read_text().splitlines()[-1])
+    assert att['imported'] == {'replies': 6, 'errors': 0, 'imported': 6, 'unknown': 0} and att['requests_sent'] == 6
+    assert same_corpus(live, tmp_path/'i')
+
+
+def test_batch_needs_the_cache(vfile, tmp_path):
+    with pytest.raises(ValueError, match='mode batch and import_replies put the replies in the reply cache'):
+        generate(vfile, tmp_path/'o', dict(QUICK, cache=None, **BATCH))
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main([str(tmp_path/'missing.jsonl'), str(tmp_path/'o'), '--teacher', 'fake', '--quiet']) == 2
     assert 'verbalizations not found' in capsys.readouterr().err

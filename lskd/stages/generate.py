@@ -17,12 +17,13 @@ from ..data.records import QAR, Verbalization
 from ..io.jsonl import read_jsonl, write_jsonl, JsonlWriter
 from ..data.formats import qar_to_lskd_row
 from typing import Any, Callable, Iterable, Literal, Mapping
-from ..io.config import Positive, add_config_args, config_overrides
+from ..io.config import Positive, add_config_args, config_overrides, PositiveFloat, Probability
 from ..io.files import atomic_write, atomic_json
 from ..io.progress import write_progress
 from ..teacher.prompts import Prompt, PromptSpec, load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, is_format_error, request_body, request_key, request_seed, send, limiter_for
 from ..teacher.endpoint import teacher_endpoint
+from ..teacher.batch import run_batches, import_replies
 
 # %% auto #0
 __all__ = ['CHOICES', 'OUTPUTS', 'FILE_ONLY', 'GenerateConfig', 'image_key', 'sample_bodies', 'asks_n', 'Teacher',
@@ -40,10 +41,17 @@ class GenerateConfig(TeacherConfig):
     samples: Positive = 1                 # replies per image (different seeds)
     choices: Literal['auto', 'n', 'separate'] = 'auto'            # n: an image's samples in one request (`n`: its prompt sent and billed once) | separate: a request per sample | auto: n, and a request per sample where the endpoint ignores n
     max_images: Positive|None = None      # only the first N verbalizations
+    mode: Literal['live', 'batch'] = 'live'   # live: requests as they go | batch: the Batch API first (half price, within 24 h), the corpus then written from the cache
+    batch_rounds: Positive = 3            # mode batch: batches at most per request (failed or expired ones go into a new batch); then it is sent live
+    batch_poll_s: PositiveFloat = 30.0    # mode batch: seconds between polls of the batches in flight
+    batch_price: Probability = 0.5        # mode batch: the batch price as a fraction of `prices` (OpenAI: half)
+    import_replies: str|None = None       # a batch output file (OpenAI's, or vLLM run-batch's on lskd's input file): its replies are loaded into the cache first
     section = 'generate'
     def __post_init__(self):
         super().__post_init__()
         if self.choices not in CHOICES: raise ValueError(f"choices must be one of {CHOICES}, not {self.choices!r}")
+        if (self.mode == 'batch' or self.import_replies) and not self.cache:
+            raise ValueError("generate: mode batch and import_replies put the replies in the reply cache: set cache (e.g. cache.sqlite), not null")
 
 # %% ../../nbs/41_generate.ipynb #088dc831
 def image_key(verb:Verbalization) -> str:
@@ -132,6 +140,30 @@ def sample(self:Teacher, prompt:Prompt, image_key:str, js:list[int]) -> list[tup
     else: got = [(js[0], seed, *self.run(prompt, seed))]
     self._count('samples', len(got))
     return got + [x for j in js[len(got):] for x in self.sample(prompt, image_key, [j])]
+
+# %% ../../nbs/41_generate.ipynb #c8c1129e
+@patch
+def first_bodies(self:Teacher, prompt:Prompt, image_key:str) -> list[dict[str, Any]]:
+    "The request bodies of an image's samples, as `sample` sends them first"
+    fmt, n = self.modes[self.mode_i], self.cfg.samples
+    if n > 1 and self.n_ok: return [request_body(self.cfg, prompt, self.model, request_seed(self.cfg.seed, image_key, 0), fmt, n)]
+    return [request_body(self.cfg, prompt, self.model, request_seed(self.cfg.seed, image_key, j), fmt) for j in range(n)]
+
+# %% ../../nbs/41_generate.ipynb #fba5d2fb
+def _prefill(cfg:GenerateConfig, vpath:Path, n_total:int, spec:PromptSpec, teacher:Teacher, client:Any, cache:ReplyCache|NoCache, out:Path) -> dict[str, Any]:
+    "Replies from a batch output file (`import_replies`) and the Batch API (`mode: batch`) into `cache`; what each did"
+    bodies: list[dict[str, Any]] = []
+    for i, verb in enumerate(read_jsonl(vpath, Verbalization)):
+        if i >= n_total: break
+        try: bodies += teacher.first_bodies(build_prompt(verb, spec), image_key(verb))
+        except NoRegionsError: pass
+    rep: dict[str, Any] = {}
+    if cfg.import_replies: rep['imported'] = import_replies(cfg.import_replies, bodies, cache)
+    if cfg.mode == 'batch':
+        r = run_batches(client, bodies, cache, out/'batches.json', cfg.batch_rounds, cfg.batch_poll_s, progress=cfg.progress)
+        r['cost_usd'] = round(teacher.meter.cost_of(r['usage']['prompt_tokens'], r['usage']['completion_tokens']) * cfg.batch_price, 6)
+        rep['batch'] = r
+    return rep
 
 # %% ../../nbs/41_generate.ipynb #032d7015
 OUTPUTS = ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl')
@@ -274,6 +306,7 @@ def generate(verbalizations:str|Path, out_dir:str|Path, config:GenerateConfig|Ma
         client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
         meter = Meter(cfg.prices, model, cfg.budget_usd, cfg.budget_tokens)
         teacher = Teacher(cfg, client, model, cache, meter, flavour, gone)
+        pre = _prefill(cfg, vpath, n_total, spec, teacher, client, cache, out) if cfg.mode == 'batch' or cfg.import_replies else {}
         outs, writing = _Outputs(out), True
         live = LiveCount(out/'progress.json', n_total*cfg.samples, n_total, teacher, meter, c)
         ex = ThreadPoolExecutor(cfg.concurrency); assert cfg.concurrency is not None   # filled in by TeacherConfig.__post_init__
@@ -322,6 +355,10 @@ def generate(verbalizations:str|Path, out_dir:str|Path, config:GenerateConfig|Ma
         status = 'failed' if failures else 'complete' if c['images_done'] == n_total else 'budget'
         wall = time.perf_counter() - t0
         summary, attempt = _summary(cfg, model, base_url, c, meter, teacher, wall, status)
+        if pre: attempt.update(pre)
+        if 'batch' in pre:        # the batch's replies at the batch price
+            u = pre['batch']['usage']; summary['mode'] = 'batch'
+            summary['cost_usd'] = round(summary['cost_usd'] - (1 - cfg.batch_price) * meter.cost_of(u['prompt_tokens'], u['completion_tokens']), 6)
     if status == 'complete': outs.finish()
     atomic_json(out/'summary.json', summary)
     write_jsonl(out/'attempts.jsonl', [dict(status=status, **attempt)], append=True)
@@ -389,7 +426,7 @@ def estimate(verbalizations:str|Path,                                           
     per, asked = 1 if asks_n(cfg) else cfg.samples, imgs * cfg.samples      # prompts sent per image; samples asked
     req, comp = imgs * per, asked * min(cfg.max_tokens, spec.triples * tokens_per_triple)
     pr_ = _price(cfg)
-    cost = (pt * per * pr_.get('prompt', 0) + comp * pr_.get('completion', 0)) / 1e6 if pr_ else None
+    cost = (pt * per * pr_.get('prompt', 0) + comp * pr_.get('completion', 0)) / 1e6 * (cfg.batch_price if cfg.mode == 'batch' else 1) if pr_ else None
     wall = comp / completion_tokens_per_s + (pt / prompt_tokens_per_s if prompt_tokens_per_s else 0) if completion_tokens_per_s else None
     return Estimate(imgs, req, pt * per, pt, comp, asked * cfg.max_tokens, cost, wall, how)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Collection, cast
 from .client import request_key, retry_after, request_tokens, RateLimiter
 
 # %% auto #0
-__all__ = ['fake_reply', 'FakeTeacher']
+__all__ = ['BATCH_FAULTS', 'fake_reply', 'FakeTeacher']
 
 # %% ../../nbs/33_teacher_fake.ipynb #1f063877
 def fake_reply(body:dict[str, Any]) -> str:
@@ -57,6 +57,7 @@ def _limit_headers(limiter:RateLimiter|None) -> dict[str, str]:
 # %% ../../nbs/33_teacher_fake.ipynb #906fbd90
 @patch
 def do_GET(self:_Handler) -> None:
+    if self._batch_api(self.server.teacher, 'GET', b''): return   # type: ignore[attr-defined]  # set by `FakeTeacher.start`
     if self.path.rstrip('/').endswith('/models'): self._json(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model'}]})
     else: self._json(404, {'error': {'message': 'not found'}})
 
@@ -64,7 +65,9 @@ def do_GET(self:_Handler) -> None:
 @patch
 def do_POST(self:_Handler) -> None:
     srv: FakeTeacher = self.server.teacher   # type: ignore[attr-defined]  # set by `FakeTeacher.start`
-    body = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))) or b'{}')
+    raw = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+    if self._batch_api(srv, 'POST', raw): return                  # the Batch API's files and batches
+    body = json.loads(raw or b'{}')
     fault = srv._arrive(body, dict(self.headers))
     if srv.limiter is not None and (wait := srv.limiter.admit(request_tokens(body))) > 0:   # over rpm / tpm: a 429, as OpenAI's
         with srv.lock: srv.limited += 1
@@ -78,15 +81,9 @@ def do_POST(self:_Handler) -> None:
     if srv.formats is not None and rf is not None and rf not in srv.formats:
         return self._json(srv.format_status, {'error': {'message': f'response_format type {rf!r} is not supported', 'type': 'invalid_request_error'}})
     if srv.latency: time.sleep(srv.latency)
-    n = int(body.get('n') or 1) if srv.n_choices else 1
-    contents = [srv.reply(body if i == 0 else {**body, 'seed': f"{body.get('seed')}.{i}"}) for i in range(n)]
-    pt = sum(len(m['content'].split()) for m in body.get('messages', []))
-    ct = sum(len(t.split()) for t in contents)
+    r = srv.completion(body)
     srv._done()
-    self._json(200, {'id': 'fake-' + request_key(body)[:12], 'object': 'chat.completion', 'created': 0,
-                     'model': body.get('model', 'fake'),
-                     'choices': [{'index': i, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': t}} for i,t in enumerate(contents)],
-                     'usage': {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}}, _limit_headers(srv.limiter))
+    self._json(200, r, _limit_headers(srv.limiter))
 
 # %% ../../nbs/33_teacher_fake.ipynb #69ac9fed
 class FakeTeacher:
@@ -98,17 +95,23 @@ class FakeTeacher:
     faults: deque[dict[str, Any]]           # the failures `fail` queued for the next requests
     httpd: ThreadingHTTPServer|None         # the server, once started
     limiter: RateLimiter|None               # the rpm / tpm it enforces
+    files: dict[str, bytes]                 # uploaded files (the Batch API's input, output and error files)
+    batches: dict[str, dict[str, Any]]      # the batches, by id
+    batch_faults: deque[tuple[str, int]]    # how the next batches end (`fail_batch`)
     def __init__(self, reply:Callable[[dict[str, Any]], str]=fake_reply, latency:float=0.0, port:int=0,
                  formats:Collection[str]|None=None, format_status:int=400,
                  n_choices:bool=True, # honour a request's `n` (False: one choice, as llama.cpp's server)
                  rpm:float|None=None, # enforce this many requests a minute (a 429 past it)
                  tpm:float|None=None, # and this many tokens a minute (`lskd.teacher.client.request_tokens`)
-                 burst:float=0.5): # seconds of slack in those limits
+                 burst:float=0.5, # seconds of slack in those limits
+                 batch_delay:float=0.2): # seconds a batch takes (the Batch API)
         self.reply, self.latency, self.port, self.formats, self.format_status = reply, latency, port, formats, format_status
         self.n_choices, self.limited, self.served = n_choices, 0, []   # requests answered 429 for the limits; when each good reply went
         self.limiter = RateLimiter(rpm, tpm, burst) if rpm or tpm else None
         self.requests, self.headers, self.times, self.faults, self.ok = [], [], [], deque(), 0
         self.lock, self.httpd = threading.Lock(), None
+        self.files, self.batches, self.batch_faults, self.batch_delay = {}, {}, deque(), batch_delay   # the Batch API's
+        self.batch_served, self.n_ids = 0, 0      # requests answered in batches; ids given
     @property
     def base_url(self) -> str: return f'http://127.0.0.1:{cast(ThreadingHTTPServer, self.httpd).server_address[1]}/v1'
     def __enter__(self): return self.start()
@@ -151,3 +154,121 @@ def stop(self:FakeTeacher) -> None:
 def client(self:FakeTeacher, **kw:Any) -> Any:
     import openai
     return openai.OpenAI(base_url=self.base_url, api_key='sk-fake', max_retries=0, **kw)
+
+# %% ../../nbs/33_teacher_fake.ipynb #587a7cfa
+@patch
+def completion(self:FakeTeacher, body:dict[str, Any]) -> dict[str, Any]:
+    "The chat completion `body` gets: `reply` for each of its `n` choices, and word-counted `usage`"
+    n = int(body.get('n') or 1) if self.n_choices else 1
+    contents = [self.reply(body if i == 0 else {**body, 'seed': f"{body.get('seed')}.{i}"}) for i in range(n)]
+    pt = sum(len(m['content'].split()) for m in body.get('messages', []))
+    ct = sum(len(t.split()) for t in contents)
+    return {'id': 'fake-' + request_key(body)[:12], 'object': 'chat.completion', 'created': 0, 'model': body.get('model', 'fake'),
+            'choices': [{'index': i, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': t}} for i,t in enumerate(contents)],
+            'usage': {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}}
+
+# %% ../../nbs/33_teacher_fake.ipynb #8800f30d
+BATCH_FAULTS = ('failed', 'expired', 'cancelled', 'errors')
+
+@patch
+def fail_batch(self:FakeTeacher, how:str, n:int=1) -> FakeTeacher:
+    "Make the next batch end `how` (`BATCH_FAULTS`); with 'errors', its first `n` requests are answered 500"
+    if how not in BATCH_FAULTS: raise ValueError(f"fail_batch: {how!r} is not one of {BATCH_FAULTS}")
+    with self.lock: self.batch_faults.append((how, n))
+    return self
+
+# %% ../../nbs/33_teacher_fake.ipynb #34e07a9d
+@patch
+def _new_id(self:FakeTeacher, prefix:str) -> str:
+    with self.lock: self.n_ids += 1; return f'{prefix}-{self.n_ids:06d}'
+
+@patch
+def upload(self:FakeTeacher, data:bytes, purpose:str, filename:str='file.jsonl') -> dict[str, Any]:
+    "Keep `data` as a file; its file object"
+    fid = self._new_id('file')
+    with self.lock: self.files[fid] = data
+    return {'id': fid, 'object': 'file', 'bytes': len(data), 'created_at': int(time.time()), 'filename': filename, 'purpose': purpose}
+
+# %% ../../nbs/33_teacher_fake.ipynb #8c590043
+@patch
+def create_batch(self:FakeTeacher, req:dict[str, Any]) -> dict[str, Any]|None:
+    "A new batch of the input file `req['input_file_id']`, processed on a thread (None: no such file)"
+    data = self.files.get(req.get('input_file_id', ''))
+    if data is None: return None
+    lines = [json.loads(l) for l in data.decode().splitlines() if l.strip()]
+    b = {'id': self._new_id('batch'), 'object': 'batch', 'endpoint': req.get('endpoint'), 'input_file_id': req['input_file_id'],
+         'completion_window': req.get('completion_window'), 'status': 'validating', 'created_at': int(time.time()),
+         'output_file_id': None, 'error_file_id': None, 'errors': None, 'metadata': req.get('metadata'),
+         'request_counts': {'total': len(lines), 'completed': 0, 'failed': 0}}
+    with self.lock: self.batches[b['id']] = b; fault = self.batch_faults.popleft() if self.batch_faults else None
+    threading.Thread(target=self._run_batch, args=(b, lines, fault), daemon=True).start()
+    return dict(b)
+
+# %% ../../nbs/33_teacher_fake.ipynb #2b7a98c4
+@patch
+def _run_batch(self:FakeTeacher, b:dict[str, Any], lines:list[dict[str, Any]], fault:tuple[str, int]|None) -> None:
+    time.sleep(self.batch_delay/2)
+    with self.lock:
+        if b['status'] == 'validating': b['status'] = 'in_progress'
+    time.sleep(self.batch_delay/2)
+    how, n = fault or ('', 0)
+    if how == 'failed':
+        with self.lock: b.update(status='failed', errors={'object': 'list', 'data': [{'code': 'invalid_request', 'message': 'injected failure', 'line': 1}]})
+        return
+    cancel = how == 'cancelled' or b['status'] == 'cancelling'
+    stop = len(lines)//2 if how == 'expired' or cancel else len(lines)
+    out, err = [], []
+    for i, l in enumerate(lines):
+        rid = f"batch_req_{b['id']}_{i}"
+        if i >= stop:
+            end = 'cancelled' if cancel else 'expired'
+            err.append({'id': rid, 'custom_id': l['custom_id'], 'response': None,
+                        'error': {'code': f'batch_{end}', 'message': f'This request could not be executed before the batch was {end}.'}})
+        elif how == 'errors' and i < n:
+            err.append({'id': rid, 'custom_id': l['custom_id'], 'error': None,
+                        'response': {'status_code': 500, 'request_id': rid, 'body': {'error': {'message': 'injected 500', 'type': 'server_error'}}}})
+        else:
+            out.append({'id': rid, 'custom_id': l['custom_id'], 'error': None,
+                        'response': {'status_code': 200, 'request_id': rid, 'body': self.completion(l['body'])}})
+    files = {k: self.upload(''.join(json.dumps(x) + '\n' for x in xs).encode(), 'batch_output')['id'] if xs else None
+             for k, xs in (('output_file_id', out), ('error_file_id', err))}
+    with self.lock:
+        b.update(files, status='cancelled' if cancel else 'expired' if how == 'expired' else 'completed',
+                 request_counts={'total': len(lines), 'completed': len(out), 'failed': len(err)})
+        self.batch_served += len(out)
+
+# %% ../../nbs/33_teacher_fake.ipynb #b08d8cd5
+def _multipart(ctype:str, data:bytes) -> dict[str, tuple[str|None, bytes]]:
+    "`{field: (filename, bytes)}` of a multipart/form-data body"
+    from email.parser import BytesParser
+    from email.policy import HTTP
+    msg = BytesParser(policy=HTTP).parsebytes(b'Content-Type: ' + ctype.encode() + b'\r\n\r\n' + data)
+    return {p.get_param('name', header='content-disposition'): (p.get_filename(), p.get_payload(decode=True) or b'')
+            for p in cast(Any, msg).iter_parts()}
+
+@patch
+def _batch_api(self:_Handler, srv:FakeTeacher, method:str, raw:bytes) -> bool:
+    "Answer a files / batches request (True), or leave it to the chat endpoint (False)"
+    p = self.path.split('?')[0].rstrip('/')
+    if method == 'POST' and p.endswith('/files'):
+        f = _multipart(self.headers.get('Content-Type', ''), raw)
+        name, data = f.get('file', (None, b''))
+        self._json(200, srv.upload(data, (f.get('purpose') or (None, b'batch'))[1].decode(), name or 'file.jsonl'))
+    elif method == 'POST' and p.endswith('/batches'):
+        b = srv.create_batch(json.loads(raw or b'{}'))
+        if b is None: self._json(404, {'error': {'message': 'no such input file', 'type': 'invalid_request_error'}})
+        else: self._json(200, b)
+    elif m := re.search(r'/batches/([\w-]+)(/cancel)?$', p):
+        b = srv.batches.get(m[1])
+        if b is None: self._json(404, {'error': {'message': f'no batch {m[1]}', 'type': 'invalid_request_error'}}); return True
+        if m[2] and method == 'POST':
+            with srv.lock:
+                if b['status'] in ('validating', 'in_progress'): b['status'] = 'cancelling'
+        with srv.lock: self._json(200, dict(b))
+    elif method == 'GET' and (m := re.search(r'/files/([\w-]+)/content$', p)):
+        got = srv.files.get(m[1])
+        if got is None: self._json(404, {'error': {'message': f'no file {m[1]}', 'type': 'invalid_request_error'}}); return True
+        self.send_response(200); self.send_header('Content-Type', 'application/octet-stream'); self.send_header('Content-Length', str(len(got)))
+        self.end_headers(); self.wfile.write(got)
+    else: return False
+    return True
