@@ -68,9 +68,97 @@ def bodies_of(verbs, cfg, model):
     if asks_n(cfg): return [request_body(cfg, build_prompt(v, spec), model, request_seed(cfg.seed, image_key(v), 0), 'llama_cpp', n=cfg.samples) for v in verbs]
     return [b for v in verbs for b in sample_bodies(v, spec, cfg, model, 'llama_cpp')]
 
+SCALE_DOC = """`python tests/bench_teacher.py overhead [--sizes 10000 100000] [--concurrency 8]`: lskd's live path (`generate`,
+the reply cache on, one request per image) against bare openai-client calls of the same request bodies, with the same
+number of threads, to the same zero-latency fake teacher (`FakeTeacher` in another process): requests a second, the
+ratio (target >= 0.8), and each side's peak RSS (its own process; target: flat within 10% from the smallest size to the
+largest). `python tests/bench_teacher.py batch [--requests 10000] [--delay 20]`: the same job in `mode: batch` through
+the fake's Batch API taking `--delay` seconds a batch: wall time against the delay, duplicates and requests lost."""
+
+
+def _verbs(n, path):
+    "`n` verbalizations (two people each), written to `path`"
+    from lskd.data.records import Verbalization, ImageRecord, Region, Description
+    from lskd.io.jsonl import JsonlWriter
+    with JsonlWriter(path) as w:
+        for i in range(n):
+            rs = [Region(j, (10 + 100*j, 20, 90 + 100*j, 300), 'person', f'person {j} of image {i}') for j in range(2)]
+            w.write(Verbalization(ImageRecord(f'img{i:06d}.jpg', 640, 480, rs, id=f'im{i}'), globals=[Description(f'scene number {i}', 'cap')]))
+    return path
+
+
+_CHILD = r"""
+import json, resource, sys, time
+from concurrent.futures import ThreadPoolExecutor
+side, vpath, out, url, conc = sys.argv[1:6]; conc = int(conc)
+from lskd.stages.generate import generate, GenerateConfig, image_key
+from lskd.teacher.client import request_body, request_seed
+from lskd.teacher.prompts import load_prompt, build_prompt
+from lskd.io.jsonl import read_jsonl
+from lskd.data.records import Verbalization
+cfg = GenerateConfig(teacher='remote', base_url=url, model='fake', progress=False, concurrency=conc, choices='separate', response_format='openai')
+if side == 'lskd':
+    t = time.perf_counter(); r = generate(vpath, out, cfg); dt = time.perf_counter() - t; n = r.summary['requests']; ok = r.summary['images_done']
+else:
+    import openai
+    spec = load_prompt(cfg.prompt)
+    bodies = [request_body(cfg, build_prompt(v, spec), 'fake', request_seed(cfg.seed, image_key(v), 0), 'openai') for v in read_jsonl(vpath, Verbalization)]
+    cl = openai.OpenAI(base_url=url, api_key='none', max_retries=0)
+    def one(b):
+        rest = {k: v for k, v in b.items() if k not in ('model', 'messages')}
+        return cl.chat.completions.create(model=b['model'], messages=b['messages'], extra_body=rest)
+    t = time.perf_counter()
+    with ThreadPoolExecutor(conc) as ex: ok = sum(1 for _ in ex.map(one, bodies))
+    dt = time.perf_counter() - t; n = len(bodies)
+print(json.dumps({'side': side, 'requests': n, 'ok': ok, 'seconds': dt, 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def overhead_main(argv):
+    "lskd's live path against bare client calls (`SCALE_DOC`)"
+    import subprocess, tempfile
+    from lskd.teacher.fake import FakeTeacher
+    ap = argparse.ArgumentParser(description=SCALE_DOC); ap.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000])
+    ap.add_argument('--concurrency', type=int, default=8); a = ap.parse_args(argv)
+    print('| requests | bare client (req/s) | lskd generate (req/s) | lskd / bare | peak RSS bare (MiB) | peak RSS lskd (MiB) |\n|---|---|---|---|---|---|')
+    for n in a.sizes:
+        with tempfile.TemporaryDirectory() as d:
+            vpath = _verbs(n, Path(d)/'v.jsonl'); got = {}
+            for side in ('bare', 'lskd'):
+                with FakeTeacher() as ft:     # a fresh fake per side; the fake runs in this process, each side in its own
+                    r = subprocess.run([sys.executable, '-c', _CHILD, side, str(vpath), str(Path(d)/f'out-{side}'), ft.base_url, str(a.concurrency)],
+                                       capture_output=True, text=True)
+                    assert r.returncode == 0, r.stderr[-2000:]
+                    got[side] = json.loads(r.stdout.strip().splitlines()[-1]); assert got[side]['ok'] == n and ft.ok == n
+            b, l = got['bare'], got['lskd']
+            print(f"| {n:,} | {n/b['seconds']:.0f} | {n/l['seconds']:.0f} | {b['seconds']/l['seconds']:.2f} | {b['peak_rss_mib']:.0f} | {l['peak_rss_mib']:.0f} |", flush=True)
+
+
+def batch_main(argv):
+    "A job through the fake's Batch API (`SCALE_DOC`)"
+    import tempfile
+    from lskd.stages.generate import generate
+    from lskd.teacher.fake import FakeTeacher
+    ap = argparse.ArgumentParser(description=SCALE_DOC); ap.add_argument('--requests', type=int, default=10_000)
+    ap.add_argument('--delay', type=float, default=20.0); a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d, FakeTeacher(batch_delay=a.delay) as ft:
+        vpath = _verbs(a.requests, Path(d)/'v.jsonl')
+        t = time.perf_counter()
+        r = generate(vpath, Path(d)/'b', dict(teacher='remote', base_url=ft.base_url, model='fake', progress=False, choices='separate',
+                                              response_format='openai', mode='batch', batch_poll_s=1.0))
+        wall = time.perf_counter() - t
+        keys = [json.loads(l)['custom_id'] for f in ft.batches.values() for l in ft.files[f['input_file_id']].decode().splitlines()]
+        print(f"{a.requests:,} requests in {len(ft.batches)} batch(es), the fake taking {a.delay:.0f} s a batch: wall {wall:.1f} s "
+              f"({wall/a.requests*1000:.2f} ms a request beyond nothing; {wall - a.delay:.1f} s beyond the delay); submitted {len(keys):,}, "
+              f"distinct {len(set(keys)):,} (duplicates {len(keys) - len(set(keys))}); answered {ft.batch_served:,}; live requests {len(ft.requests)}; "
+              f"images written {r.summary['images_done']:,} of {a.requests:,} (lost {a.requests - r.summary['images_done']})")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['limits']: return limits_main(argv[1:])
+    if argv[:1] == ['overhead']: return overhead_main(argv[1:])
+    if argv[:1] == ['batch']: return batch_main(argv[1:])
     ap = argparse.ArgumentParser()
     ap.add_argument('verbalizations'); ap.add_argument('--images', type=int, default=2); ap.add_argument('--samples', type=int, default=6)
     ap.add_argument('--model', default='qwen2.5-coder-1.5b-instruct'); ap.add_argument('--out', default='/tmp/lskd-bench-teacher')
