@@ -396,6 +396,7 @@ def test_cli_dispatch(vfile, tmp_path):
 # ---------- a real local llama.cpp server ----------
 
 @pytest.mark.server
+@pytest.mark.slow   # ~2.4 min in CI; the crash test (tests/test_crash.py) runs generate on a real llama.cpp server in every CI
 def test_real_llama_cpp_server_end_to_end(tmp_path):
     pytest.importorskip('llama_cpp')
     from lskd.teacher.server import fetch_models, TeacherServer

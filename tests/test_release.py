@@ -109,6 +109,7 @@ def test_release_text_protocol_in_evaluation(tmp_path, tok):
     assert any(' answer: ' in t and ' rationale: ' in t for t in seen) and any(' answer: ' in t and ' rationale: ' not in t for t in seen)
     assert res['n_questions'] == 2
 
+@pytest.mark.slow   # ~1.6 min in CI: out of the default run to keep CI under 30 min (test_cli runs the same commands' parts)
 def test_readme_release_commands(tmp_path, tok):
     "The README's commands for the release, as written, with tiny stand-ins for the checkpoints and the fixtures for the data"
     import re, shlex

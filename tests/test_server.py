@@ -215,6 +215,7 @@ def test_server_startup_timeout_stops_process(tmp_path):
 
 
 @pytest.mark.server
+@pytest.mark.slow   # ~1.5 min in CI: out of the default run to keep CI under 30 min
 def test_reply_does_not_depend_on_earlier_requests(tmp_path):
     """The default teacher's reply to a request is the same after another prompt, after itself (a second sample of the
     same prompt reuses its cache) and alone on a fresh server: a resumed run re-sends requests into another history"""
