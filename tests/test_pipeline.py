@@ -92,6 +92,7 @@ def test_failed_stage_names_notebook_and_cell_and_keeps_earlier_outputs(tmp_path
     assert 'verbalize: done already, skipped' in r.stdout and list(man['stages']) == ['verbalize', 'generate'], r.stdout
     assert man['stages']['generate']['status'] == 'done' and not (d/'critic').exists()
 
+@pytest.mark.slow   # ~50 s in CI, on its critical path: out of the default run to keep CI under 30 min
 def test_examples_run_when_asked(tmp_path):
     r = lskd('run', '--runs-dir', tmp_path, '--run-id', 'ex', '--stages', 'verbalize', '--examples')
     assert r.returncode == 0, r.stderr[-2000:]
