@@ -299,33 +299,82 @@ def test_tiny_blip_captioner_global_and_regions(tiny, tmp_path):
         assert all(len(ds) == 1 and ds[0].kind == 'caption' and isinstance(ds[0].text, str) for ds in v.regions.values())
 
 
-class FakeOpenAI:
-    "Stands in for openai.OpenAI: records the prompts, returns numbered questions"
-    def __init__(self):
-        self.prompts = []
-        class C:
-            @staticmethod
-            def create(model, messages, **kw):
-                self.prompts.append((model, messages))
-                msg = type('M', (), {'content': f'Question: what is thing {len(self.prompts)}\nextra line'})
-                return type('R', (), {'choices': [type('Ch', (), {'message': msg})]})
-        self.chat = type('Chat', (), {'completions': C})
+def _asker_cfg(tiny, url, rounds=2, **asker):
+    "CHEAP with dynamic QA: the tiny BLIP-2 answers, an LLM asker at `url` (a FakeTeacher) asks"
+    return {**CHEAP, 'qa': {'asker': {'name': 'openai', 'base_url': url, 'model': 'teacher', **asker},
+                            'answerer': str(tiny['blip2']), 'rounds': rounds, 'max_new_tokens': 4}}
 
 
 def test_tiny_blip2_vqa_with_an_llm_asker(tiny, tmp_path):
-    client = FakeOpenAI()
-    cfg = {**CHEAP, 'qa': {'asker': {'name': 'openai', 'model': 'teacher'}, 'answerer': str(tiny['blip2']), 'rounds': 2, 'max_new_tokens': 4}}
-    vz = Verbalizer(cfg, client=client)
-    verbalize(SAMPLE, tmp_path, verbalizer=vz, max_images=2, progress=False)
+    "The asker goes through the teacher's client: its report counts requests, tokens and cost; a rerun asks from the cache"
+    from lskd.teacher.fake import FakeTeacher
+    price = {'teacher': {'prompt': 0.15, 'completion': 0.6}}
+    with FakeTeacher() as ft:
+        cfg = _asker_cfg(tiny, ft.base_url, concurrency=4, prices=price)
+        r = verbalize(SAMPLE, tmp_path, cfg, max_images=2, progress=False)
+        assert len(ft.requests) == 4 and (r.written, r.errors) == (2, 0)
+        first = [(v.image.path, [(q.question, q.answer) for q in v.qa]) for v in read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization)]
+        r2 = verbalize(SAMPLE, tmp_path, cfg, max_images=2, progress=False, resume=False)
+        assert len(ft.requests) == 4                                        # nothing sent again
     vs = list(read_jsonl(tmp_path/'verbalizations.jsonl', Verbalization))
-    assert len(vs) == 2 and len(client.prompts) == 4
+    assert [(v.image.path, [(q.question, q.answer) for q in v.qa]) for v in vs] == first
     for v in vs:
         assert 'qa' not in v.absent and len(v.qa) == 2
-        assert all(q.model == str(tiny['blip2']) and q.asker == 'openai:teacher' and q.question.startswith('what is thing')
+        assert all(q.model == str(tiny['blip2']) and q.asker == 'openai:teacher' and q.question.startswith('in round')
                    and q.question.endswith('?') and isinstance(q.answer, str) for q in v.qa)
-    model, msgs = client.prompts[0]
-    assert model == 'teacher' and 'smiling woman' in msgs[1]['content']      # the asker sees the region descriptions
-    assert 'Q: what is thing' in client.prompts[2][1][1]['content']            # and the previous round
+    assert {b['model'] for b in ft.requests} == {'teacher'}
+    assert any('smiling woman' in b['messages'][1]['content'] for b in ft.requests)     # the asker sees the region descriptions
+    assert any('Q: in round 1' in b['messages'][1]['content'] for b in ft.requests)       # and the round before
+    a1, a2 = r.asker, r2.asker
+    assert (a1['requests_sent'], a1['requests_cached'], a2['requests_sent'], a2['requests_cached']) == (4, 0, 0, 4)
+    usage = [ft.completion(b)['usage'] for b in ft.requests]
+    assert a1['prompt_tokens'] == sum(u['prompt_tokens'] for u in usage) and a1['completion_tokens'] == sum(u['completion_tokens'] for u in usage)
+    assert a1['cost_usd'] == round((0.15*a1['prompt_tokens'] + 0.6*a1['completion_tokens'])/1e6, 6) > 0
+    run = json.loads((tmp_path/'verbalize_run.json').read_text())
+    assert run['asker'] == a2 and [x['asker']['requests_sent'] for x in read_jsonl(tmp_path/'attempts.jsonl')] == [4, 0]
+    assert '0 requests sent, 4 from the cache' in repr(r2)
+    assert json.loads((tmp_path/'progress.json').read_text())['from cache'] == 4
+
+
+def test_llm_asker_retries_and_keeps_the_rate_limit(tiny, tmp_path):
+    from lskd.teacher.fake import FakeTeacher
+    with FakeTeacher(rpm=300, burst=0.2) as ft:
+        ft.fail(2, 503, retry_after=0.05)
+        r = verbalize(SAMPLE, tmp_path, _asker_cfg(tiny, ft.base_url, rounds=2, rpm=300, concurrency=4), max_images=4, progress=False)
+    assert (r.written, r.errors, r.asker['retries'], r.asker['requests_sent']) == (4, 0, 2, 8)
+    assert ft.limited == 0 and ft.ok == 8                  # 8 questions at 5 a second: none refused for the limit
+
+
+def test_llm_asker_budget_stops_the_run_and_a_rerun_goes_on(tiny, tmp_path):
+    from lskd.teacher.fake import FakeTeacher
+    with FakeTeacher() as ft:
+        cfg = _asker_cfg(tiny, ft.base_url, rounds=1, budget_tokens=1)
+        r = verbalize(SAMPLE, tmp_path, cfg, max_images=3, batch_size=1, progress=False)
+        assert (r.written, r.errors, len(ft.requests)) == (1, 0, 1) and 'budget' in r.stopped
+        cfg['qa']['asker'].pop('budget_tokens')              # how requests are sent: the images' keys stay the same
+        r2 = verbalize(SAMPLE, tmp_path, cfg, max_images=3, batch_size=1, progress=False)
+    assert (r2.written, r2.skipped, r2.stopped, len(ft.requests)) == (2, 1, None, 3)
+
+
+def test_llm_asker_refused_key_stops_the_run(tiny, tmp_path):
+    from lskd.teacher.fake import FakeTeacher
+    from lskd.teacher.client import Aborted
+    with FakeTeacher() as ft:
+        ft.fail(1, 401)
+        with pytest.raises(Aborted, match='AuthenticationError'):
+            verbalize(SAMPLE, tmp_path, _asker_cfg(tiny, ft.base_url, rounds=1, concurrency=1), max_images=3, progress=False)
+    assert len(ft.requests) == 1
+
+
+def test_llm_asker_dry_run_sends_nothing(tiny, tmp_path, capsys):
+    from lskd.teacher.fake import FakeTeacher
+    with FakeTeacher() as ft:
+        cfg = _asker_cfg(tiny, ft.base_url, rounds=3, prices={'teacher': {'prompt': 0.15, 'completion': 0.6}})
+        (tmp_path/'c.yaml').write_text(yaml.safe_dump(cfg))
+        assert main([str(SAMPLE), str(tmp_path/'out'), '--config', str(tmp_path/'c.yaml'), '--dry-run']) == 0
+    e = json.loads((tmp_path/'out/estimate.json').read_text())
+    assert (e['images'], e['requests'], e['completion_tokens_max'], e['model']) == (8, 24, 24*48, 'teacher') and e['cost_usd'] > 0
+    assert ft.requests == [] and not (tmp_path/'out/verbalizations.jsonl').exists() and 'requests: 24' in capsys.readouterr().out
 
 
 def test_tiny_blip2_vqa_with_fixed_questions(tiny, tmp_path):

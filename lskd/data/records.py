@@ -3,7 +3,7 @@
 # %% ../../nbs/11_data_records.ipynb #77451086
 from __future__ import annotations
 import math, warnings, numbers
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields, asdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -249,7 +249,9 @@ def check(self:QAR) -> QAR:
 # %% ../../nbs/11_data_records.ipynb #88863b70
 @patch
 def to_dict(self:QAR) -> dict[str, Any]:
-    d = asdict(self); d['regions'] = [r.to_dict() for r in self.regions]
+    d = {f.name: getattr(self, f.name) for f in fields(self)}     # one level of copies: `asdict`'s deep copy is most of a write's time
+    d.update(region=list(self.region), region_all=list(self.region_all), regions=[r.to_dict() for r in self.regions],
+             scores=dict(self.scores), meta=dict(self.meta))
     return _drop_none(d)
 
 # %% ../../nbs/11_data_records.ipynb #1cca816b

@@ -141,10 +141,16 @@ class JsonlWriter:
 @patch
 def write(self:JsonlWriter, rec:Any) -> None:
     "Write one record (anything with `to_dict`, or a JSON-able dict) as one line"
-    self.f.write((json.dumps(_to_jsonable(rec), ensure_ascii=False) + '\n').encode())
-    self.f.flush()
+    self.write_all([rec])
+
+@patch
+def write_all(self:JsonlWriter, recs:Iterable[Any]) -> None:
+    "Write records as lines with one flush (an image's triples: one system call, not one per line)"
+    lines = [json.dumps(_to_jsonable(r), ensure_ascii=False) + '\n' for r in recs]
+    if not lines: return
+    self.f.write(''.join(lines).encode()); self.f.flush()
     if self.fsync: os.fsync(self.f.fileno())
-    self.n += 1
+    self.n += len(lines)
 
 # %% ../../nbs/01_io_jsonl.ipynb #33668c18
 @patch

@@ -21,7 +21,7 @@ from ..io.config import Positive, add_config_args, config_overrides, PositiveFlo
 from ..io.files import atomic_write, atomic_json
 from ..io.progress import write_progress
 from ..teacher.prompts import Prompt, PromptSpec, load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
-from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, is_format_error, request_body, request_key, request_seed, send, limiter_for
+from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, Sender, is_format_error, request_body, request_key, request_seed
 from ..teacher.endpoint import teacher_endpoint
 from ..teacher.batch import run_batches, import_replies
 
@@ -68,8 +68,8 @@ def sample_bodies(verb:Verbalization, spec:PromptSpec, cfg:GenerateConfig, model
 def asks_n(cfg:GenerateConfig) -> bool: "Whether `cfg` asks for an image's samples in one request (`n` choices)"; return cfg.samples > 1 and cfg.choices in ('n', 'auto')
 
 # %% ../../nbs/41_generate.ipynb #4593d8b3
-class Teacher:
-    "Sends jobs to one endpoint, through the cache, within the budget"
+class Teacher(Sender):
+    "The run's `Sender` of prompts: response-format spellings, an image's samples as `n` choices"
     def __init__(self, cfg:GenerateConfig, # `GenerateConfig`
                  client:Any, # `openai.OpenAI` client of the endpoint
                  model:str, # model name at the endpoint
@@ -77,26 +77,12 @@ class Teacher:
                  meter:Meter, # the run's `Meter`
                  flavour:str|None=None, # the endpoint's `response_format` spelling, if known (for `auto`)
                  gone:Callable[[], str|None]|None=None): # `gone()`: why the endpoint is known to be gone, or None (`teacher_endpoint`)
-        self.cfg, self.client, self.model, self.cache, self.meter = cfg, client, model, cache, meter
-        self.gone = gone
+        super().__init__(cfg, client, cache, meter, gone)
+        self.cfg: GenerateConfig = cfg; self.model = model
         f = cfg.response_format
         self.modes = [f] if f != 'auto' else ([flavour] if flavour else ['openai', 'llama_cpp', 'none'])
-        self.mode_i, self.lock = 0, threading.Lock(); self.abort: str|None = None
-        self.stats: Counter[str] = Counter()
+        self.mode_i = 0
         self.n_ok = asks_n(cfg)         # an image's samples in one request, until the endpoint shows it ignores `n`
-        self.limiter = limiter_for(cfg) # the requests' rpm / tpm limits (None: none), shared by the sending threads
-
-# %% ../../nbs/41_generate.ipynb #bcf1174e
-@patch
-def _count(self:Teacher, k:str, n:float=1) -> None:
-    with self.lock: self.stats[k] += n  # type: ignore[assignment]   # 'seconds' adds floats to the counts
-
-# %% ../../nbs/41_generate.ipynb #2c4c08f1
-@patch
-def _retry(self:Teacher, e:Exception, wait:float) -> None:
-    self._count('retries')
-    if self.gone and (why := self.gone()): self.abort = why; raise RuntimeError(why)
-
 
 # %% ../../nbs/41_generate.ipynb #ca4118ce
 @patch
@@ -107,23 +93,13 @@ def run(self:Teacher, prompt:Prompt, seed:int, n:int=1) -> tuple[dict[str, Any],
         if (r := self.cache.get(key)) is not None: self._count('cached'); return r, key
     while True:
         mi = self.mode_i
-        body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi], n); key = request_key(body)
-        if self.abort: raise RuntimeError(f'not sent: the run was aborted ({self.abort})')
-        if self.meter.over_budget(): raise BudgetExceeded()
-        t0 = time.perf_counter(); self.cache.log_sent(key)
-        try: r = send(self.client, body, self.cfg, on_retry=self._retry, limiter=self.limiter)
+        body = request_body(self.cfg, prompt, self.model, seed, self.modes[mi], n)
+        try: return self.request(body)
         except Exception as e:
-            import openai
             if 'response_format' in body and is_format_error(e) and mi + 1 < len(self.modes):
                 with self.lock: self.mode_i = max(self.mode_i, mi + 1)
                 continue
-            if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
-                self.abort = f'{type(e).__name__}: {e}'
             raise
-        dt = time.perf_counter() - t0
-        self.meter.add(r.get('usage')); self._count('sent'); self._count('seconds', dt)
-        self.cache.put(key, body, r, dt)
-        return r, key
 
 # %% ../../nbs/41_generate.ipynb #1423f89e
 def split_choices(r:dict[str, Any]) -> list[dict[str, Any]]: "The replies, one per choice, of an `n`-choice reply `r` (its usage on the first)"; return [dict(r, choices=[ch], usage=r.get('usage') if i == 0 else {}) for i,ch in enumerate(r.get('choices') or [])]
@@ -178,10 +154,10 @@ class _Outputs:
 # %% ../../nbs/41_generate.ipynb #bda63b80
 @patch
 def write(self:_Outputs, qars:Iterable[QAR], rejects:Iterable[dict[str, Any]]) -> None:
-    for q in qars:
-        q.index = self.n; self.n += 1
-        self.w['corpus.jsonl'].write(q); self.w['corpus_lskd.jsonl'].write(qar_to_lskd_row(q))
-    for r in rejects: self.w['rejects.jsonl'].write(r)
+    qars = list(qars)
+    for q in qars: q.index = self.n; self.n += 1
+    self.w['corpus.jsonl'].write_all(qars); self.w['corpus_lskd.jsonl'].write_all(map(qar_to_lskd_row, qars))
+    self.w['rejects.jsonl'].write_all(rejects)
 
 # %% ../../nbs/41_generate.ipynb #9c121190
 @patch
@@ -330,7 +306,7 @@ def generate(verbalizations:str|Path, out_dir:str|Path, config:GenerateConfig|Ma
                 c['reject_no_regions'] += 1
             else: outs.write(*_process(verb, prompt, spec, replies, c, model))
             c['images_done'] += 1
-            live(force=True)
+            live()
         try:
             with tqdm(total=n_total, desc='generate', disable=not cfg.progress) as bar:
                 pending: deque[tuple[Verbalization, Prompt|None, list[tuple[list[int], Future[Any]]]|str]] = deque()
@@ -349,6 +325,7 @@ def generate(verbalizations:str|Path, out_dir:str|Path, config:GenerateConfig|Ma
                     while len(pending) > 2*cfg.concurrency or (pending and _done(pending[0])):
                         finish_image(pending.popleft()); bar.update()
                 while pending: finish_image(pending.popleft()); bar.update()
+                live(force=True)          # the last count, whenever the one before was written
         finally:
             ex.shutdown(wait=True, cancel_futures=True)     # on an interrupt: drop queued jobs, let sent ones land in the cache
             outs.close(); cache.close()

@@ -4,10 +4,10 @@
 
 # %% ../../nbs/40_verbalize.ipynb #3515f800
 from __future__ import annotations
-import argparse, copy, hashlib, importlib.util, json, math, os, re, shutil, sys, time, warnings
+import argparse, copy, hashlib, importlib.util, json, math, os, re, shutil, sys, tempfile, time, warnings
 from typing import Any, Callable, Collection, Hashable, Iterable, Mapping, Sequence, cast
 import numpy as np
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 from PIL import Image
 from fastcore.basics import patch
@@ -16,18 +16,23 @@ from ..io.jsonl import JsonlWriter, read_jsonl, write_jsonl, bad_row, BadRows, B
 from ..data.formats import read_vcr, vcr_image, vcr_meta_record, vcr_item
 from ..data.refs import render_refs
 from ..data.draw import draw_regions
-from ..io.config import Config, Positive, OnBadRow, add_config_args, config_overrides
+from ..io.config import Config, Positive, NonNegative, OnBadRow, add_config_args, config_overrides
+from contextlib import ExitStack
+from concurrent.futures import ThreadPoolExecutor
+from ..teacher.client import TeacherConfig, Sender, ReplyCache, NoCache, Meter, BudgetExceeded, Aborted
+from ..teacher.endpoint import teacher_endpoint
+from ..teacher.prompts import ASK_SYSTEM, ask_messages, clean_question
 from ..io.files import atomic_json, require, EXTRAS
 from ..io.progress import Progress
 from ..data.geometry import geometry_phrase, select_regions
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PKG', 'ASK_SYSTEM', 'PROPOSERS', 'DESCRIBERS', 'COMPONENTS', 'list_images', 'resolve_ref',
+__all__ = ['IMAGE_EXTS', 'PKG', 'PROPOSERS', 'DESCRIBERS', 'ASKER_RUN_ONLY', 'COMPONENTS', 'list_images', 'resolve_ref',
            'stage_images', 'read_coco', 'load_annotations', 'ModelPool', 'GivenRegions', 'HogPeople', 'HFDetector',
            'COCODetector', 'CenterNetRegions', 'context_crop', 'tags_text', 'Tags', 'Geometry', 'Captioner',
-           'OpenAIAsker', 'FixedAsker', 'context_text', 'DynamicQA', 'VerbalizeConfig', 'Verbalizer', 'config_hash',
-           'image_key', 'done_keys', 'VerbalizeResult', 'verbalize', 'save_grid', 'summary', 'parser', 'main',
-           'run_stage']
+           'AskerConfig', 'OpenAIAsker', 'FixedAsker', 'context_text', 'DynamicQA', 'VerbalizeConfig', 'Verbalizer',
+           'config_hash', 'image_key', 'done_keys', 'VerbalizeResult', 'verbalize', 'AskEstimate', 'estimate',
+           'save_grid', 'summary', 'parser', 'main', 'run_stage']
 
 # %% ../../nbs/40_verbalize.ipynb #3fd8d093
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -445,41 +450,57 @@ def describe_regions(self:Captioner, images:Sequence[Image.Image], recs:Sequence
     for (i, rid, _), c in zip(crops, self.caption([c for *_, c in crops])): out[i][rid] = [Description(c, self.model, 'caption')]
     return out
 
-# %% ../../nbs/40_verbalize.ipynb #646b7b62
-ASK_SYSTEM = ("You cannot see an image, but you can ask about it. Given what is known so far, ask ONE short, "
-              "concrete question about the image whose answer adds new information (people, actions, objects, "
-              "setting). Reply with the question only.")
+# %% ../../nbs/40_verbalize.ipynb #21946c49
+@dataclass
+class AskerConfig(TeacherConfig):
+    "The LLM asker's settings (`qa.asker` with `name: openai`): an endpoint as the teacher's, and a question's sampling"
+    temperature: NonNegative = 0.7             # sampling temperature of a question
+    max_tokens: Positive = 48                  # tokens per question at most
+    cache: str|None = 'asker_cache.sqlite'     # the reply cache, in the stage folder (None: none)
+    section = 'qa.asker'
 
-# %% ../../nbs/40_verbalize.ipynb #084d9ff1
-def _clean_question(t, max_words=40):
-    "The first line of an asker's reply, without a `Question:` prefix, up to its first `?`, at most `max_words` words"
-    t = (t or '').strip().splitlines()[0] if (t or '').strip() else ''
-    t = re.sub(r'^(question|q)\s*[:.\-]\s*', '', t.strip().strip('"'), flags=re.I).strip()
-    t = ' '.join(t[:t.index('?') + 1 if '?' in t else None].split()[:max_words])
-    return t if not t or t.endswith('?') else t + '?'
-
-# %% ../../nbs/40_verbalize.ipynb #9679cc5f
+# %% ../../nbs/40_verbalize.ipynb #28a24292
 class OpenAIAsker:
-    "Questions from an LLM behind an OpenAI-compatible API (`base_url`, `model`, key from `api_key_env`)"
-    def __init__(self, model:str, # the model name at the endpoint
-                 base_url:str|None=None, # the endpoint (None: OpenAI)
-                 api_key_env:str='OPENAI_API_KEY', # NAME of the env var holding the key
-                 temperature:float=0.7, # sampling temperature
-                 max_tokens:int=48, # tokens per question at most
-                 client:Any=None, # a ready `openai.OpenAI` client (then `base_url` and the key are not used)
-                 **kw:Any) -> None:
+    "Questions from an LLM behind an OpenAI-compatible endpoint, through a `Sender` (cache, retries, limits, budget)"
+    def __init__(self, cfg:AskerConfig, # the endpoint, sampling, cache, limits, prices
+                 out_dir:str|Path|None=None, # the stage folder: the reply cache and a local server's log (None: no cache)
+                 client:Any=None, # a ready `openai.OpenAI` client (then `cfg`'s endpoint is not opened)
+                ) -> None:
+        import openai
+        self.cfg, self.stack = cfg, ExitStack()
+        gone: Callable[[], str|None]|None = None
         if client is None:
-            import openai
-            client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or 'none')
-        self.client, self.llm, self.temperature, self.max_tokens, self.model = client, model, temperature, max_tokens, f'openai:{model}'
+            base_url, model, key, _, gone = self.stack.enter_context(teacher_endpoint(cfg, out_dir))
+            client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
+        elif not cfg.model: raise ValueError("qa.asker: `model` is required (the model's name at the endpoint)")
+        else: model = cfg.model
+        cache = ReplyCache(Path(out_dir)/cfg.cache) if cfg.cache and out_dir is not None else NoCache()
+        self.sender = Sender(cfg, client, cache, Meter(cfg.prices, model, cfg.budget_usd, cfg.budget_tokens), gone)
+        self.llm, self.model = model, f'openai:{model}'
+        self.pool = ThreadPoolExecutor(cfg.concurrency)
 
-# %% ../../nbs/40_verbalize.ipynb #fa5af422
+# %% ../../nbs/40_verbalize.ipynb #04b66ae2
 @patch
 def ask(self:OpenAIAsker, context:str, history:Sequence[QAPair]) -> str:
-    msgs = [{'role': 'system', 'content': ASK_SYSTEM},
-            {'role': 'user', 'content': context + ''.join(f'\nQ: {q.question}\nA: {q.answer}' for q in history) + '\nNext question:'}]
-    r = self.client.chat.completions.create(model=self.llm, messages=msgs, temperature=self.temperature, max_tokens=self.max_tokens)
-    return _clean_question(r.choices[0].message.content)
+    "The next question about an image, from its descriptions (`context`) and the rounds before (`history`)"
+    c = self.cfg
+    body = dict(model=self.llm, messages=ask_messages(context, history), temperature=c.temperature, top_p=c.top_p,
+                max_tokens=c.max_tokens, seed=c.seed, **c.extra_body)
+    return clean_question(self.sender.request(body)[0]['choices'][0]['message']['content'])
+
+@patch
+def ask_all(self:OpenAIAsker, contexts:Sequence[str], histories:Sequence[Sequence[QAPair]]) -> list[str]:
+    "The next question of each image, `concurrency` requests in flight"
+    return list(self.pool.map(self.ask, contexts, histories))
+
+# %% ../../nbs/40_verbalize.ipynb #c9d7f0df
+@patch
+def usage(self:OpenAIAsker) -> dict[str, Any]: return dict(model=self.llm, **self.sender.usage())
+
+@patch
+def close(self:OpenAIAsker) -> None:
+    "Stop the threads, close the cache, stop a server the asker started"
+    self.pool.shutdown(); self.sender.cache.close(); self.stack.close()
 
 # %% ../../nbs/40_verbalize.ipynb #264082a1
 class FixedAsker:
@@ -490,6 +511,15 @@ class FixedAsker:
 # %% ../../nbs/40_verbalize.ipynb #d387e073
 @patch
 def ask(self:FixedAsker, context:str, history:Sequence[QAPair]) -> str: return self.questions[len(history) % len(self.questions)]
+
+@patch
+def ask_all(self:FixedAsker, contexts:Sequence[str], histories:Sequence[Sequence[QAPair]]) -> list[str]: return [self.ask(c, h) for c, h in zip(contexts, histories)]
+
+@patch
+def usage(self:FixedAsker) -> None: "Nothing: a fixed list costs nothing"; return None
+
+@patch
+def close(self:FixedAsker) -> None: pass
 
 # %% ../../nbs/40_verbalize.ipynb #6856c207
 def context_text(rec:ImageRecord, globals_:Iterable[Description], regions:Mapping[int, Sequence[Description]]) -> str:
@@ -512,12 +542,13 @@ class DynamicQA:
                  batch_size:int=8, # images per answering batch
                  device:str='cpu', # torch device
                  dtype:str|None=None, # torch dtype name, e.g. 'float16'
-                 client:Any=None, # an `openai.OpenAI` client for the `openai` asker
+                 client:Any=None, # an `openai.OpenAI` client for the `openai` asker (None: it opens its endpoint)
+                 out_dir:str|Path|None=None, # the stage folder: the `openai` asker's reply cache
                  **kw:Any) -> None:
         if not answerer: raise ValueError("dynamic QA needs `answerer`: a transformers VQA model name or local folder (e.g. BLIP-2)")
         asker = dict(asker or {'name': 'fixed'})
         an = asker.pop('name', 'fixed')
-        if an == 'openai': self.asker: Any = OpenAIAsker(client=client, **asker)
+        if an == 'openai': self.asker: Any = OpenAIAsker(AskerConfig.load(asker), out_dir, client)
         elif an == 'fixed': self.asker = FixedAsker(**asker)
         else: raise ValueError(f"unknown asker {an!r}: use 'openai' or 'fixed'")
         self.answerer, self.rounds, self.prompt, self.max_new_tokens, self.batch_size, self.device = str(answerer), rounds, prompt, max_new_tokens, batch_size, device
@@ -539,7 +570,7 @@ def ask(self:DynamicQA, images:Sequence[Image.Image], recs:Sequence[ImageRecord]
     ctx = [context_text(r, g, d) for r, g, d in zip(recs, globals_, regions)]
     hist: list[list[QAPair]] = [[] for _ in images]
     for _ in range(self.rounds):
-        qs = [self.asker.ask(c, h) for c, h in zip(ctx, hist)]
+        qs = self.asker.ask_all(ctx, hist)
         for h, q, a in zip(hist, qs, self.answer(images, qs)): h.append(QAPair(q, a, self.answerer, self.asker.model))
     return hist
 
@@ -582,14 +613,18 @@ def _describes_caption(entries): return any(e['name'] == 'caption' for e in entr
 # %% ../../nbs/40_verbalize.ipynb #9b531b03
 class Verbalizer:
     "The components of a verbalize `config`, applied to batches of images"
-    def __init__(self, config:VerbalizeConfig|Mapping[str, Any]|str|Path|None=None, pool:ModelPool|None=None, client:Any=None) -> None:
+    def __init__(self, config:VerbalizeConfig|Mapping[str, Any]|str|Path|None=None, # `VerbalizeConfig`, dict or YAML path
+                 pool:ModelPool|None=None, # where models are loaded once (None: a new one)
+                 client:Any=None, # an `openai.OpenAI` client for an `openai` asker (None: it opens the endpoint of its config)
+                 out_dir:str|Path|None=None, # the stage folder (the asker's reply cache)
+                ) -> None:
         self.config = cfg = VerbalizeConfig.load(config)
         self.pool = pool or ModelPool()
         mk = lambda reg, e: reg[e['name']](self.pool, **{k:v for k,v in e.items() if k != 'name'})
         self.proposers = [mk(PROPOSERS, e) for e in cfg.proposals or []]
         self.globals = [mk(DESCRIBERS, e) for e in cfg.global_ or []]
         self.regions = [mk(DESCRIBERS, e) for e in cfg.region or []]
-        self.qa = DynamicQA(self.pool, client=client, **cfg.qa) if cfg.qa else None
+        self.qa = DynamicQA(self.pool, client=client, out_dir=out_dir, **cfg.qa) if cfg.qa else None
         self.absent = [k for k, ok in (('global_caption', _describes_caption(cfg.global_)),
                                        ('region_caption', _describes_caption(cfg.region)), ('qa', bool(cfg.qa))) if not ok]
 
@@ -633,10 +668,27 @@ def __call__(self:Verbalizer, images:Sequence[Image.Image], recs:Sequence[ImageR
     return [Verbalization(rec, g, d, q, list(self.absent), meta={'regions_from': s, 'seconds': t})
             for rec, g, d, q, s, t in zip(recs, glob, regs, qa, src, secs)]
 
+# %% ../../nbs/40_verbalize.ipynb #122da79e
+@patch
+def close(self:Verbalizer) -> None:
+    "Close the asker's endpoint and reply cache"
+    if self.qa: self.qa.asker.close()
+
 # %% ../../nbs/40_verbalize.ipynb #2e82e441
 def config_hash(config:dict[str, Any]) -> str:
     "Short hash of a config (key order does not matter)"
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../../nbs/40_verbalize.ipynb #12f914a6
+ASKER_RUN_ONLY = ('concurrency', 'timeout', 'max_retries', 'backoff', 'backoff_max', 'rpm', 'tpm', 'budget_usd', 'budget_tokens',
+                  'prices', 'cache', 'progress', 'api_key_env', 'local_n_threads', 'models_cache')   # AskerConfig fields that change no question
+
+def _output_config(cfg:VerbalizeConfig) -> dict[str, Any]:
+    "The settings of `cfg` that change an image's output (hashed into its key)"
+    d = {k: v for k,v in cfg.to_dict().items() if k not in ('on_bad_row', 'max_images')}
+    if d.get('qa') and isinstance(d['qa'].get('asker'), dict):
+        d['qa'] = {**d['qa'], 'asker': {k: v for k,v in d['qa']['asker'].items() if k not in ASKER_RUN_ONLY}}
+    return d
 
 # %% ../../nbs/40_verbalize.ipynb #a2987a7d
 def image_key(data:bytes, path:str|Path, rec:ImageRecord|None, chash:str) -> str:
@@ -700,11 +752,17 @@ class VerbalizeResult:
     bad_rows: int = 0
     seconds: float = 0.
     root: str = ''
+    asker: dict|None = None          # the LLM asker's requests (sent, from the cache), tokens and cost (`OpenAIAsker.usage`)
+    stopped: str|None = None         # why the run stopped before the end (the asker's budget), or None
     def __repr__(self):
         ips = self.written/self.seconds if self.seconds else 0
+        a = self.asker
         return (f"VerbalizeResult({self.out}: {self.written} written, {self.skipped} already done, {self.errors} errors, "
                 + (f"{self.bad_rows} bad annotation rows recorded, " if self.bad_rows else '')
-                + f"{self.seconds:.1f} s, {ips:.2f} images/s)")
+                + f"{self.seconds:.1f} s, {ips:.2f} images/s"
+                + (f"; asker {a['model']}: {a['requests_sent']} requests sent, {a['requests_cached']} from the cache, {a['retries']} retries, "
+                   f"{a['prompt_tokens'] + a['completion_tokens']:,} tokens, ${a['cost_usd']:.4f}" if a else '')
+                + (f"; STOPPED: {self.stopped}" if self.stopped else '') + ')')
 
 # %% ../../nbs/40_verbalize.ipynb #4fbb1636
 def verbalize(images:str|Path|Iterable[str|Path|ImageRecord],              # a folder, a list of paths or `ImageRecord`s, a .txt list or an annotation file
@@ -720,8 +778,7 @@ def verbalize(images:str|Path|Iterable[str|Path|ImageRecord],              # a f
     "Verbalize `images` into `out_dir/verbalizations.jsonl`; returns a `VerbalizeResult`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     cfg = VerbalizeConfig.load(verbalizer.config if verbalizer else config, **overrides)
-    vz = verbalizer or Verbalizer(cfg)
-    chash = config_hash({k: v for k,v in cfg.to_dict().items() if k not in ('on_bad_row', 'max_images')})   # settings that change no image's output
+    chash = config_hash(_output_config(cfg))
     vpath, epath = out_dir/'verbalizations.jsonl', out_dir/'verbalize_errors.jsonl'
     if not resume:
         for p in (vpath, epath): p.unlink(missing_ok=True)
@@ -730,13 +787,18 @@ def verbalize(images:str|Path|Iterable[str|Path|ImageRecord],              # a f
     if cfg.max_images is not None: items = items[:cfg.max_images]
     done = done_keys(vpath)
     res, bs, t0 = VerbalizeResult(out_dir, root=str(Path(root).resolve()) if root else '', bad_rows=bad.n), cfg.batch_size, time.perf_counter()
-    with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, Progress(len(items), 'images', out_dir/'progress.json', 'verbalize', progress) as bar:
+    vz = verbalizer or Verbalizer(cfg, out_dir=out_dir)
+    asked = lambda: {'asked': u['requests_sent'], 'from cache': u['requests_cached']} if vz.qa and (u := vz.qa.asker.usage()) else {}
+    with JsonlWriter(vpath) as out, JsonlWriter(epath) as err, Progress(len(items), 'images', out_dir/'progress.json', 'verbalize', progress) as bar, \
+         ExitStack() as stack:
+        if verbalizer is None: stack.callback(vz.close)     # the asker's endpoint and cache: a verbalizer given is the caller's to close
         def fail(path, e, stage):
             err.write({'path': str(path), 'stage': stage, 'error': type(e).__name__, 'reason': str(e)}); res.errors += 1
         batch: list[tuple[str, str, Image.Image, ImageRecord]] = []
         def flush():
             if not batch: return
             try: vs = vz([b[2] for b in batch], [b[3] for b in batch])
+            except (BudgetExceeded, Aborted): raise          # the run stops: its images stay to do
             except Exception as e:
                 if len(batch) == 1: fail(batch[0][0], e, 'describe'); vs = []
                 else: vs = None
@@ -744,26 +806,74 @@ def verbalize(images:str|Path|Iterable[str|Path|ImageRecord],              # a f
                 vs = []
                 for b in batch:
                     try: vs += vz([b[2]], [b[3]])
+                    except (BudgetExceeded, Aborted): raise
                     except Exception as e: fail(b[0], e, 'describe'); vs.append(None)
             for b, v in zip(batch, vs):
                 if v is None: continue
                 v.meta = {'key': b[1], 'config': chash, **v.meta}
                 out.write(v); res.written += 1
-            bar.update(len(batch)); batch.clear()
-        for path, given in items:
-            try: data, im, rec = _read(path, root, given)
-            except Exception as e: fail(path, e, 'read'); bar.update(1); continue
-            key = image_key(data, path, given, chash)
-            if key in done: res.skipped += 1; bar.update(1); continue
-            done.add(key); batch.append((path, key, im, rec))
-            if len(batch) >= bs: flush()
-        flush()
+            bar.update(len(batch), **asked()); batch.clear()
+        try:
+            for path, given in items:
+                try: data, im, rec = _read(path, root, given)
+                except Exception as e: fail(path, e, 'read'); bar.update(1); continue
+                key = image_key(data, path, given, chash)
+                if key in done: res.skipped += 1; bar.update(1); continue
+                done.add(key); batch.append((path, key, im, rec))
+                if len(batch) >= bs: flush()
+            flush()
+        except BudgetExceeded: res.stopped = "the asker's budget is spent (qa.asker budget_usd / budget_tokens)"
+        finally: res.asker = vz.qa.asker.usage() if vz.qa else None
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_json(out_dir/'verbalize_run.json', {'root': res.root, 'config': cfg.to_dict(), 'config_hash': chash,
-        'images': res.written + res.skipped, 'errors': res.errors, 'bad_rows': res.bad_rows})
-    write_jsonl(out_dir/'attempts.jsonl', [{'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds}],
+        'images': res.written + res.skipped, 'errors': res.errors, 'bad_rows': res.bad_rows, 'asker': res.asker, 'stopped': res.stopped})
+    write_jsonl(out_dir/'attempts.jsonl', [{'written': res.written, 'skipped': res.skipped, 'errors': res.errors, 'seconds': res.seconds,
+                                            'asker': res.asker, 'stopped': res.stopped}],
                 append=True)   # what this call did: a resumed run's files stay those of an uninterrupted one
     return res
+
+# %% ../../nbs/40_verbalize.ipynb #5789a6b3
+@dataclass
+class AskEstimate:
+    "What the verbalizer's LLM asker would send, counted before sending"
+    images: int                  # images to verbalize
+    requests: int                # images x rounds
+    prompt_tokens: int           # estimated (see `estimate`)
+    completion_tokens_max: int   # at most: max_tokens per question
+    cost_usd: float|None         # at the asker's `prices` for its model, completions at their maximum (None: no price given)
+    model: str|None              # the model it would ask
+    counted_with: str            # how tokens were counted
+    def _repr_html_(self):
+        rows = ''.join(f'<tr><td>{k}</td><td>{v:,}</td></tr>' if isinstance(v, int) else f'<tr><td>{k}</td><td>{v}</td></tr>' for k,v in asdict(self).items())
+        return f'<b>verbalize: the LLM asker, before sending</b><table>{rows}</table>'
+
+# %% ../../nbs/40_verbalize.ipynb #3790daa5
+def estimate(images:str|Path|Iterable[str|Path|ImageRecord],              # as `verbalize` takes them
+             config:VerbalizeConfig|Mapping[str, Any]|str|Path|None=None, # as `verbalize` takes it
+             regions:str|Path|None=None,                                  # an annotation file with the images' boxes
+             image_root:str|Path|None=None,                               # the image root
+             desc_tokens:int=12,                                          # tokens per description not yet made
+             **overrides:Any) -> AskEstimate:
+    "An `AskEstimate` of the requests, tokens and cost of the LLM asker of `verbalize(images, ..., config)`, without sending"
+    cfg = VerbalizeConfig.load(config, **overrides)
+    qa = dict(cfg.qa or {}); asker = dict(qa.get('asker') or {})
+    if asker.pop('name', 'fixed') != 'openai': return AskEstimate(0, 0, 0, 0, None, None, 'no LLM asker in the config')
+    ac = AskerConfig.load(asker); rounds, ans = int(qa.get('rounds', 3)), int(qa.get('max_new_tokens', 20))
+    model = {'local': ac.local_model, 'fake': ac.model or 'fake'}.get(ac.teacher, ac.model)
+    with tempfile.TemporaryDirectory() as tmp:      # `pkg:` images are copied to be counted; nothing else is read
+        _, items = _inputs(images, regions, image_root, stage=tmp)
+    if cfg.max_images is not None: items = items[:cfg.max_images]
+    tok = lambda s: math.ceil(len(s)/4) + 4          # a message's text, and the chat template around it
+    nmax = (cfg.select or {}).get('max_regions', 8)
+    pt = 0
+    for path, given in items:
+        rec = given if given is not None and given.regions else ImageRecord(str(path), 1, 1, [Region(i, (0, 0, 1, 1), 'region') for i in range(nmax)])
+        base = tok(ASK_SYSTEM) + tok(context_text(rec, [], {})) + desc_tokens * (len(cfg.global_ or []) + len(rec.regions) * len(cfg.region or []))
+        pt += sum(base + r * (ac.max_tokens + ans + 6) for r in range(rounds))
+    req, comp = len(items) * rounds, len(items) * rounds * ac.max_tokens
+    price = (ac.prices or {}).get(model)
+    cost = (pt * price.get('prompt', 0) + comp * price.get('completion', 0)) / 1e6 if price else None
+    return AskEstimate(len(items), req, pt, comp, cost, model, 'about 4 characters per token, descriptions estimated')
 
 # %% ../../nbs/40_verbalize.ipynb #f12a8ea5
 def _wrap(t, n=60):
@@ -827,6 +937,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument('--no-resume', action='store_true', help='start over instead of skipping images already done')
     ap.add_argument('--threads', type=int, help='CPU threads for torch and OpenCV (default: theirs)')
     ap.add_argument('--grid', action='store_true', help='also save OUT/verbalizations.png showing the first images')
+    ap.add_argument('--dry-run', action='store_true', help="verbalize nothing: print what the LLM asker (qa.asker) would send, "
+                    "its tokens and cost at its prices, and write OUT/estimate.json")
     ap.add_argument('-q', '--quiet', action='store_true')
     g = add_config_args(ap, VerbalizeConfig, skip=COMPONENTS)
     g.add_argument('--max-regions', type=int, help='regions kept per image (select.max_regions)')
@@ -841,10 +953,16 @@ def main(argv:Sequence[str]|None=None) -> int:
     try:
         cfg = VerbalizeConfig.load(a.config, **config_overrides(a, VerbalizeConfig, skip=COMPONENTS))
         if a.max_regions: cfg = replace(cfg, select={**(cfg.select or {}), 'max_regions': a.max_regions})
+        if a.dry_run:
+            e = estimate(a.images, cfg, a.regions, a.image_root)
+            atomic_json(Path(a.out)/'estimate.json', asdict(e))
+            print('\n'.join(f'{k:>22}: {v:,}' if isinstance(v, int) else f'{k:>22}: {v}' for k,v in asdict(e).items()))
+            return 0
         r = verbalize(a.images, a.out, cfg, regions=a.regions, image_root=a.image_root, resume=not a.no_resume, progress=not a.quiet)
-    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError, OSError) as e:
+    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError, OSError, Aborted) as e:
         print(f'lskd verbalize: error: {e}', file=sys.stderr); return 2
     print(r)
+    if r.stopped: print(f'stopped: {r.stopped}; rerun the same command with a larger budget to go on', file=sys.stderr); return 3
     if a.grid: print(save_grid(read_jsonl(Path(a.out)/'verbalizations.jsonl', Verbalization), r.root, Path(a.out)/'verbalizations.png'))
     if r.errors or r.bad_rows: print(f'{r.errors} images failed, {r.bad_rows} annotation rows were bad: see {Path(a.out)/"verbalize_errors.jsonl"}')
     return 0
@@ -865,7 +983,9 @@ def run_stage(run_dir:str|Path, cfg:Mapping[str, Any]) -> dict[str, Any]:
     res = verbalize(src, out, config=cfg.get('verbalize') or None, regions=cfg.get('regions'), progress=False)
     verbs = list(read_jsonl(out/'verbalizations.jsonl', Verbalization))
     if not verbs and res.errors: raise RuntimeError(f"verbalize: every image failed ({res.errors} errors, the first: {_first_error(out)}); see {out/'verbalize_errors.jsonl'}")
+    if res.stopped: raise RuntimeError(f"verbalize: stopped before the end: {res.stopped}; rerunning the run goes on from the images done")
     save_grid(verbs, res.root, out/'grid.png')
     return write_stage_report(run_dir, 'verbalize', ['verbalizations.jsonl', 'grid.png'], image_root=res.root,
                               counts={'images': len(verbs), 'regions': sum(len(v.image.regions) for v in verbs), 'errors': res.errors, 'bad_rows': res.bad_rows},
-                              models=sorted({d.model for v in verbs for d in v.globals + [x for xs in v.regions.values() for x in xs]}))
+                              models=sorted({d.model for v in verbs for d in v.globals + [x for xs in v.regions.values() for x in xs]}),
+                              asker=res.asker)

@@ -9,6 +9,7 @@ from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Pro
 from .prompts import RESPONSE_FORMATS
 import json, math, re, time, random, sqlite3, hashlib, threading
 import email.utils
+from collections import Counter
 from pathlib import Path
 from fastcore.basics import patch
 
@@ -17,7 +18,7 @@ from .prompts import response_format, Prompt
 # %% auto #0
 __all__ = ['TEACHERS', 'TeacherConfig', 'request_seed', 'request_body', 'request_key', 'ReplyCache', 'NoCache', 'BudgetExceeded',
            'Meter', 'retry_after', 'is_format_error', 'is_retryable', 'send', 'request_tokens', 'RateLimiter',
-           'parse_duration', 'limiter_for']
+           'parse_duration', 'limiter_for', 'Aborted', 'Sender']
 
 # %% ../../nbs/31_teacher_client.ipynb #5e4e4af4
 TEACHERS = ('remote', 'local', 'fake')
@@ -90,6 +91,7 @@ class ReplyCache:
         self.lock = threading.Lock()
         with self.lock, self.db:
             self.db.execute('PRAGMA journal_mode=WAL')
+            self.db.execute('PRAGMA synchronous=NORMAL')   # WAL: a commit survives a killed process; no fsync per reply
             self.db.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, request TEXT, reply TEXT, '
                             'prompt_tokens INTEGER, completion_tokens INTEGER, seconds REAL, created REAL)')
             self.db.execute('CREATE TABLE IF NOT EXISTS sent (key TEXT, time REAL)')
@@ -206,16 +208,13 @@ def send(client:Any, # an `openai.OpenAI` client
          limiter:RateLimiter|None=None, # keeps the requests under rate limits (`limiter_for`); None: none
         ) -> dict[str, Any]:
     "The reply (a dict) to request `body`, retrying transient errors as `cfg` says"
-    rest = {k:v for k,v in body.items() if k not in ('model', 'messages')}
+    import httpx
     for attempt in range(cfg.max_retries + 1):
         try:
-            kw = dict(model=body['model'], messages=body['messages'], extra_body=rest, timeout=cfg.timeout)
-            if limiter is None: r = client.chat.completions.create(**kw)
-            else:      # every attempt counts against the limits; the reply's headers say what is left
-                limiter.acquire(request_tokens(body), sleep)
-                raw = client.chat.completions.with_raw_response.create(**kw)
-                limiter.follow(raw.headers); r = raw.parse()
-            return r.model_dump(mode='json', exclude_unset=True) if hasattr(r, 'model_dump') else dict(r)
+            if limiter is not None: limiter.acquire(request_tokens(body), sleep)  # every attempt counts against the limits
+            r = client.post('/chat/completions', body=body, cast_to=httpx.Response, options={'timeout': cfg.timeout})
+            if limiter is not None: limiter.follow(r.headers)                      # the reply's headers say what is left
+            return r.json()
         except Exception as e:
             if not is_retryable(e) or attempt == cfg.max_retries: raise
             ra = retry_after(e)
@@ -297,3 +296,58 @@ def follow(self:RateLimiter, headers:Any) -> None:
 def limiter_for(cfg:TeacherConfig) -> RateLimiter|None:
     "The `RateLimiter` of `cfg.rpm` / `cfg.tpm`, or None when neither is set"
     return RateLimiter(cfg.rpm, cfg.tpm) if cfg.rpm or cfg.tpm else None
+
+# %% ../../nbs/31_teacher_client.ipynb #8be163c6
+class Aborted(RuntimeError):
+    "The endpoint refused the run (key, permission, model) or is gone: no request was sent"
+
+# %% ../../nbs/31_teacher_client.ipynb #1e01aa51
+class Sender:
+    "Request bodies to one endpoint: from the reply cache, else sent within the budget and rate limits, counted and cached"
+    def __init__(self, cfg:TeacherConfig, # retries, timeout, `rpm` / `tpm`
+                 client:Any, # an `openai.OpenAI` client of the endpoint
+                 cache:ReplyCache|NoCache, # where replies are kept
+                 meter:Meter, # the run's `Meter` (usage, budget)
+                 gone:Callable[[], str|None]|None=None): # `gone()`: why the endpoint is known to be gone, or None
+        self.cfg, self.client, self.cache, self.meter, self.gone = cfg, client, cache, meter, gone
+        self.limiter = limiter_for(cfg)             # shared by the threads that send (None: no limit)
+        self.stats: Counter[str] = Counter()        # sent, cached, retries, seconds
+        self.lock, self.abort = threading.Lock(), cast(str|None, None)
+
+# %% ../../nbs/31_teacher_client.ipynb #f97434d1
+@patch
+def _count(self:Sender, k:str, n:float=1) -> None:
+    with self.lock: self.stats[k] += n  # type: ignore[assignment]   # 'seconds' adds floats to the counts
+
+@patch
+def _retry(self:Sender, e:Exception, wait:float) -> None:
+    self._count('retries')
+    if self.gone and (why := self.gone()): self.abort = why; raise Aborted(why)
+
+# %% ../../nbs/31_teacher_client.ipynb #523a39f5
+@patch
+def request(self:Sender, body:dict[str, Any]) -> tuple[dict[str, Any], str]:
+    "`(reply, request key)` for `body`: the cached reply, else the one sent now"
+    key = request_key(body)
+    if (r := self.cache.get(key)) is not None: self._count('cached'); return r, key
+    if self.abort: raise Aborted(f'not sent: the run was aborted ({self.abort})')
+    if self.meter.over_budget(): raise BudgetExceeded()
+    t0 = time.perf_counter(); self.cache.log_sent(key)
+    try: r = send(self.client, body, self.cfg, on_retry=self._retry, limiter=self.limiter)
+    except Exception as e:
+        import openai
+        if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)): self.abort = f'{type(e).__name__}: {e}'
+        raise
+    dt = time.perf_counter() - t0
+    self.meter.add(r.get('usage')); self._count('sent'); self._count('seconds', dt)
+    self.cache.put(key, body, r, dt)
+    return r, key
+
+# %% ../../nbs/31_teacher_client.ipynb #129dd51d
+@patch
+def usage(self:Sender) -> dict[str, Any]:
+    "Requests sent, cached and retried, the tokens of those sent, their cost (USD) and the seconds they took"
+    m = self.meter
+    return dict(requests_sent=self.stats['sent'], requests_cached=self.stats['cached'], retries=self.stats['retries'],
+                prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens, cost_usd=round(m.cost, 6),
+                request_seconds=round(self.stats['seconds'], 3))

@@ -9,14 +9,16 @@ from fastcore.basics import patch
 from typing import Any, Callable, Collection, cast
 
 from .client import request_key, retry_after, request_tokens, RateLimiter
+from .prompts import ASK_SYSTEM
 
 # %% auto #0
-__all__ = ['BATCH_FAULTS', 'fake_reply', 'FakeTeacher']
+__all__ = ['BATCH_FAULTS', 'fake_reply', 'fake_question', 'FakeTeacher']
 
 # %% ../../nbs/33_teacher_fake.ipynb #1f063877
 def fake_reply(body:dict[str, Any]) -> str:
-    "A deterministic reply to a chat request: JSON triples about the regions of its last user message"
+    "A deterministic reply to a chat request: JSON triples about the regions of its last user message (a question, to the verbalizer's asker)"
     text = body['messages'][-1]['content']
+    if body['messages'][0]['content'] == ASK_SYSTEM: return fake_question(body)
     k = len(re.findall(r'^\[\d+\]', text, re.M)) or 1
     n = int(m.group(1)) if (m := re.search(r'Write (\d+)', text)) else 3
     rng = random.Random(f"{body.get('seed')}:{hashlib.sha256(text.encode()).hexdigest()}")
@@ -28,6 +30,15 @@ def fake_reply(body:dict[str, Any]) -> str:
                        answer=f'[{i}] is probably {rng.choice(verbs)} [{j}] on purpose.',
                        rationale=f'[{i}] faces [{j}] and stands close to them in the scene.'))
     return json.dumps({'triples': ts})
+
+# %% ../../nbs/33_teacher_fake.ipynb #edef9f5c
+def fake_question(body:dict[str, Any]) -> str:
+    "A deterministic question to the verbalizer's asker: about one of the regions in its context"
+    text = body['messages'][-1]['content']
+    k = len(re.findall(r'^\[\d+\]', text, re.M)) or 1
+    rng = random.Random(f"{body.get('seed')}:{hashlib.sha256(text.encode()).hexdigest()}")
+    rnd = text.count('\nQ: ') + 1
+    return f"Question: in round {rnd}, what is [{rng.randrange(k)}] {rng.choice(['holding', 'looking at', 'about to do'])}? (case {rng.randrange(10**6)})"
 
 # %% ../../nbs/33_teacher_fake.ipynb #71616cf4
 class _Handler(BaseHTTPRequestHandler):

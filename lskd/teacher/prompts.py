@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import html as _html
-from typing import Any
+from typing import Any, Sequence
 import yaml
 from ..data.records import Verbalization, ImageRecord, Region, Description, QAPair, QAR
 from ..data.refs import RegionMap, parse_refs, RegionRefError
@@ -17,10 +17,10 @@ from ..io.files import shipped
 from ..data.geometry import select_regions, box_phrase
 
 # %% auto #0
-__all__ = ['PROMPT_OPTIONS', 'RESPONSE_FORMATS', 'prompt_dirs', 'find_prompt', 'PromptSpec', 'load_prompt', 'prompt_regions',
-           'render_verbalization', 'Prompt', 'task_text', 'NoRegionsError', 'build_prompt', 'answer_schema',
-           'response_format', 'ParseError', 'parse_triples', 'normalize_refs', 'check_triple', 'read_reply',
-           'reject_shares']
+__all__ = ['PROMPT_OPTIONS', 'RESPONSE_FORMATS', 'ASK_SYSTEM', 'prompt_dirs', 'find_prompt', 'PromptSpec', 'load_prompt',
+           'prompt_regions', 'render_verbalization', 'Prompt', 'task_text', 'NoRegionsError', 'build_prompt',
+           'answer_schema', 'response_format', 'ParseError', 'parse_triples', 'normalize_refs', 'check_triple',
+           'read_reply', 'reject_shares', 'ask_messages', 'clean_question']
 
 # %% ../../nbs/30_teacher_prompts.ipynb #b370a081
 PROMPT_OPTIONS = dict(
@@ -217,6 +217,8 @@ class ParseError(ValueError):
 _FENCE_RE = re.compile(r'```[a-zA-Z]*\s*\n?(.*?)(?:```|$)', re.S)
 
 # %% ../../nbs/30_teacher_prompts.ipynb #40250d62
+_TRAILING_RE = re.compile(r',\s*[}\]]')
+
 def _drop_trailing_commas(s):
     "`s` without commas that directly precede `}` or `]` (outside strings)"
     out, i, n, in_str = [], 0, len(s), False
@@ -274,7 +276,8 @@ def parse_triples(text:str|None) -> list[dict[str, Any]]:
     "Triple dicts (`question`, `answer`, `rationale`, ...) found in the teacher's reply `text`"
     if not text or not text.strip(): raise ParseError('empty reply')
     m = _FENCE_RE.search(text)
-    body = _drop_trailing_commas(m.group(1) if m else text)
+    body = m.group(1) if m else text
+    if _TRAILING_RE.search(body): body = _drop_trailing_commas(body)     # the character walk only where a comma may trail
     for v in _json_values(body):
         if ts := _triples_in(v): return ts
     objs = [t for v in _json_values(body) if isinstance(v, dict) for t in (_triples_in(v) or [])]
@@ -355,3 +358,23 @@ def reject_shares(n_accepted:int, reasons:dict[str, int]) -> dict[str, float]:
     "`{reason: share of all candidates}` from the accepted count and a Counter of reject reasons"
     total = n_accepted + sum(reasons.values())
     return {k: round(v/total, 4) for k,v in sorted(reasons.items())} if total else {}
+
+# %% ../../nbs/30_teacher_prompts.ipynb #49a7f530
+ASK_SYSTEM = ("You cannot see an image, but you can ask about it. Given what is known so far, ask ONE short, "
+              "concrete question about the image whose answer adds new information (people, actions, objects, "
+              "setting). Reply with the question only.")
+
+def ask_messages(context:str, # the image's descriptions so far
+                 history:Sequence[QAPair], # the questions asked and answered before
+                ) -> list[dict[str, str]]:
+    "The chat messages that ask for the next question about an image"
+    return [{'role': 'system', 'content': ASK_SYSTEM},
+            {'role': 'user', 'content': context + ''.join(f'\nQ: {q.question}\nA: {q.answer}' for q in history) + '\nNext question:'}]
+
+# %% ../../nbs/30_teacher_prompts.ipynb #0d08445e
+def clean_question(t:str|None, max_words:int=40) -> str:
+    "The question in an asker's reply `t` (empty if there is none)"
+    t = (t or '').strip().splitlines()[0] if (t or '').strip() else ''
+    t = re.sub(r'^(question|q)\s*[:.\-]\s*', '', t.strip().strip('"'), flags=re.I).strip()
+    t = ' '.join(t[:t.index('?') + 1 if '?' in t else None].split()[:max_words])
+    return t if not t or t.endswith('?') else t + '?'
