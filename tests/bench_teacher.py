@@ -72,7 +72,8 @@ SCALE_DOC = """`python tests/bench_teacher.py overhead [--sizes 10000 100000] [-
 the reply cache on, one request per image) against bare openai-client calls of the same request bodies, with the same
 number of threads, to the same zero-latency fake teacher (`FakeTeacher` in another process): requests a second, the
 ratio (target >= 0.8), and each side's peak RSS (its own process; target: flat within 10% from the smallest size to the
-largest). `python tests/bench_teacher.py batch [--requests 10000] [--delay 20]`: the same job in `mode: batch` through
+largest; measured as the child's VmHWM); `--sides` picks what runs, `post`: bare `client.post` calls (the openai client's untyped path, which lskd's `send` uses: the
+limit of lskd's own path). `python tests/bench_teacher.py batch [--requests 10000] [--delay 20]`: the same job in `mode: batch` through
 the fake's Batch API taking `--delay` seconds a batch: wall time against the delay, duplicates and requests lost."""
 
 
@@ -105,12 +106,16 @@ else:
     bodies = [request_body(cfg, build_prompt(v, spec), 'fake', request_seed(cfg.seed, image_key(v), 0), 'openai') for v in read_jsonl(vpath, Verbalization)]
     cl = openai.OpenAI(base_url=url, api_key='none', max_retries=0)
     def one(b):
+        if side == 'post':      # the client's untyped path, as lskd's `send` uses it: the body as it is, the reply's JSON
+            import httpx
+            return cl.post('/chat/completions', body=b, cast_to=httpx.Response).json()
         rest = {k: v for k, v in b.items() if k not in ('model', 'messages')}
         return cl.chat.completions.create(model=b['model'], messages=b['messages'], extra_body=rest)
     t = time.perf_counter()
     with ThreadPoolExecutor(conc) as ex: ok = sum(1 for _ in ex.map(one, bodies))
     dt = time.perf_counter() - t; n = len(bodies)
-print(json.dumps({'side': side, 'requests': n, 'ok': ok, 'seconds': dt, 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]      # this program's peak RSS: ru_maxrss would count the parent's at the fork
+print(json.dumps({'side': side, 'requests': n, 'ok': ok, 'seconds': dt, 'peak_rss_mib': int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -119,19 +124,22 @@ def overhead_main(argv):
     import subprocess, tempfile
     from lskd.teacher.fake import FakeTeacher
     ap = argparse.ArgumentParser(description=SCALE_DOC); ap.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000])
-    ap.add_argument('--concurrency', type=int, default=8); a = ap.parse_args(argv)
-    print('| requests | bare client (req/s) | lskd generate (req/s) | lskd / bare | peak RSS bare (MiB) | peak RSS lskd (MiB) |\n|---|---|---|---|---|---|')
+    ap.add_argument('--concurrency', type=int, default=8)
+    ap.add_argument('--sides', nargs='+', default=['bare', 'lskd'], choices=['bare', 'lskd', 'post'],
+                    help='what to run: bare create() calls, lskd generate, bare client.post calls (the untyped path lskd uses)'); a = ap.parse_args(argv)
+    print('| requests | side | requests/s | peak RSS (MiB) |\n|---|---|---|---|')
     for n in a.sizes:
         with tempfile.TemporaryDirectory() as d:
             vpath = _verbs(n, Path(d)/'v.jsonl'); got = {}
-            for side in ('bare', 'lskd'):
+            for side in a.sides:
                 with FakeTeacher() as ft:     # a fresh fake per side; the fake runs in this process, each side in its own
                     r = subprocess.run([sys.executable, '-c', _CHILD, side, str(vpath), str(Path(d)/f'out-{side}'), ft.base_url, str(a.concurrency)],
                                        capture_output=True, text=True)
                     assert r.returncode == 0, r.stderr[-2000:]
                     got[side] = json.loads(r.stdout.strip().splitlines()[-1]); assert got[side]['ok'] == n and ft.ok == n
-            b, l = got['bare'], got['lskd']
-            print(f"| {n:,} | {n/b['seconds']:.0f} | {n/l['seconds']:.0f} | {b['seconds']/l['seconds']:.2f} | {b['peak_rss_mib']:.0f} | {l['peak_rss_mib']:.0f} |", flush=True)
+                print(f"| {n:,} | {side} | {n/got[side]['seconds']:.0f} | {got[side]['peak_rss_mib']:.0f} |", flush=True)
+            if 'lskd' in got:
+                for side in set(got) - {'lskd'}: print(f"lskd / {side} at {n:,} requests: {got[side]['seconds']/got['lskd']['seconds']:.2f}", flush=True)
 
 
 def batch_main(argv):

@@ -329,6 +329,28 @@ def test_batch_failures_go_into_a_new_batch_never_the_answered(vfile, tmp_path, 
     assert same_corpus(live, tmp_path/'b')
 
 
+def test_batch_keeps_the_budget(vfile, tmp_path):
+    "With a budget, the batch holds only what cannot take the run over it (at most, at the batch price); the live phase spends what is left"
+    from lskd.stages.generate import _within_budget, GenerateConfig, Teacher, image_key
+    from lskd.teacher.client import Meter, NoCache
+    from lskd.teacher.prompts import load_prompt, build_prompt
+    from lskd.data.records import Verbalization
+    cfg = GenerateConfig(**QUICK, samples=2, **BATCH)
+    spec = load_prompt(cfg.prompt, **cfg.prompt_options); t = Teacher(cfg, None, 'fake', NoCache(), Meter())
+    bodies = [b for v in read_jsonl(vfile, Verbalization) for b in t.first_bodies(build_prompt(v, spec), image_key(v))]
+    cost = [FakeTeacher().completion(b)['usage']['total_tokens'] for b in bodies]      # what the fake will bill each
+    budget = sum(cost) // 2
+    fit = len(_within_budget(bodies, GenerateConfig(**QUICK, samples=2, budget_tokens=budget, **BATCH), Meter()))
+    assert 0 < fit < len(bodies)
+    with FakeTeacher(batch_delay=0.05) as ft:
+        r = run(vfile, tmp_path/'b', ft, samples=2, budget_tokens=budget, **BATCH)
+        assert ft.batch_served == fit and r.status == 'budget'
+    att = json.loads((tmp_path/'b'/'attempts.jsonl').read_text().splitlines()[-1])
+    u = att['batch']['usage']; batch, live = u['prompt_tokens'] + u['completion_tokens'], att['sent_prompt_tokens'] + att['sent_completion_tokens']
+    assert att['batch']['held_back_by_budget'] == len(bodies) - fit and batch < budget
+    assert budget <= batch + live < budget + 4*max(cost)      # live requests start only under the budget (4 in flight at most)
+
+
 def test_batch_failures_go_live_after_batch_rounds(vfile, tmp_path, live):
     with FakeTeacher(batch_delay=0.05) as ft:
         ft.fail_batch('expired')

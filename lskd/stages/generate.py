@@ -21,7 +21,7 @@ from ..io.config import Positive, add_config_args, config_overrides, PositiveFlo
 from ..io.files import atomic_write, atomic_json
 from ..io.progress import write_progress
 from ..teacher.prompts import Prompt, PromptSpec, load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
-from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, Sender, is_format_error, request_body, request_key, request_seed
+from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, Sender, is_format_error, request_body, request_key, request_seed, request_tokens
 from ..teacher.endpoint import teacher_endpoint
 from ..teacher.batch import run_batches, import_replies
 
@@ -136,10 +136,26 @@ def _prefill(cfg:GenerateConfig, vpath:Path, n_total:int, spec:PromptSpec, teach
     rep: dict[str, Any] = {}
     if cfg.import_replies: rep['imported'] = import_replies(cfg.import_replies, bodies, cache)
     if cfg.mode == 'batch':
-        r = run_batches(client, bodies, cache, out/'batches.json', cfg.batch_rounds, cfg.batch_poll_s, progress=cfg.progress)
-        r['cost_usd'] = round(teacher.meter.cost_of(r['usage']['prompt_tokens'], r['usage']['completion_tokens']) * cfg.batch_price, 6)
+        todo = [b for b in bodies if cache.get(request_key(b)) is None]
+        fit = _within_budget(todo, cfg, teacher.meter)
+        r = run_batches(client, fit, cache, out/'batches.json', cfg.batch_rounds, cfg.batch_poll_s, progress=cfg.progress)
+        u = r['usage']; r['cost_usd'] = round(teacher.meter.cost_of(u['prompt_tokens'], u['completion_tokens']) * cfg.batch_price, 6)
+        r['held_back_by_budget'] = len(todo) - len(fit)
+        teacher.meter.other_usd += r['cost_usd']; teacher.meter.other_tokens += u['prompt_tokens'] + u['completion_tokens']   # the live phase's budget is what is left
         rep['batch'] = r
     return rep
+
+# %% ../../nbs/41_generate.ipynb #00607709
+def _within_budget(bodies:list[dict[str, Any]], cfg:GenerateConfig, meter:Meter) -> list[dict[str, Any]]:
+    "The first `bodies` whose cost at most (prompt + `max_tokens` per choice, at the batch price) stays within the run's budget"
+    if cfg.budget_usd is None and cfg.budget_tokens is None: return bodies
+    usd, tok, out = meter.cost + meter.other_usd, meter.tokens + meter.other_tokens, []
+    for b in bodies:
+        t = request_tokens(b); comp = int(b.get('max_tokens') or 0) * int(b.get('n') or 1)
+        u = meter.cost_of(t - comp, comp) * cfg.batch_price
+        if (cfg.budget_usd is not None and usd + u > cfg.budget_usd) or (cfg.budget_tokens is not None and tok + t > cfg.budget_tokens): break
+        usd, tok = usd + u, tok + t; out.append(b)
+    return out
 
 # %% ../../nbs/41_generate.ipynb #032d7015
 OUTPUTS = ('corpus.jsonl', 'corpus_lskd.jsonl', 'rejects.jsonl')

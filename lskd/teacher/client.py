@@ -151,6 +151,7 @@ class Meter:
         self.price = cast(dict[str|None, dict[str, float]], prices or {}).get(model) or {}
         self.budget_usd, self.budget_tokens = budget_usd, budget_tokens
         self.prompt_tokens = self.completion_tokens = self.requests = 0
+        self.other_usd, self.other_tokens = 0.0, 0      # spent in this run outside these requests (a batch, at its price): against the budget too
         self.lock = threading.Lock()
     @property
     def tokens(self) -> int: return self.prompt_tokens + self.completion_tokens
@@ -169,8 +170,8 @@ def add(self:Meter, usage:dict[str, Any]|None) -> None:
 # %% ../../nbs/31_teacher_client.ipynb #38d9be69
 @patch
 def over_budget(self:Meter) -> bool:
-    return ((self.budget_usd is not None and self.cost >= self.budget_usd) or
-            (self.budget_tokens is not None and self.tokens >= self.budget_tokens))
+    return ((self.budget_usd is not None and self.cost + self.other_usd >= self.budget_usd) or
+            (self.budget_tokens is not None and self.tokens + self.other_tokens >= self.budget_tokens))
 
 # %% ../../nbs/31_teacher_client.ipynb #c9824aca
 def retry_after(exc:BaseException) -> float|None:
