@@ -22,7 +22,7 @@ from ..io.files import atomic_write, atomic_json
 from ..io.progress import write_progress
 from ..teacher.prompts import Prompt, PromptSpec, load_prompt, build_prompt, read_reply, reject_shares, response_format, NoRegionsError, RESPONSE_FORMATS
 from ..teacher.client import TeacherConfig, BudgetExceeded, Meter, NoCache, ReplyCache, Sender, is_format_error, request_body, request_key, request_seed, request_tokens
-from ..teacher.endpoint import teacher_endpoint
+from ..teacher.endpoint import teacher_endpoint, endpoint_model
 from ..teacher.batch import run_batches, import_replies
 
 # %% auto #0
@@ -398,8 +398,7 @@ class Estimate:
 # %% ../../nbs/41_generate.ipynb #21e98623
 def _price(cfg):
     "The `cfg.prices` entry of the model the run would talk to (as `teacher_endpoint` names it), or None"
-    model = {'local': cfg.local_model, 'fake': cfg.model or 'fake'}.get(cfg.teacher, cfg.model)
-    return (cfg.prices or {}).get(model)
+    return (cfg.prices or {}).get(endpoint_model(cfg))
 
 # %% ../../nbs/41_generate.ipynb #21e6a9d9
 def estimate(verbalizations:str|Path,                                           # verbalizations.jsonl

@@ -20,7 +20,7 @@ from ..io.config import Config, Positive, NonNegative, OnBadRow, add_config_args
 from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from ..teacher.client import TeacherConfig, Sender, ReplyCache, NoCache, Meter, BudgetExceeded, Aborted
-from ..teacher.endpoint import teacher_endpoint
+from ..teacher.endpoint import teacher_endpoint, endpoint_model
 from ..teacher.prompts import ASK_SYSTEM, ask_messages, clean_question
 from ..io.files import atomic_json, require, EXTRAS
 from ..io.progress import Progress
@@ -859,7 +859,7 @@ def estimate(images:str|Path|Iterable[str|Path|ImageRecord],              # as `
     qa = dict(cfg.qa or {}); asker = dict(qa.get('asker') or {})
     if asker.pop('name', 'fixed') != 'openai': return AskEstimate(0, 0, 0, 0, None, None, 'no LLM asker in the config')
     ac = AskerConfig.load(asker); rounds, ans = int(qa.get('rounds', 3)), int(qa.get('max_new_tokens', 20))
-    model = {'local': ac.local_model, 'fake': ac.model or 'fake'}.get(ac.teacher, ac.model)
+    model = endpoint_model(ac)
     with tempfile.TemporaryDirectory() as tmp:      # `pkg:` images are copied to be counted; nothing else is read
         _, items = _inputs(images, regions, image_root, stage=tmp)
     if cfg.max_images is not None: items = items[:cfg.max_images]

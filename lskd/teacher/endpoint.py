@@ -12,7 +12,7 @@ from .fake import FakeTeacher
 from .server import TeacherServer, fetch_models
 
 # %% auto #0
-__all__ = ['teacher_endpoint']
+__all__ = ['endpoint_model', 'teacher_endpoint']
 
 # %% ../../nbs/34_teacher_endpoint.ipynb #24dc7986
 def _api_key(cfg:TeacherConfig, base_url:str|None) -> str:
@@ -23,6 +23,11 @@ def _api_key(cfg:TeacherConfig, base_url:str|None) -> str:
         raise ValueError(f"no API key: set the environment variable {name!r} (config api_key_env names it), "
                          "or point base_url at a server that needs none")
     return 'sk-no-key'      # local servers (llama.cpp, vLLM without --api-key) accept any key
+
+# %% ../../nbs/34_teacher_endpoint.ipynb #4b6da49a
+def endpoint_model(cfg:TeacherConfig) -> str|None:
+    "The model name `teacher_endpoint(cfg)` gives: the local registry name, the fake's `model` (or 'fake'), else `model`"
+    return {'local': cfg.local_model, 'fake': cfg.model or 'fake'}.get(cfg.teacher, cfg.model)
 
 # %% ../../nbs/34_teacher_endpoint.ipynb #43095a5e
 @contextmanager
