@@ -18,7 +18,7 @@ from ..data.records import check_box
 # %% auto #0
 __all__ = ['FAMILIES', 'FAMILY_MODULES', 'ImageTextModel', 'pair_index', 'similarity', 'Batch', 'read_model_json',
            'register_family', 'family_class', 'build_model', 'load_model', 'model_settings', 'BowConfig', 'bow_words',
-           'BowModel']
+           'BowModel', 'Words']
 
 # %% ../../nbs/20_models_core.ipynb #1a8d6008
 class ImageTextModel(nn.Module):
@@ -109,6 +109,7 @@ class Batch:
     "Mixin for dataclass batches of tensors: `len`, `b[idx]` (indexes every tensor field), `to(device, dtype)` (floating fields take `dtype`)"
     def __len__(self) -> int: return len(next(getattr(self, k.name) for k in fields(self) if torch.is_tensor(getattr(self, k.name))))  # type: ignore[arg-type]  # a mixin of dataclasses
     def __getitem__(self, idx:Sequence[int]|torch.Tensor) -> Batch: idx = torch.as_tensor(idx, dtype=torch.long); return self._map(lambda t: t[idx])
+    fills: dict[str, Any] = {}     # what a tensor field pads with when batches are joined (`lskd.models.dist`); 0 where it is not named
 
 # %% ../../nbs/20_models_core.ipynb #e682e056
 @patch
@@ -302,13 +303,20 @@ def _pad_ids(items):
     for n,i in enumerate(items): out[n, :len(i)] = i
     return out
 
+# %% ../../nbs/20_models_core.ipynb #a0a33b6a
+@dataclass
+class Words(Batch):
+    "A batch of the bag-of-words family's texts: word ids (N,T), -1 pads"
+    ids: torch.Tensor
+    fills = {'ids': -1}
+
 # %% ../../nbs/20_models_core.ipynb #574b9fff
 @patch
 def text_items(self:BowModel, texts:Iterable[str]) -> list[torch.Tensor]: return [torch.tensor(bow_words(t, self.config.vocab)) for t in texts]
 
 # %% ../../nbs/20_models_core.ipynb #93dfb26a
 @patch
-def collate_texts(self:BowModel, items:list[torch.Tensor]) -> torch.Tensor: return _pad_ids(items).to(self.device)
+def collate_texts(self:BowModel, items:list[torch.Tensor]) -> Words: return Words(_pad_ids(items).to(self.device))
 
 # %% ../../nbs/20_models_core.ipynb #f3011e03
 def _bag(emb, ids):
@@ -318,8 +326,8 @@ def _bag(emb, ids):
 
 # %% ../../nbs/20_models_core.ipynb #17cd0b67
 @patch
-def joint(self:BowModel, img:torch.Tensor, txt:torch.Tensor, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
-    return _bag(self.words, txt) * self.pixels(img[pair_index(index, len(txt), img.device)])
+def joint(self:BowModel, img:torch.Tensor, txt:Words, index:Sequence[int]|torch.Tensor|None=None) -> torch.Tensor:
+    return _bag(self.words, txt.ids) * self.pixels(img[pair_index(index, len(txt), img.device)])
 
 # %% ../../nbs/20_models_core.ipynb #f515483e
 @patch
@@ -331,4 +339,4 @@ def embed_images(self:BowModel, img:torch.Tensor) -> torch.Tensor: return F.norm
 
 # %% ../../nbs/20_models_core.ipynb #771e4bf6
 @patch
-def embed_texts(self:BowModel, txt:torch.Tensor) -> torch.Tensor: return F.normalize(self.txt_itc(_bag(self.words, txt)), dim=-1)
+def embed_texts(self:BowModel, txt:Words) -> torch.Tensor: return F.normalize(self.txt_itc(_bag(self.words, txt.ids)), dim=-1)

@@ -110,6 +110,7 @@ class TextFeats(Batch):
     mask: torch.Tensor
     refs: torch.Tensor
     pooled: torch.Tensor
+    fills = {'refs': -1}             # joined batches pad `refs` as `collate` does (`lskd.models.dist`)
 
 # %% ../../nbs/24_models_fusion.ipynb #370d9756
 @patch(cls_method=True)

@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 from ..data.records import QAR, Region, check_field, is_text, is_number, open_image, image_path, check_box
 from ..data.refs import RegionMap, RegionRefError, parse_refs, remap_text, draw_order, model_text, repoint, swap_refs
-from ..io.jsonl import JsonlWriter, read_jsonl, BadRows, write_jsonl, repair_jsonl
+from ..io.jsonl import JsonlWriter, read_jsonl, BadRows, write_jsonl, repair_jsonl, skip_row
 from ..data.formats import as_qar
 from ..data.draw import draw_regions, visual_prompt, png_bytes, color_hex, region_color, beside
 from ..io.files import atomic_path, atomic_write
@@ -24,7 +24,9 @@ from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Pro
 from fastcore.basics import patch
 import shutil, torch.nn as nn
 from ..models.core import ImageTextModel, load_model, model_settings
-from ..models.train import TrainConfig, fit, seed_all
+from ..models.train import TrainConfig, fit, seed_all, accelerator
+from ..models.dist import world, all_sum
+import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['SYNTHETIC_KINDS', 'SYNTHETIC_LABELS', 'qar_key', 'Label', 'read_labels', 'current_labels', 'Consensus', 'consensus',
@@ -417,7 +419,10 @@ def forward(self:CriticNet,
         scores = torch.cat([self.qa_head(s).mean(1), self.rationale_head(s).mean(1)], -1).float()
     else: j = self.model.joint(img, txt); scores = torch.sigmoid(torch.cat([self.qa_head(j), self.rationale_head(j)], -1)).float()
     out = {'itm': self.model.itm_head(j), 'scores': scores}
-    return out if accept is None else {'loss': critic_loss(out, accept, cast(torch.Tensor, qa), cast(torch.Tensor, rationale), class_weight)}
+    if accept is None: return out
+    R = world()[1]
+    loss = critic_loss(out, accept, cast(torch.Tensor, qa), cast(torch.Tensor, rationale), class_weight, across=R > 1)
+    return {'loss': loss if R == 1 else loss + (all_sum(loss)/R - loss).detach()}   # with several processes: the global batch's figure, this process's gradient
 
 # %% ../../nbs/42_critic.ipynb #ac7c2cf0
 @patch
@@ -518,13 +523,17 @@ def critic_loss(out:dict,            # `CriticNet` outputs `{'itm', 'scores'}`
                 qa:torch.Tensor,      # (N,) QA ratings in 0..1, NaN when missing
                 rationale:torch.Tensor,  # (N,) rationale ratings in 0..1, NaN when missing
                 class_weight:torch.Tensor|None=None,  # weights of (reject, accept) in the cross-entropy
+                across:bool=False,    # several processes: this process's share of the loss of all their batches together
                ) -> torch.Tensor:
     "CE(accept) + 0.5 MSE(QA head, QA rating) + 0.5 MSE(rationale head, rationale rating); NaN ratings skipped"
-    loss = F.cross_entropy(out['itm'].float(), accept.long(), weight=class_weight)
+    y = accept.long(); ce = F.cross_entropy(out['itm'].float(), y, weight=class_weight, reduction='none')   # w[y] x CE
+    terms = [(ce.sum(), class_weight.to(ce)[y].sum() if class_weight is not None else torch.tensor(float(len(y))))]
     for k,t in ((0, qa), (1, rationale)):
         m = ~torch.isnan(t)
-        if m.any(): loss = loss + 0.5*F.mse_loss(out['scores'][m, k], t[m])
-    return loss
+        terms.append((0.5*((out['scores'][:, k] - t.nan_to_num())**2 * m).sum(), m.sum().float()))
+    R = world()[1] if across else 1
+    dens = all_sum(torch.stack([d for _,d in terms])) if R > 1 else [d for _,d in terms]
+    return R * sum(n / d for (n,_),d in zip(terms, dens) if d > 0)     # each term a mean over the (global) batch
 
 # %% ../../nbs/42_critic.ipynb #4ac56bb7
 def _targets(exs):
@@ -532,14 +541,21 @@ def _targets(exs):
             torch.tensor([e.rationale for e in exs], dtype=torch.float32))
 
 # %% ../../nbs/42_critic.ipynb #0cb1b79e
-def _epochs(n, bs, seed):
-    "`data(position)` for `fit`: the index batches of a seeded permutation per epoch, from `position` on"
+def _chunks(xs, size, least=1):
+    "Consecutive chunks of `size`; a last chunk with fewer than `least` joins the one before (so that each process gets one)"
+    c = [xs[i:i+size] for i in range(0, len(xs), size)]
+    if len(c) > 1 and len(c[-1]) < least: last = c.pop(); c[-1] = c[-1] + last
+    return c
+
+def _epochs(n, bs, seed, rank=0, procs=1):
+    "`data(position)` for `fit`: the index batches of a seeded permutation per epoch, from `position` on; with `procs` processes, a step takes `procs` x `bs` and this process every `procs`-th of them"
+    if n < procs: raise ValueError(f"{n} training items for {procs} processes: each process needs at least one")
     def data(pos):
         ep, b = pos
         while True:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed*1000 + ep)).tolist()
-            chunks = [perm[i:i+bs] for i in range(0, n, bs)]
-            for k in range(b, len(chunks)): yield [ep, k + 1], chunks[k]
+            chunks = _chunks(perm, bs*procs, procs)
+            for k in range(b, len(chunks)): yield [ep, k + 1], chunks[k][rank::procs]
             ep, b = ep + 1, 0
     return data
 
@@ -551,6 +567,17 @@ def _predict_items(net, items, batch_size=64):
     for i in range(0, len(items), batch_size):
         o = net(*collate(net.model, items[i:i+batch_size])); p.append(o['itm'].float().softmax(-1)[:, 1].cpu()); s.append(o['scores'].float().cpu())
     return (torch.cat(p).numpy(), torch.cat(s).numpy()) if p else (np.zeros(0), np.zeros((0, 2)))
+
+# %% ../../nbs/42_critic.ipynb #31617cf5
+@torch.no_grad()
+def _predict_shared(net, items, batch_size=64):
+    "`_predict_items` with the items shared out over the processes; every process gets all the predictions"
+    r, R = world()
+    if R == 1: return _predict_items(net, items, batch_size)
+    parts: list[Any] = [None]*R; dist.all_gather_object(parts, _predict_items(net, items[r::R], batch_size))
+    p, s = np.zeros(len(items)), np.zeros((len(items), 2))
+    for k,(pk, sk) in enumerate(parts): p[k::R], s[k::R] = pk, sk
+    return p, s
 
 # %% ../../nbs/42_critic.ipynb #990f34ed
 def _load_corpus(corpus, on_bad=None):
@@ -580,6 +607,23 @@ def _critic_setup(corpus,        # JSONL path(s) of the triples, or the triples
     for _ in range(augment): tr_views += [_view(e.qar, max_regions, rng) for e in train]; tr_ex += train
     return tr_ex, tr_views, val, [_view(e.qar, max_regions) for e in val]
 
+# %% ../../nbs/42_critic.ipynb #b7240ea4
+def _critic_data(m,           # the model
+                 items,       # the training items (`critic_items`)
+                 examples,    # their `Example`s
+                 batch_size,  # per process
+                 seed,
+                 balance,     # weigh accept and reject the same
+                 rank=0, procs=1):
+    "`data(position)` for `fit`: `(position, inputs)` of this process's batches"
+    acc, qa, ra = _targets(examples); npos = int(acc.sum())
+    cw = torch.tensor([len(acc)/(2*max(1, len(acc)-npos)), len(acc)/(2*max(1, npos))]) if balance else None
+    def data(pos):
+        for p, b in _epochs(len(items), batch_size, seed, rank, procs)(pos):
+            img, txt = collate(m, [items[i] for i in b]); dev = m.device
+            yield p, dict(img=img, txt=txt, accept=acc[b].to(dev), qa=qa[b].to(dev), rationale=ra[b].to(dev), class_weight=None if cw is None else cw.to(dev))
+    return data
+
 # %% ../../nbs/42_critic.ipynb #04b510ee
 def _critic_train_config(n,             # training items
                          epochs,
@@ -587,9 +631,10 @@ def _critic_train_config(n,             # training items
                          lr,            # the (constant) learning rate
                          weight_decay,
                          seed,
-                         device):
+                         device,
+                         procs=1):      # processes
     "The `TrainConfig` of the critic: constant `lr`, one log record, checkpoint and held-out check per epoch"
-    per_epoch = math.ceil(n / batch_size)
+    per_epoch = len(_chunks(range(n), batch_size*procs, procs))
     return TrainConfig(steps=epochs*per_epoch, batch_size=batch_size, lr=lr, min_lr=lr, warmup_steps=0, weight_decay=weight_decay,
                        grad_clip=None, seed=seed, save_every=per_epoch, log_every=per_epoch, device=device), per_epoch
 
@@ -631,43 +676,43 @@ def train_critic(corpus:str|Path|Iterable[str|Path|QAR],  # JSONL path(s) of the
     "Train a critic on `labels` of `corpus`, evaluate it on held-out images, save it to `out`; returns its report dict"
     c = CriticConfig.load(config, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    accel = accelerator(TrainConfig(device=c.device or 'cpu')); r, R, main = accel.process_index, accel.num_processes, accel.is_main_process
     tr_ex, tr_views, val, va_views = _critic_setup(corpus, labels, c.heldout, c.heldout_seed, c.max_regions, c.augment, c.seed,
-                                                   BadRows(c.on_bad_row, out/'critic_errors.jsonl'))
+                                                   BadRows(c.on_bad_row, out/'critic_errors.jsonl') if main else skip_row if c.on_bad_row == 'record' else None)
     seed_all(c.seed)
-    m = load_model(c.model, c.device or 'cpu', **c.model_config)
+    m = load_model(c.model, accel.device, **c.model_config)
     if c.cache_dir: m.use_cache_dir(c.cache_dir)
     net = CriticNet(m)
     lr = c.lr or m.default_lr['critic']
     setup = {'model': {'family': m.family, 'config': asdict(m.config)}, 'n_train': len(tr_ex), 'n_val': len(val), 'lr': lr,
-             'batch_size': c.batch_size, 'seed': c.seed, 'max_regions': c.max_regions, 'augment': c.augment, 'balance': c.balance}
-    resume = _check_setup(out, setup, resume)
+             'batch_size': c.batch_size, 'seed': c.seed, 'max_regions': c.max_regions, 'augment': c.augment, 'balance': c.balance,
+             **({'processes': R} if R > 1 else {})}
+    resume = _check_setup(out, setup, resume, main, accel.wait_for_everyone)
     root, batch_size, seed = c.image_root, c.batch_size, c.seed
     tr_items, va_items = critic_items(m, tr_views, root), critic_items(m, va_views, root)
-    acc, qa, ra = _targets(tr_ex); npos = int(acc.sum())
-    cw = torch.tensor([len(acc)/(2*max(1, len(acc)-npos)), len(acc)/(2*max(1, npos))]) if c.balance else None
-    yv = np.array([e.accept for e in val])
-    def data(pos):
-        for p, b in _epochs(len(tr_items), batch_size, seed)(pos):
-            img, txt = collate(m, [tr_items[i] for i in b]); dev = m.device
-            yield p, dict(img=img, txt=txt, accept=acc[b].to(dev), qa=qa[b].to(dev), rationale=ra[b].to(dev), class_weight=None if cw is None else cw.to(dev))
+    data, yv = _critic_data(m, tr_items, tr_ex, batch_size, seed, c.balance, r, R), np.array([e.accept for e in val])
     def held():
         if not len(val): return {}
-        pv, _ = _predict_items(net, va_items); return {'val_auc': roc_auc(pv, yv), 'val_acc': float(((pv >= 0.5) == yv).mean())}
-    cfg, per_epoch = _critic_train_config(len(tr_items), c.epochs, batch_size, lr, c.weight_decay, seed, c.device)
-    history = fit(net, data, cfg, out, resume=resume, progress=progress, desc=f'critic ({m.family})', evaluate=held, eval_every=per_epoch,
+        pv, _ = _predict_shared(net, va_items); return {'val_auc': roc_auc(pv, yv), 'val_acc': float(((pv >= 0.5) == yv).mean())}
+    cfg, per_epoch = _critic_train_config(len(tr_items), c.epochs, batch_size, lr, c.weight_decay, seed, c.device, R)
+    history = fit(net, data, cfg, out, accel, resume=resume, progress=progress, desc=f'critic ({m.family})', evaluate=held, eval_every=per_epoch,
                   size=lambda inp: len(inp['accept']))
     for h in history: h['epoch'] = h['step'] // per_epoch
-    if history: history.plot(out/'loss.png', title=f'critic ({m.family})')
-    return _critic_report(net, out, va_items, val, yv, c.threshold, c.target_precision, c.max_regions, history, len(tr_ex))
+    if history and main: history.plot(out/'loss.png', title=f'critic ({m.family})')
+    return _critic_report(net, out, va_items, val, yv, c.threshold, c.target_precision, c.max_regions, history, len(tr_ex), main)
 
 # %% ../../nbs/42_critic.ipynb #0065aea4
-def _check_setup(out, setup, resume):
-    "Resume only a run with the same setup (it is kept in `out/setup.json`); else start again"
+def _check_setup(out, setup, resume, main=True, sync=lambda: None):
+    "Resume only a run with the same setup (it is kept in `out/setup.json`); else start again. Every process reads it, the main one writes it (`sync`: a barrier)"
     p, s = Path(out)/'setup.json', json.loads(json.dumps(setup, sort_keys=True, default=str))
     if resume and p.exists() and json.loads(p.read_text()) != s:
-        warnings.warn(f"{out}: not resuming (the setup changed); training from scratch"); resume = False
-    if not resume: shutil.rmtree(Path(out)/'checkpoints', ignore_errors=True)
-    atomic_write(p, json.dumps(s, indent=1))
+        if main: warnings.warn(f"{out}: not resuming (the setup changed); training from scratch")
+        resume = False
+    sync()
+    if main:
+        if not resume: shutil.rmtree(Path(out)/'checkpoints', ignore_errors=True)
+        atomic_write(p, json.dumps(s, indent=1))
+    sync()
     return resume
 
 # %% ../../nbs/42_critic.ipynb #b2092d5f
@@ -691,9 +736,10 @@ def _critic_report(net,               # the trained `CriticNet`
                    target_precision,  # or None
                    max_regions,       # regions drawn per triple (saved with the critic)
                    history,           # the loop's log records
-                   n_train):          # training examples
+                   n_train,           # training examples
+                   main=True):        # the process that writes (every process computes the report)
     "Held-out metrics and threshold, the plot, and the saved critic; the report"
-    pv, _ = _predict_items(net, va_items)
+    pv, _ = _predict_shared(net, va_items)
     if target_precision is not None and len(val):
         t = threshold_for_precision(pv, yv, target_precision)
         if t is None: warnings.warn(f"no threshold reaches precision {target_precision} on the held-out labels; keeping {threshold}")
@@ -706,9 +752,10 @@ def _critic_report(net,               # the trained `CriticNet`
         report['val_by_kind'] = {k: float((pv[[i for i,e in enumerate(val) if (e.kind or 'human') == k]] >= threshold).mean())
                                  for k in sorted({e.kind or 'human' for e in val})}
         report['val_auc_by_kind'] = auc_by_kind(pv, val)
-        plot_thresholds(pv, yv, threshold, Path(out)/'thresholds.png', f'critic ({m.family}) on {len(val)} held-out labels')
-        np.save(Path(out)/'val_predictions.npy', np.stack([pv, yv]))
-    save_critic(net, out, report)
+        if main:
+            plot_thresholds(pv, yv, threshold, Path(out)/'thresholds.png', f'critic ({m.family}) on {len(val)} held-out labels')
+            np.save(Path(out)/'val_predictions.npy', np.stack([pv, yv]))
+    if main: save_critic(net, out, report)
     return report
 
 # %% ../../nbs/42_critic.ipynb #a6ae0b4c

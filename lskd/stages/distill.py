@@ -4,7 +4,7 @@
 
 # %% ../../nbs/43_distill.ipynb #9a1b7e78
 from __future__ import annotations
-import json, os, random, re, sys, time, argparse, warnings
+import hashlib, json, os, random, re, sys, time, argparse, warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from dataclasses import dataclass, field, asdict, fields, replace
@@ -21,15 +21,16 @@ from ..data.draw import visual_prompt
 from ..data.stats import heldout_image
 from ..io.config import Positive, Count, NonNegative, Probability, Fraction, OnBadRow, add_config_args, config_overrides
 from ..io.files import atomic_path, atomic_write
-from ..models.core import ImageTextModel, load_model, build_model, model_settings
+from ..models.core import ImageTextModel, load_model, build_model, model_settings, similarity
+from ..models.dist import world, gather, gather_batch, cat_batches, all_sum
 from ..models.train import TrainConfig, History, accelerator, fit, latest_checkpoint, seed_all
 _T = TypeVar('_T')
 
 # %% auto #0
 __all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
-           'scan_corpus', 'CorpusStream', 'grounding_qars', 'DistillConfig', 'same_image', 'itc_loss', 'hard_negatives',
-           'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill', 'heldout_examples',
-           'retrieval_groups', 'retrieval_accuracy', 'parser', 'main', 'run_stage']
+           'scan_corpus', 'CorpusStream', 'grounding_qars', 'DistillConfig', 'image_ids', 'same_image', 'itc_loss',
+           'hard_negatives', 'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill',
+           'heldout_examples', 'retrieval_groups', 'retrieval_accuracy', 'parser', 'main', 'run_stage']
 
 # %% ../../nbs/43_distill.ipynb #9235a080
 # `as_qar` (lskd.data.formats) reads a corpus line: lskd's own format or a released LSKD row
@@ -222,6 +223,7 @@ class DistillConfig(TrainConfig):
     model_config: dict = field(default_factory=dict)   # the family's settings, e.g. {encoders: [toy-image, toy-text]}, {path: BLIP2_FOLDER}
     itc_weight: NonNegative = 1.0           # weight of the contrastive (ITC) loss
     itm_weight: NonNegative = 1.0           # weight of the matching (ITM) loss
+    local_loss: bool = False                # several processes: each process's own batch (in-batch ITC and negatives, as one GPU would), not the global batch
     buffer_size: Positive = 1000            # shuffle buffer (examples)
     p_distract: Probability = 0.5           # draw the other regions of the image too (distractors)
     p_rationale: Probability = 0.5          # keep the rationale in the text
@@ -245,17 +247,21 @@ class DistillConfig(TrainConfig):
 def to_dict(self:DistillConfig) -> dict[str, Any]: return asdict(self)
 
 # %% ../../nbs/43_distill.ipynb #9cb1ca17
-def same_image(keys:Sequence[tuple[str, list[list[float]]]]) -> torch.Tensor:
-    "(B,B) bool: examples i and j show the same drawn image"
-    ids = {k: i for i,k in enumerate(map(repr, keys))}
-    k = torch.tensor([ids[repr(x)] for x in keys])
-    return k[:, None] == k[None]
+def image_ids(keys:Sequence[tuple[str, list[list[float]]]]) -> torch.Tensor:
+    "(B,) int64 ids of the drawn images `keys` (a hash of each key: equal keys have equal ids, on every process)"
+    return torch.tensor([int.from_bytes(hashlib.blake2b(repr(k).encode(), digest_size=8).digest(), 'little', signed=True) for k in keys])
+
+def same_image(ids:torch.Tensor) -> torch.Tensor: "(B,B) bool: examples i and j show the same drawn image (from `image_ids`)"; return ids[:, None] == ids[None]
 
 # %% ../../nbs/43_distill.ipynb #abc3199c
-def itc_loss(logits:torch.Tensor, same:torch.Tensor) -> torch.Tensor:
-    "Symmetric contrastive loss of (texts x images) `logits`; `same` marks the matching pairs"
-    t = same.to(logits.dtype); t = t / t.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t.T / t.T.sum(1, keepdim=True))) / 2
+def _soft_ce(logits, same): t = same.to(logits.dtype); return F.cross_entropy(logits, t / t.sum(1, keepdim=True))
+
+def itc_loss(t2i:torch.Tensor,   # (B,N) logits of B texts against N images
+             i2t:torch.Tensor,   # (B,N) logits of the B images of those texts against N texts
+             same:torch.Tensor,  # (B,N) bool: the matching pairs (text or image b shows the same drawn image as column n)
+            ) -> torch.Tensor:
+    "Symmetric contrastive loss, the mean over the B rows of each side"
+    return (_soft_ce(t2i, same) + _soft_ce(i2t, same)) / 2
 
 # %% ../../nbs/43_distill.ipynb #82c56c0a
 def _neg_weights(sim, same):
@@ -299,20 +305,36 @@ class StudentNet(nn.Module):
 def forward(self:StudentNet,
             img:Any,                              # a batch of image items
             txt:Any,                              # a batch of texts
-            same:torch.Tensor,                    # (B,B) bool, from `same_image`
-            generator:torch.Generator|None=None,  # the hard negatives' draws
+            ids:torch.Tensor,                     # (B,) ids of the drawn images, from `image_ids`
+            generator:torch.Generator|None=None,  # the hard negatives' draws (in the same state on every process)
             itc_weight:float=1.0,
             itm_weight:float=1.0,
             neg_index:Sequence[int]=(),           # `txt` holds more texts after the B examples': pointing negatives, of these images
+            local_loss:bool=False,                # several processes: each its own batch's loss (no gathering)
            ) -> dict[str, torch.Tensor]:
-    B = len(same)
-    logits = self.model.itc_logits(img, txt[list(range(B))] if len(txt) > B else txt)
-    l_itc = itc_loss(logits.float(), same.to(logits.device))
-    ti, ii, y = itm_pairs(logits, same, generator)
-    ti, ii, y = ti + list(range(B, B + len(neg_index))), ii + list(neg_index), torch.cat([y, torch.zeros(len(neg_index), dtype=y.dtype)])
-    out = self.model.itm_logits(img, txt[ti], ii)
-    l_itm = F.cross_entropy(out.float(), y.to(out.device))
-    return {'loss': itc_weight*l_itc + itm_weight*l_itm, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
+    m, B = self.model, len(ids)
+    r, R = world(); glob = R > 1 and not local_loss
+    lo = r*B if glob else 0                                        # this process's rows of the global batch
+    t0 = txt[list(range(B))] if len(txt) > B else txt
+    e_img, e_txt = m.embed_images(img), m.embed_texts(t0)
+    E_img, E_txt, ids = (gather(e_img), gather(e_txt), gather(ids.to(e_txt.device))) if glob else (e_img, e_txt, ids.to(e_txt.device))
+    same, s = same_image(ids), m.itc_scale()
+    t2i, i2t = s * similarity(E_img, e_txt), s * similarity(e_img, E_txt).T
+    l_itc = itc_loss(t2i.float(), i2t.float(), same[lo:lo+B])
+    with torch.no_grad(): sim = s * similarity(E_img, E_txt) if glob else t2i
+    ti, ii, y = itm_pairs(sim, same, generator)                    # the same draws on every process
+    if glob: ti, ii, y = ti[r::R], ii[r::R], y[r::R]               # each pair on one process
+    IMG, TXT = (gather_batch(img), gather_batch(t0)) if glob else (img, txt)
+    n, base = len(neg_index), len(TXT) if glob else B
+    if glob and n: TXT = cat_batches([TXT, txt[list(range(B, B + n))]])
+    ti, ii, y = ti + list(range(base, base + n)), ii + [lo + i for i in neg_index], torch.cat([y, torch.zeros(n, dtype=y.dtype)])
+    out = m.itm_logits(IMG, TXT[ti], ii)
+    l_itm = F.cross_entropy(out.float(), y.to(out.device), reduction='sum') * R / all_sum(torch.tensor(float(len(y)))).item() if glob \
+            else F.cross_entropy(out.float(), y.to(out.device))
+    loss = itc_weight*l_itc + itm_weight*l_itm
+    if not glob: return {'loss': loss, 'itc': l_itc.detach(), 'itm': l_itm.detach()}
+    mean = all_sum(torch.stack([loss, l_itc, l_itm])) / R         # the figures of the global batch
+    return {'loss': loss + (mean[0] - loss).detach(), 'itc': mean[1], 'itm': mean[2]}
 
 # %% ../../nbs/43_distill.ipynb #4866736b
 class Prepare:
@@ -324,13 +346,13 @@ class Prepare:
 
 # %% ../../nbs/43_distill.ipynb #b4499d21
 def student_inputs(model:ImageTextModel, batch:list[Example]|tuple[list[Example], Any], root:str|Path|None=None) -> dict[str, Any]:
-    "Model inputs of a batch (`Example`s, or `(examples, image items)` from `Prepare`): image and text batches (the pointing negatives after the examples' texts), the same-image mask"
+    "Model inputs of a batch (`Example`s, or `(examples, image items)` from `Prepare`): image and text batches (the pointing negatives after the examples' texts), the drawn images' ids"
     examples, items = batch if isinstance(batch, tuple) else (batch, None)
     keys = [e.key(root) for e in examples]
     if items is None: items = model.cached_image_items(keys, lambda i: examples[i].draw(root))
     negs = [(b, t) for b,e in enumerate(examples) for t in e.negatives]
     return dict(img=model.collate_images(items), txt=model.encode_texts([e.text for e in examples] + [t for _,t in negs]),
-                same=same_image(keys), neg_index=[b for b,_ in negs])
+                ids=image_ids(keys), neg_index=[b for b,_ in negs])
 
 # %% ../../nbs/43_distill.ipynb #0b1ff968
 def make_student(config:DistillConfig, device:str|torch.device='cpu') -> ImageTextModel:
@@ -370,7 +392,7 @@ def _data(corpus, config, accel, model, root):
     def data(pos):
         for epoch, b, batch in _loader(_make_stream(corpus, config, accel, tuple(pos), Prepare(maker, root) if maker else None), config):
             inputs = student_inputs(model, batch, root)
-            yield [epoch, b + 1], dict(**inputs, itc_weight=config.itc_weight, itm_weight=config.itm_weight)
+            yield [epoch, b + 1], dict(**inputs, itc_weight=config.itc_weight, itm_weight=config.itm_weight, local_loss=config.local_loss)
     return data
 
 # %% ../../nbs/43_distill.ipynb #0ff8ad8d
@@ -393,7 +415,7 @@ def distill(corpus:str|Path,                 # JSONL of the (filtered) corpus
     val = heldout_examples(corpus, config) if config.heldout or config.val_corpus else None
     before = _heldout_acc(model, val, root) if val and not (resume and latest_checkpoint(out)) else None
     history = fit(StudentNet(model), _data(corpus, config, accel, model, root), config, out, accel, resume, progress,
-                  desc=f'{out.name} ({model.family})', size=lambda inp: len(inp['same']))
+                  desc=f'{out.name} ({model.family})', size=lambda inp: len(inp['ids']))
     summary = {'model': model.family, 'steps': config.steps, 'examples_per_s': round(history.examples / max(1e-9, history.seconds), 2),
                'final_loss': history[-1]['loss'] if history else None, 'device': str(accel.device),
                'mixed_precision': accel.mixed_precision, 'processes': accel.num_processes}
