@@ -69,21 +69,22 @@ def _big_corpus(path, n):
         for i in range(n): f.write(json.dumps({**q, 'id': f'q{i}', 'question': f'Why is [3] looking at [5] ({i})?'}) + '\n')
     return path
 
-def _peak(path, n_batches=None):
-    tracemalloc.start()
-    n = 0
-    for _, _, b in CorpusStream(path, batch_size=16, buffer_size=64, epochs=1): n += len(b)
-    peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
-    return n, peak
+def _peak(f):
+    tracemalloc.start(); out = f(); peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+    return out, peak
 
 def test_stream_memory_stays_flat(tmp_path):
+    from lskd.data.table import corpus_table
     small, big = _big_corpus(tmp_path/'s.jsonl', 2000), _big_corpus(tmp_path/'b.jsonl', 8000)
-    n1, p1 = _peak(small); n2, p2 = _peak(big)
+    (_, c1), (_, c2) = _peak(lambda: corpus_table(small)), _peak(lambda: corpus_table(big))      # the conversion to Arrow, once
+    n1, p1 = _peak(lambda: sum(len(b) for _, _, b in CorpusStream(small, batch_size=16, epochs=1)))
+    n2, p2 = _peak(lambda: sum(len(b) for _, _, b in CorpusStream(big, batch_size=16, epochs=1)))
     assert (n1, n2) == (2000, 8000)
     size = big.stat().st_size
-    print(f'peak traced memory: {p1/1e6:.2f} MB for 2000 rows, {p2/1e6:.2f} MB for 8000 rows ({size/1e6:.1f} MB file)')
+    print(f'peak traced memory: converting {c1/1e6:.2f} / {c2/1e6:.2f} MB, streaming {p1/1e6:.2f} / {p2/1e6:.2f} MB for 2000 / 8000 rows ({size/1e6:.1f} MB file)')
     assert p2 < size / 4                       # the 4x larger corpus is never held in memory
     assert p2 < 1.5 * p1 + 200_000             # ... and the peak does not grow with it
+    assert c2 < 1.5 * c1 + 200_000             # the conversion holds one record batch at a time
 
 def test_stream_is_seeded_resumable_and_sharded(toy):
     corpus, _ = toy

@@ -11,7 +11,7 @@ import pydantic
 from annotated_types import Interval
 
 # %% auto #0
-__all__ = ['SECRET_KEY', 'Positive', 'Count', 'PositiveFloat', 'NonNegative', 'Fraction', 'Probability', 'OnBadRow',
+__all__ = ['SECRET_KEY', 'Positive', 'Count', 'PositiveFloat', 'NonNegative', 'Fraction', 'Probability', 'OnBadRow', 'Processes',
            'secret_keys', 'read_config', 'describe', 'check_value', 'field_types', 'check_config', 'Config',
            'field_docs', 'flag', 'add_config_args', 'config_overrides', 'set_key', 'parse_override']
 
@@ -50,6 +50,7 @@ NonNegative = Annotated[float, Interval(ge=0)]            # a number >= 0 (weigh
 Fraction = Annotated[float, Interval(ge=0, lt=1)]         # a number in [0, 1) (held-out fraction)
 Probability = Annotated[float, Interval(ge=0, le=1)]      # a number in [0, 1] (thresholds, probabilities)
 OnBadRow = Literal['error', 'record']                           # a bad input row: stop with an error naming it, or record it and go on
+Processes = Positive|Literal['auto']                            # processes to train in on this machine: a number, or 'auto' (one per visible GPU)
 
 # %% ../../nbs/03_io_config.ipynb #817e62a7
 _BOUNDS = {'ge': '>=', 'gt': '>', 'le': '<=', 'lt': '<'}

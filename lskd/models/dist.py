@@ -4,13 +4,15 @@
 
 # %% ../../nbs/28_models_dist.ipynb #67ad2cb3
 from __future__ import annotations
+import os, pickle, subprocess, sys, tempfile
 from dataclasses import fields
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 import torch, torch.distributed as dist
 from .core import Batch
 
 # %% auto #0
-__all__ = ['world', 'gather', 'all_sum', 'pad_to', 'cat_batches', 'gather_batch']
+__all__ = ['world', 'gather', 'all_sum', 'pad_to', 'cat_batches', 'gather_batch', 'resolve_processes', 'launched', 'launch']
 
 # %% ../../nbs/28_models_dist.ipynb #f292d8b2
 def world() -> tuple[int, int]:
@@ -98,3 +100,44 @@ def gather_batch(b:Any, # this process's batch (a tensor or a `Batch`)
         if len({s[0] for s in shapes}) > 1: raise ValueError(f"gather_batch needs the same number of examples on every process, got {[s[0] for s in shapes]}")
         out[k] = gather(pad_to(v, [max(n) for n in zip(*shapes)], _fill(b, k)))
     return _rebuild(b, out)
+
+# %% ../../nbs/28_models_dist.ipynb #282f40f0
+def resolve_processes(n:int|str) -> int:
+    "`n` processes, or `'auto'`: one per visible GPU (1 without)"
+    if n == 'auto': return max(1, torch.cuda.device_count())
+    if isinstance(n, bool) or int(n) < 1: raise ValueError(f"num_processes: expected an integer >= 1 or 'auto', got {n!r}")
+    return int(n)
+
+# %% ../../nbs/28_models_dist.ipynb #b714b672
+def launched() -> bool: "Is this process one of several a launcher started"; return int(os.environ.get('WORLD_SIZE', '1')) > 1
+
+# %% ../../nbs/28_models_dist.ipynb #27a55d24
+def launch(fn:Callable[..., Any],        # an importable function (module level)
+           *args:Any,
+           num_processes:int|str=1,      # processes on this machine, or 'auto' (one per visible GPU)
+           log:str|Path|None=None,       # a file for the processes' output (None: they print as this process does)
+           **kwargs:Any) -> Any:
+    "`fn(*args, **kwargs)` in `num_processes` processes (`torch.distributed.run`); what the main process returned"
+    n = resolve_processes(num_processes)
+    if n == 1 or launched(): return fn(*args, **kwargs)
+    with tempfile.TemporaryDirectory(prefix='lskd-launch-') as d:
+        job, res = Path(d)/'job.pkl', Path(d)/'result.pkl'
+        job.write_bytes(pickle.dumps((fn, args, kwargs, str(res))))
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n), '-m', 'lskd.models.dist', str(job)]
+        if log is None: rc = subprocess.run(cmd).returncode
+        else:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            with open(log, 'w') as f: rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc: raise RuntimeError(f"{fn.__name__} in {n} processes failed (exit {rc}): " +
+                                  ("see its output above" if log is None else f"the end of its output ({log}):\n" + Path(log).read_text(errors='replace')[-3000:]))
+        return pickle.loads(res.read_bytes())
+
+# %% ../../nbs/28_models_dist.ipynb #22bfa7c4
+def _run_job(job:str) -> None:
+    fn, args, kwargs, res = pickle.loads(Path(job).read_bytes())
+    out = fn(*args, **kwargs)
+    if int(os.environ.get('RANK', '0')) == 0: Path(res).write_bytes(pickle.dumps(out))
+
+# %% ../../nbs/28_models_dist.ipynb #aabdc931
+#| eval: false
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: _run_job(sys.argv[1])   # not when run as a notebook

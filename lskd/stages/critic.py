@@ -20,12 +20,12 @@ from ..data.formats import as_qar
 from ..data.draw import draw_regions, visual_prompt, png_bytes, color_hex, region_color, beside
 from ..io.files import atomic_path, atomic_write
 from ..data.stats import split_heldout, roc_auc, bootstrap_ci
-from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Probability, Fraction, OnBadRow, add_config_args, config_overrides
+from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Probability, Fraction, OnBadRow, Processes, add_config_args, config_overrides
 from fastcore.basics import patch
 import shutil, torch.nn as nn
 from ..models.core import ImageTextModel, load_model, model_settings
 from ..models.train import TrainConfig, fit, seed_all, accelerator
-from ..models.dist import world, all_sum
+from ..models.dist import world, all_sum, launch
 import torch.distributed as dist
 
 # %% auto #0
@@ -661,6 +661,7 @@ class CriticConfig(Config):
     image_root: str|None = None             # the image root (the corpus's image paths are relative to it); in a run: the verbalizer's
     cache_dir: str|None = None              # a folder for the model's cached image items
     device: str|None = None                 # where to train (None: cpu for a model built here)
+    num_processes: Processes = 1            # train in this many processes of this machine (data parallel), or 'auto': one per visible GPU
     on_bad_row: OnBadRow = 'error'          # a bad corpus row: stop with an error naming it, or record it in OUT/critic_errors.jsonl and go on
     section = 'critic'
 
@@ -960,7 +961,7 @@ def main(argv:Sequence[str]|None=None) -> int:
             if a.model_config: over['model_config'] = model_settings(a.model_config)
             c = CriticConfig.load(a.config, **over)
             if not c.labels: raise ValueError('lskd critic train needs --labels (a labels.jsonl: lskd critic label, or lskd critic synth)')
-            rep = train_critic(a.corpus, c.labels, a.out, c, resume=not a.no_resume)
+            rep = launch(train_critic, a.corpus, c.labels, a.out, c, resume=not a.no_resume, num_processes=c.num_processes)
             print(json.dumps({k: rep[k] for k in ('threshold', 'n_train', 'n_val', 'val')}, indent=1, default=float))
             print(f'critic saved to {a.out}/critic.safetensors, plot {a.out}/thresholds.png')
         elif a.cmd == 'score':
@@ -984,7 +985,8 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     if c.labels and not labels.exists(): shutil.copy(c.labels, labels)
     syn = write_synthetic(corpus, out, labels, seed=seed, on_bad_row=c.on_bad_row) if c.synthetic else None
     if not labels.exists(): raise ValueError("the critic has no labels: give critic.labels (a labels.jsonl) or keep critic.synthetic on")
-    rep = train_critic([corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', c, progress=False)
+    rep = launch(train_critic, [corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', c, progress=False,
+                 num_processes=c.num_processes, log=out/'processes.log')
     frep = score_corpus(Critic.load(out/'model'), corpus, out, image_root=root, progress=False, on_bad_row=c.on_bad_row)
     return write_stage_report(run_dir, 'critic', ['scored.jsonl', 'filtered.jsonl', 'labels.jsonl'], threshold=frep['threshold'],
                               counts={'triples': frep['n'], 'kept': frep['kept'], 'synthetic_negatives': syn['negatives'] if syn else 0},

@@ -19,15 +19,16 @@ from ..io.jsonl import read_jsonl, write_jsonl, JsonlWriter, BadRows, skip_row
 from ..data.formats import lskd_row_to_qar, as_qar
 from ..data.draw import visual_prompt
 from ..data.stats import heldout_image
-from ..io.config import Positive, Count, NonNegative, Probability, Fraction, OnBadRow, add_config_args, config_overrides
+from ..data.table import corpus_table, CorpusTable
+from ..io.config import Positive, Count, NonNegative, Probability, Fraction, OnBadRow, Processes, add_config_args, config_overrides
 from ..io.files import atomic_path, atomic_write
 from ..models.core import ImageTextModel, load_model, build_model, model_settings, similarity
-from ..models.dist import world, gather, gather_batch, cat_batches, all_sum
+from ..models.dist import world, gather, gather_batch, cat_batches, all_sum, launch, resolve_processes
 from ..models.train import TrainConfig, History, accelerator, fit, latest_checkpoint, seed_all
 _T = TypeVar('_T')
 
 # %% auto #0
-__all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'shuffle_buffer',
+__all__ = ['STUDENT_SOURCES', 'student_text', 'Example', 'referenced_ids', 'example_rng', 'make_example', 'epoch_order',
            'scan_corpus', 'CorpusStream', 'grounding_qars', 'DistillConfig', 'image_ids', 'same_image', 'itc_loss',
            'hard_negatives', 'itm_pairs', 'StudentNet', 'Prepare', 'student_inputs', 'make_student', 'distill',
            'heldout_examples', 'retrieval_groups', 'retrieval_accuracy', 'parser', 'main', 'run_stage']
@@ -103,13 +104,7 @@ def make_example(q:QAR|dict[str, Any],         # a `QAR` or a released LSKD row
     return Example(q, order, text, index, distract, keep, [t for x in negs if (t := student_text(x, rm, keep)) != text])
 
 # %% ../../nbs/43_distill.ipynb #b332e41f
-def shuffle_buffer(items:Iterable[_T], size:int, rng:random.Random) -> Iterator[_T]:
-    "Approximately shuffled `items`, holding at most `size` of them at a time"
-    buf: list[_T] = []
-    for x in items:
-        if len(buf) < size: buf.append(x); continue
-        i = rng.randrange(size); yield buf[i]; buf[i] = x
-    rng.shuffle(buf); yield from buf
+def epoch_order(n:int, seed:int, epoch:int) -> np.ndarray: "A seeded permutation of `n` items for `epoch` (the same in every process)"; return np.random.default_rng([seed, epoch]).permutation(n)
 
 # %% ../../nbs/43_distill.ipynb #efe63c3d
 def _keep(q, min_score):
@@ -124,12 +119,11 @@ def scan_corpus(paths:Iterable[str|Path|None], on_bad:BadRows|Callable[..., Any]
 
 # %% ../../nbs/43_distill.ipynb #cb3fba94
 class CorpusStream(torch.utils.data.IterableDataset):
-    "Seeded, sharded, resumable stream of batches of `Example`s from a corpus JSONL"
+    "Seeded, sharded, resumable stream of batches of `Example`s from a corpus (read through its Arrow table)"
     def __init__(self,
                  path:str|Path,                # the corpus JSONL
-                 batch_size:int=32,
-                 seed:int=0,                   # seed of the shuffles and of every example's draws
-                 buffer_size:int=1000,         # shuffle buffer (examples)
+                 batch_size:int=32,            # examples per process
+                 seed:int=0,                   # seed of the epochs' orders and of every example's draws
                  p_distract:float=0.5,         # `make_example`'s
                  p_rationale:float=0.5,
                  max_draw:int|None=None,
@@ -143,17 +137,19 @@ class CorpusStream(torch.utils.data.IterableDataset):
                  prepare:Prepare|None=None,    # batch preparation in data-loader workers (`Prepare`)
                  pointing:bool=False,          # examples carry their pointing negatives (`make_example`)
                  grounding:bool=False,         # add the literal grounding pairs of each image (`grounding_qars`)
-                 skip_bad:bool=False):         # skip bad rows (recorded beforehand by `scan_corpus`) instead of raising
+                 skip_bad:bool=False,          # leave bad rows out (recorded when the table was made) instead of raising
+                 table_dir:str|Path|None=None):  # where the corpus's Arrow table is kept (None: `.lskd-cache` beside it)
         super().__init__()
         self.path = Path(path)
-        if not self.path.exists(): raise FileNotFoundError(f"corpus not found: {self.path}")
-        self.batch_size, self.seed, self.buffer_size = batch_size, seed, buffer_size
+        self._t: CorpusTable|None = corpus_table(self.path, skip_row if skip_bad else None, table_dir)   # converted here, once
+        self.table_path, self._items, self._order = self._t.path, None, None
+        self.batch_size, self.seed = batch_size, seed
         self.p_distract, self.p_rationale, self.max_draw = p_distract, p_rationale, max_draw
         self.min_score, self.heldout, self.heldout_seed, self.rank, self.world_size = min_score, heldout, heldout_seed, rank, world_size
         self.start, self.epochs, self.prepare, self.pointing, self.grounding = tuple(start), epochs, prepare, pointing, grounding
-        self.skip_bad = skip_bad
     def __repr__(self): return f"CorpusStream({self.path}, batch_size={self.batch_size}, seed={self.seed}, start={self.start})"
     def __iter__(self): return self._iter()
+    def __getstate__(self): return {**self.__dict__, '_t': None, '_order': None}   # a data-loader worker maps the table itself
 
 # %% ../../nbs/43_distill.ipynb #68890fe5
 def grounding_qars(q:QAR) -> list[QAR]:
@@ -161,17 +157,50 @@ def grounding_qars(q:QAR) -> list[QAR]:
     return [QAR(q.image, f'What is [{r.id}]?', f"[{r.id}] is {r.description.rstrip('.')}.", '', regions=q.regions, source='grounding',
                 id=f'{q.image}#grounding-{r.id}') for r in q.regions if r.description]
 
+# %% ../../nbs/43_distill.ipynb #459cfc4b
+@patch
+def table(self:CorpusStream) -> CorpusTable:
+    "The corpus's memory-mapped table"
+    if self._t is None: self._t = CorpusTable(self.table_path)
+    return self._t
+
+# %% ../../nbs/43_distill.ipynb #7cfee760
+@patch(as_prop=True)
+def items(self:CorpusStream) -> np.ndarray:
+    "(n, 2) int64 `(row, k)`: the training triples kept (`k = -1`) and the grounding pairs (`k`-th of the row's image), in table order"
+    if self._items is None:
+        t = self.table(); keep = np.ones(len(t), bool)
+        if self.min_score is not None: p = t.column('prediction').astype(float); keep &= ~np.isnan(p) & (p >= self.min_score)
+        if self.heldout or self.grounding:
+            enc = t.table.column('image').combine_chunks().dictionary_encode(); codes = enc.indices.to_numpy()
+        if self.heldout: keep &= ~np.array([heldout_image(u, self.heldout, self.heldout_seed) for u in enc.dictionary.to_pylist()], bool)[codes]
+        rows = np.nonzero(keep)[0]; its = np.stack([rows, np.full(len(rows), -1)], 1)
+        if self.grounding:
+            d = t.column('described'); first = np.sort(rows[np.unique(codes[rows], return_index=True)[1]])
+            g = np.array([(r, k) for r in first for k in range(d[r])], dtype=np.int64).reshape(-1, 2)
+            its = np.concatenate([its, g]); its = its[np.lexsort((its[:, 1], its[:, 0]))]
+        self._items = its.astype(np.int64)
+    return self._items
+
+# %% ../../nbs/43_distill.ipynb #f820146f
+@patch
+def order(self:CorpusStream, epoch:int) -> np.ndarray:
+    "The epoch's permutation of `items` (kept for the epoch at hand)"
+    if self._order is None or self._order[0] != epoch: self._order = (epoch, epoch_order(len(self.items), self.seed, epoch))
+    return self._order[1]
+
+# %% ../../nbs/43_distill.ipynb #1f65ed2c
+@patch
+def _pairs(self:CorpusStream, its:np.ndarray) -> list[tuple[int|str, QAR]]:
+    "`(index, QAR)` of items `its`: the row's triple, or its `k`-th grounding pair (index `'row.gk'`)"
+    return [(row, q) if k < 0 else (f'{row}.g{k}', grounding_qars(q)[k]) for (row, k), q in zip(its.tolist(), self.table().qars(its[:, 0]))]
+
 # %% ../../nbs/43_distill.ipynb #999146ac
 @patch
 def rows(self:CorpusStream, epoch:int) -> Iterator[tuple[int|str, QAR]]:
-    "`(index, QAR)` of the training triples in this epoch's shuffled order"
-    def gen():
-        seen = set()
-        for i,q in enumerate(read_jsonl(self.path, as_qar, on_bad=skip_row if self.skip_bad else None)):
-            if not _keep(q, self.min_score) or heldout_image(q.image, self.heldout, self.heldout_seed): continue
-            yield i, q
-            if self.grounding and q.image not in seen: seen.add(q.image); yield from ((f'{i}.g{k}', g) for k,g in enumerate(grounding_qars(q)))
-    return shuffle_buffer(gen(), self.buffer_size, random.Random(f'lskd.distill|{self.seed}|shuffle|{epoch}'))
+    "`(index, QAR)` of every process's training triples in this epoch's order"
+    its, order = self.items, self.order(epoch)
+    for s in range(0, len(order), 1024): yield from self._pairs(its[order[s:s+1024]])
 
 # %% ../../nbs/43_distill.ipynb #e624ecf6
 @patch
@@ -181,35 +210,36 @@ def examples(self:CorpusStream, epoch:int) -> Iterator[Example]:
         yield make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i, pointing=self.pointing)
 
 # %% ../../nbs/43_distill.ipynb #f2a9361f
+@patch(as_prop=True)
+def n_batches(self:CorpusStream) -> int: "Batches an epoch gives each process"; return len(self.items) // (self.batch_size * self.world_size)
+
 @patch
-def epoch_batches(self:CorpusStream, epoch:int) -> Iterator[tuple[int, list[Example]]]:
-    "`(b, examples)` of this process's batches of `epoch` (`b` counts this process's batches)"
-    bs, R = self.batch_size, self.world_size
-    batch, rnd, b = [], [], 0
-    for e in self.examples(epoch):
-        batch.append(e)
-        if len(batch) < bs: continue
-        rnd.append(batch); batch = []
-        if len(rnd) == R: yield b, rnd[self.rank]; rnd, b = [], b+1
+def batch(self:CorpusStream, epoch:int, b:int) -> list[Example]:
+    "This process's batch `b` of `epoch`: the `rank`-th `batch_size` of the epoch's global batch `b`"
+    s = (b*self.world_size + self.rank) * self.batch_size
+    return [make_example(q, example_rng(self.seed, epoch, i), self.p_distract, self.p_rationale, self.max_draw, index=i, pointing=self.pointing)
+            for i,q in self._pairs(self.items[self.order(epoch)[s:s + self.batch_size]])]
+
+@patch
+def epoch_batches(self:CorpusStream, epoch:int, skip:int=0) -> Iterator[tuple[int, list[Example]]]:
+    "`(b, examples)` of this process's batches of `epoch` from batch `skip` on (nothing before it is read)"
+    for b in range(skip, self.n_batches): yield b, self.batch(epoch, b)
 
 # %% ../../nbs/43_distill.ipynb #46369d9c
 @patch
 def _iter(self:CorpusStream) -> Iterator[tuple[int, int, list[Example]|tuple[list[Example], Any]]]:
     wi = torch.utils.data.get_worker_info()
     w, W = (wi.id, wi.num_workers) if wi else (0, 1)
+    if not self.n_batches: raise ValueError(f"{self.path}: not one full batch of {self.batch_size} x {self.world_size} process(es) "
+                                            "in an epoch: the corpus is too small (or min_score/heldout leave too little); lower batch_size")
     epoch, skip = self.start
     k = 0                                          # batches since `start`: the k-th goes to worker k % W
     while self.epochs is None or epoch < self.epochs:
-        n = 0
-        for b, batch in self.epoch_batches(epoch):
-            n += 1
-            if b < skip: continue
+        for b in range(skip, self.n_batches):
             k += 1
             if (k - 1) % W != w: continue
+            batch = self.batch(epoch, b)
             yield epoch, b, (self.prepare(batch) if self.prepare else batch)
-        if n == 0: raise ValueError(f"{self.path}: not one full batch of {self.batch_size} x {self.world_size} process(es) "
-                                    "in an epoch: the corpus is too small (or min_score/heldout leave too little); "
-                                    "lower batch_size")
         epoch, skip = epoch + 1, 0
 
 # %% ../../nbs/43_distill.ipynb #bc3955d1
@@ -224,7 +254,8 @@ class DistillConfig(TrainConfig):
     itc_weight: NonNegative = 1.0           # weight of the contrastive (ITC) loss
     itm_weight: NonNegative = 1.0           # weight of the matching (ITM) loss
     local_loss: bool = False                # several processes: each process's own batch (in-batch ITC and negatives, as one GPU would), not the global batch
-    buffer_size: Positive = 1000            # shuffle buffer (examples)
+    num_processes: Processes = 1            # train in this many processes of this machine (data parallel; batch_size each), or 'auto': one per visible GPU
+    table_dir: str|None = None              # where the corpus's Arrow table is kept (None: .lskd-cache beside the corpus, or the user's cache folder)
     p_distract: Probability = 0.5           # draw the other regions of the image too (distractors)
     p_rationale: Probability = 0.5          # keep the rationale in the text
     max_draw: Positive|None = None          # at most this many regions drawn
@@ -367,10 +398,10 @@ def _make_stream(corpus,        # the corpus JSONL
                  accel,         # the `Accelerator`: this process's share
                  start,         # `(epoch, batches)` already consumed
                  prepare=None): # `Prepare` in data-loader workers
-    return CorpusStream(corpus, config.batch_size, config.seed, config.buffer_size, config.p_distract, config.p_rationale,
+    return CorpusStream(corpus, config.batch_size, config.seed, config.p_distract, config.p_rationale,
                         config.max_draw, config.min_score, config.heldout, config.heldout_seed, accel.process_index, accel.num_processes,
                         start=start, prepare=prepare, pointing=config.pointing, grounding=config.grounding,
-                        skip_bad=config.on_bad_row == 'record')
+                        skip_bad=config.on_bad_row == 'record', table_dir=config.table_dir)
 
 # %% ../../nbs/43_distill.ipynb #c89554c6
 def _loader(stream, config):
@@ -411,7 +442,11 @@ def distill(corpus:str|Path,                 # JSONL of the (filtered) corpus
     model = student or make_student(config, accel.device)
     if config.lr is None: config = replace(config, lr=model.default_lr['student'])
     if accel.is_main_process: out.mkdir(parents=True, exist_ok=True); atomic_write(out/'config.json', json.dumps(config.to_dict(), indent=1))
-    if config.on_bad_row == 'record' and accel.is_main_process: scan_corpus([corpus, config.val_corpus], BadRows('record', out/'distill_errors.jsonl'))
+    if accel.is_main_process:          # the corpus's table, made once by the main process (bad rows: an error, or recorded once)
+        record = BadRows('record', out/'distill_errors.jsonl') if config.on_bad_row == 'record' else None
+        corpus_table(corpus, record, config.table_dir, progress=progress)
+        if record: scan_corpus([config.val_corpus], record)
+    accel.wait_for_everyone()
     val = heldout_examples(corpus, config) if config.heldout or config.val_corpus else None
     before = _heldout_acc(model, val, root) if val and not (resume and latest_checkpoint(out)) else None
     history = fit(StudentNet(model), _data(corpus, config, accel, model, root), config, out, accel, resume, progress,
@@ -490,7 +525,7 @@ def main(argv:Sequence[str]|None=None) -> int:
         if a.model_config: over['model_config'] = model_settings(a.model_config)
         config = DistillConfig.load(a.config, **over)
         if config.image_root and not Path(config.image_root).is_dir(): raise FileNotFoundError(f"image root not found: {config.image_root}")
-        s = distill(a.corpus, a.out, config, resume=not a.no_resume, progress=not a.quiet)
+        s = launch(distill, a.corpus, a.out, config, resume=not a.no_resume, progress=not a.quiet, num_processes=config.num_processes)
     except (FileNotFoundError, ValueError, RegionRefError) as e:
         print(f'lskd distill: error: {e}', file=sys.stderr); return 2
     if int(os.environ.get('RANK', '0')) == 0: print(json.dumps(s))   # once, under torchrun / accelerate launch
@@ -521,8 +556,9 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
         if not train: raise ValueError(f"no training triples for the {v!r} student in {STUDENT_SOURCES[v]} (after holding out "
                                        f"{heldout:.0%} of the images): generate more, or lower critic.threshold")
         write_jsonl(out/f'{v}_train.jsonl', train); counts[f'{v}_train'] = len(train)
-        bs = min(config.batch_size, len(train))            # a small corpus: batches no larger than the corpus
-        summaries[v] = distill(out/f'{v}_train.jsonl', out/v, replace(config, batch_size=bs), resume=True, progress=False)
+        bs = max(1, min(config.batch_size, len(train) // resolve_processes(config.num_processes)))   # a small corpus: one global batch at most
+        summaries[v] = launch(distill, out/f'{v}_train.jsonl', out/v, replace(config, batch_size=bs), resume=True, progress=False,
+                              num_processes=config.num_processes, log=out/f'{v}_processes.log')
     sums = {v: {f.name: sha256_file(f) for f in sorted((out/v).glob('*.safetensors'))} for v in ['base'] + c.variants}
     return write_stage_report(run_dir, 'distill', ['base/model.json'] + [f'{v}/model.json' for v in c.variants],
                               students=['base'] + c.variants, counts=counts, summaries=summaries, model_sha256=sums)
