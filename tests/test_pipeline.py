@@ -5,7 +5,8 @@ import pytest
 from lskd.teacher.fake import FakeTeacher
 
 SECRET = 'sk-lskd-test-SECRET-3f9a0c7e1b2d4c6a8e0f'
-FAST = ['-p', 'generate.samples=2', '-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8']   # 2 of the fake teacher's 3-triple replies per image: a third of the default's questions
+FAST = ['-p', 'generate.samples=2', '-p', 'critic.epochs=2', '-p', 'critic.threshold=0.3', '-p', 'distill.steps=10', '-p', 'distill.batch_size=8',  # 2 of the fake teacher's 3-triple replies per image: a third of the default's questions
+        '-p', 'distill.num_processes=2', '-p', 'critic.num_processes=2']   # the training stages data parallel: 2 CPU processes each (gloo)
 
 def lskd(*args, env=None, timeout=900):
     exe = shutil.which('lskd', path=str(Path(sys.executable).parent)) or shutil.which('lskd') or pytest.fail('the lskd console script is not installed (pip install -e .)')
@@ -36,6 +37,8 @@ def test_run_writes_every_stage_and_a_manifest(run):
     assert man['stages']['generate']['counts']['accepted'] > 0 and man['stages']['generate']['models'] == ['fake']
     sums = man['stages']['distill']['model_sha256']
     assert set(sums) == {'base', 'distilled', 'no-critic'} and all(len(h) == 64 for v in sums.values() for h in v.values())
+    assert all(v['processes'] == 2 for v in man['stages']['distill']['summaries'].values())      # trained in 2 processes
+    assert (d/'critic/processes.log').exists() and (d/'distill/distilled_processes.log').exists()
     for f in ['verbalize/verbalizations.jsonl', 'generate/corpus.jsonl', 'generate/corpus_lskd.jsonl', 'critic/scored.jsonl',
               'critic/filtered.jsonl', 'distill/distilled/model.json', 'distill/base/model.json', 'evaluate/results.json',
               'evaluate/results.png', 'inspect/overview.png', 'config.yaml']:

@@ -40,12 +40,16 @@ def qar_record(q:QAR) -> dict[str, Any]:
 
 # %% ../../nbs/16_data_table.ipynb #d524e191
 def _box(b): return tuple(int(v) if v == int(v) else v for v in b)
+def _made(cls, **fields):
+    "An instance of the dataclass `cls` from fields checked before (when the table was made), not checked again"
+    o = object.__new__(cls); o.__dict__.update(fields); return o
 def record_qar(d:dict[str, Any]) -> QAR:
     "The `QAR` of a table row"
-    regs = [Region(r['id'], _box(r['box']), r['label'] or '', r['description'], r['score'], json.loads(r['extra']) if r['extra'] else {})
-            for r in d['regions']]
-    return QAR(d['image'], d['question'], d['answer'], d['rationale'], d['region'], d['region_all'], regs, d['source'] or '', d['split'],
-               d['index'], d['id'], json.loads(d['scores']) if d['scores'] else {}, json.loads(d['meta']) if d['meta'] else {})
+    regs = [_made(Region, id=r['id'], box=_box(r['box']), label=r['label'] or '', description=r['description'], score=r['score'],
+                  extra=json.loads(r['extra']) if r['extra'] else {}) for r in d['regions']]
+    return _made(QAR, image=d['image'], question=d['question'], answer=d['answer'], rationale=d['rationale'], region=d['region'],
+                 region_all=d['region_all'], regions=regs, source=d['source'] or '', split=d['split'], index=d['index'], id=d['id'],
+                 scores=json.loads(d['scores']) if d['scores'] else {}, meta=json.loads(d['meta']) if d['meta'] else {})
 
 # %% ../../nbs/16_data_table.ipynb #b100305a
 def convert_corpus(src:str|Path,        # the corpus JSONL (lskd or release rows)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/28_models_dist.ipynb #67ad2cb3
 from __future__ import annotations
-import os, pickle, subprocess, sys, tempfile
+import importlib, os, pickle, subprocess, sys, tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -112,30 +112,33 @@ def resolve_processes(n:int|str) -> int:
 def launched() -> bool: "Is this process one of several a launcher started"; return int(os.environ.get('WORLD_SIZE', '1')) > 1
 
 # %% ../../nbs/28_models_dist.ipynb #27a55d24
-def launch(fn:Callable[..., Any],        # an importable function (module level)
-           *args:Any,
+def launch(fn:Callable[..., Any]|str,    # an importable function, or its name 'module:function' (from a notebook's copy of it)
+           *args:Any,                    # arguments that pickle without the caller's module (plain data, paths, lskd objects)
            num_processes:int|str=1,      # processes on this machine, or 'auto' (one per visible GPU)
            log:str|Path|None=None,       # a file for the processes' output (None: they print as this process does)
            **kwargs:Any) -> Any:
     "`fn(*args, **kwargs)` in `num_processes` processes (`torch.distributed.run`); what the main process returned"
-    n = resolve_processes(num_processes)
-    if n == 1 or launched(): return fn(*args, **kwargs)
+    n, name = resolve_processes(num_processes), fn if isinstance(fn, str) else f'{fn.__module__}:{fn.__qualname__}'
+    if n == 1 or launched(): return (_function(name) if isinstance(fn, str) else fn)(*args, **kwargs)
+    if name.startswith('__main__:'): raise ValueError(f"launch needs an importable function, not {fn!r} of __main__: give its name, 'module:function'")
     with tempfile.TemporaryDirectory(prefix='lskd-launch-') as d:
         job, res = Path(d)/'job.pkl', Path(d)/'result.pkl'
-        job.write_bytes(pickle.dumps((fn, args, kwargs, str(res))))
+        job.write_bytes(pickle.dumps((name, args, kwargs, str(res))))
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n), '-m', 'lskd.models.dist', str(job)]
         if log is None: rc = subprocess.run(cmd).returncode
         else:
             Path(log).parent.mkdir(parents=True, exist_ok=True)
             with open(log, 'w') as f: rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-        if rc: raise RuntimeError(f"{fn.__name__} in {n} processes failed (exit {rc}): " +
+        if rc: raise RuntimeError(f"{name} in {n} processes failed (exit {rc}): " +
                                   ("see its output above" if log is None else f"the end of its output ({log}):\n" + Path(log).read_text(errors='replace')[-3000:]))
         return pickle.loads(res.read_bytes())
 
 # %% ../../nbs/28_models_dist.ipynb #22bfa7c4
+def _function(name:str) -> Callable[..., Any]: m, _, f = name.partition(':'); return getattr(importlib.import_module(m), f)
+
 def _run_job(job:str) -> None:
-    fn, args, kwargs, res = pickle.loads(Path(job).read_bytes())
-    out = fn(*args, **kwargs)
+    name, args, kwargs, res = pickle.loads(Path(job).read_bytes())
+    out = _function(name)(*args, **kwargs)
     if int(os.environ.get('RANK', '0')) == 0: Path(res).write_bytes(pickle.dumps(out))
 
 # %% ../../nbs/28_models_dist.ipynb #aabdc931

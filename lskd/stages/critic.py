@@ -985,8 +985,8 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     if c.labels and not labels.exists(): shutil.copy(c.labels, labels)
     syn = write_synthetic(corpus, out, labels, seed=seed, on_bad_row=c.on_bad_row) if c.synthetic else None
     if not labels.exists(): raise ValueError("the critic has no labels: give critic.labels (a labels.jsonl) or keep critic.synthetic on")
-    rep = launch(train_critic, [corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', c, progress=False,
-                 num_processes=c.num_processes, log=out/'processes.log')
+    rep = launch('lskd.stages.critic:train_critic', [corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', asdict(c),
+                 progress=False, num_processes=c.num_processes, log=out/'processes.log')    # by name, the config as data: a stage notebook's copies do not pickle
     frep = score_corpus(Critic.load(out/'model'), corpus, out, image_root=root, progress=False, on_bad_row=c.on_bad_row)
     return write_stage_report(run_dir, 'critic', ['scored.jsonl', 'filtered.jsonl', 'labels.jsonl'], threshold=frep['threshold'],
                               counts={'triples': frep['n'], 'kept': frep['kept'], 'synthetic_negatives': syn['negatives'] if syn else 0},

@@ -142,7 +142,8 @@ class CorpusStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.path = Path(path)
         self._t: CorpusTable|None = corpus_table(self.path, skip_row if skip_bad else None, table_dir)   # converted here, once
-        self.table_path, self._items, self._order = self._t.path, None, None
+        self.table_path = self._t.path
+        self._items: np.ndarray|None = None; self._order: tuple[int, np.ndarray]|None = None
         self.batch_size, self.seed = batch_size, seed
         self.p_distract, self.p_rationale, self.max_draw = p_distract, p_rationale, max_draw
         self.min_score, self.heldout, self.heldout_seed, self.rank, self.world_size = min_score, heldout, heldout_seed, rank, world_size
@@ -557,8 +558,8 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
                                        f"{heldout:.0%} of the images): generate more, or lower critic.threshold")
         write_jsonl(out/f'{v}_train.jsonl', train); counts[f'{v}_train'] = len(train)
         bs = max(1, min(config.batch_size, len(train) // resolve_processes(config.num_processes)))   # a small corpus: one global batch at most
-        summaries[v] = launch(distill, out/f'{v}_train.jsonl', out/v, replace(config, batch_size=bs), resume=True, progress=False,
-                              num_processes=config.num_processes, log=out/f'{v}_processes.log')
+        summaries[v] = launch('lskd.stages.distill:distill', out/f'{v}_train.jsonl', out/v, replace(config, batch_size=bs).to_dict(), resume=True,
+                              progress=False, num_processes=config.num_processes, log=out/f'{v}_processes.log')   # by name, the config as data (see the critic's stage)
     sums = {v: {f.name: sha256_file(f) for f in sorted((out/v).glob('*.safetensors'))} for v in ['base'] + c.variants}
     return write_stage_report(run_dir, 'distill', ['base/model.json'] + [f'{v}/model.json' for v in c.variants],
                               students=['base'] + c.variants, counts=counts, summaries=summaries, model_sha256=sums)
