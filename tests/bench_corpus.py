@@ -98,12 +98,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000, 1_000_000]); p.add_argument('--rows', type=int, default=20_000)
     p.add_argument('--batch-size', type=int, default=64); p.add_argument('--dir', default='/tmp/lskd-bench-corpus')
+    p.add_argument('--keep-tables', action='store_true', help='use the tables of an earlier run (the conversion is not measured again)')
     a = p.parse_args(); res = {}
     for n in a.sizes:
         d = Path(a.dir)/str(n); corpus = d/'corpus.jsonl'; make_corpus(corpus, n)
-        tables = d/'tables'
-        for f in tables.glob('*'): f.unlink()
-        res[n] = {w: run(w, corpus, tables, n, a) for w in ('convert', 'raw', 'loop', 'loop-1', 'loop-2', 'resume')}
+        tables = d/'tables'; keep = a.keep_tables and any(tables.glob('*.arrow'))
+        if not keep:
+            for f in tables.glob('*'): f.unlink()
+        res[n] = {w: run(w, corpus, tables, n, a) for w in ('convert', 'raw', 'loop', 'loop-1', 'loop-2', 'resume') if not (keep and w == 'convert')}
+        if keep: res[n]['convert'] = {'seconds': float('nan'), 'rows': n, 'arrow_mb': sum(f.stat().st_size for f in tables.glob('*.arrow'))/2**20}
         r = res[n]; print(json.dumps({'rows': n, **r}), flush=True)
     print(f"\n| corpus rows | JSONL MB | convert s (rows/s) | Arrow MB | raw read rows/s | loop rows/s (0 / 1 / 2 workers) | loop / raw (0 / 1 / 2 workers) | resume at row -> first batch s | peak VmHWM MiB (raw / loop / resume) | peak RssAnon MiB (raw / loop) |")
     print('|---|---|---|---|---|---|---|---|---|---|')

@@ -319,3 +319,33 @@ def test_cli_errors(tmp_path, capsys):
     assert main(['--benchmark', 'mc', '--annotations', str(FIX/'mc/mc.jsonl'), '--image-root', str(tmp_path),
                  '--model', 'chance', '--out', str(tmp_path), '--quiet']) == 2
     assert 'question mc-0: image not found' in capsys.readouterr().err
+
+def _official_file(path, recs, seed=42, n=50):
+    "A candidate file as run_rank.py --rank_mode random_50 writes it: per (image, event, relation), its ground truths then random others"
+    import random
+    rng, flat = random.Random(seed), vc_flat(recs)
+    rows = [dict(img_fn=img, event=ev, inference_relation=rel, num_gt=len(golds),
+                 inference_candidate_indices=golds + rng.sample([j for j in range(len(flat)) if j not in golds], n - len(golds)))
+            for (img, ev, rel), golds in vc_problems(recs, flat).items()]
+    path.write_text(json.dumps({'mean_recall': 0.0, 'results': rows})); return rows
+
+def test_visualcomet_official_candidate_file(tmp_path):
+    "Given run_rank.py's candidate file, exactly its candidates are ranked (the ground truths first in it), and the results say so"
+    recs = _random_vc(tmp_path/'vc.json'); rows = _official_file(tmp_path/'val_rank_random_50.json', recs)
+    flat = vc_flat(recs)
+    items = list(load_visualcomet(tmp_path/'vc.json', VCR_ROOT, candidates=tmp_path/'val_rank_random_50.json'))
+    tasks = [t for it in items for t in it.tasks]
+    by_key = {(r['img_fn'], r['event'], r['inference_relation']): r for r in rows}
+    assert len(tasks) == len(rows)
+    for it in items:
+        for t in it.tasks:
+            r = by_key[it.image, recs[int(it.id.split(':')[0])]['event'], t.name]
+            assert [c['answer'] for c in t.candidates] == [flat[j][2] for j in r['inference_candidate_indices']]
+            assert t.meta['golds'] == list(range(r['num_gt']))
+    seeded = [t for it in load_visualcomet(tmp_path/'vc.json', VCR_ROOT) for t in it.tasks]
+    assert any({c['answer'] for c in a.candidates} != {c['answer'] for c in b.candidates} for a, b in zip(tasks, seeded))   # not lskd's own draw
+    res = evaluate('visualcomet', tmp_path/'vc.json', ['chance'], image_root=VCR_ROOT, candidates=tmp_path/'val_rank_random_50.json', progress=False)
+    assert res['settings']['candidates'] == 'official' and res['data'][1]['path'].endswith('val_rank_random_50.json')
+    rows[0]['inference_candidate_indices'] = rows[0]['inference_candidate_indices'][::-1]           # not this file's: its truths are not first
+    (tmp_path/'bad.json').write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match='are not its ground truths'): list(load_visualcomet(tmp_path/'vc.json', VCR_ROOT, candidates=tmp_path/'bad.json'))

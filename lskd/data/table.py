@@ -8,6 +8,7 @@ import hashlib, json, os, re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 import numpy as np
+from fastcore.basics import patch
 import pyarrow as pa
 from .records import QAR, Region
 from .formats import as_qar
@@ -55,20 +56,27 @@ def record_qar(d:dict[str, Any]) -> QAR:
 def convert_corpus(src:str|Path,        # the corpus JSONL (lskd or release rows)
                    dst:str|Path,        # the Arrow file to write
                    on_bad:BadRows|Callable[..., Any]|None=None,   # a bad row: None raises (nothing is written); else `on_bad(error, raw)`
-                   batch_rows:int=1024, # rows per record batch (what the conversion holds in memory)
+                   batch_rows:int=1024, # rows held as Python records at a time
+                   group_rows:int=65536,# rows per record batch written (Arrow memory while converting; a reader keeps one small object per batch)
                    progress:bool=False,
                   ) -> dict[str, Any]:
     "Read `src` once and write it to `dst` as Arrow; `{'rows', 'bad'}` (the bad rows skipped: line, image, error, raw)"
     from tqdm.auto import tqdm
     bad: list[dict[str, Any]] = []
     def on(e, raw=None): bad.append({'line': e.line, 'image': e.image, 'error': str(e), 'raw': raw}); reject(on_bad, e, raw)
-    n, buf = 0, []
+    n, buf, group = 0, [], []
     with atomic_path(dst) as tmpf, pa.OSFile(str(tmpf), 'wb') as sink, pa.ipc.new_file(sink, CORPUS_SCHEMA) as w, \
          tqdm(desc=f'{Path(src).name} -> arrow', unit=' rows', disable=not progress, mininterval=1) as bar:
+        def flush(last=False):
+            nonlocal buf, group
+            if buf: group.append(pa.RecordBatch.from_pylist(buf, CORPUS_SCHEMA)); bar.update(len(buf)); buf = []
+            if group and (last or sum(g.num_rows for g in group) >= group_rows):
+                for b in pa.Table.from_batches(group, CORPUS_SCHEMA).combine_chunks().to_batches(): w.write_batch(b)
+                group = []
         for q in read_jsonl(src, as_qar, on_bad=on):
-            buf.append(qar_record(q))
-            if len(buf) == batch_rows: w.write_batch(pa.RecordBatch.from_pylist(buf, CORPUS_SCHEMA)); n += len(buf); bar.update(len(buf)); buf = []
-        if buf: w.write_batch(pa.RecordBatch.from_pylist(buf, CORPUS_SCHEMA)); n += len(buf); bar.update(len(buf))
+            buf.append(qar_record(q)); n += 1
+            if len(buf) == batch_rows: flush()
+        flush(last=True)
     return {'rows': n, 'bad': bad}
 
 # %% ../../nbs/16_data_table.ipynb #297cf733
@@ -106,11 +114,24 @@ class CorpusTable:
                  source:str|Path|None=None,        # the corpus it was made from
                  bad:Sequence[dict[str, Any]]=()): # the bad rows left out
         self.path, self.source, self.bad = Path(path), source, list(bad)
-        self.table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()   # zero-copy: the buffers point into the map
+        f = pa.ipc.open_file(pa.memory_map(str(self.path)))          # zero-copy: the buffers point into the map
+        self.batches = [f.get_batch(i) for i in range(f.num_record_batches)]
+        self.starts = np.cumsum([0] + [b.num_rows for b in self.batches])   # the first row of each record batch
+        self.table = pa.Table.from_batches(self.batches, CORPUS_SCHEMA)
     def __len__(self) -> int: return self.table.num_rows
     def __repr__(self) -> str: return f"CorpusTable({self.source or self.path}: {len(self):,} rows, {len(self.bad)} bad rows left out; {self.path})"
     def column(self, name:str) -> np.ndarray: "A column as a NumPy array (nulls as NaN / None)"; return self.table.column(name).to_numpy(zero_copy_only=False)
-    def qars(self, rows:Sequence[int]|np.ndarray) -> list[QAR]: "The `QAR`s at positions `rows`"; return [record_qar(d) for d in self.table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()]
+
+# %% ../../nbs/16_data_table.ipynb #43612f5a
+@patch
+def qars(self:CorpusTable, rows:Sequence[int]|np.ndarray) -> list[QAR]:
+    "The `QAR`s at positions `rows`: a zero-copy slice of each row's record batch, joined, decoded at once"
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows): return []
+    if rows.min() < 0 or rows.max() >= len(self): raise IndexError(f"rows outside 0..{len(self) - 1} of {self.path}")
+    b = (np.searchsorted(self.starts, rows, side='right') - 1).tolist()
+    rb = pa.Table.from_batches([self.batches[k].slice(r - int(self.starts[k]), 1) for k, r in zip(b, rows.tolist())], CORPUS_SCHEMA)
+    return [record_qar(d) for d in rb.combine_chunks().to_pylist()]
 
 # %% ../../nbs/16_data_table.ipynb #7da574f1
 def _replay(info, src, on_bad):

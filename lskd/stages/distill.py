@@ -104,7 +104,9 @@ def make_example(q:QAR|dict[str, Any],         # a `QAR` or a released LSKD row
     return Example(q, order, text, index, distract, keep, [t for x in negs if (t := student_text(x, rm, keep)) != text])
 
 # %% ../../nbs/43_distill.ipynb #b332e41f
-def epoch_order(n:int, seed:int, epoch:int) -> np.ndarray: "A seeded permutation of `n` items for `epoch` (the same in every process)"; return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(n:int, seed:int, epoch:int) -> np.ndarray:
+    "A seeded permutation of `n` items for `epoch` (the same in every process; int32 below 2**31 items: 4 MB for a million)"
+    a = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64); np.random.default_rng([seed, epoch]).shuffle(a); return a
 
 # %% ../../nbs/43_distill.ipynb #efe63c3d
 def _keep(q, min_score):
@@ -168,19 +170,21 @@ def table(self:CorpusStream) -> CorpusTable:
 # %% ../../nbs/43_distill.ipynb #7cfee760
 @patch(as_prop=True)
 def items(self:CorpusStream) -> np.ndarray:
-    "(n, 2) int64 `(row, k)`: the training triples kept (`k = -1`) and the grounding pairs (`k`-th of the row's image), in table order"
+    "(n, 2) `(row, k)` (int32 below 2**31 rows): the training triples kept (`k = -1`) and the grounding pairs (`k`-th of the row's image), in table order"
     if self._items is None:
-        t = self.table(); keep = np.ones(len(t), bool)
+        t = self.table(); keep = np.ones(len(t), bool) if self.min_score is not None or self.heldout else None
+        dt = np.int32 if len(t) < 2**31 else np.int64                 # 8 bytes an item below 2**31 rows
         if self.min_score is not None: p = t.column('prediction').astype(float); keep &= ~np.isnan(p) & (p >= self.min_score)
         if self.heldout or self.grounding:
             enc = t.table.column('image').combine_chunks().dictionary_encode(); codes = enc.indices.to_numpy()
         if self.heldout: keep &= ~np.array([heldout_image(u, self.heldout, self.heldout_seed) for u in enc.dictionary.to_pylist()], bool)[codes]
-        rows = np.nonzero(keep)[0]; its = np.stack([rows, np.full(len(rows), -1)], 1)
+        rows = np.arange(len(t), dtype=dt) if keep is None else np.nonzero(keep)[0].astype(dt)
+        its = np.empty((len(rows), 2), dt); its[:, 0], its[:, 1] = rows, -1
         if self.grounding:
             d = t.column('described'); first = np.sort(rows[np.unique(codes[rows], return_index=True)[1]])
             g = np.array([(r, k) for r in first for k in range(d[r])], dtype=np.int64).reshape(-1, 2)
             its = np.concatenate([its, g]); its = its[np.lexsort((its[:, 1], its[:, 0]))]
-        self._items = its.astype(np.int64)
+        self._items = its.astype(dt, copy=False)
     return self._items
 
 # %% ../../nbs/43_distill.ipynb #f820146f

@@ -28,11 +28,11 @@ __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'RUN_ONLY', 'BENC
            'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt',
            'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'Slim', 'questions',
            'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
-           'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'load_visualcomet', 'load_visualcomet_single', 'mc_item',
-           'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus', 'pointing_qars', 'pointing_item',
-           'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer', 'load_scorer', 'split_model',
-           'EvaluateConfig', 'evaluate', 'load_results', 'Table', 'results_table', 'Chart', 'results_chart', 'parser',
-           'main', 'check_benchmark', 'run_students', 'separability', 'run_stage']
+           'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'vc_candidates', 'load_visualcomet',
+           'load_visualcomet_single', 'mc_item', 'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus',
+           'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer',
+           'load_scorer', 'split_model', 'EvaluateConfig', 'evaluate', 'load_results', 'Table', 'results_table',
+           'Chart', 'results_chart', 'parser', 'main', 'check_benchmark', 'run_students', 'separability', 'run_stage']
 
 # %% ../../nbs/44_evaluate.ipynb #95a9580f
 @dataclass
@@ -370,7 +370,7 @@ def _load_json_or_jsonl(path):
     try: d = json.loads(txt)
     except json.JSONDecodeError: return list(read_jsonl(p))
     if isinstance(d, dict):
-        for k in ('instances', 'annotations', 'data'):
+        for k in ('instances', 'annotations', 'data', 'results'):         # results: run_rank.py's output
             if isinstance(d.get(k), list): return d[k]
         return [d]
     return d
@@ -465,6 +465,28 @@ def vc_pool(golds:Sequence[int], n_flat:int, n_candidates:int, rng:random.Random
     pool = list(golds) + negs; order = rng.sample(range(len(pool)), len(pool))
     return [pool[i] for i in order], sorted(order.index(i) for i in range(len(golds)))
 
+# %% ../../nbs/44_evaluate.ipynb #29b4df26
+def vc_candidates(path:str|Path,         # run_rank.py's output (`val_rank_random_50.json`)
+                  annotations:str|Path|None=None,   # the annotation file it belongs to (for messages)
+                 ) -> dict[tuple[str, str, str], list[int]]:
+    "`{(img_fn, event, relation): inference_candidate_indices}` of an official candidate file"
+    rows = _load_json_or_jsonl(path)
+    try: return {(r['img_fn'], r['event'], r['inference_relation']): [int(j) for j in r['inference_candidate_indices']] for r in rows}
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a VisualCOMET candidate file (run_rank.py's output: records with img_fn, event, inference_relation "
+                         f"and inference_candidate_indices): {e!r}") from None
+
+# %% ../../nbs/44_evaluate.ipynb #6d5aad34
+def _official_pool(official, key, golds, n_flat, path):
+    "`(pool, gold positions)` of one problem from the official candidates, checked against the annotations"
+    if key not in official: raise ValueError(f"{path}: no candidates for {key} (image, event, relation): is it the candidate file of these annotations?")
+    pool = official[key]
+    if bad := [j for j in pool if not 0 <= j < n_flat]: raise ValueError(f"{path}: candidate index {bad[0]} of {key} is outside the {n_flat} inferences of the annotations")
+    if sorted(pool[:len(golds)]) != sorted(golds):
+        raise ValueError(f"{path}: the first candidates of {key} are not its ground truths in these annotations (positions {pool[:len(golds)]}, "
+                         f"expected {golds}): another annotation file, or another flattening")
+    return list(pool), list(range(len(golds)))
+
 # %% ../../nbs/44_evaluate.ipynb #2008a62b
 def load_visualcomet(path:str|Path,                                  # VisualCOMET annotations (`val_annots.json`)
                      root:str|Path|None=None,                         # the image root (VCR's `vcr1images/`)
@@ -472,9 +494,11 @@ def load_visualcomet(path:str|Path,                                  # VisualCOM
                      seed:int=0,                                      # seed for the draws and the order
                      limit:int|None=None,                             # the first N events only (the draws still come from all)
                      relations:Sequence[str]=tuple(VC_QUESTIONS),     # the relations asked about
+                     candidates:str|Path|None=None,                   # the official candidates (run_rank.py's `val_rank_random_50.json`); None: lskd's seeded draw
                     ) -> Iterator[EvalItem]:
     "`EvalItem`s of the official ranking: one per (image, event), one task per relation with all its ground truths"
     recs = _load_json_or_jsonl(path); flat = vc_flat(recs, relations)
+    official = vc_candidates(candidates, path) if candidates else None
     events: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}
     for (img, ev, rel), golds in vc_problems(recs, flat).items(): events.setdefault((img, ev), []).append((rel, golds))
     for (img, ev), probs in events.items():
@@ -486,7 +510,8 @@ def load_visualcomet(path:str|Path,                                  # VisualCOM
         ask = lambda rel: f"{event.rstrip('.')}{' ' + place if place else ''}. {VC_QUESTIONS[rel].format(p=p)}"
         tasks = []
         for rel, golds in probs:
-            pool, gpos = vc_pool(golds, len(flat), n_candidates, _seeded(seed, 'rank', img, ev, rel))
+            if official is None: pool, gpos = vc_pool(golds, len(flat), n_candidates, _seeded(seed, 'rank', img, ev, rel))
+            else: pool, gpos = _official_pool(official, (img, ev, rel), golds, len(flat), candidates)
             tasks.append(Task(rel, [dict(question=ask(flat[j][1]), answer=person_refs(flat[j][2], nb)) for j in pool], gpos[0],
                               meta=dict(golds=gpos, event_idx=r.get('event_idx', n), n_requested=n_candidates)))
         yield EvalItem(f"{n}:{img}", img, regions, tasks)
@@ -760,7 +785,7 @@ class EvaluateConfig(Config):
     pointing: bool = True                   # lskd run: also the pointing test on the held-out triples
     no_boxes: bool = True                   # lskd run: also the distilled student without drawn boxes (the boxes' ablation)
     kept_only: bool = False                 # lskd run: questions from the critic-kept triples only (default: all triples of held-out images)
-    benchmarks: list = field(default_factory=list)   # lskd run: also these files, every student: [{benchmark: vcr, annotations: ..., image_root: ..., instances: ..., limit: ...}]
+    benchmarks: list = field(default_factory=list)   # lskd run: also these files, every student: [{benchmark: vcr, annotations: ..., image_root: ..., instances: ..., candidates: ..., limit: ...}]
     section = 'evaluate'
 
 # %% ../../nbs/44_evaluate.ipynb #bc0bd979
@@ -771,6 +796,7 @@ def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
              config:EvaluateConfig|Mapping[str, Any]|str|Path|None=None,  # an `EvaluateConfig`, a dict or a YAML path (None: the defaults)
              image_root:str|Path|None=None,    # the image root
              instances:str|Path|None=None,     # Sherlock: the instances file
+             candidates:str|Path|None=None,    # VisualCOMET: the official candidate file (run_rank.py's val_rank_random_50.json); None: lskd's seeded draw
              progress:bool=True,               # show progress bars
              shared:list[Any]|None=None,       # models loaded before (a list, added to): a model shares their frozen encoders and feature cache where it can
              **overrides:Any,                  # settings over `config`'s (`EvaluateConfig` fields)
@@ -786,6 +812,10 @@ def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
     kw: dict[str, Any] = dict(root=root, limit=limit)
     if benchmark == 'sherlock': kw['instances'] = instances
     if benchmark.startswith('visualcomet'): kw.update(seed=seed, n_candidates=n_candidates or 50)
+    if candidates:
+        if benchmark != 'visualcomet': raise ValueError(f"candidates: only the visualcomet benchmark takes a candidate file, not {benchmark}")
+        if not Path(candidates).exists(): raise FileNotFoundError(f"candidate file not found: {candidates}")
+        kw['candidates'] = candidates
     if benchmark == 'mc': kw['n_candidates'] = n_candidates or 4
     if benchmark in ('mc', 'pointing'): kw.update(seed=seed, heldout=heldout, heldout_seed=heldout_seed)
     if benchmark in ('vcr', 'mc', 'pointing'): kw['on_bad'] = BadRows(on_bad_row, Path(out)/'evaluate_errors.jsonl' if out else None)
@@ -799,9 +829,11 @@ def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
                       f"(as few as {s['short_min']}): the file has too few distinct texts to sample from")
     files = [dict(path=str(annotations), sha256=sha256_file(annotations))]
     if instances: files.append(dict(path=str(instances), sha256=sha256_file(instances)))
+    if candidates: files.append(dict(path=str(candidates), sha256=sha256_file(candidates)))
     res: dict[str, Any] = dict(benchmark=benchmark, description=b.description, data=files, images=str(root) if root else None,
                n_questions=s['questions'], n_tasks=s['tasks'], candidates=dict(min=s['min'], max=s['max']),
-               settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed),
+               settings=dict(draw=draw, text_style=text_style, limit=limit, seed=seed, n_candidates=n_candidates, heldout=heldout, heldout_seed=heldout_seed,
+                             **({'candidates': 'official' if candidates else 'seeded draw'} if benchmark == 'visualcomet' else {})),
                chance=chance, models=[], created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if out: Path(out).mkdir(parents=True, exist_ok=True)
     names: set[str] = set(); recs_of: dict[str, list[Slim]] = {}; shared = [] if shared is None else shared
@@ -848,7 +880,7 @@ def _rows(results):
             vals, ns = rows.setdefault(m['name'] if seen[b, m['name']] == 1 else f"{m['name']} (run {k+1})", ({}, {}))
             iv = m.get('intervals', {})
             vals.update({(b, kd, c): (v, iv.get(kd, {}).get(c)) for kd,dd in m['metrics'].items() for c,v in dd.items()})
-            if 'n' in m: ns[b] = m['n']
+            if 'n' in m: ns[b] = m.get('units', m['n'])          # questions (a VCR question is two records: Q->A and QA->R)
     benches = list(dict.fromkeys(r['benchmark'] for r in results))
     cols = sorted(dict.fromkeys(c for vals,_ in rows.values() for c in vals), key=lambda c: benches.index(c[0]))
     return benches, [(n, v, ns) for n,(v, ns) in rows.items()], cols
@@ -892,7 +924,7 @@ def results_table(results:dict[str, Any]|Iterable[dict[str, Any]]) -> Table:
         if not many and benches[0] in PAPER and cols: body.append([who] + [None]*len(nb) + [PAPER[benches[0]][c][i] if c in PAPER[benches[0]] else None for *_,c in cols])
     head = ['model'] + [f'n ({b})' if many else 'n' for b in nb] + [f'{b} {c} ({k})' if many else f'{c} ({k})' for b,k,c in cols]
     ivs = any(iv for _,vals,_ in rows for _,iv in vals.values())
-    return Table(head, body, f"{' + '.join(benches)}: zero-shot, percent" + (', [95% bootstrap interval]' if ivs else ''))
+    return Table(head, body, f"{' + '.join(benches)}: zero-shot, percent" + (', [95% bootstrap interval]' if ivs else '') + (', n: questions' if nb else ''))
 
 # %% ../../nbs/44_evaluate.ipynb #5bfb4d97
 class Chart:
@@ -943,6 +975,7 @@ def parser() -> argparse.ArgumentParser:
                    'VisualCOMET json, MC jsonl or a corpus jsonl)')
     p.add_argument('--image-root', help='the image root (VCR: vcr1images/)')
     p.add_argument('--instances', help='Sherlock: the instances file the comparison annotations refer to')
+    p.add_argument('--candidates', help="VisualCOMET: the official candidate file (run_rank.py's val_rank_random_50.json); without it, a seeded draw")
     p.add_argument('--model', action='append', default=[], metavar='[NAME=]SPEC',
                    help='a model: a model folder, FAMILY:FOLDER, a family name (untrained), chance, overlap, or module.path:function; repeat to compare')
     p.add_argument('--out', required=True, help='output folder for results.json, results.png, predictions')
@@ -965,7 +998,7 @@ def main(argv:list[str]|None=None) -> int:
         parser().error('--benchmark, --annotations and at least one --model are needed (or --compare RUN ...)')
     import matplotlib; matplotlib.use('Agg')
     try: res = evaluate(a.benchmark, a.annotations, a.model, out, EvaluateConfig.load(a.config, **config_overrides(a, EvaluateConfig, skip=RUN_ONLY)),
-                        image_root=a.image_root, instances=a.instances, progress=not a.quiet)
+                        image_root=a.image_root, instances=a.instances, candidates=a.candidates, progress=not a.quiet)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f'lskd evaluate: error: {e}', file=sys.stderr); return 2
     t = results_table(res); (out/'results.md').write_text(t.to_markdown() + '\n')
@@ -973,7 +1006,7 @@ def main(argv:list[str]|None=None) -> int:
     return 0
 
 # %% ../../nbs/44_evaluate.ipynb #fd3b0dd1
-BENCHMARK_KEYS = {'benchmark', 'annotations', 'image_root', 'instances', 'limit', 'name'}
+BENCHMARK_KEYS = {'benchmark', 'annotations', 'image_root', 'instances', 'candidates', 'limit', 'name'}
 
 # %% ../../nbs/44_evaluate.ipynb #4a23e858
 def check_benchmark(b:Any, i:int=0) -> dict[str, Any]:
@@ -982,7 +1015,7 @@ def check_benchmark(b:Any, i:int=0) -> dict[str, Any]:
     if not isinstance(b, dict) or b.get('benchmark') not in BENCHMARKS:
         raise ValueError(f"{where}: needs benchmark: one of {', '.join(BENCHMARKS)} (got {b!r})")
     if bad := sorted(set(b) - BENCHMARK_KEYS): raise ValueError(f"{where}: unknown key {bad[0]!r}; the keys are {', '.join(sorted(BENCHMARK_KEYS))}")
-    for k in ('annotations', 'image_root', 'instances'):
+    for k in ('annotations', 'image_root', 'instances', 'candidates'):
         if b.get(k) is not None and not Path(b[k]).exists(): raise FileNotFoundError(f"{where}.{k}: {b[k]} not found")
     if not b.get('annotations'): raise ValueError(f"{where}: needs annotations: the benchmark's file")
     return b
@@ -1044,12 +1077,13 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
         nb = [f"distilled-no-boxes={run_dir/'distill'/'distilled'}"]
         jobs += [(b, f, o/'no-boxes', nb, False) for b,f,o,_,_ in jobs]
     jobs = [(*j, root, {}) for j in jobs] + [(b['benchmark'], b['annotations'], out/b.get('name', b['benchmark']), studs, True, b.get('image_root'),
-                                              {'instances': b.get('instances'), 'limit': b.get('limit')}) for b in benches]
+                                              {'instances': b.get('instances'), 'candidates': b.get('candidates'), 'limit': b.get('limit')}) for b in benches]
     c = replace(c, seed=seed, heldout=None)         # the questions are already those of held-out images
     allres: list[dict[str, Any]] = []; lines: list[str] = []; base: dict[str, list[Slim]] = {}; pool: list[Any] = []
     bar = Progress(len(jobs), 'evaluations', out/'progress.json', 'evaluate', show=False)
     for b,f,o,ms,draw,r,kw in jobs:
-        allres.append(evaluate(b, f, ms, o, c, image_root=r, instances=kw.get('instances'), progress=False, shared=pool, draw=draw, limit=kw.get('limit')))
+        allres.append(evaluate(b, f, ms, o, c, image_root=r, instances=kw.get('instances'), candidates=kw.get('candidates'), progress=False, shared=pool,
+                               draw=draw, limit=kw.get('limit')))
         names = [m['name'] for m in allres[-1]['models']]
         if 'base' in names: base[b] = _predictions(o, 'base', BENCHMARKS[b].meta)     # kept for the ablations that follow (no boxes)
         recs = {(b, n): _predictions(o, n, BENCHMARKS[b].meta) for n in names if 'base' not in names and b in base}
