@@ -64,7 +64,7 @@ def convert_corpus(src:str|Path,        # the corpus JSONL (lskd or release rows
     from tqdm.auto import tqdm
     bad: list[dict[str, Any]] = []
     def on(e, raw=None): bad.append({'line': e.line, 'image': e.image, 'error': str(e), 'raw': raw}); reject(on_bad, e, raw)
-    n, buf, group = 0, [], []
+    n, buf, group = 0, list[dict[str, Any]](), list[pa.RecordBatch]()
     with atomic_path(dst) as tmpf, pa.OSFile(str(tmpf), 'wb') as sink, pa.ipc.new_file(sink, CORPUS_SCHEMA) as w, \
          tqdm(desc=f'{Path(src).name} -> arrow', unit=' rows', disable=not progress, mininterval=1) as bar:
         def flush(last=False):
