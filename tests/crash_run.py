@@ -30,7 +30,8 @@ WALL_KEYS = {'seconds', 'wall_s', 'request_seconds', 'peak_rss_mib', 'created', 
              'examples_per_s', 'images_per_s', 'completion_tokens_per_s',   # wall times and rates (and peak memory)
              'mtime_ns'}                # a file's modification time (a corpus table's key file: lskd.data.table.content_key)
 RESUME_KEYS = {'skipped_on_resume'}       # the manifest's record that a resume skipped a complete stage
-LOGS = [r'^notebooks/.*\.ipynb$', r'(^|/)progress\.json$', r'(^|/)attempts\.jsonl$', r'(^|/)[^/]*server[^/]*\.log$', r'(^|/)cache\.sqlite(-wal|-shm|-journal)?$']
+LOGS = [r'(^|/)\.[^/]+\.\d+\.tmp$',      # the temporary of a write that a kill interrupted (lskd.io.files.atomic_path): the file itself is whole
+        r'^notebooks/.*\.ipynb$', r'(^|/)progress\.json$', r'(^|/)attempts\.jsonl$', r'(^|/)[^/]*server[^/]*\.log$', r'(^|/)cache\.sqlite(-wal|-shm|-journal)?$']
 RUN = 'run'
 
 
