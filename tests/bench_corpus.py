@@ -8,8 +8,8 @@ Every measurement runs in a fresh process (its peak memory is its own, read from
   convert  `corpus_table` on a cold cache: JSONL -> checked triples -> Arrow (once per corpus)
   raw      the limit: the same rows as the loop, in the epoch's permuted order, `batch-size` at a time, read from the memory-mapped
            table and decoded to `QAR`s (`CorpusTable.qars`: what any reader of the table must do to hand triples to Python)
-  loop     `CorpusStream` (one process, no workers) feeding a toy model: a hashed bag of words, in-batch contrastive loss,
-           backward and an SGD step; rows/s of examples through the loss
+  loop     `CorpusStream` (one process, no workers) feeding a toy model (`toy_loss`: hashed byte-bigram counts, a linear layer, in-batch
+           contrastive loss), backward and an SGD step; rows/s of examples through the loss
   resume   a new `CorpusStream` started at the batch of row 90% (of the epoch's order), to its first batch
 Peak memory: VmHWM (all resident pages, including the page cache pages of the mapped table the process touched) and the peak of
 RssAnon (the process's own memory, sampled every 10 ms)."""
@@ -48,14 +48,18 @@ def make_corpus(path, n):
     with open(path, 'w') as f:
         for i in range(n): f.write(json.dumps(release_row(i, rng)) + '\n')
 
-def toy_loss():
+def toy_loss(buckets=1024):
+    "A toy model that costs little beside the data: counts of hashed byte bigrams of each text (made in torch), a linear layer, in-batch contrastive loss"
     import torch, torch.nn as nn, torch.nn.functional as F
-    emb = nn.EmbeddingBag(4096, 32, mode='mean'); opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    lin = nn.Linear(buckets, 32); opt = torch.optim.SGD(lin.parameters(), lr=0.1)
     def step(texts):
-        ids = [[zlib.crc32(w.encode()) % 4096 for w in t.split()] or [0] for t in texts]
-        x = F.normalize(emb(torch.tensor(sum(ids, [])), torch.tensor([0] + [len(i) for i in ids[:-1]]).cumsum(0)), dim=-1)
-        loss = F.cross_entropy(x @ x.T / 0.1, torch.arange(len(texts)))
-        opt.zero_grad(); loss.backward(); opt.step(); return float(loss)
+        bs = [t.encode() for t in texts]; x = torch.frombuffer(bytearray(b''.join(bs)), dtype=torch.uint8).long()
+        ids = torch.cat([x[:-1] * 256 + x[1:], x[-1:]]) % buckets            # hashed byte bigrams (one crosses into the next text: a toy)
+        row = torch.repeat_interleave(torch.arange(len(bs)), torch.tensor([len(b) for b in bs]))
+        h = torch.zeros(len(bs), buckets).index_put_((row, ids), torch.ones(len(ids)), accumulate=True)
+        z = F.normalize(lin(h), dim=-1)
+        loss = F.cross_entropy(z @ z.T / 0.1, torch.arange(len(texts)))
+        opt.zero_grad(); loss.backward(); opt.step(); return loss.item()
     return step
 
 def child(what, corpus, tables, n, rows, bs):
