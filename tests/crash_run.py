@@ -29,7 +29,8 @@ TRAINING, CHECKPOINT = ['critic', 'distill'], 'checkpoint'
 WALL_KEYS = {'seconds', 'wall_s', 'request_seconds', 'peak_rss_mib', 'created', 'finished', 'per_second', 'triples_per_s',
              'examples_per_s', 'images_per_s', 'completion_tokens_per_s',   # wall times and rates (and peak memory)
              'mtime_ns'}                # a file's modification time (a corpus table's key file: lskd.data.table.content_key)
-RESUME_KEYS = {'skipped_on_resume'}       # the manifest's record that a resume skipped a complete stage
+RESUME_KEYS = {'skipped_on_resume',       # the manifest's record that a resume skipped a complete stage
+               'scored_now', 'executor'}  # the critic's filter report: triples scored by this session, and its tasks and workers
 LOGS = [r'(^|/)\.[^/]+\.\d+\.tmp$',      # the temporary of a write that a kill interrupted (lskd.io.files.atomic_path): the file itself is whole
         r'^notebooks/.*\.ipynb$', r'(^|/)progress\.json$', r'(^|/)attempts\.jsonl$', r'(^|/)[^/]*server[^/]*\.log$', r'(^|/)cache\.sqlite(-wal|-shm|-journal)?$']
 RUN = 'run'

@@ -194,19 +194,24 @@ def test_labels_of_another_corpus_fail_clearly(world, tmp_path):
 def test_score_corpus_writes_scores_and_resumes(trained, tmp_path):
     d, out, _ = trained
     crit = Critic.load(out/'run')
-    rep = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, batch_size=4, progress=False)
+    rep = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, executor={'batch_size': 4}, progress=False)
     rows = list(read_jsonl(tmp_path/'scored.jsonl', QAR))
     assert len(rows) == 10 and all(0 <= q.scores['prediction'] <= 1 and 1 <= q.scores['qa_score'] <= 5
                                     and 1 <= q.scores['rationale_score'] <= 5 for q in rows)
     kept = [q for q in rows if q.scores['prediction'] >= 0.3]
     assert [q.id for q in read_jsonl(tmp_path/'filtered.jsonl', QAR)] == [q.id for q in kept]
     assert rep['sources']['a'][0] == 6 and rep['sources']['b'][0] == 4 and rep['kept'] == len(kept)
+    assert json.loads((tmp_path/'scored.progress.json').read_text()) == {'rows': 10, 'lines': 10, 'corpus_lines': 10}
+    # killed while writing task 2's rows: its record never written (the last one says task 1), its last line torn
     lines = (tmp_path/'scored.jsonl').read_bytes().splitlines(keepends=True)
-    (tmp_path/'scored.jsonl').write_bytes(b''.join(lines[:7]) + lines[7][:20])   # interrupted mid-line
-    rep2 = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, batch_size=4, progress=False)
-    assert rep2['scored_now'] == 3 and [q.id for q in read_jsonl(tmp_path/'scored.jsonl', QAR)] == [q.id for q in rows]
-    p1 = [q.scores['prediction'] for q in rows]; p2 = [q.scores['prediction'] for q in read_jsonl(tmp_path/'scored.jsonl', QAR)]
-    assert p1 == pytest.approx(p2, abs=1e-4)                  # scoring is deterministic (no shuffled drawing)
+    (tmp_path/'scored.jsonl').write_bytes(b''.join(lines[:7]) + lines[7][:20])
+    (tmp_path/'scored.progress.json').write_text(json.dumps({'rows': 4, 'lines': 4, 'corpus_lines': 10}))
+    rep2 = score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, executor={'batch_size': 4}, progress=False)
+    assert rep2['scored_now'] == 6 and (tmp_path/'scored.jsonl').read_bytes() == b''.join(lines)   # tasks 2 and 3 again: the same bytes
+    # without its record (an older run folder) scored.jsonl is not trusted: scored again from the start
+    (tmp_path/'scored.progress.json').unlink()
+    assert score_corpus(crit, d/'corpus.jsonl', tmp_path, threshold=0.3, image_root=d, progress=False)['scored_now'] == 10
+    assert (tmp_path/'scored.jsonl').read_bytes() == b''.join(lines)      # batches of 64 or of 4: the same scores (one image at a time)
 
 
 def test_blip2_critic_trains_and_scores(world, tmp_path):
@@ -261,3 +266,14 @@ def test_real_encoders_on_photos(tmp_path):
     negs, labs = synthetic_negatives(qs)
     rep = train_critic(qs + negs, labs, tmp_path/'c', epochs=1, image_root=root, heldout=0.25, progress=False)
     assert list(rep['model']['config']['encoders']) == ['efficientnet-lite0', 'all-MiniLM-L6-v2'] and rep['val']['n'] > 0
+
+
+def test_score_corpus_bad_rows_recorded_once_or_raised(trained, tmp_path):
+    d, out, _ = trained
+    crit = Critic.load(out/'run')
+    lines = (d/'corpus.jsonl').read_text().splitlines(keepends=True)
+    (tmp_path/'c.jsonl').write_text(''.join(lines[:3]) + '{"image": "x.png", "question": "Why [7]?"}\n' + ''.join(lines[3:]))
+    with pytest.raises(Exception, match=r'c\.jsonl:4:'):
+        score_corpus(crit, tmp_path/'c.jsonl', tmp_path/'e', image_root=d, executor={'batch_size': 2}, progress=False)
+    rep = score_corpus(crit, tmp_path/'c.jsonl', tmp_path/'r', image_root=d, executor={'batch_size': 2}, progress=False, on_bad_row='record')
+    assert rep['n'] == 10 and [e['line'] for e in read_jsonl(tmp_path/'r'/'critic_errors.jsonl')] == [4]

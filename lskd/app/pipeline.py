@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable, cast
 import yaml
 from fastcore.basics import patch
 from ..io.files import atomic_json, shipped
+from ..io.executor import executor_config
+from dataclasses import asdict
 from ..io.config import check_config, check_value, secret_keys, set_key, parse_override, Fraction, Config
 from ..io.progress import progress_line, write_progress
 from ..io.runs import new_run_id, read_stage_report, write_stage_report
@@ -86,9 +88,10 @@ def check_run_config(cfg:dict[str, Any]) -> dict[str, Any]:
         k = bad[0].rsplit('.', 1)[-1]
         raise ValueError(f"{bad[0]} is named like a secret; secrets never go in a run's config (it is copied into the run "
                          f"folder): put the value in an environment variable and give its name as {k}_env")
-    valid = list(TOP_KEYS) + list(STAGES)
+    valid = list(TOP_KEYS) + ['executor'] + list(STAGES)
     if unknown := [k for k in cfg if k not in valid]:
         raise ValueError(f"unknown key {unknown[0]!r} in the run config; the valid keys are: {', '.join(valid)}")
+    if cfg.get('executor') is not None: cfg['executor'] = asdict(executor_config(cfg['executor']))   # where the model stages run (local, ray), checked
     for k,t in TOP_TYPES.items():
         if k in cfg: cfg[k] = check_value(t, cfg[k], k)
     for s in STAGES:

@@ -2,7 +2,8 @@
 
 # %% ../../nbs/01_io_jsonl.ipynb #a09e8c11
 from __future__ import annotations
-import json, os, warnings
+import io, json, os, warnings
+import numpy as np
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, cast
@@ -11,7 +12,7 @@ from .files import atomic_path
 
 # %% auto #0
 __all__ = ['TornLineError', 'TornLineWarning', 'BadRowError', 'row_image', 'bad_row', 'BadRows', 'reject', 'skip_row',
-           'read_jsonl', 'Passes', 'repair_jsonl', 'JsonlWriter', 'write_jsonl']
+           'read_jsonl', 'Passes', 'repair_jsonl', 'JsonlWriter', 'write_jsonl', 'line_offsets']
 
 # %% ../../nbs/01_io_jsonl.ipynb #472cb610
 class TornLineError(ValueError):
@@ -75,12 +76,15 @@ def skip_row(e:BadRowError, raw:str|None=None) -> None:
 
 # %% ../../nbs/01_io_jsonl.ipynb #4276ba65
 def read_jsonl(path:str|Path, cls:type|Callable[[dict], Any]|None=None, strict:bool=False,
-               on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None) -> Iterator[Any]:
+               on_bad:Callable[[BadRowError, str|None], Any]|BadRows|None=None,
+               span:tuple[int, int, int]|None=None) -> Iterator[Any]:
     "Stream a JSONL file's rows: dicts, or `cls.from_dict` of them (`cls` may be a function); torn last line reported, bad rows `on_bad`'s"
     path = Path(path); conv = getattr(cls, 'from_dict', cls)
     def bad(e, raw): reject(on_bad, e, raw.decode('utf-8', 'replace')[:4000])
-    with open(path, 'rb') as f:
-        for n, raw in enumerate(f, 1):
+    with open(path, 'rb') as fh:
+        first, f = 1, cast(Iterable[bytes], fh)
+        if span: first, a, b = span; fh.seek(a); f = io.BytesIO(fh.read(b - a))   # only lines first.. (bytes a..b): a share of the file
+        for n, raw in enumerate(f, first):
             if not raw.strip(): continue
             try: d = json.loads(raw)
             except json.JSONDecodeError as e:
@@ -167,3 +171,12 @@ def write_jsonl(path:str|Path, records:Iterable[Any], append:bool=False) -> Path
     with atomic_path(path) as tmp, JsonlWriter(tmp, 'w') as w:
         for r in records: w.write(r)
     return path
+
+# %% ../../nbs/01_io_jsonl.ipynb #67449058
+def line_offsets(path:str|Path, chunk:int=1<<24) -> np.ndarray:
+    "Byte offsets of the starts of `path`'s lines, then its size: line `k` (from 0) is bytes `o[k]:o[k+1]`"
+    out, pos = [np.zeros(1, np.int64)], 0
+    with open(path, 'rb') as f:
+        while b := f.read(chunk): out.append(np.flatnonzero(np.frombuffer(b, np.uint8) == 10).astype(np.int64) + pos + 1); pos += len(b)
+    o = np.concatenate(out)
+    return o if o[-1] == pos else np.append(o, pos)             # a last line without its newline ends at the file's end

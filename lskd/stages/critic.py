@@ -8,6 +8,8 @@ import argparse, hashlib, html, json, math, os, random, re, sys, time, warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
+from functools import partial
+from collections.abc import Mapping
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -15,10 +17,11 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 from ..data.records import QAR, Region, check_field, is_text, is_number, open_image, image_path, check_box
 from ..data.refs import RegionMap, RegionRefError, parse_refs, remap_text, draw_order, model_text, repoint, swap_refs
-from ..io.jsonl import JsonlWriter, read_jsonl, BadRows, write_jsonl, repair_jsonl, skip_row
+from ..io.jsonl import JsonlWriter, read_jsonl, BadRows, BadRowError, write_jsonl, skip_row, line_offsets
+from ..io.executor import ExecutorConfig, executor_config, run_tasks
 from ..data.formats import as_qar
 from ..data.draw import draw_regions, visual_prompt, png_bytes, color_hex, region_color, beside
-from ..io.files import atomic_path, atomic_write
+from ..io.files import atomic_path, atomic_write, atomic_json
 from ..data.stats import split_heldout, roc_auc, bootstrap_ci
 from ..io.config import Config, Positive, Count, NonNegative, PositiveFloat, Probability, Fraction, OnBadRow, Processes, add_config_args, config_overrides
 from fastcore.basics import patch
@@ -829,46 +832,59 @@ def _repr_html_(self:FilterReport) -> str:
     return (f'<table><tr><th>source</th><th>triples</th><th>kept</th><th>kept %</th></tr>{r}'
             f'<tr><td><b>all</b></td><td>{self["n"]}</td><td>{self["kept"]}</td><td>threshold {self["threshold"]}</td></tr></table>')
 
-# %% ../../nbs/42_critic.ipynb #44acb1e0
-def _count_lines(p, repair=False):
-    if not Path(p).exists(): return 0
-    if repair:
-        with warnings.catch_warnings(): warnings.simplefilter('ignore'); repair_jsonl(p)
-    with open(p, 'rb') as f: return sum(1 for l in f if l.strip())
+# %% ../../nbs/42_critic.ipynb #b36dac7e
+def _score_lines(critic, corpus, image_root, span):
+    "One task of `score_corpus`: the corpus lines of `span` read and checked (bad rows set aside, not raised), then scored"
+    bad: list[tuple[BadRowError, str|None]] = []
+    qs = list(read_jsonl(corpus, as_qar, on_bad=lambda e, raw: bad.append((e, raw)), span=span))
+    s = critic.predict(qs, image_root, max(1, len(qs)))
+    for i,q in enumerate(qs): q.scores = {**q.scores, **{k: round(float(v[i]), 5) for k,v in s.items()}}
+    return qs, bad
 
-# %% ../../nbs/42_critic.ipynb #031fc11c
+def _line_scorer(corpus, image_root, device, critic):
+    "The function of a `score_corpus` task, for a worker (on `device` if given: a Ray worker's GPU)"
+    if device and torch.cuda.is_available(): critic.net.to(device)
+    return partial(_score_lines, critic, corpus, image_root)
+
+def _truncate_lines(path, rows):
+    "Keep the first `rows` lines of `path`; False if it has fewer"
+    o = line_offsets(path)
+    if len(o) - 1 < rows: return False
+    with open(path, 'rb+') as f: f.truncate(int(o[rows]))
+    return True
+
+# %% ../../nbs/42_critic.ipynb #e440a425
 def score_corpus(critic:Critic,                   # a `Critic`
                  corpus:str|Path,                 # JSONL path of the corpus
                  out:str|Path,                    # folder of scored.jsonl, filtered.jsonl and filter_report.json
                  threshold:float|None=None,       # None: the critic's
                  image_root:str|Path|None=None,   # the image root
-                 batch_size:int=64,
-                 resume:bool=True,                # continue after the last scored line
+                 executor:ExecutorConfig|Mapping[str, Any]|str|None=None,   # where the batches run, and their size (`ExecutorConfig`; None: here, 64)
+                 resume:bool=True,                # continue after the last scored task
                  progress:bool=True,
                  on_bad_row:OnBadRow='error'      # a bad corpus row: 'error' (raise, naming it) or 'record' (to out/critic_errors.jsonl, and go on)
                 ) -> FilterReport:
     "Score every triple of the JSONL `corpus` into `out/scored.jsonl`, keep those >= threshold in `out/filtered.jsonl`"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     thr = critic.threshold if threshold is None else threshold
-    scored = out/'scored.jsonl'
-    done = _count_lines(scored, repair=True) if resume else 0
-    if not resume and scored.exists(): scored.unlink()
-    total = _count_lines(corpus)
+    ex = executor_config(executor)
+    scored, pos = out/'scored.jsonl', out/'scored.progress.json'
+    rows, line = 0, 0
+    if resume and scored.exists() and pos.exists():
+        p = json.loads(pos.read_text())
+        if _truncate_lines(scored, p['rows']): rows, line = p['rows'], p['lines']
+    if not line: scored.unlink(missing_ok=True)
+    offs = line_offsets(corpus); n_lines = len(offs) - 1
+    ends = list(range(line + ex.batch_size, n_lines, ex.batch_size)) + [n_lines] if line < n_lines else []
+    tasks = [(s + 1, int(offs[s]), int(offs[e])) for s, e in zip([line] + ends[:-1], ends)]       # (first line, from byte, to byte)
+    bad_rows, stats = BadRows(on_bad_row, out/'critic_errors.jsonl'), dict[str, Any]()
+    make = partial(_line_scorer, str(corpus), image_root, 'cuda' if ex.executor == 'ray' and ex.gpus_per_worker else None)
     t0, n_new = time.time(), 0
-    with JsonlWriter(scored) as w, tqdm(total=total, initial=done, disable=not progress, desc='scoring corpus') as bar:
-        batch: list[QAR] = []
-        def flush():
-            nonlocal n_new
-            s = critic.predict(batch, image_root, batch_size)
-            for i,q in enumerate(batch):
-                q.scores = {**q.scores, **{k: round(float(v[i]), 5) for k,v in s.items()}}
-                w.write(q)
-            n_new += len(batch); bar.update(len(batch)); batch.clear()
-        for n,q in enumerate(read_jsonl(corpus, as_qar, on_bad=BadRows(on_bad_row, out/'critic_errors.jsonl'))):
-            if n < done: continue
-            batch.append(q)
-            if len(batch) == batch_size: flush()
-        if batch: flush()
+    with JsonlWriter(scored) as w, tqdm(total=n_lines, initial=line, disable=not progress, desc='scoring corpus', unit=' lines') as bar:
+        for end, (qs, bad) in zip(ends, run_tasks(make, tasks, ex, shared=critic, stats=stats)):
+            for e, raw in bad: bad_rows(e, raw)                       # raises at the first, or records
+            w.write_all(qs); rows += len(qs); n_new += len(qs)
+            atomic_json(pos, dict(rows=rows, lines=end, corpus_lines=n_lines)); bar.update(end - line); line = end
     secs = time.time() - t0
     src: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     def kept():
@@ -879,7 +895,9 @@ def score_corpus(critic:Critic,                   # a `Critic`
     write_jsonl(out/'filtered.jsonl', kept())
     rep = FilterReport(n=sum(v[0] for v in src.values()), kept=sum(v[1] for v in src.values()), threshold=thr,
                        sources={k: tuple(v) for k,v in src.items()}, scored_now=n_new, seconds=round(secs, 3),
-                       per_second=round(n_new/secs, 2) if secs > 0 and n_new else None)
+                       per_second=round(n_new/secs, 2) if secs > 0 and n_new else None,
+                       executor=dict(executor=ex.executor, batch_size=ex.batch_size, tasks=stats.get('tasks', 0), workers=len(stats.get('workers', {})),
+                                     tasks_per_node=dict(stats.get('nodes', {}))))
     (out/'filter_report.json').write_text(json.dumps(rep, indent=1))
     return rep
 
@@ -943,8 +961,9 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser('score', help='score a corpus and write scored.jsonl / filtered.jsonl')
     a.add_argument('--critic', required=True); a.add_argument('--corpus', required=True); a.add_argument('--out', required=True)
     a.add_argument('--threshold', type=float, help="keep triples with P(accept) >= threshold (default: the critic's own)")
-    a.add_argument('--image-root', help='the image root'); a.add_argument('--batch-size', type=int, default=64, help='triples scored per batch')
+    a.add_argument('--image-root', help='the image root')
     a.add_argument('--no-resume', action='store_true'); _bad_row_arg(a)
+    add_config_args(a, ExecutorConfig)          # --executor ray --num-workers 8 --gpus-per-worker 1 --batch-size 64 ...
     return p
 
 # %% ../../nbs/42_critic.ipynb #242226e3
@@ -965,7 +984,8 @@ def main(argv:Sequence[str]|None=None) -> int:
             print(json.dumps({k: rep[k] for k in ('threshold', 'n_train', 'n_val', 'val')}, indent=1, default=float))
             print(f'critic saved to {a.out}/critic.safetensors, plot {a.out}/thresholds.png')
         elif a.cmd == 'score':
-            rep = score_corpus(Critic.load(a.critic), a.corpus, a.out, a.threshold, a.image_root, a.batch_size, not a.no_resume, on_bad_row=a.on_bad_row)
+            rep = score_corpus(Critic.load(a.critic), a.corpus, a.out, a.threshold, a.image_root, ExecutorConfig.load(None, **config_overrides(a, ExecutorConfig)),
+                               not a.no_resume, on_bad_row=a.on_bad_row)
             print(rep); print(f"{a.out}/scored.jsonl, {a.out}/filtered.jsonl")
     except (FileNotFoundError, ValueError, RegionRefError) as e:
         print(f'lskd critic {a.cmd}: error: {e}', file=sys.stderr); return 2
@@ -987,7 +1007,7 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     if not labels.exists(): raise ValueError("the critic has no labels: give critic.labels (a labels.jsonl) or keep critic.synthetic on")
     rep = launch('lskd.stages.critic:train_critic', [corpus] + ([out/'synthetic.jsonl'] if syn else []), labels, out/'model', asdict(c),
                  progress=False, num_processes=c.num_processes, log=out/'processes.log')    # by name, the config as data: a stage notebook's copies do not pickle
-    frep = score_corpus(Critic.load(out/'model'), corpus, out, image_root=root, progress=False, on_bad_row=c.on_bad_row)
+    frep = score_corpus(Critic.load(out/'model'), corpus, out, image_root=root, executor=cfg.get('executor'), progress=False, on_bad_row=c.on_bad_row)
     return write_stage_report(run_dir, 'critic', ['scored.jsonl', 'filtered.jsonl', 'labels.jsonl'], threshold=frep['threshold'],
                               counts={'triples': frep['n'], 'kept': frep['kept'], 'synthetic_negatives': syn['negatives'] if syn else 0},
                               heldout=rep['val'], heldout_auc_by_kind=rep.get('val_auc_by_kind'), labels='synthetic' if syn and not c.labels else 'human' if not syn else 'human+synthetic',
