@@ -77,6 +77,7 @@ def test_killed_worker_is_retried_and_every_task_is_there_once(tmp_path, local_r
     assert out == [[t, t * t] for t in range(12)] and st['tasks'] == 12
 
 
+@pytest.mark.slow      # ~100 s: two Ray starts in subprocesses (pytest --slow)
 def test_killed_stage_resumes_without_redoing_tasks(scoring, tmp_path):
     d, local = scoring
     cmd = [sys.executable, '-m', 'lskd.app.cli', 'critic', 'score', '--critic', str(d/'critic'), '--corpus', str(d/'corpus.jsonl'),
@@ -114,3 +115,14 @@ def test_two_node_cluster_scores_on_both_nodes(scoring):
     assert len(rep['executor']['tasks_per_node']) == 2, rep['executor']      # one worker on each node, each scored tasks
     assert sum(rep['executor']['tasks_per_node'].values()) == 8
     assert same_output(d/'local', d/'cluster')
+
+
+def test_ray_evaluation_predicts_what_local_predicts(scoring, local_ray):
+    from lskd.stages.evaluate import evaluate
+    d, _ = scoring
+    model = f"fused={d/'critic'/'model'}"                      # the critic's image-text model: a fused model on toy encoders
+    res = {ex: evaluate('mc', d/'corpus.jsonl', [model], d/f'eval-{ex}', image_root=d, progress=False,
+                        executor={'executor': ex, 'num_workers': 2, 'batch_size': 16}) for ex in ('local', 'ray')}
+    assert (d/'eval-local'/'predictions_fused.jsonl').read_bytes() == (d/'eval-ray'/'predictions_fused.jsonl').read_bytes()
+    keep = lambda m: {k: m[k] for k in ('metrics', 'n', 'units', 'intervals')}
+    assert keep(res['ray']['models'][0]) == keep(res['local']['models'][0]) and res['ray']['n_questions'] == 60

@@ -18,8 +18,11 @@ from ..data.refs import RegionMap, RegionRefError, tokens_to_text, parse_refs, R
 from ..io.jsonl import read_jsonl, write_jsonl, BadRows, BadRowError, skip_row, Passes
 from ..data.formats import read_vcr, vcr_image, vcr_item, lskd_row_to_qar, as_qar, vcr_meta_record
 from ..data.draw import visual_prompt
-from ..data.stats import heldout_only, roc_auc, bootstrap, percentile_ci
+from ..data.stats import heldout_only, roc_auc, bootstrap, bootstrap_indices, percentile_ci
+import numpy as np
 from ..io.config import Config, Positive, Fraction, OnBadRow, add_config_args, config_overrides
+from ..io.executor import ExecutorConfig, executor_config, run_tasks
+from functools import partial
 from ..io.progress import Progress
 
 # %% auto #0
@@ -27,8 +30,8 @@ __all__ = ['VC_QUESTIONS', 'BENCHMARKS', 'BASELINES', 'PAPER', 'RUN_ONLY', 'BENC
            'item_order', 'ChanceScorer', 'OverlapScorer', 'KeywordScorer', 'score_items', 'argmax', 'kinds', 'accuracy',
            'vcr_metrics', 'pairwise_agreement', 'sherlock_metrics', 'human_agreement', 'recall_at_gt',
            'visualcomet_metrics', 'visualcomet_single_metrics', 'mc_metrics', 'chance_levels', 'Slim', 'questions',
-           'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path', 'load_sherlock',
-           'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'vc_candidates', 'load_visualcomet',
+           'per_question', 'metric_intervals', 'compare', 'verdict', 'vcr_eval_item', 'load_vcr', 'url_image_path',
+           'load_sherlock', 'person_refs', 'vc_flat', 'vc_problems', 'vc_pool', 'vc_candidates', 'load_visualcomet',
            'load_visualcomet_single', 'mc_item', 'transplant_refs', 'Others', 'build_mc', 'load_mc', 'demo_corpus',
            'pointing_qars', 'pointing_item', 'load_pointing', 'pointing_metrics', 'Benchmark', 'is_scorer',
            'load_scorer', 'split_model', 'EvaluateConfig', 'evaluate', 'load_results', 'Table', 'results_table',
@@ -309,11 +312,31 @@ def questions(records:Iterable[Any]) -> list[list[Any]]:
 # %% ../../nbs/44_evaluate.ipynb #2433e54b
 def _flat(m): return {(k, c): v for k,d in m.items() for c,v in d.items()}
 
+# %% ../../nbs/44_evaluate.ipynb #f8629956
+def _nanmean(v):
+    with warnings.catch_warnings(): warnings.simplefilter('ignore', RuntimeWarning); return 100 * np.nanmean(v, axis=0)
+
+def per_question(metrics:Callable[[Sequence[Any]], dict[str, dict[str, float]]],   # a benchmark's metrics function
+                 qs:Sequence[Sequence[Any]],                                       # records grouped by question (`questions`)
+                ) -> tuple[list[tuple[str, str]], np.ndarray]|None:
+    "`(keys, values (questions x keys, in 0..1, NaN where a question has no part in the metric))` if `metrics` is their mean, else None"
+    full = _flat(metrics([r for q in qs for r in q])) if qs else {}
+    keys = list(full); v = np.full((len(qs), len(keys)), np.nan)
+    for i, q in enumerate(qs):
+        m = _flat(metrics(q))
+        if set(m) != set(keys): return None
+        v[i] = [m[k] / 100 for k in keys]
+    if qs and not np.allclose(_nanmean(v), [full[k] for k in keys], rtol=1e-9, atol=1e-9, equal_nan=True): return None
+    return keys, v
+
 # %% ../../nbs/44_evaluate.ipynb #a9478aad
 def metric_intervals(metrics:Callable[[Sequence[Any]], dict[str, dict[str, float]]], records:Sequence[Any], n_boot:int=1000, seed:int=0) -> dict[str, dict[str, list[float]]]:
     "`{kind: {metric: [lo, hi]}}`: 95% bootstrap intervals of `metrics(records)`, resampling questions"
     qs = questions(records)
-    boots = bootstrap(lambda ix: _flat(metrics([r for i in ix for r in qs[i]])), len(qs), n_boot, seed)
+    if (pq := per_question(metrics, qs)) is not None:                 # a mean over questions: each resample in NumPy
+        keys, v = pq; ix = bootstrap_indices(len(qs), n_boot, seed) if qs else np.zeros((0, 0), int)
+        boots = [dict(zip(keys, _nanmean(v[i]).tolist())) for i in ix]
+    else: boots = bootstrap(lambda ix: _flat(metrics([r for i in ix for r in qs[i]])), len(qs), n_boot, seed)
     out: dict[str, dict[str, list[float]]] = {}
     for k,c in _flat(metrics(records)): out.setdefault(k, {})[c] = list(percentile_ci([b.get((k, c), math.nan) for b in boots]))
     return out
@@ -330,8 +353,11 @@ def compare(metrics:Callable[[Sequence[Any]], dict[str, dict[str, float]]], a:Se
     ids = [i for i in qa if i in qb]
     if not ids: raise ValueError("the two models share no question: compare them on the same questions")
     pick = lambda q, ix: [r for i in ix for r in q[ids[i]]]
-    boots = bootstrap(lambda ix: _diff(metrics, pick(qa, ix), pick(qb, ix)), len(ids), n_boot, seed)
     full = _diff(metrics, pick(qa, range(len(ids))), pick(qb, range(len(ids))))
+    pa, pb = per_question(metrics, [qa[i] for i in ids]), per_question(metrics, [qb[i] for i in ids])
+    if pa is not None and pb is not None and pa[0] == pb[0] and set(pa[0]) == set(full):   # means over questions: resampled in NumPy
+        boots = [dict(zip(pa[0], (_nanmean(pa[1][ix]) - _nanmean(pb[1][ix])).tolist())) for ix in bootstrap_indices(len(ids), n_boot, seed)]
+    else: boots = bootstrap(lambda ix: _diff(metrics, pick(qa, ix), pick(qb, ix)), len(ids), n_boot, seed)
     cis = {k: percentile_ci([x.get(k, math.nan) for x in boots]) for k in full}
     n = sum(len(qa[i]) for i in ids)
     return [dict(kind=k, metric=c, diff=v, ci=list(cis[k, c]), n=n, units=len(ids), separable=bool(cis[k, c][0] > 0 or cis[k, c][1] < 0))
@@ -788,6 +814,24 @@ class EvaluateConfig(Config):
     benchmarks: list = field(default_factory=list)   # lskd run: also these files, every student: [{benchmark: vcr, annotations: ..., image_root: ..., instances: ..., candidates: ..., limit: ...}]
     section = 'evaluate'
 
+# %% ../../nbs/44_evaluate.ipynb #9db22a54
+def _score_chunk(scorer, root, draw, text_style, image_batch, items):
+    "One task: `score_items`'s records of `items`"
+    return list(score_items(scorer, items, root, draw, text_style, image_batch=image_batch, progress=False))
+
+def _chunk_scorer(spec, model_kw, root, draw, text_style, image_batch, shared):
+    "The function of a task, for a worker: the model `spec` loaded once"
+    return partial(_score_chunk, load_scorer(spec, **model_kw), root, draw, text_style, image_batch)
+
+def _scored_on(ex:ExecutorConfig, spec:Any, model_kw:dict[str, Any], items:Iterable[EvalItem], root:str|Path|None, draw:bool, text_style:str|None,
+               image_batch:int, progress:bool) -> Iterator[dict[str, Any]]:
+    "`score_items`'s records, the items shared out in tasks of `ex.batch_size` (a Ray worker with GPUs loads the model on `cuda`)"
+    tasks = _chunks(list(items), ex.batch_size)
+    kw = {**model_kw, 'device': 'cuda'} if ex.executor == 'ray' and ex.gpus_per_worker else model_kw
+    with tqdm(total=sum(map(len, tasks)), desc=f'scoring ({ex.executor})', unit='q', disable=not progress) as bar:
+        for t, recs in zip(tasks, run_tasks(partial(_chunk_scorer, spec, kw, root, draw, text_style, image_batch), tasks, ex)):
+            bar.update(len(t)); yield from recs
+
 # %% ../../nbs/44_evaluate.ipynb #bc0bd979
 def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
              annotations:str|Path,             # the benchmark's annotation file
@@ -799,10 +843,11 @@ def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
              candidates:str|Path|None=None,    # VisualCOMET: the official candidate file (run_rank.py's val_rank_random_50.json); None: lskd's seeded draw
              progress:bool=True,               # show progress bars
              shared:list[Any]|None=None,       # models loaded before (a list, added to): a model shares their frozen encoders and feature cache where it can
+             executor:ExecutorConfig|Mapping[str, Any]|str|None=None,   # where the scoring runs (`ExecutorConfig`; None: here, streamed)
              **overrides:Any,                  # settings over `config`'s (`EvaluateConfig` fields)
             ) -> dict[str, Any]:              # the results (also written to `out`)
     "Evaluate `models` zero-shot on `benchmark`; returns the results dict (also written to `out`)"
-    c = EvaluateConfig.load(config, **overrides)
+    c = EvaluateConfig.load(config, **overrides); ex = executor_config(executor)
     root, limit, draw, text_style, seed, n_candidates = image_root, c.limit, c.draw, c.text_style, c.seed, c.n_candidates
     heldout, heldout_seed, image_batch, on_bad_row = c.heldout, c.heldout_seed, c.image_batch, c.on_bad_row
     model_kw = {'device': c.device} if c.device else {}
@@ -844,7 +889,8 @@ def evaluate(benchmark:str,                   # a name in `BENCHMARKS`
         scorer = load_scorer(spec, **model_kw)
         _share(scorer, shared)
         t0 = time.time(); recs: list[Slim] = []
-        scored = _kept(score_items(scorer, load(k), root, draw, text_style, image_batch=image_batch, progress=progress), recs, b.meta)
+        scored = _kept(score_items(scorer, load(k), root, draw, text_style, image_batch=image_batch, progress=progress) if ex.executor == 'local'
+                       else _scored_on(ex, spec, model_kw, load(k), root, draw, text_style, image_batch, progress), recs, b.meta)
         if out: write_jsonl(Path(out)/f'predictions_{_safe(name)}.jsonl', scored)      # written as scored
         else: collections.deque(scored, maxlen=0)
         entry = dict(name=name, spec=spec if isinstance(spec, str) else repr(spec), scorer=getattr(scorer, 'name', type(scorer).__name__),
@@ -983,6 +1029,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--config', help='YAML file of EvaluateConfig settings (the flags below override it)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     add_config_args(p, EvaluateConfig, skip=RUN_ONLY)
+    add_config_args(p, ExecutorConfig)          # --executor ray --num-workers 8 --gpus-per-worker 1 --batch-size 64 ...
     return p
 
 # %% ../../nbs/44_evaluate.ipynb #54a1e8b5
@@ -998,7 +1045,8 @@ def main(argv:list[str]|None=None) -> int:
         parser().error('--benchmark, --annotations and at least one --model are needed (or --compare RUN ...)')
     import matplotlib; matplotlib.use('Agg')
     try: res = evaluate(a.benchmark, a.annotations, a.model, out, EvaluateConfig.load(a.config, **config_overrides(a, EvaluateConfig, skip=RUN_ONLY)),
-                        image_root=a.image_root, instances=a.instances, candidates=a.candidates, progress=not a.quiet)
+                        image_root=a.image_root, instances=a.instances, candidates=a.candidates, progress=not a.quiet,
+                        executor=ExecutorConfig.load(None, **config_overrides(a, ExecutorConfig)))
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f'lskd evaluate: error: {e}', file=sys.stderr); return 2
     t = results_table(res); (out/'results.md').write_text(t.to_markdown() + '\n')
@@ -1083,7 +1131,7 @@ def run_stage(run_dir:str|Path, cfg:dict[str, Any]) -> dict[str, Any]:
     bar = Progress(len(jobs), 'evaluations', out/'progress.json', 'evaluate', show=False)
     for b,f,o,ms,draw,r,kw in jobs:
         allres.append(evaluate(b, f, ms, o, c, image_root=r, instances=kw.get('instances'), candidates=kw.get('candidates'), progress=False, shared=pool,
-                               draw=draw, limit=kw.get('limit')))
+                               executor=cfg.get('executor'), draw=draw, limit=kw.get('limit')))
         names = [m['name'] for m in allres[-1]['models']]
         if 'base' in names: base[b] = _predictions(o, 'base', BENCHMARKS[b].meta)     # kept for the ablations that follow (no boxes)
         recs = {(b, n): _predictions(o, n, BENCHMARKS[b].meta) for n in names if 'base' not in names and b in base}
