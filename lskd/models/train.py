@@ -17,8 +17,8 @@ from ..io.config import Config, Positive, Count, PositiveFloat, NonNegative
 
 # %% auto #0
 __all__ = ['TrainConfig', 'get_lr', 'optimizer', 'seed_all', 'deterministic', 'rng_state', 'set_rng_state', 'optimizer_tensors',
-           'load_optimizer_tensors', 'trainable', 'save_checkpoint', 'finish_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'History', 'mixed_precision', 'accelerator', 'Loop', 'fit']
+           'load_optimizer_tensors', 'trainable', 'save_checkpoint', 'prune_checkpoints', 'finish_checkpoint',
+           'latest_checkpoint', 'load_checkpoint', 'History', 'mixed_precision', 'accelerator', 'Loop', 'fit']
 
 # %% ../../nbs/21_models_train.ipynb #b3af4eff
 @dataclass
@@ -134,11 +134,17 @@ def save_checkpoint(folder:str|Path, module:nn.Module, opt:torch.optim.Optimizer
     return tmp, final
 
 # %% ../../nbs/21_models_train.ipynb #c164ae3d
+def prune_checkpoints(folder:str|Path, keep:int=2) -> None:
+    "Keep the newest `keep` checkpoints of `folder/checkpoints`; an older one is renamed aside (atomic) before it is removed, and what a kill left of a removal goes too"
+    ck = Path(folder)/'checkpoints'
+    for p in sorted(p for p in ck.glob('step-*') if p.is_dir())[:-keep] if keep else []: os.replace(p, ck/f'.{p.name}.del')
+    for p in ck.glob('.step-*.del'): shutil.rmtree(p, ignore_errors=True)
+
 def finish_checkpoint(tmp:Path, final:Path, keep:int=2) -> Path:
     "Rename the written checkpoint into place; keep the newest `keep`"
     if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
-    for p in sorted(p for p in final.parent.glob('step-*') if p.is_dir())[:-keep] if keep else []: shutil.rmtree(p, ignore_errors=True)
+    prune_checkpoints(final.parent.parent, keep)
     return final
 
 # %% ../../nbs/21_models_train.ipynb #2fc6b39b
@@ -305,6 +311,7 @@ def fit(module:nn.Module, data:Callable[[list], Iterable[tuple[list, dict[str, A
         L.history, L.acc, L.n_acc = History(h), dict(acc['values']), acc['steps']   # the record in progress goes on
     L.net, L.opt = accel.prepare(module, opt)
     main = accel.is_main_process; Path(out).mkdir(parents=True, exist_ok=True)
+    if main and resume: prune_checkpoints(out, config.keep_checkpoints)   # a run killed between a checkpoint and its pruning, or mid-pruning
     batches = iter(data(L.position))
     bar = Progress(config.steps, 'steps', Path(out)/'progress.json' if main else None, desc, show=progress and main, initial=L.step)
     L.net.train()
