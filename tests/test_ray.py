@@ -100,6 +100,7 @@ def test_killed_stage_resumes_without_redoing_tasks(scoring, tmp_path):
     assert same_output(d/'local', tmp_path)
 
 
+@pytest.mark.slow      # ~35 s: a 2-node cluster's start (pytest --slow); keeps CI under its 30 minutes
 def test_two_node_cluster_scores_on_both_nodes(scoring):
     from ray.cluster_utils import Cluster
     d, local = scoring
