@@ -19,7 +19,7 @@ __all__ = ['ExecutorConfig', 'executor_config', 'ray_module', 'ray_session', 'ru
 # %% ../../nbs/05_io_executor.ipynb #31732cfd
 @dataclass
 class ExecutorConfig(Config):
-    "Where model work runs (`lskd verbalize|critic score|evaluate` flags, a run's `executor` section)"
+    "Where model work runs (`lskd critic score|evaluate` flags, a run's `executor` section; verbalize: not yet)"
     executor: Literal['local', 'ray'] = 'local'   # local: in this process; ray: Ray Data actors (`pip install 'lskd[ray]'`)
     ray_address: str|None = None            # None: a Ray started for the stage and stopped after it; 'auto' or 'ray://HOST:PORT': a running cluster
     num_workers: Positive = 1               # Ray workers, each loading the model once
